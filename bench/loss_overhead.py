@@ -1,0 +1,79 @@
+"""Cost of MaxSup over plain CE, measured side by side in one process (paper Table 16 analogue).
+
+1. One full training step (forward + backward + SGD step) of a small CIFAR-style ResNet, MaxSup vs CE, alternating
+   the two so that machine noise hits both equally; ratio of medians.
+2. The loss op alone (forward + backward of the loss on given logits) at B = 1024, K = 1000.
+
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from maxsup import build_criterion
+from maxsup.models import create_model
+
+
+def _time(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rounds", type=int, default=15, help="alternating rounds per measurement")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet18", 100, width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(args.batch_size, 3, 32, 32), torch.randint(0, 100, (args.batch_size,))
+    crits = {n: build_criterion(n, 100, epochs=10) for n in ("ce", "maxsup")}
+
+    def step(name: str):
+        loss = crits[name](model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for name in crits:  # warm-up
+        step(name)
+    times = {n: [] for n in crits}
+    for _ in range(args.rounds):
+        for n in crits:
+            times[n] += _time(lambda n=n: step(n), 1)
+    step_ratio = statistics.median(times["maxsup"]) / statistics.median(times["ce"])
+
+    logits = torch.randn(1024, 1000, requires_grad=True)
+    yy = torch.randint(0, 1000, (1024,))
+
+    def op(name: str):
+        crits[name](logits, yy).backward()
+
+    op_times = {n: [] for n in crits}
+    for _ in range(args.rounds * 4):
+        for n in crits:
+            op_times[n] += _time(lambda n=n: op(n), 1)
+    op_ratio = statistics.median(op_times["maxsup"]) / statistics.median(op_times["ce"])
+    print(f"train step  ce {statistics.median(times['ce']) * 1e3:.1f} ms  maxsup "
+          f"{statistics.median(times['maxsup']) * 1e3:.1f} ms  ratio {step_ratio:.3f}")
+    print(f"loss op     ce {statistics.median(op_times['ce']) * 1e3:.2f} ms  maxsup "
+          f"{statistics.median(op_times['maxsup']) * 1e3:.2f} ms  ratio {op_ratio:.3f}")
+    print(json.dumps({"name": "loss_overhead", "ratio": round(step_ratio, 4), "train_step_ratio": round(step_ratio, 4),
+                      "loss_op_ratio": round(op_ratio, 4), "goal": "train_step_ratio <= 1.02",
+                      "train_step_ms": {n: round(statistics.median(t) * 1e3, 2) for n, t in times.items()},
+                      "loss_op_ms": {n: round(statistics.median(t) * 1e3, 3) for n, t in op_times.items()}}))
+
+
+if __name__ == "__main__":
+    main()

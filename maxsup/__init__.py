@@ -1,0 +1,37 @@
+"""MaxSup: Maximum Suppression regularisation (Zhou et al., NeurIPS 2025), written once for every subproject.
+
+>>> from maxsup import MaxSupLoss
+>>> criterion = MaxSupLoss(alpha_start=0.1, alpha_end=0.2, epochs=90)
+>>> criterion.set_epoch(epoch)              # once per epoch
+>>> loss = criterion(model(images), labels)  # CE + α·(z_max − mean z)
+"""
+
+from .features import ClassSeparationAccumulator, class_separation
+from .losses import (
+    CRITERIA,
+    AlphaSchedule,
+    ConfidencePenaltyLoss,
+    CrossEntropyLoss,
+    LabelSmoothingLoss,
+    LogitPenaltyLoss,
+    LSAblationLoss,
+    MaxSupLoss,
+    OnlineLabelSmoothingLoss,
+    ZipfLabelSmoothingLoss,
+    build_criterion,
+    label_smoothing_penalty,
+    ls_decomposition,
+    maxsup_penalty,
+    penalty_stats,
+)
+from .metrics import ClassificationMeter, ECEAccumulator, expected_calibration_error, reliability_bins, topk_accuracy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlphaSchedule", "CRITERIA", "ClassSeparationAccumulator", "ClassificationMeter", "ConfidencePenaltyLoss",
+    "CrossEntropyLoss", "ECEAccumulator", "LSAblationLoss", "LabelSmoothingLoss", "LogitPenaltyLoss", "MaxSupLoss",
+    "OnlineLabelSmoothingLoss", "ZipfLabelSmoothingLoss", "build_criterion", "class_separation",
+    "expected_calibration_error", "label_smoothing_penalty", "ls_decomposition", "maxsup_penalty", "penalty_stats",
+    "reliability_bins", "topk_accuracy",
+]

@@ -1,0 +1,101 @@
+"""Atomic writes, safe checkpoint loading and RNG state capture for exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "rng_state", "set_rng_state"]
+
+
+def _atomic(path: str | os.PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: readers never see a partial file."""
+    return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write bytes or text atomically."""
+    payload = data.encode() if isinstance(data, str) else data
+    return _atomic(path, lambda f: f.write(payload))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    allow_namespace: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    ``allow_namespace=True`` additionally allow-lists exactly ``argparse.Namespace`` (the authors' DeiT checkpoint
+    stores its args that way; torch ≥ 2.6 refuses it otherwise). Missing, truncated or foreign files raise
+    :class:`UserError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        if allow_namespace:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        else:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        hint = "" if allow_namespace else " (if it stores argparse.Namespace args, load it with allow_namespace=True)"
+        raise UserError(f"{path} holds objects outside the weights-only allow-list{hint}: "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{path} is not a readable torch checkpoint (truncated or wrong file?): "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step can touch, as plain tensors/primitives (weights_only-loadable)."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,1 @@
+"""Dataset readers shared by the trainers, analysis/ and data/ scripts."""

@@ -1,0 +1,80 @@
+"""torchrun-based distributed setup: NCCL on CUDA, gloo on CPU."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "is_main_process", "rank", "world_size", "barrier", "all_reduce_sum"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+    device: torch.device = torch.device("cpu")
+
+
+def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> DistInfo:
+    """Initialise the process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    ``device``: "cuda", "cpu" or None (CUDA when available). Without torchrun's variables this is a single process.
+    Non-main ranks have ``print`` silenced unless ``quiet_non_main`` is False (``print(..., force=True)`` still prints).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return DistInfo(device=torch.device("cuda:0" if device == "cuda" else device))
+    r, ws, lr = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(lr)
+        dev, backend = torch.device("cuda", lr), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=r, world_size=ws)
+    if quiet_non_main and r != 0:
+        _silence_print()
+    return DistInfo(rank=r, world_size=ws, local_rank=lr, distributed=True, device=dev)
+
+
+def _silence_print() -> None:
+    builtin_print = builtins.print
+
+    def print_main_only(*args, force: bool = False, **kwargs):
+        if force:
+            builtin_print(*args, **kwargs)
+
+    builtins.print = print_main_only
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum across ranks (no-op in a single process); returns the tensor."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

@@ -1,0 +1,199 @@
+"""The method itself: LS/MaxSup identities (paper §3), gradients (Eq. 9), schedule, baselines, bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maxsup import (
+    AlphaSchedule,
+    LabelSmoothingLoss,
+    MaxSupLoss,
+    build_criterion,
+    label_smoothing_penalty,
+    ls_decomposition,
+    maxsup_penalty,
+)
+from maxsup.losses import OnlineLabelSmoothingLoss, ZipfLabelSmoothingLoss, penalty_stats
+
+
+def _batch(b=16, k=10, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, k, generator=g) * scale, torch.randint(0, k, (b,), generator=g)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2, 0.37])
+def test_ls_matches_torch_label_smoothing(alpha):
+    z, y = _batch()
+    loss = LabelSmoothingLoss(alpha, alpha, epochs=1)
+    assert torch.allclose(loss(z, y), F.cross_entropy(z, y, label_smoothing=alpha), atol=1e-6)
+
+
+def test_ls_penalty_is_theorem_3_3_and_mixup_eq_27():
+    z, y = _batch(b=8, k=6, seed=1)
+    y2 = torch.roll(y, 1)
+    lam, alpha, k = 0.7, 0.15, 6
+    t = lam * F.one_hot(y, k).float() + (1 - lam) * F.one_hot(y2, k).float()  # Mixup target
+    s = (1 - alpha) * t + alpha / k  # smoothed Mixup target (timm mixup_target with smoothing)
+    soft_ce = -(s * F.log_softmax(z, -1)).sum(-1)
+    hard_ce = -(t * F.log_softmax(z, -1)).sum(-1)
+    expected = lam * z.gather(1, y[:, None]).squeeze(1) + (1 - lam) * z.gather(1, y2[:, None]).squeeze(1) - z.mean(-1)
+    assert torch.allclose(label_smoothing_penalty(z, t), expected, atol=1e-5)
+    assert torch.allclose(soft_ce, hard_ce + alpha * expected, atol=1e-5)
+    assert torch.allclose(LabelSmoothingLoss(alpha, alpha)(z, t), soft_ce.mean(), atol=1e-5)
+
+
+def test_maxsup_equals_ls_when_top1_is_correct():
+    z, _ = _batch(b=32, k=7, seed=2)
+    y = z.argmax(-1)
+    ls, ms = LabelSmoothingLoss(0.1, 0.2, epochs=5), MaxSupLoss(0.1, 0.2, epochs=5)
+    for e in (0, 2, 4):
+        ls.set_epoch(e)
+        ms.set_epoch(e)
+        assert torch.allclose(ls(z, y), ms(z, y), atol=1e-6)
+    y_wrong = (y + 1) % 7  # now every sample is misclassified: MaxSup penalises z_max, LS penalises z_gt
+    assert not torch.allclose(ls(z, y_wrong), ms(z, y_wrong))
+    assert torch.all(maxsup_penalty(z) > label_smoothing_penalty(z, y_wrong))
+
+
+def test_maxsup_gradient_matches_eq_9():
+    z, y = _batch(b=5, k=8, seed=3)
+    z.requires_grad_(True)
+    alpha, k = 0.2, 8
+    (alpha * maxsup_penalty(z).sum()).backward()
+    expected = torch.full_like(z, -alpha / k)
+    expected[torch.arange(5), z.detach().argmax(-1)] = alpha * (1 - 1 / k)
+    assert torch.allclose(z.grad, expected, atol=1e-6)
+    # total gradient for a misclassified sample (App. C): ∂_gt = q_gt − (1 + α/K)
+    z2 = z.detach().clone().requires_grad_(True)
+    y_wrong = (z2.argmax(-1) + 1) % k
+    MaxSupLoss(alpha, alpha)(z2, y_wrong).backward()
+    q = F.softmax(z2.detach(), -1)
+    g_gt = z2.grad[torch.arange(5), y_wrong] * 5  # undo the batch mean
+    assert torch.allclose(g_gt, q[torch.arange(5), y_wrong] - (1 + alpha / k), atol=1e-5)
+
+
+def test_decomposition_sums_to_ls_penalty_and_signs():
+    z, y = _batch(b=64, k=12, seed=4)
+    d = ls_decomposition(z, y)
+    assert torch.allclose(d["regularization"] + d["error_amplification"], label_smoothing_penalty(z, y), atol=1e-5)
+    assert torch.all(d["regularization"] >= 0) and torch.all(d["error_amplification"] <= 0)
+    correct = z.argmax(-1) == y
+    assert correct.any() and (~correct).any()
+    assert torch.all(d["error_amplification"][correct] == 0)
+    assert torch.all(d["error_amplification"][~correct] < 0)
+    # Table 1 variants: normalised by M and N, and z_gt − z_max
+    z_gt = z.gather(1, y[:, None])
+    m = (z < z_gt).sum(-1).clamp_min(1)
+    assert torch.allclose(d["regularization_only"], d["regularization"] * 12 / m, atol=1e-5)
+    assert torch.allclose(d["error_amplification_alt"], z_gt.squeeze(1) - z.max(-1).values)
+
+
+def test_alpha_schedule_endpoints_and_fractional_epochs():
+    s = AlphaSchedule(0.1, 0.2, epochs=300)
+    assert s(0) == pytest.approx(0.1) and s(299) == pytest.approx(0.2)
+    assert s(149.5) == pytest.approx(0.15)
+    assert s(1) == pytest.approx(0.1 + 0.1 / 299)  # the authors' DeiT formula
+    assert AlphaSchedule(0.1, 0.2, epochs=1)(0) == pytest.approx(0.1)
+    m = MaxSupLoss(0.1, 0.2, epochs=11)
+    m.set_epoch(5)
+    assert m.alpha == pytest.approx(0.15)
+
+
+def test_ols_soft_labels_change_after_an_epoch():
+    k = 4
+    ols = OnlineLabelSmoothingLoss(k)
+    s0 = ols.soft_labels.clone()
+    assert torch.allclose(s0.diagonal(), torch.full((k,), 0.9))
+    z = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 4.0, 1.0, 0.0], [0.0, 0.0, 0.0, 3.0], [3.0, 0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 3, 1])  # the last sample is wrong and must not count
+    ols.train()
+    before = ols(z, y)
+    assert torch.allclose(ols.soft_labels, s0)  # the active matrix never changes mid-epoch
+    ols.on_epoch_end()
+    p = F.softmax(z, -1)
+    assert torch.allclose(ols.soft_labels[0], p[0]) and torch.allclose(ols.soft_labels[1], p[1])
+    assert torch.allclose(ols.soft_labels[2], torch.full((k,), 0.25))  # no correct sample: uniform row
+    assert not torch.allclose(ols(z, y), before)
+    state = ols.state_dict()
+    fresh = OnlineLabelSmoothingLoss(k)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.soft_labels, ols.soft_labels)
+
+
+def test_zipf_target_ranks_with_min_ties_and_excludes_target():
+    zipf = ZipfLabelSmoothingLoss(lam=0.1)
+    z = torch.tensor([[3.0, 2.0, 2.0, 0.0]])
+    p = zipf.zipf_target(z, torch.tensor([0]))
+    w = torch.tensor([0.0, 1 / 2, 1 / 2, 1 / 4])  # ranks 1, 2, 2, 4 ('min'); target dropped
+    assert torch.allclose(p, w / w.sum())
+    # dense mode: 4 positions vote 1, 1, 3, 0 → class 1 first (rank 1), 0 and 3 tie (rank 2), 2 last (rank 4)
+    dense = torch.zeros(1, 4, 2, 2)
+    for pos, cls in enumerate([1, 1, 3, 0]):
+        dense[0, cls, pos // 2, pos % 2] = 1.0
+    p = zipf.zipf_target(z, torch.tensor([2]), dense)
+    w = torch.tensor([1 / 2, 1.0, 0.0, 1 / 2])
+    assert torch.allclose(p, w / w.sum())
+    loss = zipf(z, torch.tensor([0]))
+    assert loss > F.cross_entropy(z, torch.tensor([0]))
+
+
+@pytest.mark.parametrize("name", ["ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "ls-reg", "ls-err", "ls-err-alt"])
+def test_every_criterion_accepts_hard_soft_and_tuple_outputs(name):
+    z, y = _batch(b=6, k=5, seed=5)
+    crit = build_criterion(name, num_classes=5, epochs=3)
+    crit.set_epoch(1)
+    soft = F.one_hot(y, 5).float() * 0.8 + 0.04
+    for out, t in ((z, y), (z, soft), ((z, z.flip(0)), y)):
+        val = crit(out, t)
+        assert val.dim() == 0 and torch.isfinite(val)
+    assert torch.allclose(crit((z, z * 0), y), crit(z, y))  # tuple: class logits first (DeiT distillation)
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(1e2, 6e4), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+       name=st.sampled_from(["ls", "maxsup", "lp", "cp", "ols", "zipf"]))
+def test_losses_finite_for_large_low_precision_logits(scale, dtype, name):
+    z, y = _batch(b=8, k=1000, seed=6, scale=1.0)
+    z = (z / z.abs().max() * scale).to(dtype)
+    val = build_criterion(name, 1000, epochs=2)(z, y)
+    assert val.dtype == torch.float32 and math.isfinite(val.item())
+
+
+def test_penalty_under_cpu_bf16_autocast_is_float32():
+    lin = torch.nn.Linear(16, 10)
+    x, y = torch.randn(4, 16), torch.randint(0, 10, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lin(x)
+        loss = MaxSupLoss()(out, y)
+    assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert maxsup_penalty(out).dtype == torch.float32
+
+
+def test_penalty_stats_reports_misclassified_fraction():
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    st_ = penalty_stats(z, y)
+    assert st_["misclassified"] == pytest.approx(0.5)
+    assert st_["maxsup_penalty"] == pytest.approx(1.0)
+    assert st_["ls_error_amplification"] == pytest.approx(-0.5)  # two samples with (1/2)(0 − 2)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: MaxSupLoss()(torch.randn(4, 5), torch.tensor([0, 1, 2])),
+    lambda: MaxSupLoss()(torch.randn(4, 5), torch.randn(4, 6)),
+    lambda: LabelSmoothingLoss()(torch.randn(2, 5), torch.tensor([0, 5])),
+    lambda: build_criterion("focal", 10),
+    lambda: AlphaSchedule(epochs=0),
+])
+def test_bad_input_raises_value_error(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_unknown_criterion_lists_valid_names():
+    with pytest.raises(ValueError, match="maxsup.*ols"):
+        build_criterion("labelsmooth", 10)
