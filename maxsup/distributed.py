@@ -76,5 +76,10 @@ def barrier() -> None:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum across ranks (no-op in a single process); returns the tensor."""
     if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and not tensor.is_cuda:  # NCCL reduces device tensors only
+            on_device = tensor.cuda()
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_device.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor

@@ -25,6 +25,7 @@ CIFAR_RESNETS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "cifar_resnet18": (BasicBlock, [2, 2, 2, 2]),
     "cifar_resnet34": (BasicBlock, [3, 4, 6, 3]),
     "cifar_resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "cifar_resnet101": (Bottleneck, [3, 4, 23, 3]),
 }
 
 
@@ -89,7 +90,8 @@ def _torchvision_names() -> set[str]:
 def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwargs: Any) -> nn.Module:
     """Build a classifier by name.
 
-    * ``cifar_resnet10/18/34/50``: :class:`CifarResNet` (kwargs ``width``, ``in_chans``);
+    * ``cifar_resnet10/18/34/50/101``: :class:`CifarResNet` (kwargs ``width``, ``in_chans``);
+    * ``cifar_mobilenet_v2``: torchvision MobileNetV2 with a stride-1 stem;
     * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
     * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``, ...).
 
@@ -100,14 +102,19 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     if name in CIFAR_RESNETS:
         block, layers = CIFAR_RESNETS[name]
         model = CifarResNet(block, layers, num_classes=num_classes, **kwargs)
+    elif name == "cifar_mobilenet_v2":
+        # torchvision MobileNetV2 with a stride-1 stem (the usual CIFAR adaptation: 32 px → 4×4 final map)
+        model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
+        model.features[0][0].stride = (1, 1)
     elif name in _torchvision_names():
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, a torchvision classification "
-                             f"model (e.g. resnet50, mobilenet_v2) or a timm model name (e.g. deit_small_patch16_224)")
+            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, cifar_mobilenet_v2, a "
+                             f"torchvision classification model (e.g. resnet50, mobilenet_v2) or a timm model name "
+                             f"(e.g. deit_small_patch16_224)")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     return apply_blurpool(model) if blurpool else model
 

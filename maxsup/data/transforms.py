@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ def transform_spec(img_size: int, crop_pct: float = 1.0, mean: Sequence[float] =
 def eval_transform(spec: dict[str, Any]) -> T.Compose:
     """torchvision transform from a :func:`transform_spec` dict (PIL image in, normalised (3, S, S) tensor out)."""
     size = spec["img_size"]
-    resize = int(math.floor(size / spec.get("crop_pct", 1.0)))
+    resize = int(round(size / spec.get("crop_pct", 1.0)))  # 224/0.875 = 256, 32/0.875 → 37
     interp = T.InterpolationMode(spec.get("interpolation", "bilinear"))
     steps: list[Any] = []
     if spec.get("grayscale_to_rgb", True):

@@ -1,0 +1,494 @@
+"""Image-classification training with every loss compared in the MaxSup paper (torchvision references idiom).
+
+Read top to bottom: ``train_one_epoch`` → ``evaluate`` → ``load_data`` → ``main`` → ``get_args_parser``.
+One process:  ``python train.py --dataset fmnist --model cifar_resnet10 --loss maxsup``
+DDP:          ``torchrun --nproc_per_node=8 train.py --dataset imagefolder --data-path /imagenet --model resnet50``
+Recipes (paper Table 10, Table 4 right half, a CPU Fashion-MNIST run) are in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import presets
+import torch
+import torch.utils.data
+import torchvision
+import utils
+from sampler import RASampler, ShardedEvalSampler
+from torch import nn
+
+from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state
+from maxsup.cli import run_cli
+from maxsup.data.downsampled import DownsampledImageNet
+from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
+from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
+from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
+from maxsup.errors import UserError
+from maxsup.losses import CRITERIA, build_criterion, penalty_stats
+from maxsup.metrics import ClassificationMeter
+from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+#: dataset → (native image side, mean, std, small_input)
+DATASETS = {
+    "imagefolder": (224, IMAGENET_MEAN, IMAGENET_STD, False),
+    "fmnist": (28, (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3, True),
+    "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
+    "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
+    "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
+}
+
+
+def _autocast(device: torch.device, args: argparse.Namespace):
+    # bf16 on CPU (fp16 CPU kernels are slow or missing); fp16 + GradScaler on CUDA, as in torchvision.
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=args.amp)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    data_loader: torch.utils.data.DataLoader, device: torch.device, epoch: int,
+                    args: argparse.Namespace, model_ema: torch.optim.swa_utils.AveragedModel | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over ``data_loader``; returns sample-weighted means over all ranks of the loss and of
+    :func:`maxsup.penalty_stats` (no α applied), plus the epoch's lr and α."""
+    model.train()
+    criterion.train()
+    criterion.set_epoch(epoch)  # α_e = α_start + (α_end − α_start)·e/(E − 1), per epoch as in the authors' code
+    sums: dict[str, float] = defaultdict(float)
+    seen, start = 0, time.time()
+    for i, (image, target) in enumerate(data_loader):
+        image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if args.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, args):
+            output = model(image)
+            loss = criterion(output, target)  # hard (B,) or Mixup/CutMix soft (B, K) targets
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if args.clip_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if args.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+            optimizer.step()
+        if model_ema is not None and i % args.model_ema_steps == 0:
+            model_ema.update_parameters(model)
+            if epoch < args.lr_warmup_epochs:
+                model_ema.n_averaged.fill_(0)  # during warm-up the EMA just copies the model (torchvision)
+
+        batch = image.shape[0]
+        seen += batch
+        sums["loss"] += loss.item() * batch
+        for key, value in penalty_stats(output, target).items():
+            sums[key] += value * batch
+        if i % args.print_freq == 0:
+            print(f"Epoch: [{epoch}] [{i}/{len(data_loader)}] loss {loss.item():.4f} "
+                  f"lr {optimizer.param_groups[0]['lr']:.5f} img/s {seen / (time.time() - start):.1f}")
+    criterion.on_epoch_end()  # OLS replaces its soft-label matrix here (all-reduced under DDP)
+
+    totals = torch.tensor([seen, *sums.values()], dtype=torch.float64, device=device)
+    totals = all_reduce_sum(totals).cpu()
+    stats = {k: v / max(totals[0].item(), 1.0) for k, v in zip(sums, totals[1:].tolist(), strict=True)}
+    stats["lr"] = optimizer.param_groups[0]["lr"]
+    if hasattr(criterion, "alpha"):
+        stats["alpha"] = criterion.alpha
+    return stats
+
+
+def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device,
+             args: argparse.Namespace, log_suffix: str = "") -> dict[str, float]:
+    """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks)."""
+    model.eval()
+    meter = ClassificationMeter()
+    with torch.inference_mode():
+        for image, target in data_loader:
+            image = image.to(device, non_blocking=True)
+            if args.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, args):
+                output = model(image)
+            meter.update(output.float(), target)
+    metrics = meter.all_reduce().compute()
+    print(f"Test{log_suffix}: acc@1 {metrics['acc1']:.3f} acc@5 {metrics['acc5']:.3f} nll {metrics['nll']:.4f} "
+          f"ece {metrics['ece']:.4f} (n={metrics['n']})")
+    return metrics
+
+
+def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tuple[torch.utils.data.Dataset, int]:
+    """(dataset, number of classes) for one split; missing files raise one actionable sentence."""
+    name = args.dataset
+    if name == "fmnist":
+        ds = FashionMNIST(args.data_path, train=train, transform=transform, classes=args.classes,
+                          download=args.download, limit_per_class=args.limit_per_class)
+        return ds, len(ds.classes)
+    if name == "cifar100":
+        root = Path(args.data_path or "datasets/cifar100")
+        try:
+            ds = torchvision.datasets.CIFAR100(root, train=train, transform=transform, download=args.download)
+        except RuntimeError:
+            raise UserError(f"CIFAR-100 not found in {root}: extract cifar-100-python.tar.gz so that "
+                            f"{root / 'cifar-100-python'}/train exists, or add --download") from None
+        return ds, 100
+    if args.data_path is None:
+        raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
+    if name in ("imagenet32", "imagenet64"):
+        ds = DownsampledImageNet(args.data_path, size=DATASETS[name][0], train=train, transform=transform)
+        return ds, ds.num_classes
+    folder = Path(args.data_path) / ("train" if train else "val")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist; --data-path must contain train/<class>/*.jpg "
+                                f"and val/<class>/*.jpg")
+    ds = torchvision.datasets.ImageFolder(folder, transform=transform)
+    return ds, len(ds.classes)
+
+
+def eval_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation preprocessing stored in checkpoints (``maxsup.data.transforms.transform_spec``)."""
+    native, mean, std, small = DATASETS[args.dataset]
+    crop = args.val_crop_size or native
+    resize = args.val_resize_size or (crop if small else round(crop * 256 / 224))
+    return transform_spec(crop, crop_pct=crop / resize, mean=mean, std=std, interpolation=args.interpolation)
+
+
+def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any]):
+    """Train/eval datasets and samplers. Returns (dataset or None under --test-only, dataset_test, train_sampler,
+    test_sampler, num_classes)."""
+    if args.classes is not None and args.dataset != "fmnist":
+        raise UserError(f"--classes selects Fashion-MNIST classes; it is not supported with --dataset {args.dataset}")
+    if args.limit_per_class is not None and args.dataset != "fmnist":
+        raise UserError(f"--limit-per-class is only supported with --dataset fmnist, not {args.dataset}")
+    native, mean, std, small = DATASETS[args.dataset]
+    print(f"Loading data ({args.dataset})")
+    t0 = time.time()
+    dataset_test, num_classes = _build_dataset(args, False, eval_transform(spec))
+    dataset = None
+    if not args.test_only:
+        train_tf = presets.ClassificationPresetTrain(
+            args.train_crop_size or native, mean, std, small_input=small, interpolation=args.interpolation,
+            hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
+        dataset, num_classes_train = _build_dataset(args, True, train_tf)
+        num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
+    print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
+          f"{num_classes} classes")
+
+    train_sampler = None
+    if dist_info.distributed:
+        if dataset is not None and args.ra_sampler:
+            train_sampler = RASampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=args.seed,
+                                      repetitions=args.ra_reps)
+        elif dataset is not None:
+            train_sampler = torch.utils.data.DistributedSampler(dataset, dist_info.world_size, dist_info.rank,
+                                                                shuffle=True, seed=args.seed)
+        test_sampler = ShardedEvalSampler(dataset_test, dist_info.world_size, dist_info.rank)
+    else:
+        if args.ra_sampler:
+            print("Note: --ra-sampler only applies under DDP (torchrun with >1 process); using a random sampler")
+        test_sampler = torch.utils.data.SequentialSampler(dataset_test)
+    return dataset, dataset_test, train_sampler, test_sampler, num_classes
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.loss not in CRITERIA:
+        raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(CRITERIA)}")
+    if args.label_smoothing and args.loss not in ("ce", "ls"):
+        # Upstream silently ignored --label-smoothing next to MaxSup; here LS is a loss of its own.
+        raise UserError(f"--label-smoothing is the LS loss with a fixed α and cannot be combined with --loss "
+                        f"{args.loss}; drop it, or use --loss ls --alpha-start A --alpha-end A")
+    if not 0 <= args.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.test_only and not args.resume:
+        raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
+
+
+def _criterion(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    name, start, end = args.loss, args.alpha_start, args.alpha_end
+    if args.label_smoothing:
+        name, start, end = "ls", args.label_smoothing, args.label_smoothing  # fixed α = the smoothing ε
+    return build_criterion(name, num_classes, args.epochs, alpha_start=start, alpha_end=end,
+                           **utils.parse_kwargs(args.loss_kwargs, "--loss-kwargs"))
+
+
+def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: step (T10), multistep (CIFAR-100: ×0.2 at 60/120/160) or cosine, after optional warm-up."""
+    name, main_epochs = args.lr_scheduler, args.epochs - args.lr_warmup_epochs
+    sched = torch.optim.lr_scheduler
+    if name == "steplr":
+        main_sched = sched.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+    elif name == "multisteplr":
+        main_sched = sched.MultiStepLR(optimizer, milestones=args.lr_milestones, gamma=args.lr_gamma)
+    elif name == "cosineannealinglr":
+        main_sched = sched.CosineAnnealingLR(optimizer, T_max=max(main_epochs, 1), eta_min=args.lr_min)
+    else:
+        raise UserError(f"unknown --lr-scheduler {name!r}; choose steplr, multisteplr or cosineannealinglr")
+    if args.lr_warmup_epochs <= 0:
+        return main_sched
+    if args.lr_warmup_method == "linear":
+        warmup = sched.LinearLR(optimizer, start_factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
+    else:
+        warmup = sched.ConstantLR(optimizer, factor=args.lr_warmup_decay, total_iters=args.lr_warmup_epochs)
+    return sched.SequentialLR(optimizer, [warmup, main_sched], milestones=[args.lr_warmup_epochs])
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
+    _check_args(args)
+    dist_info = init_distributed(args.device)
+    device = dist_info.device
+    is_main = dist_info.rank == 0
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir and is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    print(args)
+    utils.seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    if args.use_deterministic_algorithms:
+        torch.use_deterministic_algorithms(True)
+
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    spec = eval_spec(args)
+    if args.test_only and checkpoint.get("eval_transform"):
+        spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
+    dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
+    num_classes = args.num_classes or num_classes
+    data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
+                                                   sampler=test_sampler, num_workers=args.workers,
+                                                   pin_memory=device.type == "cuda")
+
+    if args.test_only:
+        model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        metrics = evaluate(model, data_loader_test, device, args)
+        if args.model_ema and "model_ema" in checkpoint:
+            ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
+            metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)")}
+        return metrics
+
+    # Seeded per epoch (utils.epoch_seed): shuffling and the workers' augmentation randomness.
+    loader_generator = torch.Generator()
+    batch_transform = presets.get_mixup_cutmix(mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+                                               num_classes=num_classes)
+    data_loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=train_sampler, shuffle=train_sampler is None,
+        num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=args.drop_last,
+        collate_fn=presets.MixupCutmixCollate(batch_transform) if batch_transform else None,
+        generator=loader_generator)
+
+    print(f"Creating model {args.model}")
+    model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
+    model = create_model(args.model, num_classes, **model_kwargs).to(device)
+    if dist_info.distributed and args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = _criterion(args, num_classes).to(device)
+    print(f"Criterion: {criterion}")
+
+    param_groups = utils.set_weight_decay(model, args.weight_decay, args.norm_weight_decay, args.bias_weight_decay)
+    if args.opt in ("sgd", "sgd_nesterov"):
+        optimizer = torch.optim.SGD(param_groups, lr=args.lr, momentum=args.momentum,
+                                    nesterov=args.opt == "sgd_nesterov")
+    elif args.opt == "adamw":
+        optimizer = torch.optim.AdamW(param_groups, lr=args.lr)
+    else:
+        raise UserError(f"unknown --opt {args.opt!r}; choose sgd, sgd_nesterov or adamw")
+    scaler = torch.amp.GradScaler(device.type) if args.amp and device.type == "cuda" else None
+    lr_scheduler = _lr_scheduler(args, optimizer)
+
+    model_without_ddp = model
+    if dist_info.distributed:
+        device_ids = [dist_info.local_rank] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        model_without_ddp = model.module
+
+    model_ema = None
+    if args.model_ema:
+        # torchvision: the decay is given per image at batch 1; rescale it to one update every model_ema_steps.
+        adjust = dist_info.world_size * args.batch_size * args.model_ema_steps / args.epochs
+        alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
+        model_ema = utils.exponential_moving_average(model_without_ddp, 1.0 - alpha, device)
+
+    if checkpoint is not None:
+        load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        criterion.load_state_dict(checkpoint["criterion"])
+        if model_ema is not None:
+            load_state_dict_strict(model_ema.module, checkpoint["model_ema"], args.resume)
+            model_ema.n_averaged.copy_(checkpoint["model_ema_n_averaged"])
+        if scaler is not None and "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+        args.start_epoch = checkpoint["epoch"] + 1
+        print(f"Resumed from {args.resume} at epoch {args.start_epoch}")
+
+    log_path = output_dir / "log.txt" if output_dir else None
+    if is_main and output_dir:
+        atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
+        utils.truncate_log(log_path, args.start_epoch)
+
+    print("Start training")
+    start_time = time.time()
+    metrics: dict[str, Any] = {}
+    for epoch in range(args.start_epoch, args.epochs):
+        seed = utils.epoch_seed(args.seed, epoch, dist_info.rank)
+        utils.seed_everything(seed)
+        loader_generator.manual_seed(seed)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        epoch_start = time.time()
+        train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
+                                      scaler)
+        lr_scheduler.step()
+        metrics = evaluate(model, data_loader_test, device, args)
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                  **{f"test_{k}": v for k, v in metrics.items()}}
+        if model_ema is not None:
+            ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
+            record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
+        record["epoch_time_s"] = round(time.time() - epoch_start, 2)
+        if is_main and output_dir:
+            ckpt = {
+                "model": model_without_ddp.state_dict(),
+                "arch": arch_spec(args.model, num_classes, **model_kwargs),
+                "eval_transform": spec,
+                "args": utils.plain(vars(args)),
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "criterion": criterion.state_dict(),
+                "rng": rng_state(),  # informative; exact resume comes from the per-epoch reseeding above
+            }
+            if model_ema is not None:
+                ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
+                ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
+            if scaler is not None:
+                ckpt["scaler"] = scaler.state_dict()
+            if args.save_every_epoch:
+                atomic_save(ckpt, output_dir / f"model_{epoch}.pth")
+            atomic_save(ckpt, output_dir / "checkpoint.pth")
+            utils.append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
+
+    total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+    print(f"Training time {total}")
+    return metrics
+
+
+def class_list(text: str) -> list[int]:
+    """``"0,2,4"`` → ``[0, 2, 4]`` (argparse type of --classes)."""
+    return [int(c) for c in text.split(",")]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = _Parser(description="MaxSup-repo image classification training (torchvision references idiom)",
+                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # data
+    parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS), help="dataset format")
+    parser.add_argument("--data-path", default=None, type=str,
+                        help="dataset root (imagefolder: train/ and val/ inside; imagenet32/64: the pickled batches; "
+                             "fmnist: default is the dataset-fashion-mnist Debian package; cifar100: "
+                             "datasets/cifar100)")
+    parser.add_argument("--download", action="store_true", help="download fmnist/cifar100 into --data-path if missing")
+    parser.add_argument("--classes", default=None, type=class_list,
+                        help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
+    parser.add_argument("--limit-per-class", default=None, type=int,
+                        help="fmnist only: first N images per class in both splits (quick runs)")
+    parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
+    # model
+    parser.add_argument("--model", default="resnet18", type=str,
+                        help="torchvision model (resnet18/50/101, mobilenet_v2, ...) or cifar_resnet10/18/34/50 "
+                             "(3x3 stem, no max-pool, for 28-64 px inputs)")
+    parser.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="extra create_model arguments, e.g. width=16 for cifar_resnet*")
+    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    # loss
+    parser.add_argument("--loss", default="ce", type=str, help=f"training loss: {', '.join(CRITERIA)}")
+    parser.add_argument("--alpha-start", default=0.1, type=float, help="LS/MaxSup α at the first epoch")
+    parser.add_argument("--alpha-end", default=0.2, type=float, help="LS/MaxSup α at the last epoch (linear)")
+    parser.add_argument("--label-smoothing", default=0.0, type=float,
+                        help="LS with a fixed α (= --loss ls with alpha-start = alpha-end); refused with other losses")
+    parser.add_argument("--loss-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="loss options: beta (lp 2e-3, cp 0.1), a/init_smoothing (ols), lam/power (zipf)")
+    # optimisation
+    parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
+    parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
+    parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")
+    parser.add_argument("--drop-last", action="store_true", help="drop the last incomplete training batch")
+    parser.add_argument("--opt", default="sgd", type=str, help="optimizer: sgd, sgd_nesterov or adamw")
+    parser.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
+    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
+    parser.add_argument("--norm-weight-decay", default=None, type=float,
+                        help="weight decay of normalisation layers (default: same as --wd)")
+    parser.add_argument("--bias-weight-decay", default=None, type=float,
+                        help="weight decay of biases (default: same as --wd)")
+    parser.add_argument("--clip-grad-norm", default=None, type=float, help="max gradient norm (default: off)")
+    parser.add_argument("--lr-scheduler", default="steplr", type=str,
+                        help="steplr, multisteplr or cosineannealinglr (stepped once per epoch)")
+    parser.add_argument("--lr-step-size", default=30, type=int, help="steplr: decay every N epochs")
+    parser.add_argument("--lr-milestones", default=[60, 120, 160], type=int, nargs="+",
+                        help="multisteplr: epochs at which the lr is multiplied by --lr-gamma")
+    parser.add_argument("--lr-gamma", default=0.1, type=float, help="steplr/multisteplr decay factor")
+    parser.add_argument("--lr-min", default=0.0, type=float, help="cosineannealinglr: final lr")
+    parser.add_argument("--lr-warmup-epochs", default=0, type=int, help="warm-up epochs")
+    parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
+    parser.add_argument("--lr-warmup-decay", default=0.01, type=float, help="warm-up starts at lr × this")
+    # augmentation
+    parser.add_argument("--train-crop-size", default=None, type=int, help="train crop (default: native size)")
+    parser.add_argument("--val-resize-size", default=None, type=int,
+                        help="eval resize (default: crop×256/224 for imagefolder, = crop otherwise)")
+    parser.add_argument("--val-crop-size", default=None, type=int, help="eval center crop (default: native size)")
+    parser.add_argument("--interpolation", default="bilinear", type=str, help="resize interpolation")
+    parser.add_argument("--hflip-prob", default=0.5, type=float, help="horizontal-flip probability")
+    parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,
+                        help="auto-augment policy (default: none)")
+    parser.add_argument("--random-erase", default=0.0, type=float, help="random-erasing probability")
+    parser.add_argument("--mixup-alpha", default=0.0, type=float, help="MixUp α (0 = off)")
+    parser.add_argument("--cutmix-alpha", default=0.0, type=float, help="CutMix α (0 = off)")
+    parser.add_argument("--ra-sampler", action="store_true", help="repeated-augmentation sampler (DDP only)")
+    parser.add_argument("--ra-reps", default=3, type=int, help="repetitions per image for --ra-sampler")
+    # EMA, AMP, runtime
+    parser.add_argument("--model-ema", action="store_true", help="keep and evaluate an EMA of the weights")
+    parser.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
+    parser.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay per image at batch 1")
+    parser.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 + GradScaler on CUDA")
+    parser.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
+    parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
+    parser.add_argument("--use-deterministic-algorithms", action="store_true",
+                        help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
+    parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
+    parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
+    parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
+    parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
+    parser.add_argument("--test-only", action="store_true", help="only evaluate --resume: acc@1, acc@5, NLL, ECE")
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error: ...`` line (via run_cli) instead of the usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    return main(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(cli)
