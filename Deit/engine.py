@@ -1,0 +1,119 @@
+"""Train and eval loops for the DeiT trainer (DeiT's ``engine.py`` split), device-agnostic.
+
+MaxSup sits where the paper puts it: the criterion built by ``maxsup.build_criterion`` is called on the model
+output inside the autocast block of ``train_one_epoch`` (Paper Eq. 8 / Algorithm 1: CE + α·(z_max − mean z)).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from maxsup import ClassificationMeter, penalty_stats
+from maxsup.distributed import all_reduce_sum
+
+__all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
+
+#: Per-batch means from ``maxsup.penalty_stats``, averaged over the epoch (no α applied).
+PENALTY_KEYS = ("maxsup_penalty", "ls_penalty", "ls_regularization", "ls_error_amplification", "misclassified")
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, scaler: torch.amp.GradScaler | None = None,
+                    max_norm: float | None = None, model_ema: nn.Module | None = None,
+                    mixup_fn: Callable | None = None, target_fn: Callable | None = None,
+                    amp_dtype: torch.dtype | None = None, print_freq: int = 50,
+                    set_training_mode: bool = True) -> dict[str, float]:
+    """One epoch. Returns means over every training sample of all ranks: ``loss``, the ``PENALTY_KEYS``, plus
+    ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
+
+    Args:
+        data_loader: yields (images (B, 3, H, W), labels (B,)).
+        mixup_fn: timm ``Mixup`` (soft (B, K) targets); ``target_fn``: hard → smoothed targets without Mixup.
+        amp_dtype: autocast dtype (fp16 on CUDA with ``scaler``, optionally bf16 on CPU) or None for fp32.
+    """
+    model.train(set_training_mode)
+    criterion.train()
+    criterion.set_epoch(epoch)  # α schedule (paper App. F): one value per epoch, as in the authors' DeiT code
+    sums = torch.zeros(1 + len(PENALTY_KEYS), dtype=torch.float64)
+    seen = 0
+    n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
+    start = time.time()
+    for step, (samples, targets) in enumerate(data_loader):
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+        elif target_fn is not None:
+            targets = target_fn(targets)
+
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(samples)
+            loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
+
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"loss is {loss_value} at epoch {epoch}, step {step}; lower --lr or set --clip-grad")
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if max_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if max_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+        if model_ema is not None:
+            model_ema.update(model.module if hasattr(model, "module") else model)
+
+        b = samples.shape[0]
+        stats = penalty_stats(outputs, targets)
+        sums += torch.tensor([loss_value] + [stats[k] for k in PENALTY_KEYS], dtype=torch.float64) * b
+        seen += b
+        if print_freq and step % print_freq == 0:
+            print(f"Epoch: [{epoch}] [{step}/{n_steps}] loss {loss_value:.4f} lr {optimizer.param_groups[0]['lr']:.3e} "
+                  f"maxsup_penalty {stats['maxsup_penalty']:.4f} ({time.time() - start:.1f}s)", flush=True)
+
+    criterion.on_epoch_end()  # OLS refreshes its soft labels here (all-reduced under DDP)
+    totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)]))
+    n = max(totals[-1].item(), 1.0)
+    means = (totals[:-1] / n).tolist()
+    out: dict[str, float] = {"loss": means[0], **dict(zip(PENALTY_KEYS, means[1:], strict=True))}
+    alpha = getattr(criterion, "alpha", None)
+    out.update(lr=optimizer.param_groups[0]["lr"], alpha=alpha, samples=int(totals[-1].item()), samples_rank=seen)
+    return out
+
+
+@torch.no_grad()
+def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None,
+             gather: bool = False) -> dict[str, float]:
+    """acc1/acc5 (%), NLL (nats) and whole-dataset ECE (15 bins, ``maxsup.ClassificationMeter``).
+
+    ``gather=True`` sums the statistics over ranks (each rank evaluated a disjoint shard); ``n`` is the number of
+    images the metrics cover.
+    """
+    model.eval()
+    meter = ClassificationMeter(n_bins=15)
+    for images, target in data_loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            output = model(images)
+        logits: Tensor = output[0] if isinstance(output, (tuple, list)) else output
+        meter.update(logits.float(), target)
+    if gather:
+        meter.all_reduce()
+    stats = meter.compute()
+    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} NLL {stats['nll']:.4f} ECE {stats['ece']:.4f} "
+          f"(n={stats['n']})", file=sys.stdout, flush=True)
+    return stats

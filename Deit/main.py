@@ -1,0 +1,410 @@
+"""DeiT trainer with MaxSup (paper §5.1, Tables 1, 5, 11): arguments, the epoch loop and checkpoints.
+
+Single process:  python Deit/main.py --data-set FMNIST --loss maxsup ...
+Distributed:     torchrun --nproc_per_node=4 Deit/main.py --data-path /data/imagenet --loss maxsup ...
+See Deit/README.md for the exact command of every table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
+
+from datasets import build_dataset, eval_transform_spec  # noqa: E402
+from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
+from samplers import RASampler, ShardSampler  # noqa: E402
+
+from maxsup import CRITERIA, build_criterion  # noqa: E402
+from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state  # noqa: E402
+from maxsup.cli import run_cli  # noqa: E402
+from maxsup.distributed import init_distributed  # noqa: E402
+from maxsup.errors import UserError  # noqa: E402
+from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
+
+#: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
+#: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
+LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt")
+VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """DeiT's flags (same names and defaults unless noted in the help) plus the MaxSup loss flags."""
+    p = argparse.ArgumentParser("DeiT training and evaluation with MaxSup", add_help=False)
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", default=64, type=int, help="per-process batch size (default: 64)")
+    g.add_argument("--epochs", default=300, type=int, help="training epochs (default: 300)")
+    g.add_argument("--print-freq", default=50, type=int, help="print every N steps (default: 50; 0 = never)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="deit_small_patch16_224", type=str,
+                   help="timm/torchvision model name (default: deit_small_patch16_224)")
+    g.add_argument("--model-kwargs", default="{}", type=str,
+                   help='JSON dict of extra model kwargs, e.g. \'{"patch_size": 4, "depth": 2}\' (default: {})')
+    g.add_argument("--input-size", default=224, type=int, help="image size (default: 224)")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate (default: 0.0)")
+    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default: 0.1)")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (default: on)")
+    g.add_argument("--no-model-ema", action="store_false", dest="model_ema")
+    p.set_defaults(model_ema=True)
+    g.add_argument("--model-ema-decay", type=float, default=0.99996, help="EMA decay (default: 0.99996)")
+    g.add_argument("--model-ema-force-cpu", action="store_true", default=False, help="keep the EMA on the CPU")
+
+    g = p.add_argument_group("optimizer and schedule")
+    g.add_argument("--opt", default="adamw", type=str, help="timm optimizer (default: adamw)")
+    g.add_argument("--opt-eps", default=1e-8, type=float, help="optimizer epsilon (default: 1e-8)")
+    g.add_argument("--opt-betas", default=None, type=float, nargs="+", help="optimizer betas (default: timm's)")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip gradient norm (default: off)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (default: 0.05)")
+    g.add_argument("--sched", default="cosine", type=str, help="timm LR scheduler (default: cosine)")
+    g.add_argument("--lr", type=float, default=5e-4,
+                   help="learning rate per 512 images; scaled by total batch/512 unless --unscale-lr (default: 5e-4)")
+    g.add_argument("--unscale-lr", action="store_true", help="use --lr as given, without batch scaling")
+    g.add_argument("--warmup-lr", type=float, default=1e-6, help="warm-up start LR (default: 1e-6)")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="cosine floor LR (default: 1e-5)")
+    g.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs (default: 5)")
+    g.add_argument("--decay-epochs", type=float, default=30, help="step-schedule decay period (default: 30)")
+    g.add_argument("--decay-rate", type=float, default=0.1, help="step-schedule decay factor (default: 0.1)")
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--color-jitter", type=float, default=0.3, help="colour jitter (default: 0.3)")
+    g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1",
+                   help='RandAugment policy, "none" to disable (default: rand-m9-mstd0.5-inc1)')
+    g.add_argument("--smoothing", type=float, default=0.0,
+                   help="timm label smoothing applied to the targets (inside Mixup when it is on). DeiT's default "
+                        "is 0.1; here 0.0, because LS is --loss ls (paper §5.1). Refused with --loss "
+                        f"{'/'.join(LS_LIKE)} unless --allow-ls-with-maxsup (default: 0.0)")
+    g.add_argument("--train-interpolation", type=str, default="bicubic", help="training resize (default: bicubic)")
+    g.add_argument("--repeated-aug", action="store_true", help="repeated augmentation when distributed (default: on)")
+    g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
+    p.set_defaults(repeated_aug=True)
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability (default: 0.25)")
+    g.add_argument("--remode", type=str, default="pixel", help="random erasing mode (default: pixel)")
+    g.add_argument("--recount", type=int, default=1, help="random erasing count (default: 1)")
+    g.add_argument("--eval-crop-ratio", default=0.875, type=float, help="eval center-crop ratio (default: 0.875)")
+
+    g = p.add_argument_group("mixup / cutmix (paper Tables 1/5/11 use --mixup 0 --cutmix 0)")
+    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha, 0 = off (default: 0.8)")
+    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha, 0 = off (default: 1.0)")
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None, help="cutmix min/max ratio (default: off)")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default: 1.0)")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="mixup→cutmix switch prob (default: 0.5)")
+    g.add_argument("--mixup-mode", type=str, default="batch", help="batch, pair or elem (default: batch)")
+
+    g = p.add_argument_group("loss (MaxSup)")
+    g.add_argument("--loss", default="ce", choices=CRITERIA,
+                   help="ce (baseline), ls, maxsup, lp, cp, ols, zipf, or the Table 1 ablations ls-reg, ls-err, "
+                        "ls-err-alt (default: ce)")
+    g.add_argument("--alpha-start", type=float, default=0.1, help="α at the first epoch (default: 0.1)")
+    g.add_argument("--alpha-end", type=float, default=0.2,
+                   help="α at the last epoch; equal to --alpha-start for a fixed α (Table 11) (default: 0.2)")
+    g.add_argument("--allow-ls-with-maxsup", action="store_true",
+                   help="allow --smoothing > 0 together with an LS-like --loss")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", default="", type=str, help="dataset root (FMNIST: optional)")
+    g.add_argument("--data-set", default="IMNET", choices=["IMNET", "FOLDER", "FMNIST"],
+                   help="IMNET (ImageFolder or --cache zip), FOLDER (any ImageFolder), FMNIST (default: IMNET)")
+    g.add_argument("--cache", action="store_true",
+                   help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
+    g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--classes", default="", type=str,
+                   help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
+    g.add_argument("--limit-per-class", default=None, type=int,
+                   help="keep the first N images of each class in both splits (default: all)")
+    g.add_argument("--num_workers", default=10, type=int, help="DataLoader workers (default: 10)")
+    g.add_argument("--pin-mem", action="store_true", help="pin DataLoader memory (default: on for CUDA)")
+    g.add_argument("--no-pin-mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default="", help="where to write checkpoints, log.txt, args.json (default: none)")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--amp", default="auto", choices=["auto", "fp16", "bf16", "off"],
+                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
+    g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
+    g.add_argument("--dist-eval", action="store_true",
+                   help="each rank evaluates a disjoint shard; metrics are summed over ranks")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------------
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory flags with one actionable sentence."""
+    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup:
+        raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
+                        f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
+                        f"--allow-ls-with-maxsup")
+    if args.eval and not args.resume:
+        raise UserError("--eval needs --resume <checkpoint>")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch, rank), so a resumed run replays the same randomness."""
+    return (args.seed * 1_000_003 + (epoch + 1) * 7_919 + rank) % 2**31
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        kw = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--model-kwargs is not valid JSON ({exc.msg}): {args.model_kwargs!r}") from None
+    if not isinstance(kw, dict):
+        raise UserError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+    is_timm = args.model not in CIFAR_RESNETS and args.model not in torch_names() and timm.is_model(args.model)
+    if is_timm:
+        kw.setdefault("drop_rate", args.drop)
+        kw.setdefault("drop_path_rate", args.drop_path)
+        if timm.models.is_model_in_modules(args.model, VIT_MODULES):
+            kw.setdefault("img_size", args.input_size)
+    return kw
+
+
+def torch_names() -> set[str]:
+    import torchvision
+
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def amp_dtype_for(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
+    mode = args.amp
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "off"
+    if mode == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs CUDA; on CPU use --amp bf16 or --amp off")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[mode]
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[str, Any], path: str) -> None:
+    """Strict load; a checkpoint from another architecture names both and lists the mismatched keys."""
+    try:
+        load_state_dict_strict(model, ckpt["model"], source=path)
+    except UserError as exc:
+        theirs = ckpt.get("arch", {}).get("name", "an unknown architecture")
+        raise UserError(f"{path} was trained as {theirs}, this run builds {arch['name']}: {exc}") from None
+
+
+def rewrite_log(log_path: Path, ckpt: dict[str, Any]) -> None:
+    """Make log.txt end exactly at the checkpoint's epoch (a kill may leave it behind or ahead)."""
+    lines = []
+    if log_path.exists():
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in lines if json.loads(ln)["epoch"] < ckpt["epoch"]]
+    if "log_stats" in ckpt:
+        lines.append(json.dumps(ckpt["log_stats"]))
+    atomic_write(log_path, "".join(ln + "\n" for ln in lines))
+
+
+def print_penalty_log(history: list[dict[str, Any]]) -> None:
+    """Per-epoch α and the penalties measured on the training batches (before α): the paper's central quantity."""
+    print(f"{'epoch':>5} {'alpha':>7} {'maxsup_pen':>10} {'ls_reg':>8} {'ls_err_amp':>10} {'misclass':>8} "
+          f"{'train_loss':>10} {'test_acc1':>9}")
+    for e in history:
+        alpha = "-" if e["alpha"] is None else f"{e['alpha']:.4f}"
+        print(f"{e['epoch']:>5} {alpha:>7} {e['maxsup_penalty']:>10.4f} {e['ls_regularization']:>8.4f} "
+              f"{e['ls_error_amplification']:>10.4f} {e['misclassified']:>8.4f} {e['train_loss']:>10.4f} "
+              f"{e['test_acc1']:>9.2f}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------------------------
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_args(args)
+    info = init_distributed(args.device)
+    device, rank, world = info.device, info.rank, info.world_size
+    amp_dtype = amp_dtype_for(args, device)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir and rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
+    seed_everything(args.seed)
+
+    # --- data ------------------------------------------------------------------------------------------------
+    # the zip cache loads one shard per rank; ImageFolder/FMNIST hold everything and shard through the sampler
+    dataset_train, nb_classes = build_dataset(True, args, rank, world)
+    dataset_val, _ = build_dataset(False, args, rank, world)
+    sharded = args.cache and world > 1
+    loader_gen = torch.Generator()
+    if info.distributed and not sharded:
+        if args.repeated_aug:
+            sampler_train = RASampler(dataset_train, world, rank, shuffle=True, seed=args.seed)
+        else:
+            sampler_train = DistributedSampler(dataset_train, world, rank, shuffle=True, seed=args.seed)
+    else:
+        sampler_train = RandomSampler(dataset_train, generator=loader_gen)
+    if sharded:
+        sampler_val, gather_eval = SequentialSampler(dataset_val), True
+    elif info.distributed and args.dist_eval:
+        sampler_val, gather_eval = ShardSampler(dataset_val, world, rank), True
+    else:
+        sampler_val, gather_eval = SequentialSampler(dataset_val), False
+    pin = args.pin_mem and device.type == "cuda"
+    loader_train = DataLoader(dataset_train, sampler=sampler_train, batch_size=args.batch_size,
+                              num_workers=args.num_workers, pin_memory=pin, drop_last=True, generator=loader_gen)
+    loader_val = DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
+                            num_workers=args.num_workers, pin_memory=pin, drop_last=False)
+    if len(loader_train) == 0 and not args.eval:
+        raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
+                        f"{args.batch_size}; lower --batch-size")
+
+    mixup_fn, target_fn = None, None
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=nb_classes)
+    elif args.smoothing > 0:  # timm's smoothed one-hot targets, without mixing
+        def target_fn(t):
+            return mixup_target(t, nb_classes, lam=1.0, smoothing=args.smoothing)
+
+    # --- model, optimizer, loss ------------------------------------------------------------------------------
+    kw = model_kwargs(args)
+    arch = arch_spec(args.model, nb_classes, **kw)
+    print(f"Creating model: {args.model} {kw}")
+    model = create_model(args.model, nb_classes, **kw).to(device)
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"number of params: {n_parameters}")
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device("cpu") if args.model_ema_force_cpu else None)
+    if info.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model_without_ddp = model.module
+
+    total_batch = args.batch_size * world
+    lr = args.lr if args.unscale_lr else args.lr * total_batch / 512.0
+    opt_kwargs: dict[str, Any] = {"eps": args.opt_eps} if args.opt_eps is not None else {}
+    if args.opt_betas:
+        opt_kwargs["betas"] = tuple(args.opt_betas)
+    optimizer = create_optimizer_v2(model_without_ddp, opt=args.opt, lr=lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum, **opt_kwargs)
+    lr_scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
+                                          decay_epochs=args.decay_epochs, decay_rate=args.decay_rate,
+                                          min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+                                          warmup_epochs=args.warmup_epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
+                                alpha_end=args.alpha_end).to(device)
+
+    # --- resume ----------------------------------------------------------------------------------------------
+    start_epoch, max_accuracy = 0, 0.0
+    log_path = output_dir / "log.txt" if output_dir else None
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        if "model" not in ckpt:
+            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
+        load_model_weights(model_without_ddp, ckpt, arch, args.resume)
+        if not args.eval and "optimizer" in ckpt and "epoch" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            criterion.load_state_dict(ckpt["criterion"])
+            if model_ema is not None and ckpt.get("model_ema") is not None:
+                model_ema.module.load_state_dict(ckpt["model_ema"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            start_epoch = ckpt["epoch"] + 1
+            max_accuracy = ckpt.get("max_accuracy", 0.0)
+            if log_path is not None and rank == 0:
+                rewrite_log(log_path, ckpt)
+            print(f"Resumed from {args.resume} at epoch {start_epoch}")
+
+    if args.eval:
+        stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+        print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
+        return stats
+
+    # --- loop ------------------------------------------------------------------------------------------------
+    print(f"Start training for {args.epochs} epochs ({world} process(es), total batch {total_batch}, lr {lr:.3e})")
+    start_time = time.time()
+    log_stats: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(epoch_seed(args, epoch, rank))
+        loader_gen.manual_seed(epoch_seed(args, epoch, rank))
+        if hasattr(sampler_train, "set_epoch"):
+            sampler_train.set_epoch(epoch)
+        lr_scheduler.step(epoch)
+        train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
+                                      args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq)
+        sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
+        test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+        is_best = test_stats["acc1"] > max_accuracy
+        max_accuracy = max(max_accuracy, test_stats["acc1"])
+        log_stats = {
+            "train_loss": train_stats["loss"], "train_lr": train_stats["lr"], "train_samples": train_stats["samples"],
+            "alpha": train_stats["alpha"], **{k: train_stats[k] for k in PENALTY_KEYS},
+            **{f"test_{k}": v for k, v in test_stats.items()}, "epoch": epoch, "n_parameters": n_parameters,
+        }
+        print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
+              f"ls_regularization {train_stats['ls_regularization']:.4f} "
+              f"ls_error_amplification {train_stats['ls_error_amplification']:.4f} "
+              f"misclassified {train_stats['misclassified']:.4f} | test acc1 {test_stats['acc1']:.2f}% "
+              f"(max {max_accuracy:.2f}%)", flush=True)
+        if output_dir and rank == 0:
+            ckpt = {
+                "model": model_without_ddp.state_dict(), "arch": arch, "eval_transform": eval_transform_spec(args),
+                "args": vars(args), "epoch": epoch, "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None, "criterion": criterion.state_dict(),
+                "rng": rng_state(), "max_accuracy": max_accuracy, "log_stats": log_stats,
+            }
+            # best first, then checkpoint.pth, then the log: a kill between any two leaves a resumable state
+            if is_best:
+                atomic_save(ckpt, output_dir / "best_checkpoint.pth")
+            atomic_save(ckpt, output_dir / "checkpoint.pth")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(log_stats) + "\n")
+        history.append(log_stats)
+
+    total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+    print(f"Training time {total}")
+    if history:
+        print_penalty_log(history)
+    if log_stats:
+        print(f"Final: acc@1 {log_stats['test_acc1']:.2f}% acc@5 {log_stats['test_acc5']:.2f}% "
+              f"NLL {log_stats['test_nll']:.4f} ECE {log_stats['test_ece']:.4f} (max acc@1 {max_accuracy:.2f}%)")
+    return log_stats
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser("DeiT training and evaluation with MaxSup", parents=[get_args_parser()])
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(cli, sys.argv[1:])

@@ -1,0 +1,358 @@
+"""Deit/: the DeiT trainer with MaxSup, the zip cache, DDP, exact resume and CLI errors, on real Fashion-MNIST images.
+
+Every run uses a tiny ViT (patch 7 on 28×28, one block) and a few dozen real images, so the whole file stays within
+a few minutes on 2 CPU cores. Deit/ is a flat script folder (DeiT's layout), so its modules are loaded by path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from maxsup import CRITERIA
+from maxsup.cli import run_cli
+from maxsup.data.fashion_mnist import FashionMNIST
+from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
+from maxsup.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEIT = ROOT / "Deit"
+TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",
+        "--model-kwargs", '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}',
+        "--batch-size", "16", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
+        "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3", "--unscale-lr", "--num_workers", "0",
+        "--print-freq", "0", "--seed", "0"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _load_deit():
+    """Import Deit/main.py and its siblings under their DeiT names without clobbering other subprojects' modules."""
+    names = ("main", "engine", "datasets", "samplers")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(DEIT))
+    try:
+        return {n: importlib.import_module(n) for n in names}
+    finally:
+        sys.path[:] = [p for p in sys.path if p != str(DEIT)]  # main.py inserts its folder too
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
+DEIT_MODULES = _load_deit()
+deit_main = DEIT_MODULES["main"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the machine has 2 cores shared with other tests, and the subprocess runs match it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(argv: list[str]) -> dict:
+    return deit_main.cli(argv)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fixtures: a real ImageFolder (JPEG) of Fashion-MNIST images and the same images as a zip cache
+# --------------------------------------------------------------------------------------------------------------------
+CLASSES = ("tshirt", "trouser", "pullover")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    for split, train, n in (("train", True, 32), ("val", False, 12)):
+        ds = FashionMNIST(train=train, classes=[0, 1, 2], limit_per_class=n)
+        for i in range(len(ds)):
+            img, label = ds[i]
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            img.convert("RGB").save(folder / f"{split}_{i:04d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zip_root(image_root, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("zipcache")
+    for split in ("train", "val"):
+        write_zip_cache(image_root / split, root / f"{split}.zip", root / f"{split}_map.txt", split=split)
+    return root
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# zip cache (maxsup.data.zipcache)
+# --------------------------------------------------------------------------------------------------------------------
+def test_zip_cache_matches_image_folder_and_shards(image_root, zip_root):
+    train_map = parse_map(zip_root / "train_map.txt")
+    val_map = parse_map(zip_root / "val_map.txt")
+    assert len(train_map) == 96 and len(val_map) == 36
+    # sorted-ImageFolder label order, as torchvision assigns it
+    assert {name.split("/")[0]: label for name, label in train_map} == {"pullover": 0, "trouser": 1, "tshirt": 2}
+    assert all("/" not in name for name, _ in val_map)  # val members are flat, as in the authors' val.zip
+    with zipfile.ZipFile(zip_root / "train.zip") as z:
+        assert z.read(train_map[5][0]) == (image_root / "train" / train_map[5][0]).read_bytes()
+    full = ZipCacheDataset(zip_root / "train.zip", zip_root / "train_map.txt")
+    shards = [ZipCacheDataset(zip_root / "train.zip", zip_root / "train_map.txt", rank=r, world_size=2)
+              for r in range(2)]
+    assert [len(s) for s in shards] == [48, 48]
+    assert set(shards[0].samples).isdisjoint(shards[1].samples)
+    assert sorted(shards[0].samples + shards[1].samples) == sorted(full.samples)
+    img, label = full[0]
+    assert img.size == (28, 28) and img.mode == "RGB" and label == full.samples[0][1]
+
+
+def test_zip_map_errors_name_file_and_line(zip_root, tmp_path):
+    bad = tmp_path / "train_map.txt"
+    lines = (zip_root / "train_map.txt").read_text().splitlines()
+    bad.write_text("\n".join(lines[:2] + ["tshirt/train_0000.jpg 0"] + lines[3:]) + "\n")
+    with pytest.raises(UserError, match=r"train_map.txt:3: expected"):
+        parse_map(bad)
+    bad.write_text("\n".join(lines[:4] + [lines[4].split("\t")[0] + "\t7"]) + "\n")
+    with pytest.raises(UserError, match=r"train_map.txt:5: label 7 is >= the number of classes \(3\)"):
+        ZipCacheDataset(zip_root / "train.zip", bad, num_classes=3)
+
+
+def test_truncated_jpeg_in_zip_is_named_or_skipped(image_root, tmp_path):
+    folder = _copy_tree(image_root / "train", tmp_path / "train")
+    victim = folder / "trouser" / sorted(os.listdir(folder / "trouser"))[3]
+    victim.write_bytes(victim.read_bytes()[:200])
+    write_zip_cache(folder, tmp_path / "train.zip", tmp_path / "train_map.txt")
+    with pytest.raises(UserError, match=f"truncated or corrupt image 'trouser/{victim.name}'"):
+        ZipCacheDataset(tmp_path / "train.zip", tmp_path / "train_map.txt")
+    with pytest.warns(UserWarning, match="skipped 1 corrupt"):
+        ds = ZipCacheDataset(tmp_path / "train.zip", tmp_path / "train_map.txt", skip_corrupt=True)
+    assert ds.num_skipped == 1 and len(ds) == 95 and f"trouser/{victim.name}" not in dict(ds.samples)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# training runs (in process)
+# --------------------------------------------------------------------------------------------------------------------
+def test_folder_and_zip_epochs_agree_and_eval_reproduces(image_root, zip_root, tmp_path):
+    args = {name: deit_main.get_args_parser().parse_args(
+        ["--data-set", "IMNET", "--data-path", str(root), *cache, *TINY]) for name, root, cache in
+        (("folder", image_root, []), ("zip", zip_root, ["--cache"]))}
+    datasets = DEIT_MODULES["datasets"]
+    folder_ds, k_folder = datasets.build_dataset(True, args["folder"])
+    zip_ds, k_zip = datasets.build_dataset(True, args["zip"])
+    assert k_folder == k_zip == 3 and len(folder_ds) == len(zip_ds) == 96
+    folder_labels = {Path(p).parent.name + "/" + Path(p).name: t for p, t in folder_ds.samples}
+    assert folder_labels == dict(zip_ds.samples)
+
+    logs = {}
+    for name, root, cache in (("folder", image_root, []), ("zip", zip_root, ["--cache"])):
+        out = tmp_path / name
+        train(["--data-set", "IMNET", "--data-path", str(root), *cache, *TINY, "--epochs", "1", "--loss", "maxsup",
+               "--output_dir", str(out)])
+        logs[name] = read_log(out)[0]
+    assert logs["folder"]["train_samples"] == logs["zip"]["train_samples"] == 96
+    assert logs["folder"]["test_n"] == logs["zip"]["test_n"] == 36
+    # same bytes, same order, same seed: the two formats train identically
+    assert logs["folder"]["train_loss"] == pytest.approx(logs["zip"]["train_loss"], rel=1e-6)
+
+    ckpt = torch.load(tmp_path / "folder" / "checkpoint.pth", weights_only=True)
+    assert {"model", "arch", "eval_transform", "args", "epoch", "optimizer", "lr_scheduler", "model_ema", "scaler",
+            "criterion", "rng"} <= set(ckpt)
+    assert ckpt["arch"]["name"] == "vit_tiny_patch16_224" and ckpt["eval_transform"]["crop_pct"] == 1.0
+    stats = train(["--data-set", "IMNET", "--data-path", str(image_root), *TINY, "--eval",
+                   "--resume", str(tmp_path / "folder" / "checkpoint.pth")])
+    assert stats["acc1"] == pytest.approx(logs["folder"]["test_acc1"])
+    assert stats["nll"] == pytest.approx(logs["folder"]["test_nll"], rel=1e-5)
+    assert json.loads((tmp_path / "folder" / "args.json").read_text())["loss"] == "maxsup"
+
+
+@pytest.mark.parametrize("loss", CRITERIA)
+def test_every_loss_trains(loss, image_root, tmp_path):
+    out = tmp_path / loss
+    epochs = 2 if loss in ("ls", "maxsup") else 1
+    train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+           "--epochs", str(epochs), "--loss", loss, "--output_dir", str(out)])
+    log = read_log(out)
+    assert [e["epoch"] for e in log] == list(range(epochs))
+    assert all(e["train_samples"] == 48 and e["test_n"] == 36 for e in log)
+    assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in log)
+    if loss in ("ls", "maxsup"):
+        assert [e["alpha"] for e in log] == pytest.approx([0.1, 0.2])  # α schedule 0.1 → 0.2 (paper App. F)
+    elif loss.startswith("ls-"):
+        assert log[0]["alpha"] == pytest.approx(0.1)
+    else:
+        assert log[0]["alpha"] is None
+    assert all(e["maxsup_penalty"] >= 0 and e["ls_error_amplification"] <= 0 <= e["ls_regularization"] for e in log)
+
+
+def test_bf16_autocast_on_cpu(image_root):
+    stats = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+                   "--epochs", "1", "--loss", "maxsup", "--amp", "bf16"])
+    assert stats["train_samples"] == 48 and 0 < stats["train_loss"] < 10 and stats["test_n"] == 36
+
+
+def test_classes_flag_relabels_fmnist(tmp_path):
+    args = deit_main.get_args_parser().parse_args(["--data-set", "FMNIST", "--classes", "8,0", "--limit-per-class",
+                                                   "5", *TINY])
+    ds, k = DEIT_MODULES["datasets"].build_dataset(False, args)
+    assert k == 2 and sorted(set(ds.targets)) == [0, 1] and ds.classes == ["Bag", "T-shirt/top"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, non-zero exit
+# --------------------------------------------------------------------------------------------------------------------
+def _cli_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(deit_main.cli, argv)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_conflicting_loss_flags_are_refused(image_root, capsys):
+    msg = _cli_error(["--data-set", "FMNIST", *TINY, "--loss", "maxsup", "--smoothing", "0.1", "--epochs", "1"], capsys)
+    assert "--smoothing 0.1" in msg and "--allow-ls-with-maxsup" in msg
+    # the override works with Mixup's soft targets (timm smooths the mixed one-hots)
+    stats = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+                   "--epochs", "1", "--loss", "maxsup", "--smoothing", "0.1", "--allow-ls-with-maxsup",
+                   "--mixup", "0.8"])
+    assert stats["train_samples"] == 48
+
+
+def test_bad_data_inputs(image_root, zip_root, tmp_path, capsys):
+    assert "data path not found" in _cli_error(["--data-path", str(tmp_path / "nope"), *TINY], capsys)
+
+    empty = _copy_tree(image_root, tmp_path / "empty")
+    (empty / "train" / "coat").mkdir()
+    msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(empty), *TINY], capsys)
+    assert "class folder" in msg and "coat has no images" in msg
+
+    trunc = _copy_tree(image_root, tmp_path / "trunc")
+    victim = sorted((trunc / "train" / "tshirt").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:150])
+    msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(trunc), *TINY], capsys)
+    assert str(victim) in msg and "--skip-corrupt" in msg
+    stats = train(["--data-set", "FOLDER", "--data-path", str(trunc), *TINY, "--skip-corrupt", "--epochs", "1"])
+    assert stats["train_samples"] == 80  # 95 images left, drop_last with batch 16
+    assert "skipped 1 corrupt" in capsys.readouterr().out
+
+    badmap = _copy_tree(zip_root, tmp_path / "badmap")
+    lines = (badmap / "val_map.txt").read_text().splitlines()
+    (badmap / "val_map.txt").write_text("\n".join(lines[:6] + ["no-tab-here"] + lines[7:]) + "\n")
+    msg = _cli_error(["--data-path", str(badmap), "--cache", *TINY], capsys)
+    assert "val_map.txt:7:" in msg
+
+    badlabel = _copy_tree(zip_root, tmp_path / "badlabel")
+    lines = (badlabel / "val_map.txt").read_text().splitlines()
+    lines[9] = lines[9].split("\t")[0] + "\t3"
+    (badlabel / "val_map.txt").write_text("\n".join(lines) + "\n")
+    msg = _cli_error(["--data-path", str(badlabel), "--cache", *TINY], capsys)
+    assert "val_map.txt:10: label 3 is >= the number of classes (3)" in msg
+
+
+def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--output_dir", str(out)])
+    other = [a if a != '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}' else
+             '{"patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2}' for a in TINY]
+    msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *other, "--epochs", "2",
+                      "--resume", str(out / "checkpoint.pth")], capsys)
+    assert "does not match the model architecture" in msg and "blocks.1." in msg
+
+
+def test_missing_data_path_subprocess_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(DEIT / "main.py"), "--data-path", str(tmp_path / "missing"), *TINY],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"error: data path not found: {tmp_path / 'missing'}"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# multi-process and end-to-end (slow)
+# --------------------------------------------------------------------------------------------------------------------
+def _torchrun(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(DEIT / "main.py"), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["folder", "zip"])
+def test_torchrun_two_processes_gloo(source, image_root, zip_root, tmp_path):
+    data = ["--data-set", "IMNET", "--data-path", str(image_root), "--dist-eval"] if source == "folder" else \
+        ["--data-set", "IMNET", "--data-path", str(zip_root), "--cache"]
+    out = tmp_path / "ddp"
+    proc = _torchrun([*data, *TINY, "--epochs", "1", "--loss", "maxsup", "--device", "cpu", "--output_dir", str(out)],
+                     tmp_path)
+    # each rank trained on half of the 96 images (repeated augmentation or the zip shard)
+    assert "[rank 0] epoch 0: trained on 48 images" in proc.stdout
+    assert "[rank 1] epoch 0: trained on 48 images" in proc.stdout
+    log = read_log(out)[0]
+    assert log["train_samples"] == 96 and log["test_n"] == 36  # gathered over both ranks, no duplicates
+    single = train(["--data-set", "IMNET", "--data-path", str(image_root), *TINY, "--eval",
+                    "--resume", str(out / "checkpoint.pth")])
+    assert single["acc1"] == pytest.approx(log["test_acc1"]) and single["nll"] == pytest.approx(log["test_nll"])
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_then_resume_is_bit_exact(tmp_path):
+    recipe = ["--data-set", "FMNIST", "--classes", "0,2,4", "--limit-per-class", "48", *TINY, "--epochs", "3",
+              "--loss", "maxsup", "--mixup", "0.8", "--cutmix", "1.0", "--aa", "rand-m9-mstd0.5-inc1", "--reprob",
+              "0.25", "--drop-path", "0.1"]
+    base = [sys.executable, str(DEIT / "main.py"), *recipe]
+    ref = tmp_path / "ref"
+    train([*recipe, "--output_dir", str(ref)])  # uninterrupted reference, in process with the same single thread
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*base, "--output_dir", str(run), "--print-freq", "1"], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
+    for line in proc.stdout:
+        if line.startswith("Epoch: [1] [4/"):  # mid-epoch 1, after epoch 0's checkpoint
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert [e["epoch"] for e in read_log(run)] == [0]
+    subprocess.run([*base, "--output_dir", str(run), "--resume", str(run / "checkpoint.pth")], check=True, env=ENV,
+                   timeout=300, capture_output=True)
+
+    assert (run / "log.txt").read_text() == (ref / "log.txt").read_text()
+    a = torch.load(ref / "checkpoint.pth", weights_only=True)
+    b = torch.load(run / "checkpoint.pth", weights_only=True)
+    for key in ("model", "model_ema"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+@pytest.mark.slow
+def test_train_with_maxsup_sh_embedded_default(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "DATA_PATH"}
+    env["OUTPUT_DIR"] = str(tmp_path / "out")
+    proc = subprocess.run(["bash", str(DEIT / "train_with_MaxSup.sh"), "--epochs", "2", "--limit-per-class", "40"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DATA_PATH is not set" in proc.stdout
+    assert "Final: acc@1" in proc.stdout and "alpha" in proc.stdout
+    log = read_log(tmp_path / "out")
+    assert [e["alpha"] for e in log] == pytest.approx([0.1, 0.2]) and log[-1]["test_n"] == 200
