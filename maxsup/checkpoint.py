@@ -8,6 +8,8 @@ import pickle
 import random
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +18,30 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["atomic_save", "atomic_write", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state", "set_rng_state"]
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder that replaces ``path`` (``os.replace``) when the block succeeds and is
+    removed when it fails, so readers never see a partial file. For writers that need a file name (zip, .beton)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def _atomic(path: str | os.PathLike, write) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:

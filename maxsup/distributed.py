@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> 
 def _silence_print() -> None:
     builtin_print = builtins.print
 
+    @functools.wraps(builtin_print)  # keeps __module__/__name__: numba (ffcv) looks builtins up by those
     def print_main_only(*args, force: bool = False, **kwargs):
         if force:
             builtin_print(*args, **kwargs)

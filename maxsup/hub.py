@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_path, atomic_save, load_checkpoint
 from .cli import run_cli
 from .errors import UserError
 
@@ -217,15 +216,8 @@ def fetch_url(url: str, dest: str | os.PathLike, sha256: str | None = None, time
 
 
 def _copy_atomic(src: Path, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_path, atomic_write
 from ..errors import UserError
 
 __all__ = ["parse_map", "ZipCacheDataset", "write_zip_cache", "looks_truncated", "IMAGE_EXTENSIONS"]
@@ -152,19 +150,6 @@ class ZipCacheDataset(Dataset):
         return img, self.samples[index][1]
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it on success (for large streamed files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_zip_cache(image_folder_split_dir: str | os.PathLike, zip_out: str | os.PathLike,
                     map_out: str | os.PathLike, split: str = "train",
                     class_to_idx: dict[str, int] | None = None) -> int:
@@ -188,7 +173,7 @@ def write_zip_cache(image_folder_split_dir: str | os.PathLike, zip_out: str | os
     lines: list[str] = []
     seen: dict[str, str] = {}
     zip_out, map_out = Path(zip_out), Path(map_out)
-    with _atomic_path(zip_out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_path(zip_out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for cls in classes:
             if cls not in class_to_idx:
                 raise UserError(f"class folder {cls!r} in {root} is missing from class_to_idx")

@@ -1,0 +1,536 @@
+"""FFCV ImageNet trainer for ResNet / MobileNetV2 with MaxSup (paper Table 4), in the ffcv-imagenet idiom.
+
+One trainer class whose methods map to concerns, a TOML config (``config.toml`` + ``--config configs/<recipe>.toml``)
+with dotted command-line overrides, the resolved config in ``<output_dir>/params.json`` and JSON-lines logs in
+``<output_dir>/log.jsonl``. Runs on GPU (NCCL) and on CPU (gloo): images leave FFCV as uint8 and are normalised in
+torch, so no cupy is needed.
+
+    torchrun --nproc_per_node=4 Conv/ffcv/main.py --config Conv/ffcv/configs/rn50_paper_200ep.toml \\
+        --data.train_dataset=/data/ffcv/train_500_0.50_90.ffcv --data.val_dataset=/data/ffcv/val_500_0.50_90.ffcv
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from maxsup import ClassificationMeter, build_criterion, penalty_stats
+from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.cli import run_cli
+from maxsup.data.transforms import transform_spec
+from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
+from maxsup.errors import UserError
+from maxsup.models import arch_spec, create_model, load_state_dict_strict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport
+    import tomli as tomllib
+
+DEFAULT_CONFIG = Path(__file__).with_name("config.toml")
+LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf")
+SCHEDULES = ("triangular", "step", "cosine")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config: config.toml, then a recipe file (which may `extends` another), then dotted command-line overrides
+# --------------------------------------------------------------------------------------------------------------------
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in FREE_TABLES:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _unknown_key(key: str, known: dict[str, Any], where: str) -> UserError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {sorted({k.split('.')[0] for k in known})}"
+    return UserError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of the default (ints are accepted for floats)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"config key '{key}' in {where} must be of type {type(default).__name__} "
+                        f"(like {default!r}), got {value!r}")
+    return value
+
+
+def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
+    section, _, name = key.rpartition(".")
+    node = cfg
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+
+
+def _apply(cfg: dict[str, Any], updates: dict[str, Any], where: str) -> None:
+    known = _flatten(cfg)
+    for key, value in updates.items():
+        free = next((t for t in FREE_TABLES if key.startswith(t + ".")), None)
+        if free is not None:
+            _get(cfg, free)[key[len(free) + 1:]] = value
+        elif key not in known:
+            raise _unknown_key(key, known, where)
+        else:
+            _set(cfg, key, _coerce(key, value, known[key], where))
+
+
+def _get(cfg: dict[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _recipe_updates(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Flattened keys of a recipe file; ``extends = "other.toml"`` (relative to the file) is applied first."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"config files extend each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    raw = _read_toml(path)
+    parent = raw.pop("extends", None)
+    updates = _recipe_updates(path.parent / parent, seen + (path,)) if parent else {}
+    updates.update(_flatten(raw))
+    return updates
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (``0.85``, ``true``, ``[1, 2]``, ``"x"``), else the raw string (``--data.val_dataset=/x``)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(argv: list[str]) -> dict[str, Any]:
+    """Resolve ``config.toml`` + ``--config <recipe.toml>`` + ``--section.key=value`` overrides into a nested dict."""
+    cfg = _read_toml(DEFAULT_CONFIG)
+    overrides: dict[str, str] = {}
+    recipe: Path | None = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; use --config <file.toml> and --section.key=value overrides")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if not args:
+                raise UserError(f"{arg} needs a value: {arg}=<value>")
+            value = args.pop(0)
+        if key == "config":
+            recipe = Path(value)
+        else:
+            overrides[key] = value
+    if recipe is not None:
+        _apply(cfg, _recipe_updates(recipe), str(recipe))
+    known = _flatten(cfg)
+    for key, text in overrides.items():  # string keys keep the raw text (a path like /data/1e3 stays a string)
+        _apply(cfg, {key: text if isinstance(known.get(key), str) else _parse_value(text)}, "the command line")
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    choices = {"loss.type": LOSSES, "scheduler.type": SCHEDULES, "train.precision": tuple(PRECISIONS)}
+    for key, allowed in choices.items():
+        if _get(cfg, key) not in allowed:
+            raise UserError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    d, t = cfg["data"], cfg["train"]
+    if not (d["min_res"] <= d["max_res"] and d["start_ramp"] <= d["end_ramp"]):
+        raise UserError("progressive resizing needs data.min_res <= data.max_res and data.start_ramp <= data.end_ramp")
+    if t["epochs"] < 1 or t["batch_size"] < 1:
+        raise UserError(f"train.epochs and train.batch_size must be >= 1 (got {t['epochs']}, {t['batch_size']})")
+    if len(d["mean"]) != 3 or len(d["std"]) != 3:
+        raise UserError("data.mean and data.std need three values (RGB, in [0, 1])")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schedules (pure functions of the fractional epoch; the trainer sets the lr every iteration, as ffcv-imagenet does)
+# --------------------------------------------------------------------------------------------------------------------
+def learning_rate(epoch: float, sched: dict[str, Any], lr: float, epochs: int) -> float:
+    """Learning rate at fractional ``epoch`` ∈ [0, epochs].
+
+    * ``step``: the authors' released config (lr 0.8, ×0.1 every 30 epochs, 90 epochs);
+    * ``cosine``: paper Table 4 (lr 0.85, 200 epochs), optional linear warm-up;
+    * ``triangular``: ffcv-imagenet's cyclic schedule, 1e-4·lr → lr at ``peak_epoch`` → 0 at the end.
+    """
+    if sched["type"] == "step":
+        return lr * sched["step_ratio"] ** math.floor(epoch / sched["step_length"])
+    if sched["type"] == "cosine":
+        warmup = sched["warmup_epochs"]
+        if epoch < warmup:
+            return lr * epoch / warmup
+        progress = (epoch - warmup) / max(epochs - warmup, 1e-8)
+        return sched["min_lr"] + 0.5 * (lr - sched["min_lr"]) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return float(np.interp(epoch, [0, sched["peak_epoch"], epochs], [1e-4 * lr, lr, 0.0]))
+
+
+def train_resolution(epoch: int, data: dict[str, Any]) -> int:
+    """Progressive resizing: min_res until start_ramp, linear to max_res at end_ramp, rounded to res_step."""
+    res = np.interp(epoch, [data["start_ramp"], data["end_ramp"]], [data["min_res"], data["max_res"]])
+    return int(round(res / data["res_step"])) * data["res_step"]
+
+
+def check_beton(path: str, role: str, num_classes: int) -> int:
+    """Raise a one-line UserError unless ``path`` is a .beton with an RGB ``image`` and an int ``label`` field whose
+    labels lie in [0, num_classes). Returns the number of samples."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.reader import Reader
+
+    key = f"data.{role}_dataset"
+    if not path:
+        raise UserError(f"{key} is not set; pass --{key}=<file.beton> (write one with write_imagenet.py)")
+    if not Path(path).is_file():
+        raise UserError(f"{key} not found: {path}; write it with Conv/ffcv/write_imagenet.py")
+    try:
+        reader = Reader(path)
+    except (AssertionError, ValueError, OSError, IndexError) as exc:
+        raise UserError(f"{path} is not an FFCV .beton file ({exc}); write it with write_imagenet.py") from None
+    fields = {name: type(handler).__name__ for name, handler in reader.handlers.items()}
+    if not (isinstance(reader.handlers.get("image"), RGBImageField)
+            and isinstance(reader.handlers.get("label"), IntField)):
+        raise UserError(f"{path} has fields {fields}, expected 'image' (RGBImageField) and 'label' (IntField); "
+                        f"write it with write_imagenet.py")
+    labels = reader.metadata[f"f{reader.field_names.index('label')}"]
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{path} has labels in [{labels.min()}, {labels.max()}] but model.num_classes = {num_classes}")
+    return int(reader.num_samples)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] → float (B, 3, H, W) normalised; mean/std are (1, 3, 1, 1) in [0, 255]."""
+    x = (images.float() - mean) / std
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def reduce_meter(meter: ClassificationMeter, device: torch.device) -> ClassificationMeter:
+    """Sum a meter over DDP ranks. Its sums live on the CPU, which NCCL cannot reduce: on CUDA they travel through
+    the GPU (gloo reduces CPU tensors directly)."""
+    if device.type != "cuda" or world_size() == 1:
+        return meter.all_reduce()
+    for t in (meter.totals, meter.ece.count, meter.ece.conf_sum, meter.ece.correct_sum):
+        t.copy_(all_reduce_sum(t.to(device)).cpu())
+    return meter
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------------------------
+class ImageNetTrainer:
+    """ffcv-imagenet's trainer shape: ``create_*`` builds each part, ``train`` runs ``train_loop`` / ``eval_and_log``
+    per epoch and writes an atomic checkpoint after each."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        import ffcv  # noqa: F401  before init_distributed silences print on rank > 0: numba's import inspects print
+        self.dist = init_distributed(cfg["train"]["device"] or None)
+        self.device = self.dist.device
+        self.main = self.dist.rank == 0
+        torch.manual_seed(cfg["train"]["seed"] + self.dist.rank)
+        np.random.seed(cfg["train"]["seed"] + self.dist.rank)
+        d = cfg["data"]
+        self.mean = torch.tensor(d["mean"], device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(d["std"], device=self.device).view(1, 3, 1, 1) * 255
+        self.output_dir = Path(cfg["train"]["output_dir"])
+        self.start_epoch = 0
+        self.last_metrics: dict[str, float] = {}
+        for role in ("val",) if cfg["train"]["eval_only"] else ("train", "val"):  # fail fast, before any JIT work
+            check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"])
+        if not cfg["train"]["eval_only"]:
+            self.train_loader, self.decoder = self.create_train_loader()
+        self.val_loader = self.create_val_loader()
+        self.model, self.scaler = self.create_model_and_scaler()
+        self.criterion = self.create_criterion()
+        self.optimizer = self.create_optimizer()
+        self.resume()
+        self.initialize_logger()
+
+    # ---------------------------------------------------------------------------------------------------- data
+    @property
+    def per_process_batch(self) -> int:
+        total, ws = self.cfg["train"]["batch_size"], self.dist.world_size
+        if total % ws:
+            raise UserError(f"train.batch_size = {total} is not divisible by the {ws} processes")
+        return total // ws
+
+    def _label_pipeline(self) -> list:
+        from ffcv.fields.decoders import IntDecoder
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+        pipe = [IntDecoder(), ToTensor(), Squeeze()]
+        return pipe + [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else pipe
+
+    def _image_tail(self) -> list:
+        # uint8 leaves the loader (4× less to copy than float); normalisation happens in torch, so no cupy.
+        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+        dev = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
+        return [ToTensor(), *dev, ToTorchImage()]
+
+    def create_train_loader(self):
+        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import RandomHorizontalFlip
+
+        d = self.cfg["data"]
+        n = check_beton(d["train_dataset"], "train", self.cfg["model"]["num_classes"])
+        if n < self.per_process_batch * self.dist.world_size:
+            raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
+                            f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
+        res = train_resolution(self.start_epoch, d)
+        decoder = RandomResizedCropRGBImageDecoder((res, res))
+        order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
+        loader = Loader(d["train_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
+                        order=order, os_cache=d["in_memory"], drop_last=True, distributed=self.dist.distributed,
+                        seed=self.cfg["train"]["seed"],
+                        pipelines={"image": [decoder, RandomHorizontalFlip(), *self._image_tail()],
+                                   "label": self._label_pipeline()})
+        return loader, decoder
+
+    def create_val_loader(self):
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+
+        d = self.cfg["data"]
+        check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
+        res = d["val_res"]
+        decoder = CenterCropRGBImageDecoder((res, res), ratio=d["val_crop_ratio"])
+        return Loader(d["val_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
+                      order=OrderOption.SEQUENTIAL, drop_last=False, distributed=self.dist.distributed,
+                      pipelines={"image": [decoder, *self._image_tail()], "label": self._label_pipeline()})
+
+    # ---------------------------------------------------------------------------------------------------- model
+    def create_model_and_scaler(self):
+        m = self.cfg["model"]
+        model = create_model(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"])
+        if self.cfg["train"]["sync_bn"] and self.dist.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if self.cfg["train"]["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.distributed:
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg["train"]["precision"] == "fp16")
+        return model, scaler
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+    def create_criterion(self) -> nn.Module:
+        loss = self.cfg["loss"]
+        kw = {"lp": {"beta": loss["lp_beta"]}, "cp": {"beta": loss["cp_beta"]},
+              "ols": {"a": loss["ols_a"], "init_smoothing": loss["ols_init_smoothing"]},
+              "zipf": {"lam": loss["zipf_lam"], "power": loss["zipf_power"]}}.get(loss["type"], {})
+        return build_criterion(loss["type"], self.cfg["model"]["num_classes"], self.cfg["train"]["epochs"],
+                               alpha_start=loss["alpha_start"], alpha_end=loss["alpha_end"], **kw).to(self.device)
+
+    def create_optimizer(self) -> torch.optim.Optimizer:
+        """SGD; BatchNorm parameters get no weight decay unless optimizer.bn_weight_decay (grouped by module type,
+        so torchvision's ``downsample.1`` BN is included, unlike ffcv-imagenet's ``'bn' in name`` test)."""
+        o = self.cfg["optimizer"]
+        norm, rest = [], []
+        for module in self.module.modules():
+            is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            (norm if is_norm and not o["bn_weight_decay"] else rest).extend(module.parameters(recurse=False))
+        groups = [{"params": rest, "weight_decay": o["weight_decay"]}, {"params": norm, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+
+    # ---------------------------------------------------------------------------------------------------- state
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoint.pth"
+
+    def save_checkpoint(self, epoch: int) -> None:
+        if not self.main:
+            return
+        d, m = self.cfg["data"], self.cfg["model"]
+        atomic_save({
+            "model": self.module.state_dict(),
+            "arch": arch_spec(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"]),
+            # ffcv's center crop (ratio × short side, resized to val_res) = Resize(val_res / ratio) + CenterCrop.
+            "eval_transform": transform_spec(d["val_res"], crop_pct=d["val_crop_ratio"], mean=d["mean"], std=d["std"]),
+            "args": copy.deepcopy(self.cfg),
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "rng": rng_state(),
+            "metrics": self.last_metrics,
+        }, self.checkpoint_path())
+
+    def resume(self) -> None:
+        path = self.cfg["train"]["resume"]
+        if path == "auto":
+            path = str(self.checkpoint_path()) if self.checkpoint_path().is_file() else ""
+        if not path:
+            if self.cfg["train"]["eval_only"]:
+                raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
+            return
+        ckpt = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
+        if missing:
+            raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
+        load_state_dict_strict(self.module, ckpt["model"], path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.criterion.load_state_dict(ckpt["criterion"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"] + 1
+        if not self.cfg["train"]["eval_only"]:
+            # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
+            self.train_loader.next_epoch = self.start_epoch
+        print(f"resumed from {path} (epoch {ckpt['epoch']} done)")
+
+    # ---------------------------------------------------------------------------------------------------- loops
+    def get_lr(self, epoch: float) -> float:
+        return learning_rate(epoch, self.cfg["scheduler"], self.cfg["optimizer"]["lr"], self.cfg["train"]["epochs"])
+
+    def autocast(self):
+        dtype = PRECISIONS[self.cfg["train"]["precision"]]
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def train_loop(self, epoch: int) -> dict[str, float]:
+        t = self.cfg["train"]
+        self.model.train()
+        res = train_resolution(epoch, self.cfg["data"])
+        self.decoder.output_size = (res, res)  # progressive resizing (no recompilation needed)
+        self.criterion.set_epoch(epoch)
+        iters = len(self.train_loader)
+        loss_sum = torch.zeros((), device=self.device)
+        stats: dict[str, float] = {}
+        n_stats = 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.main and t["progress"]))
+        for it, (images, target) in enumerate(bar):
+            if it == 1:  # time from the second batch: the first one includes FFCV's JIT compilation
+                start = time.perf_counter()
+            lr = self.get_lr(epoch + it / iters)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std, t["channels_last"])
+            target = target.to(self.device, non_blocking=True).long()
+            with self.autocast():
+                output = self.model(images)
+                loss = self.criterion(output, target)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach().float()
+            if it % t["stats_every"] == 0:
+                for key, value in penalty_stats(output.detach().float(), target).items():
+                    stats[key] = stats.get(key, 0.0) + value
+                n_stats += 1
+        elapsed = time.perf_counter() - start
+        self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
+        train_loss = all_reduce_sum(loss_sum).item() / (iters * self.dist.world_size)
+        return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
+                "img_per_s": max(iters - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
+                **{f"train_{k}": v / max(n_stats, 1) for k, v in stats.items()}}
+
+    @torch.no_grad()
+    def val_loop(self) -> dict[str, float]:
+        self.model.eval()
+        meter = ClassificationMeter(self.cfg["model"]["num_classes"])
+        start = time.perf_counter()
+        for images, target in self.val_loader:
+            images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std,
+                               self.cfg["train"]["channels_last"])
+            with self.autocast():
+                logits = self.model(images).float()
+                if self.cfg["data"]["flip_tta"]:  # ffcv-imagenet's lr_tta; averaged so NLL/ECE stay meaningful
+                    logits = (logits + self.model(torch.flip(images, dims=[3])).float()) / 2
+            meter.update(logits, target.to(self.device).long())
+        out = reduce_meter(meter, self.device).compute()
+        return {"top_1": out["acc1"], "top_5": out["acc5"], "val_nll": out["nll"], "val_ece": out["ece"],
+                "val_n": out["n"], "val_time": time.perf_counter() - start}
+
+    def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        stats = self.val_loop()
+        self.last_metrics = stats
+        self.log({"epoch": epoch, **(extra or {}), **stats})
+        return stats
+
+    def train(self) -> dict[str, Any]:
+        epochs = self.cfg["train"]["epochs"]
+        if self.cfg["train"]["eval_only"]:
+            return self.eval_and_log(self.start_epoch - 1, {"eval_only": True})
+        stats: dict[str, Any] = dict(self.last_metrics)
+        for epoch in range(self.start_epoch, epochs):
+            train_stats = self.train_loop(epoch)
+            stats = self.eval_and_log(epoch, train_stats)
+            self.save_checkpoint(epoch)
+        barrier()
+        return stats
+
+    # ---------------------------------------------------------------------------------------------------- logging
+    def initialize_logger(self) -> None:
+        self.start_time = time.time()
+        if not self.main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
+                  "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
+        atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
+
+    def log(self, content: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        line = json.dumps({"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content})
+        print(line, flush=True)
+        with open(self.output_dir / "log.jsonl", "a") as f:
+            f.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("config keys (defaults from config.toml):")
+        for key, value in _flatten(_read_toml(DEFAULT_CONFIG)).items():
+            print(f"  --{key}={json.dumps(value)}")
+        return {}
+    trainer = ImageNetTrainer(load_config(argv))
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    run_cli(main)

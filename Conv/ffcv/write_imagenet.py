@@ -1,0 +1,153 @@
+"""Convert an ImageFolder split, or the authors' zip cache (zip + map file), into an FFCV ``.beton``.
+
+The fields are ffcv-imagenet's: ``image`` (``RGBImageField``) and ``label`` (``IntField``), so the ``.beton`` also
+works with ffcv-imagenet's ``train_imagenet.py``. The defaults are the authors' setting (max side 500 px, half of
+the images stored as JPEG at quality 90, the rest raw; ``./write_imagenet.sh 500 0.50 90``).
+
+    python Conv/ffcv/write_imagenet.py --data-dir /data/imagenet/train --write-path /data/ffcv/train_500_0.50_90.ffcv
+    python Conv/ffcv/write_imagenet.py --zip /data/imagenet/val.zip --map /data/imagenet/val_map.txt \\
+        --write-path /data/ffcv/val_500_0.50_90.ffcv
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from maxsup.checkpoint import atomic_path
+from maxsup.cli import run_cli
+from maxsup.data.fashion_mnist import FashionMNIST
+from maxsup.data.zipcache import parse_map
+from maxsup.errors import UserError
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+class ZipMembers(Dataset):
+    """The zip cache read lazily, one member per item (``ZipCacheDataset`` holds the whole zip in RAM, which is right
+    for training from it but not for a one-pass conversion of ImageNet's 140 GB train split)."""
+
+    def __init__(self, zip_path: str | os.PathLike, map_path: str | os.PathLike):
+        self.zip_path = Path(zip_path)
+        if not self.zip_path.is_file():
+            raise UserError(f"zip cache not found: {self.zip_path}")
+        self.samples = parse_map(map_path)
+        self._archive: tuple[int, zipfile.ZipFile] | None = None
+        try:
+            with zipfile.ZipFile(self.zip_path) as archive:
+                missing = {name for name, _ in self.samples} - set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise UserError(f"{self.zip_path} is not a readable zip file: {exc}") from None
+        if missing:
+            raise UserError(f"{map_path} lists {len(missing)} members missing from {zip_path}, e.g. {min(missing)!r}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        if self._archive is None or self._archive[0] != os.getpid():  # one handle per writer process (fork-safe)
+            self._archive = (os.getpid(), zipfile.ZipFile(self.zip_path))
+        name, label = self.samples[index]
+        return Image.open(io.BytesIO(self._archive[1].read(name))).convert("RGB"), label
+
+
+def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None,
+                fashion_mnist: str | None = None) -> Dataset:
+    """The split to convert: (PIL RGB image, int label) pairs, labels in ImageFolder (sorted folder) or map order."""
+    if sum(x is not None for x in (data_dir, zip_path, fashion_mnist)) != 1:
+        raise UserError("give exactly one source: --data-dir <ImageFolder split>, --zip <file.zip> --map <map.txt>, "
+                        "or --fashion-mnist train|test")
+    if fashion_mnist is not None:  # the tiny CPU recipe (configs/fmnist_cpu.toml), from the Debian package files
+        return FashionMNIST(train=fashion_mnist == "train", transform=_to_rgb)
+    if zip_path is not None:
+        if map_path is None:
+            raise UserError(f"--zip {zip_path} needs its map file: add --map <train_map.txt|val_map.txt>")
+        return ZipMembers(zip_path, map_path)
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"source folder not found: {root}; pass an ImageFolder split (<dir>/<class>/<image>)")
+    try:
+        return ImageFolder(str(root))  # its default loader converts grayscale/CMYK to RGB
+    except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
+        raise UserError(f"{root} is not an ImageFolder split (<dir>/<class>/<image>): {exc}") from None
+
+
+def take_subset(dataset: Dataset, subset: int) -> Dataset:
+    """``subset`` > 0 keeps that many images spread evenly over the split (so every class is represented; the
+    ffcv-imagenet writer keeps the first N, i.e. only the first classes)."""
+    if subset <= 0 or subset >= len(dataset):
+        return dataset
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, subset).round().astype(int).tolist())
+
+
+def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 500, compress_probability: float = 0.5,
+                jpeg_quality: int = 90, num_workers: int = 16, chunk_size: int = 100,
+                write_mode: str = "proportion") -> Path:
+    """Write ``dataset`` to ``write_path`` atomically (temporary file in the same folder, then ``os.replace``).
+
+    ``write_mode='proportion'`` stores a random ``compress_probability`` fraction of images as JPEG and the rest as
+    raw pixels (ffcv-imagenet's mode); every image's longer side is first capped at ``max_resolution``.
+    """
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if not 0.0 <= compress_probability <= 1.0:
+        raise UserError(f"--compress-probability must be in [0, 1], got {compress_probability}")
+    if not 1 <= jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality must be in [1, 100], got {jpeg_quality}")
+    if max_resolution < 8:
+        raise UserError(f"--max-resolution must be at least 8 px, got {max_resolution}")
+    write_path = Path(write_path)
+    fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
+                                     compress_probability=compress_probability, jpeg_quality=jpeg_quality),
+              "label": IntField()}
+    with atomic_path(write_path) as tmp:
+        # DatasetWriter shows its own tqdm progress bar.
+        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(dataset, chunksize=chunk_size)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private (0600); give the result the usual mode
+    return write_path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="ImageFolder split to convert (<dir>/<class>/<image>)")
+    parser.add_argument("--zip", default=None, help="zip cache to convert instead (needs --map)")
+    parser.add_argument("--map", default=None, help="map file of --zip (<member>\\t<label> per line)")
+    parser.add_argument("--fashion-mnist", default=None, choices=["train", "test"],
+                        help="convert this Fashion-MNIST split instead (28 px, for configs/fmnist_cpu.toml)")
+    parser.add_argument("--write-path", required=True, help="output .beton file")
+    parser.add_argument("--max-resolution", type=int, default=500, help="cap on the longer image side (px)")
+    parser.add_argument("--compress-probability", type=float, default=0.5, help="fraction of images stored as JPEG")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the compressed images")
+    parser.add_argument("--write-mode", default="proportion", choices=["proportion", "raw", "jpg", "smart"],
+                        help="ffcv RGBImageField write mode")
+    parser.add_argument("--num-workers", type=int, default=16, help="encoder processes")
+    parser.add_argument("--chunk-size", type=int, default=100, help="images per worker task")
+    parser.add_argument("--subset", type=int, default=-1, help="write only this many images, spread evenly (-1: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = get_args_parser().parse_args(argv)
+    dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist), args.subset)
+    path = write_beton(dataset, args.write_path, args.max_resolution, args.compress_probability, args.jpeg_quality,
+                       args.num_workers, args.chunk_size, args.write_mode)
+    print(f"wrote {len(dataset)} images to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    run_cli(main)

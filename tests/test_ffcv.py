@@ -1,0 +1,292 @@
+"""Conv/ffcv: a real .beton written by FFCV from real JPEGs (Fashion-MNIST + scikit-image photos), trained on CPU.
+
+FFCV JIT-compiles its pipelines with numba (about 5 s of CPU per process plus a few per loader), so everything runs
+in this one process around a single module-scoped training run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
+pytestmark = pytest.mark.ffcv
+# numba's dispatcher finaliser raises a harmless KeyError when FFCV's generated pipelines are garbage-collected
+# (numba 0.68); trainers are kept alive until exit, where numba skips its finalisers.
+_KEEP_ALIVE: list = []
+
+FFCV_DIR = Path(__file__).resolve().parents[1] / "Conv" / "ffcv"
+FMNIST_CLASSES = (0, 2, 4)  # T-shirt/top, Pullover, Coat
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+SIZE = 32
+RAMP = ("--data.max_res=64", "--data.start_ramp=0", "--data.end_ramp=1")  # 32 px at epoch 0, 64 px at 1
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ffcv_main = _load("ffcv_main", FFCV_DIR / "main.py")
+write_imagenet = _load("ffcv_write_imagenet", FFCV_DIR / "write_imagenet.py")
+
+
+def _write_split(root: Path, train: bool, per_class: int, rng: np.random.Generator) -> None:
+    """ImageFolder of SIZE×SIZE JPEGs: classes 0-2 from Fashion-MNIST, class 3 random crops of skimage photos."""
+    import skimage.data
+
+    from maxsup.data.fashion_mnist import FashionMNIST
+
+    fmnist = FashionMNIST(train=train, classes=FMNIST_CLASSES, limit_per_class=per_class)
+    for i, (img, label) in enumerate(fmnist):
+        folder = root / f"c{label}_fmnist"
+        folder.mkdir(parents=True, exist_ok=True)
+        img.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=95)
+    folder = root / "c3_photo"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        photo = getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()
+        side = int(rng.integers(64, min(photo.shape[:2])))
+        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
+        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((SIZE, SIZE), Image.BILINEAR)
+        crop.save(folder / f"{i:04d}.jpg", quality=95)
+
+
+@pytest.fixture(scope="module")
+def betons(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ffcv_data")
+    rng = np.random.default_rng(0)
+    _write_split(root / "train", train=True, per_class=24, rng=rng)
+    _write_split(root / "val", train=False, per_class=8, rng=rng)
+    out = {"train_dir": root / "train", "val_dir": root / "val"}
+    for split in ("train", "val"):
+        out[split] = write_imagenet.main(["--data-dir", str(root / split), "--write-path", str(root / f"{split}.beton"),
+                                          "--num-workers", "2", "--chunk-size", "16"])
+    return out
+
+
+def _argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--config", str(FFCV_DIR / "configs" / "fmnist_cpu.toml"),
+            f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
+            "--model.num_classes=4", "--model.kwargs.width=8", "--train.batch_size=32", "--train.epochs=1",
+            "--train.progress=false", "--data.num_workers=2", f"--train.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(betons, tmp_path_factory):
+    """One epoch of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64 px ramp)."""
+    out = tmp_path_factory.mktemp("ffcv_run")
+    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", *RAMP))
+    trainer = ffcv_main.ImageNetTrainer(cfg)
+    _KEEP_ALIVE.append(trainer)
+    stats = trainer.train()
+    return trainer, stats, out
+
+
+# ------------------------------------------------------------------------------------------------ writer + loader
+def test_beton_has_image_and_label_fields_with_imagefolder_labels(betons):
+    from ffcv.reader import Reader
+    from torchvision.datasets import ImageFolder
+
+    reader = Reader(str(betons["val"]))
+    assert list(reader.handlers) == ["image", "label"]
+    labels = reader.metadata["f1"]
+    assert labels.tolist() == ImageFolder(str(betons["val_dir"])).targets
+    assert oct(betons["val"].stat().st_mode & 0o777) != oct(0o600)  # not left with mkstemp's private mode
+    assert not [p for p in betons["val"].parent.iterdir() if p.name.endswith(".tmp")]  # atomic: no leftovers
+
+
+def test_writer_reads_the_zip_cache_with_its_map_labels(betons, tmp_path):
+    from ffcv.reader import Reader
+
+    from maxsup.data.zipcache import parse_map, write_zip_cache
+
+    # A permuted class order, like the authors' maps (which do not follow sorted-ImageFolder order).
+    order = {"c3_photo": 0, "c0_fmnist": 1, "c1_fmnist": 2, "c2_fmnist": 3}
+    write_zip_cache(betons["val_dir"], tmp_path / "val.zip", tmp_path / "val_map.txt", split="train",
+                    class_to_idx=order)
+    out = write_imagenet.main(["--zip", str(tmp_path / "val.zip"), "--map", str(tmp_path / "val_map.txt"),
+                               "--write-path", str(tmp_path / "zip.beton"), "--num-workers", "2"])
+    labels = Reader(str(out)).metadata["f1"].tolist()
+    assert labels == [label for _, label in parse_map(tmp_path / "val_map.txt")]
+    assert sorted(set(labels)) == [0, 1, 2, 3] and labels[0] == order["c0_fmnist"]
+
+
+def test_ffcv_loader_returns_labels_shapes_and_pixels(trained, betons):
+    from ffcv.loader import Loader
+    from torchvision.datasets import ImageFolder
+
+    trainer, _, _ = trained
+    assert isinstance(trainer.val_loader, Loader) and isinstance(trainer.train_loader, Loader)  # no fallback
+    source = ImageFolder(str(betons["val_dir"]))
+    images, labels = zip(*trainer.val_loader, strict=True)
+    images, labels = torch.cat(images), torch.cat(labels)
+    assert images.shape == (len(source), 3, SIZE, SIZE) and images.dtype == torch.uint8
+    assert labels.tolist() == source.targets  # sequential order = ImageFolder order
+    # val_res = 32 with crop ratio 1 on 32-px images is the identity: pixels match PIL's decode of the source JPEG
+    # (exactly for images stored raw, within JPEG-90 error for the re-compressed half). Colour photos catch RGB/BGR.
+    reference = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img, _ in source])
+    err = (images.float() - reference.float()).abs().mean(dim=(1, 2, 3))
+    assert err.max() < 8.0, err.max()
+    assert (err == 0).sum() >= len(source) // 5  # compress_probability 0.5: some images are stored raw
+
+
+def test_train_loader_follows_progressive_resizing(trained):
+    trainer, _, _ = trained
+    assert ffcv_main.train_resolution(0, trainer.cfg["data"]) == 32
+    assert ffcv_main.train_resolution(1, trainer.cfg["data"]) == 64
+    trainer.decoder.output_size = (64, 64)
+    images, target = next(iter(trainer.train_loader))
+    assert images.shape == (32, 3, 64, 64) and target.shape == (32,)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
+    trainer, stats, out = trained
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0]
+    assert log[0]["val_n"] == 32 and 0.0 <= log[0]["top_1"] <= 100.0 and np.isfinite(log[0]["train_loss"])
+    assert log[0]["alpha"] == pytest.approx(0.1)  # MaxSup α at epoch 0 (paper: 0.1 → 0.2)
+    assert log[0]["train_res"] == 32
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 0
+    assert ckpt["arch"] == {"name": "cifar_resnet10", "num_classes": 4, "kwargs": {"blurpool": True, "width": 8}}
+    assert any(k.endswith("blur_filter") for k in ckpt["model"])  # BlurPool before strided convs
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert ckpt["eval_transform"]["img_size"] == 32
+
+
+def test_dotted_override_takes_effect(trained):
+    trainer, _, out = trained
+    params = json.loads((out / "params.json").read_text())
+    assert params["optimizer.lr"] == 0.05 and params["model.kwargs"] == {"width": 8}
+    assert params["loader"] == "ffcv.loader.loader.Loader"
+    iters = len(trainer.train_loader)
+    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 1)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)  # the optimizer really used 0.05
+    assert trainer.model.layer1[0].conv1.out_channels == 8
+
+
+def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
+    _, _, out = trained
+    before = torch.load(out / "checkpoint.pth", weights_only=True)
+    resumed = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
+        _argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", "--train.resume=auto",
+              *RAMP)))
+    _KEEP_ALIVE.append(resumed)
+    assert resumed.start_epoch == 1 and resumed.train_loader.next_epoch == 1
+    for key, value in before["model"].items():
+        assert torch.equal(resumed.module.state_dict()[key], value), key
+    assert resumed.optimizer.state_dict()["state"].keys() == before["optimizer"]["state"].keys()
+    resumed.train()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert log[1]["train_res"] == 64 and log[1]["alpha"] == pytest.approx(0.2)  # ramp and α schedule continue
+    after = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert after["epoch"] == 1
+    assert not torch.equal(after["model"]["fc.weight"], before["model"]["fc.weight"])
+    # Evaluating the saved checkpoint reproduces the logged validation metrics exactly.
+    evaluator = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
+        _argv(betons, out / "eval", "--train.eval_only=true", f"--train.resume={out / 'checkpoint.pth'}")))
+    _KEEP_ALIVE.append(evaluator)
+    stats = evaluator.train()
+    assert stats["top_1"] == log[1]["top_1"] and stats["val_nll"] == pytest.approx(log[1]["val_nll"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_epoch(betons, tmp_path, repo_root, python_exe):
+    """Real DDP: torchrun, 2 CPU processes over gloo, FFCV's distributed loaders, one epoch + validation."""
+    out = tmp_path / "ddp"
+    cmd = [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(FFCV_DIR / "main.py"), *_argv(betons, out, "--data.num_workers=1")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0]
+    assert log[0]["val_n"] == 32  # each of the 32 val images counted once over the two ranks
+    assert json.loads((out / "params.json").read_text())["world_size"] == 2
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+def test_schedules_match_the_recipes():
+    step = {"type": "step", "step_length": 30, "step_ratio": 0.1}
+    assert [ffcv_main.learning_rate(e, step, 0.8, 90) for e in (0, 29.9, 30, 60.5)] == pytest.approx(
+        [0.8, 0.8, 0.08, 0.008])
+    cosine = {"type": "cosine", "warmup_epochs": 0, "min_lr": 0.0}
+    assert ffcv_main.learning_rate(0, cosine, 0.85, 200) == pytest.approx(0.85)
+    assert ffcv_main.learning_rate(100, cosine, 0.85, 200) == pytest.approx(0.425)
+    assert ffcv_main.learning_rate(200, cosine, 0.85, 200) == pytest.approx(0.0, abs=1e-12)
+    tri = {"type": "triangular", "peak_epoch": 2}
+    assert [ffcv_main.learning_rate(e, tri, 1.7, 88) for e in (0, 1, 2, 45, 88)] == pytest.approx(
+        [1.7e-4, (1.7e-4 + 1.7) / 2, 1.7, 1.7 * 43 / 86, 0.0])
+    ramp = {"min_res": 160, "max_res": 192, "start_ramp": 65, "end_ramp": 76, "res_step": 32}
+    assert [ffcv_main.train_resolution(e, ramp) for e in (0, 65, 70, 76, 87)] == [160, 160, 160, 192, 192]
+
+
+def test_recipe_configs_resolve_to_the_paper_and_release_settings():
+    cfg = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / "rn50_paper_200ep.toml")])
+    assert (cfg["train"]["epochs"], cfg["optimizer"]["lr"], cfg["scheduler"]["type"], cfg["train"]["batch_size"]) == (
+        200, 0.85, "cosine", 2048)
+    assert cfg["optimizer"]["weight_decay"] == 1e-4 and cfg["optimizer"]["momentum"] == 0.9
+    rel = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / "rn50_release_90ep_step.toml")])
+    assert (rel["train"]["epochs"], rel["optimizer"]["lr"], rel["scheduler"]["type"]) == (90, 0.8, "step")
+    for name, arch in (("rn18", "resnet18"), ("rn101", "resnet101"), ("mbv2", "mobilenet_v2")):
+        cfg = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / f"{name}.toml")])
+        assert cfg["model"]["arch"] == arch and cfg["train"]["epochs"] == 200 and cfg["scheduler"]["type"] == "cosine"
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _cli_error(capsys, fn, argv) -> str:
+    from maxsup.cli import run_cli
+
+    capsys.readouterr()  # drop earlier output (e.g. a writer's progress bar)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(fn, argv)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_beton_is_one_line(capsys, betons, tmp_path):
+    argv = _argv(betons, tmp_path, f"--data.val_dataset={tmp_path / 'nope.beton'}")
+    assert "nope.beton" in _cli_error(capsys, ffcv_main.main, argv)
+
+
+def test_beton_without_expected_fields_is_one_line(capsys, betons, tmp_path):
+    from ffcv.fields import FloatField, IntField
+    from ffcv.writer import DatasetWriter
+
+    wrong = tmp_path / "wrong.beton"
+    DatasetWriter(str(wrong), {"x": FloatField(), "y": IntField()}, num_workers=1).from_indexed_dataset(
+        [(float(i), i) for i in range(8)])
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, f"--data.train_dataset={wrong}"))
+    assert "'image' (RGBImageField)" in msg and "wrong.beton" in msg
+
+
+def test_unknown_config_key_names_the_nearest_valid_key(repo_root, python_exe):
+    proc = subprocess.run([python_exe, str(FFCV_DIR / "main.py"), "--optimizer.lrr=0.85"], capture_output=True,
+                          text=True, cwd=repo_root, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key 'optimizer.lrr' in the command line; did you mean 'optimizer.lr'?"]
+
+
+def test_writer_missing_source_folder_is_one_line(capsys, tmp_path):
+    msg = _cli_error(capsys, write_imagenet.main, ["--data-dir", str(tmp_path / "absent"),
+                                                   "--write-path", str(tmp_path / "x.beton")])
+    assert "source folder not found" in msg and "absent" in msg
+    assert not (tmp_path / "x.beton").exists()
