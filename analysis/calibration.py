@@ -1,0 +1,83 @@
+"""Calibration per checkpoint: ECE with 15 bins (torchmetrics' default, Paper Table 8 code) and 10 bins (the authors'
+DeiT ``ece_score``), NLL, accuracy and a reliability diagram per checkpoint.
+
+    python -m analysis.calibration --checkpoint LS=ls.pth --checkpoint MaxSup=ms.pth --dataset fmnist \
+        --out results/analysis
+
+ECE here is whole-dataset (``maxsup.metrics``), not the authors' per-batch average.
+Writes ``<out>/calibration.json`` / ``.md`` and ``<out>/calibration.png`` (one reliability panel per checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from analysis.common import (  # noqa: E402
+    add_common_args,
+    cached_arrays,
+    checkpoints_from_args,
+    device_from_args,
+    load_model,
+    markdown_table,
+    pyplot,
+    save_figure,
+    write_results,
+)
+from maxsup.cli import run_cli  # noqa: E402
+from maxsup.metrics import ClassificationMeter, expected_calibration_error, reliability_bins  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p, split="test")
+    p.add_argument("--diagram-bins", type=int, default=15, help="bins of the reliability diagram")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Returns ``calibration.json``: rows[name] = {acc1, nll, ece_15, ece_10, n, reliability: {...}}."""
+    plt = pyplot()
+    device = device_from_args(args)
+    ckpts = checkpoints_from_args(args)
+    fig, axes = plt.subplots(1, len(ckpts), figsize=(4 * len(ckpts), 4), squeeze=False)
+    rows: dict[str, Any] = {}
+    for ax, (name, path) in zip(axes[0], ckpts, strict=True):
+        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True)
+        meter = ClassificationMeter(n_bins=15)
+        meter.update(a["logits"], a["labels"])
+        m = meter.compute()
+        bins = reliability_bins(a["logits"], a["labels"], n_bins=args.diagram_bins)
+        rows[name] = {"acc1": m["acc1"], "nll": m["nll"], "ece_15": m["ece"],
+                      "ece_10": expected_calibration_error(a["logits"], a["labels"], n_bins=10), "n": m["n"],
+                      "reliability": bins}
+        edges = np.asarray(bins["edges"])
+        acc = np.nan_to_num(np.asarray(bins["accuracy"], dtype=float))
+        ax.bar(edges[:-1], acc, width=np.diff(edges), align="edge", edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{name}: ECE {100 * rows[name]['ece_15']:.2f}%")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    png = save_figure(fig, Path(args.out) / "calibration.png")
+    result = {"script": "calibration", "png": str(png), "panels": len(ckpts), "dataset": args.dataset,
+              "split": args.split, "rows": rows}
+    md = markdown_table(["Method", "acc@1 (%)", "NLL", "ECE 15 bins", "ECE 10 bins"],
+                        [[k, r["acc1"], r["nll"], r["ece_15"], r["ece_10"]] for k, r in rows.items()])
+    write_results(args.out, "calibration", result, f"# Calibration, {args.dataset} {args.split}\n\n{md}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main)

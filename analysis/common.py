@@ -1,0 +1,290 @@
+"""CLI plumbing shared by the analysis scripts: ``--checkpoint NAME=PATH``, dataset choice, feature cache, outputs.
+
+Every script reads checkpoints that follow the repository convention (``model``, ``arch``, ``eval_transform``), so
+the architecture and the evaluation preprocessing come from the checkpoint, never from flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
+from maxsup.data.transforms import eval_transform
+from maxsup.errors import UserError
+from maxsup.models import features_and_logits, model_from_checkpoint
+
+DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100")
+CACHE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------------------
+def parse_checkpoint_arg(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` → (name, path). The name labels rows and panels (e.g. ``MaxSup=runs/maxsup/best.pth``)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise UserError(f"--checkpoint expects NAME=PATH (e.g. MaxSup=runs/maxsup/checkpoint.pth), got {text!r}")
+    return name.strip(), Path(path.strip())
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """``"0,2,4"`` → [0, 2, 4]: keep these original classes and relabel them 0..n−1 in this order."""
+    if text is None or text == "":
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--classes must be a comma-separated list of integers, got {text!r}") from None
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+        raise UserError(f"--classes must list distinct non-negative class indices, got {text!r}")
+    return classes
+
+
+def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", checkpoints: bool = True) -> None:
+    """Flags every analysis script shares (checkpoints, dataset, output, extraction)."""
+    if checkpoints:
+        p.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH",
+                       help="checkpoint to analyse, labelled NAME in tables and figures (repeatable)")
+    p.add_argument("--dataset", choices=DATASETS, default="fmnist", help="dataset to evaluate on")
+    p.add_argument("--data-path", default=None,
+                   help="dataset root (fmnist: IDX folder, default the dataset-fashion-mnist package; imagefolder: "
+                        "folder with train/ and val/; cifar10/100: torchvision's extracted folder)")
+    p.add_argument("--classes", default=None,
+                   help="comma list of original class indices to keep, relabelled 0..n-1 in that order")
+    if split is not None:
+        p.add_argument("--split", choices=("train", "test"), default=split, help="dataset split")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="use at most this many samples per class (seeded random subset) to bound the cost")
+    p.add_argument("--out", required=True, help="output folder for the .json/.md/.png results")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: <out>/features)")
+    p.add_argument("--batch-size", type=int, default=256, help="extraction batch size")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets and sampling")
+    p.add_argument("--no-progress", action="store_true", help="hide the extraction progress bar")
+
+
+def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    pairs = [parse_checkpoint_arg(c) for c in args.checkpoint]
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--checkpoint names must be unique, got {names}")
+    for _, path in pairs:
+        if not path.is_file():
+            raise UserError(f"checkpoint not found: {path}")
+    return pairs
+
+
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints and datasets
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    model: nn.Module
+    transform_spec: dict[str, Any]
+    num_classes: int
+    arch: dict[str, Any]
+
+
+def load_model(name: str, path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the network and its evaluation preprocessing from a convention checkpoint (eval mode)."""
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, source=str(path))
+    spec = ckpt.get("eval_transform")
+    if not isinstance(spec, dict) or "img_size" not in spec:
+        raise UserError(f"{path} has no 'eval_transform' entry (maxsup.data.transforms.transform_spec), so its "
+                        f"preprocessing is unknown; re-save it with a trainer of this repository")
+    return LoadedModel(name, path, model.to(device).eval(), spec, int(ckpt["arch"]["num_classes"]), ckpt["arch"])
+
+
+class LabeledSubset(Dataset):
+    """Indices of a base dataset with labels remapped; exposes ``targets`` and ``classes`` like torchvision."""
+
+    def __init__(self, base: Any, indices: np.ndarray, targets: list[int], classes: list[str]):
+        self.base, self.indices, self.targets, self.classes = base, [int(i) for i in indices], targets, classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, _ = self.base[self.indices[i]]
+        return img, self.targets[i]
+
+
+def _base_dataset(name: str, data_path: str | None, train: bool, transform: Any) -> Any:
+    import torchvision
+
+    if name == "fmnist":
+        from maxsup.data.fashion_mnist import FashionMNIST
+
+        return FashionMNIST(data_path, train=train, transform=transform)
+    if name in ("cifar10", "cifar100"):
+        root = Path(data_path or f"datasets/{name}")
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            return cls(root, train=train, transform=transform, download=False)
+        except RuntimeError:
+            raise UserError(f"{name.upper()} not found in {root}: pass --data-path to the folder that holds the "
+                            f"extracted torchvision files") from None
+    if data_path is None:
+        raise UserError("--dataset imagefolder needs --data-path (a folder with train/<class>/ and val/<class>/)")
+    folder = Path(data_path) / ("train" if train else "val")
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} does not exist; --data-path must contain train/ and val/ class "
+                        f"folders")
+    return torchvision.datasets.ImageFolder(folder, transform=transform)
+
+
+def build_dataset(name: str, data_path: str | None, split: str, transform: Any = None,
+                  classes: list[int] | None = None, max_per_class: int | None = None, seed: int = 0) -> LabeledSubset:
+    """A split of a dataset, optionally restricted to ``classes`` (relabelled 0..n−1) and ``max_per_class`` samples
+    per class (a seeded random subset, kept in dataset order)."""
+    base = _base_dataset(name, data_path, split == "train", transform)
+    targets = np.asarray(base.targets, dtype=np.int64)
+    names = list(base.classes)
+    keep = list(range(len(names))) if classes is None else classes
+    bad = [c for c in keep if c >= len(names)]
+    if bad:
+        raise UserError(f"--classes {bad} out of range: {name} has {len(names)} classes (0..{len(names) - 1})")
+    rng = np.random.default_rng(seed)
+    idx_parts, lab_parts = [], []
+    for new, orig in enumerate(keep):
+        idx = np.flatnonzero(targets == orig)
+        if max_per_class is not None and len(idx) > max_per_class:
+            idx = np.sort(rng.choice(idx, max_per_class, replace=False))
+        idx_parts.append(idx)
+        lab_parts.append(np.full(len(idx), new))
+    idx, labels = np.concatenate(idx_parts), np.concatenate(lab_parts)
+    order = np.argsort(idx, kind="stable")
+    return LabeledSubset(base, idx[order], labels[order].tolist(), [names[c] for c in keep])
+
+
+def check_head(loaded: LoadedModel, num_classes: int, dataset_desc: str) -> None:
+    """Scripts that read logits need the dataset's labels to index the model's head."""
+    if loaded.num_classes != num_classes:
+        raise UserError(f"checkpoint {loaded.name} ({loaded.path}) has a {loaded.num_classes}-class head but "
+                        f"{dataset_desc} has {num_classes} classes; pass --classes to select the training classes")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Feature extraction with a disk cache
+# --------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def extract_arrays(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, workers: int = 0,
+                   device: torch.device | str = "cpu", desc: str = "extract", progress: bool = True
+                   ) -> dict[str, torch.Tensor]:
+    """One pass over ``dataset``: penultimate ``features`` (N, D) float32, ``logits`` (N, K) float32, ``labels``
+    (N,) int64 (see :func:`maxsup.models.features_and_logits`)."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    feats, logits, labels = [], [], []
+    model.eval()
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        f, z = features_and_logits(model, x.to(device))
+        feats.append(f.float().cpu())
+        logits.append(z.float().cpu())
+        labels.append(torch.as_tensor(y))
+    if not feats:
+        raise UserError(f"{desc}: the dataset is empty (check --classes and --max-per-class)")
+    return {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels).long()}
+
+
+def _cache_key(path: Path, dataset: str, data_path: str | None, split: str, classes: list[int] | None,
+               max_per_class: int | None, seed: int) -> str:
+    st = path.stat()
+    ident = [CACHE_VERSION, str(path.resolve()), st.st_size, st.st_mtime_ns, dataset,
+             str(Path(data_path).resolve()) if data_path else None, split, classes, max_per_class, seed]
+    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, dataset: str | None = None,
+                  data_path: str | None = None, classes: list[int] | None | str = "args",
+                  max_per_class: int | None | str = "args", require_head_match: bool = False
+                  ) -> dict[str, Any]:
+    """Features/logits/labels of one checkpoint on one split, extracted once and cached under ``--cache-dir``.
+
+    The cache key covers the checkpoint file (path, size, mtime), the dataset, split, class subset, per-class cap and
+    seed; a changed checkpoint is re-extracted. Returns the arrays plus ``classes`` (names) and ``cache`` (path).
+    """
+    if dataset is None:  # the script's own --dataset/--data-path
+        dataset, data_path = args.dataset, args.data_path
+    classes = parse_classes(args.classes) if classes == "args" else classes
+    max_per_class = args.max_per_class if max_per_class == "args" else max_per_class
+    ds = build_dataset(dataset, data_path, split, eval_transform(loaded.transform_spec), classes, max_per_class,
+                       args.seed)
+    desc = f"{dataset} {split}" + (f" classes {','.join(map(str, classes))}" if classes else "")
+    if require_head_match:
+        check_head(loaded, len(ds.classes), desc)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
+    key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
+    cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
+    if cache.is_file():
+        arrays = torch.load(cache, map_location="cpu", weights_only=True)
+    else:
+        arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
+                                device=next(loaded.model.parameters()).device, desc=f"{loaded.name} {desc}",
+                                progress=not args.no_progress)
+        atomic_save(arrays, cache)
+    return {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+def markdown_table(header: list[str], rows: list[list[Any]], digits: int = 4) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: str | os.PathLike, name: str, result: dict[str, Any], markdown: str | None = None) -> Path:
+    """Atomically write ``<out>/<name>.json`` (and ``<out>/<name>.md``); returns the JSON path."""
+    out = Path(out)
+    path = atomic_write(out / f"{name}.json", json.dumps(result, indent=2, sort_keys=False) + "\n")
+    if markdown is not None:
+        atomic_write(out / f"{name}.md", markdown)
+    return path
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (scripts run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Atomically save a matplotlib figure as PNG and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())

@@ -1,0 +1,62 @@
+"""Extract penultimate features, logits and labels for a split and cache them (used by every other script).
+
+    python -m analysis.extract --checkpoint MaxSup=runs/maxsup/checkpoint.pth --split test --out results/analysis
+
+Writes ``<out>/extract.json`` / ``.md`` (one row per checkpoint) and the cache files under ``<out>/features``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python analysis/extract.py` as well as `python -m analysis.extract`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.common import (  # noqa: E402
+    add_common_args,
+    cached_arrays,
+    checkpoints_from_args,
+    device_from_args,
+    load_model,
+    markdown_table,
+    write_results,
+)
+from maxsup.cli import run_cli  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(p, split="test")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Extract (or reuse) the cache of every checkpoint; returns the ``extract.json`` dict."""
+    device = device_from_args(args)
+    rows: dict[str, Any] = {}
+    for name, path in checkpoints_from_args(args):
+        loaded = load_model(name, path, device)
+        a = cached_arrays(loaded, args, args.split)
+        same_head = a["logits"].shape[1] == len(a["classes"])
+        acc = float((a["logits"].argmax(1) == a["labels"]).float().mean() * 100) if same_head else None
+        rows[name] = {"checkpoint": str(path), "arch": loaded.arch["name"], "n": int(a["labels"].numel()),
+                      "feature_dim": int(a["features"].shape[1]), "num_classes": int(a["logits"].shape[1]),
+                      "acc1": acc, "cache": a["cache"]}
+    result = {"script": "extract", "dataset": args.dataset, "split": args.split, "classes": args.classes,
+              "rows": rows}
+    md = markdown_table(["Method", "arch", "n", "feature dim", "classes", "acc@1 (%)"],
+                        [[k, r["arch"], r["n"], r["feature_dim"], r["num_classes"],
+                          r["acc1"] if r["acc1"] is not None else "n/a"] for k, r in rows.items()], digits=2)
+    write_results(args.out, "extract", result, f"# Extracted features ({args.dataset}, {args.split})\n\n{md}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main)
