@@ -38,7 +38,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) -m maxsup.quickstart
+	$(PY) demo/run_demo.py
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

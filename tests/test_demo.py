@@ -1,0 +1,101 @@
+"""`make demo` at DEMO_SCALE=smoke: the whole pipeline (data tool, both trainers, every analysis script) on real
+Fashion-MNIST, then checks on what a reader of results/demo relies on."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maxsup import expected_calibration_error
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "demo" / "run_demo.py"
+METRICS = ("acc", "nll", "ece", "d_within_train", "d_within_test", "r2_train", "r2_test", "transfer_acc")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "DEMO_SCALE", "DEMO_LOSSES", "DEMO_JOBS")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One smoke run shared by the tests below: (output folder, its stdout)."""
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          env=_env(DEMO_SCALE="smoke", SEEDS="1"), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_summary_structure_and_finite_metrics(smoke):
+    out, _ = smoke
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0]
+    assert summary["config"]["scale"] == "smoke"
+    assert set(summary["backbones"]) == {"resnet", "vit"}
+    for bb, methods in summary["backbones"].items():
+        assert list(methods) == ["ce", "ls", "maxsup"], bb
+        for loss, stats in methods.items():
+            for metric in METRICS:
+                s = stats[metric]
+                assert set(s) >= {"mean", "std"}, (bb, loss, metric)
+                assert math.isfinite(s["mean"]), (bb, loss, metric, s)
+                assert s["std"] is None and s["values"] == [s["mean"]]  # one seed: no spread to report
+            assert 0 <= stats["acc"]["mean"] <= 100 and 0 <= stats["ece"]["mean"] <= 1
+            assert 0 < stats["transfer_acc"]["mean"] <= 100
+            assert 0 <= stats["misclassified_train_log"]["mean"] <= 1
+    # the four paper claims, once per backbone and (for Table 2) per split
+    assert len(summary["verdicts"]) == 12
+    assert all(isinstance(v["agrees"], bool) for v in summary["verdicts"])
+
+
+@pytest.mark.slow
+def test_reported_ece_and_accuracy_match_saved_logits(smoke):
+    out, _ = smoke
+    summary = json.loads((out / "summary.json").read_text())
+    for bb, methods in summary["backbones"].items():
+        for loss, stats in methods.items():
+            saved = torch.load(out / "runs" / "seed0" / bb / loss / "test_logits.pt", weights_only=True)
+            logits, labels = saved["logits"], saved["labels"]
+            assert logits.shape == (200, 5) and labels.shape == (200,)  # smoke: 40 test images × 5 source classes
+            assert stats["ece"]["mean"] == pytest.approx(expected_calibration_error(logits, labels), abs=1e-9)
+            acc = 100 * (logits.argmax(1) == labels).double().mean().item()
+            assert stats["acc"]["mean"] == pytest.approx(acc, abs=1e-6)
+            # the trained checkpoint is what the analysis read: the last epoch of the trainer's log
+            log = (out / "runs" / "seed0" / bb / loss / "log.txt").read_text().strip().splitlines()
+            assert json.loads(log[-1])["epoch"] == summary["config"]["epochs"][bb] - 1
+
+
+@pytest.mark.slow
+def test_figures_are_not_blank_and_readme_embeds_them(smoke):
+    out, stdout = smoke
+    readme = (out / "README.md").read_text()
+    for name in ("gradcam", "logits", "projection", "calibration"):
+        img = np.asarray(Image.open(out / f"{name}.png").convert("L"), dtype=np.float64) / 255
+        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert img.std() > 0.05, f"{name}.png looks blank (pixel std {img.std():.4f})"
+        assert f"]({name}.png)" in readme
+    assert "Paper vs. miniature" in readme and "SEEDS=3 make demo" in readme
+    assert readme.count("**yes**") + readme.count("**no**") == 12
+    # progress output: which run, its epoch, the ETA
+    assert "resnet/maxsup seed 0 epoch" in stdout and "vit/ls seed 0 epoch" in stdout and "ETA" in stdout
+
+
+def test_bad_losses_is_one_error_line():
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
+                          capture_output=True, text=True, env=_env(DEMO_LOSSES="ce,focal"), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "focal" in lines[0], proc.stderr
