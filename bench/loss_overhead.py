@@ -31,7 +31,7 @@ def _time(fn, reps: int) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=30, help="alternating rounds per measurement")
+    p.add_argument("--rounds", type=int, default=80, help="alternating rounds per measurement")
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
     torch.manual_seed(0)
