@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .distributed import cleanup_distributed
 from .errors import UserError
 
 #: Exceptions that mean "the input was wrong", not "the code is wrong".
@@ -14,7 +15,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFo
 
 
 def run_cli(main: Callable[..., Any], argv: list[str] | None = None, exit_code: int = 2) -> Any:
-    """Call ``main(argv)`` (or ``main()`` when argv is None); report user errors as ``error: <msg>`` and exit."""
+    """Call ``main(argv)`` (or ``main()`` when argv is None); report user errors as ``error: <msg>`` and exit.
+
+    The torch.distributed process group, if any, is destroyed on the way out."""
     try:
         return main(argv) if argv is not None else main()
     except USER_ERRORS as exc:
@@ -26,3 +29,5 @@ def run_cli(main: Callable[..., Any], argv: list[str] | None = None, exit_code: 
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        cleanup_distributed()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "is_main_process", "rank", "world_size", "barrier", "all_reduce_sum"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_main_process", "rank", "world_size", "barrier",
+           "all_reduce_sum"]
 
 
 @dataclass
@@ -85,3 +86,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         else:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group before the interpreter exits; a process that exits with gloo's threads still alive
+    can abort with "terminate called without an active exception"."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
