@@ -15,6 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment,
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from maxsup.data import parse_classes
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, looks_truncated, parse_map
@@ -54,19 +55,6 @@ class TargetSubset(Dataset):
     def __getitem__(self, i: int):
         img, _ = self.dataset[self.indices[i]]
         return img, self.targets[i]
-
-
-def parse_classes(text: str) -> list[int] | None:
-    """``"0,2,4"`` → ``[0, 2, 4]``; empty → None (all classes)."""
-    if not text:
-        return None
-    try:
-        classes = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise UserError(f"--classes must be a comma-separated list of integers, got {text!r}") from None
-    if len(set(classes)) != len(classes) or any(c < 0 for c in classes):
-        raise UserError(f"--classes must list distinct non-negative class indices, got {text!r}")
-    return classes
 
 
 def _is_fmnist(args: argparse.Namespace) -> bool:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 from timm.data import Mixup
@@ -34,7 +32,14 @@ from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 
 from maxsup import CRITERIA, build_criterion  # noqa: E402
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state  # noqa: E402
+from maxsup.checkpoint import (  # noqa: E402
+    atomic_save,
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
@@ -162,12 +167,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--eval needs --resume <checkpoint>")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
+from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
@@ -37,19 +38,6 @@ def parse_checkpoint_arg(text: str) -> tuple[str, Path]:
     if not sep or not name.strip() or not path.strip():
         raise UserError(f"--checkpoint expects NAME=PATH (e.g. MaxSup=runs/maxsup/checkpoint.pth), got {text!r}")
     return name.strip(), Path(path.strip())
-
-
-def parse_classes(text: str | None) -> list[int] | None:
-    """``"0,2,4"`` → [0, 2, 4]: keep these original classes and relabel them 0..n−1 in this order."""
-    if text is None or text == "":
-        return None
-    try:
-        classes = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise UserError(f"--classes must be a comma-separated list of integers, got {text!r}") from None
-    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
-        raise UserError(f"--classes must list distinct non-negative class indices, got {text!r}")
-    return classes
 
 
 def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", checkpoints: bool = True) -> None:

@@ -18,7 +18,8 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
+           "set_rng_state"]
 
 
 @contextmanager
@@ -108,3 +109,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

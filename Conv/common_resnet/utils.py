@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from maxsup.checkpoint import atomic_write
+from maxsup.checkpoint import atomic_write, seed_everything  # noqa: F401  (used as utils.seed_everything)
 from maxsup.errors import UserError
 
 NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
@@ -43,13 +41,6 @@ def set_weight_decay(model: nn.Module, weight_decay: float, norm_weight_decay: f
 def exponential_moving_average(model: nn.Module, decay: float, device: torch.device) -> AveragedModel:
     """EMA of parameters *and* buffers (BN statistics), torchvision's ``--model-ema``."""
     return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

@@ -1,1 +1,17 @@
 """Dataset readers shared by the trainers, analysis/ and data/ scripts."""
+
+from ..errors import UserError
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """``"0,2,4"`` → ``[0, 2, 4]`` (the ``--classes`` flag of every CLI: keep these original classes and relabel them
+    0..n−1 in this order); empty or None → None (all classes)."""
+    if text is None or text == "":
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--classes must be a comma-separated list of integers, got {text!r}") from None
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+        raise UserError(f"--classes must list distinct non-negative class indices, got {text!r}")
+    return classes
