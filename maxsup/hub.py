@@ -1,17 +1,23 @@
 """The authors' released checkpoints: registry, verified download, conversion to this project's format, evaluation.
 
-    python -m maxsup.hub list
+    python -m maxsup.hub list [--remote]
     python -m maxsup.hub download deit_small_maxsup [--dest DIR] [--filename NAME] [--offline]
     python -m maxsup.hub convert SRC.pth DST.pth --arch deit_small_patch16_224 [--label-order auto|zip|standard]
     python -m maxsup.hub convert last.ckpt DST.pth --arch resnet50 [--plain-torchvision]
     python -m maxsup.hub evaluate deit_small_maxsup|CKPT --data-path /imagenet/val
+    python -m maxsup.hub export-mmseg CKPT OUT.pth   # DeiT-S backbone for MMSegmentation + UperNet/ADE20K config
+
+The registry records what is known (repository, release tag or revision, model, method); the file is found at run
+time by listing the release (GitHub REST API) or the repository (huggingface_hub) and applying :func:`file_rule`.
+Downloads are verified against the size/sha256 the API states, or against a sha256 recorded on first download.
 
 Two traps this module exists for (see data/README.md, "Released checkpoints"):
 
 * The DeiT-Small checkpoint was trained with ``--cache`` (zip files + the authors' map files), whose class indices
   are a permutation of ImageFolder's sorted-wnid order with no fixed point. Evaluated on an ImageFolder without
   remapping it scores near chance. :func:`convert_checkpoint` permutes the head rows into sorted-wnid order, using
-  the authors' ``zip_training_converter/zip_val_map.txt`` verified against a pinned sha256 of the class order.
+  the authors' ``zip_training_converter/zip_val_map.txt`` at a pinned commit, verified by the file's sha256 and then
+  by the sha256 of its class order.
 * The ResNet-50 checkpoints come from ffcv-based training with BlurPool; their keys only load strictly into a
   BlurPool ResNet-50 (:func:`maxsup.models.create_model` with ``blurpool=True``). Loading into a plain torchvision
   ResNet-50 drops the blur and changes the function, so it is an explicit opt-in (``--plain-torchvision``).
@@ -31,20 +37,22 @@ import os
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_path, atomic_save, load_checkpoint
+from .checkpoint import atomic_path, atomic_save, atomic_write, load_checkpoint
 from .cli import run_cli
 from .errors import UserError
 
 __all__ = ["ReleasedCheckpoint", "REGISTRY", "DownloadError", "ChecksumError", "LayoutError", "ZipMapError",
+           "RemoteFile", "file_rule", "matches_rule", "pick_file", "list_remote", "github_release",
            "cache_dir", "download", "fetch_url", "sha256_file", "load_released_checkpoint", "read_zip_map",
            "verify_zip_order", "zip_to_standard_permutation", "load_zip_order", "normalize_resnet_state_dict",
            "convert_checkpoint", "evaluate_checkpoint", "main"]
@@ -53,10 +61,14 @@ log = logging.getLogger("maxsup.hub")
 
 AUTHORS_REPO = "ZhouYuxuanYX/Maximum-Suppression-Regularization"
 HF_RESNET_REPO = "zhouyuxuanyx/MaxSup-Regularized-ResNet50"
-#: sha256 of the authors' zip class order (index -> wnid, joined by "\n", no trailing newline), derived from
-#: ``zip_training_converter/zip_val_map.txt`` at commit 5b7c0db. perm[:10] = [538, 735, 432, 61, 458, ...].
-ZIP_ORDER_SHA256 = "86107cb3b696b7a7f0eaa70fc25b6b2822acaba8308bcf89dd83c2e2acd181c6"
+#: The authors' ``zip_val_map.txt`` (50,000 ``val/<wnid>/<file>\t<label>`` lines): the commit that added it (it is
+#: unchanged since) and the file's sha256. Downloads are pinned to that commit, not the default branch.
 ZIP_MAP_PATH = "zip_training_converter/zip_val_map.txt"
+ZIP_MAP_COMMIT = "f126a03a8d333c9f517932939cd5a5dfec6874aa"
+ZIP_MAP_SHA256 = "aead58dabd09f558ecd820c40488207a395397c494d47caa2fcb675e9a1acf47"
+#: sha256 of the class order read from that file (index -> wnid, joined by "\n", no trailing newline): the second
+#: check, and the only one for a local ``--zip-map`` copy. perm[:10] = [538, 735, 432, 61, 458, ...].
+ZIP_ORDER_SHA256 = "86107cb3b696b7a7f0eaa70fc25b6b2822acaba8308bcf89dd83c2e2acd181c6"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHUNK = 1 << 20
@@ -79,22 +91,22 @@ class ZipMapError(UserError):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Registry
+# Registry: what is known (repository, tag or revision, model, method); the file itself is found at run time
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReleasedCheckpoint:
-    """One released file. ``filename`` is a best guess where upstream does not publish it: override with
-    ``--filename``. ``sha256`` is None until someone records the real file's hash."""
+    """One released model. The file name is not recorded: :func:`download` lists the release (GitHub) or the
+    repository (Hugging Face) and picks the file by :func:`file_rule` (``--filename`` picks one explicitly)."""
 
     name: str
     source: str  # "github" (release asset) or "hf" (Hugging Face model repo)
     repo: str
-    filename: str
-    revision: str  # GitHub release tag or Hugging Face revision
+    revision: str  # GitHub release tag (or title) / Hugging Face revision
     arch: str
+    method: str  # "baseline", "ls" or "maxsup"
     description: str
     eval_transform: dict[str, Any] = field(default_factory=dict)  # kwargs of maxsup.data.transforms.transform_spec
-    sha256: str | None = None
+    single_model: bool = False  # True: the release holds one model, so any checkpoint file is a candidate
 
 
 # ffcv-imagenet evaluates at 256 px: a centre square of 224/256 of the short side resized to 256x256
@@ -105,18 +117,47 @@ _RESNET_NOTE = "ResNet-50 (ffcv, BlurPool), trained with {}; sorted-wnid labels"
 REGISTRY: dict[str, ReleasedCheckpoint] = {
     c.name: c for c in (
         ReleasedCheckpoint(
-            "deit_small_maxsup", "github", AUTHORS_REPO, "checkpoint.pth", "checkpoint_deit", "deit_small_patch16_224",
+            "deit_small_maxsup", "github", AUTHORS_REPO, "checkpoint_deit", "deit_small_patch16_224", "maxsup",
             "DeiT-Small trained with MaxSup (GitHub release checkpoint_deit); zip label order, remapped on convert",
             # Deit/datasets.py build_transform with --eval-crop-ratio 0.875: Resize(256, bicubic) + CenterCrop(224).
-            {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic"}),
-        ReleasedCheckpoint("resnet50_baseline", "hf", HF_RESNET_REPO, "baseline.ckpt", "main", "resnet50",
+            {"img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic"}, single_model=True),
+        ReleasedCheckpoint("resnet50_baseline", "hf", HF_RESNET_REPO, "main", "resnet50", "baseline",
                            _RESNET_NOTE.format("cross-entropy"), _FFCV_EVAL),
-        ReleasedCheckpoint("resnet50_ls", "hf", HF_RESNET_REPO, "ls.ckpt", "main", "resnet50",
+        ReleasedCheckpoint("resnet50_ls", "hf", HF_RESNET_REPO, "main", "resnet50", "ls",
                            _RESNET_NOTE.format("label smoothing"), _FFCV_EVAL),
-        ReleasedCheckpoint("resnet50_maxsup", "hf", HF_RESNET_REPO, "maxsup.ckpt", "main", "resnet50",
+        ReleasedCheckpoint("resnet50_maxsup", "hf", HF_RESNET_REPO, "main", "resnet50", "maxsup",
                            _RESNET_NOTE.format("MaxSup"), _FFCV_EVAL),
     )
 }
+
+#: File names (lower-cased, with their folders) that count as checkpoints.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".tar")
+#: A method's pattern, searched in the lower-cased path of a file (folders included).
+METHOD_PATTERNS = {
+    "baseline": r"baseline|vanilla|cross[-_ ]?entropy|(?<![a-z])ce(?![a-z])",
+    "ls": r"label[-_ ]?smooth|(?<![a-z])ls(?![a-z])",
+    "maxsup": r"max[-_ ]?sup",
+}
+
+
+def file_rule(entry: ReleasedCheckpoint) -> str:
+    """The documented rule that picks ``entry``'s file from a listing (printed by ``list``)."""
+    kind = f"a checkpoint file ({'/'.join(CHECKPOINT_SUFFIXES)})"
+    if entry.single_model:
+        return f"the one {kind} in the release"
+    others = [m for m in METHOD_PATTERNS if m != entry.method]
+    return (f"the one {kind} whose path matches /{METHOD_PATTERNS[entry.method]}/ and not the "
+            f"{' or '.join(others)} patterns")
+
+
+def matches_rule(entry: ReleasedCheckpoint, path: str) -> bool:
+    low = path.lower()
+    if not low.endswith(CHECKPOINT_SUFFIXES):
+        return False
+    if entry.single_model:
+        return True
+    hits = {m for m, pattern in METHOD_PATTERNS.items() if re.search(pattern, low)}
+    return hits == {entry.method}
 
 
 def get_entry(name: str) -> ReleasedCheckpoint:
@@ -130,12 +171,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MAXSUP_CACHE") or Path.home() / ".cache" / "maxsup")
 
 
-def _github_base() -> str:
-    return os.environ.get("MAXSUP_GITHUB_BASE", "https://github.com").rstrip("/")
+def _github_api() -> str:
+    return os.environ.get("MAXSUP_GITHUB_API", "https://api.github.com").rstrip("/")
 
 
 def _github_raw_base() -> str:
     return os.environ.get("MAXSUP_GITHUB_RAW_BASE", "https://raw.githubusercontent.com").rstrip("/")
+
+
+def _hf_endpoint() -> str:
+    # passed explicitly: huggingface_hub reads HF_ENDPOINT only once, at import time.
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -154,28 +200,39 @@ def _offline_hint(where: Path) -> str:
             f"(downloads are cached in {where}), or pass the file's path to convert/evaluate")
 
 
-def _check_sha(path: Path, expected: str | None, label: str) -> None:
+def _check_sha(path: Path, expected: str | None, label: str, what: str = "expected") -> None:
     if expected is None:
         return
     got = sha256_file(path)
     if got != expected.lower():
         path.unlink(missing_ok=True)
-        raise ChecksumError(f"sha256 mismatch for {label}: expected {expected}, got {got}; the file was deleted, "
+        raise ChecksumError(f"sha256 mismatch for {label}: {what} {expected}, got {got}; the file was deleted, "
                             f"re-run to download it again")
 
 
+def _check_size(path: Path, expected: int | None, label: str) -> None:
+    if expected is not None and path.stat().st_size != expected:
+        got = path.stat().st_size
+        path.unlink(missing_ok=True)
+        raise ChecksumError(f"size mismatch for {label}: the server lists {expected} bytes, got {got}; the file was "
+                            f"deleted, re-run to download it again")
+
+
 def fetch_url(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0,
-              not_found_hint: str = "check the URL") -> Path:
+              not_found_hint: str = "check the URL", size: int | None = None) -> Path:
     """Download ``url`` to ``dest`` over plain HTTP(S).
 
     Bytes go to ``dest + '.part'``; an interrupted transfer keeps it and the next call resumes with a ``Range``
-    request. The final name appears only after the sha256 (when given) verifies (``os.replace``); on a mismatch the
-    partial file is deleted too.
+    request. The final name appears only after the size and sha256 (when given) verify (``os.replace``); on a
+    mismatch the partial file is deleted too.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:  # stale .part from another file: start over
+        part.unlink()
+        offset = 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
@@ -210,6 +267,7 @@ def fetch_url(url: str, dest: str | os.PathLike, sha256: str | None = None, time
             if expected_size is not None and part.stat().st_size != expected_size:
                 raise DownloadError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
                                     f"({reason}); re-run the same command to resume")
+    _check_size(part, size, dest.name)
     _check_sha(part, sha256, dest.name)
     os.replace(part, dest)
     return dest
@@ -231,74 +289,265 @@ def _probe(url: str, where: Path, timeout: float = 15.0) -> None:
         raise DownloadError(f"cannot reach {url} ({getattr(exc, 'reason', exc)}); {_offline_hint(where)}") from None
 
 
-def _hf_download(entry: ReleasedCheckpoint, filename: str, revision: str, offline: bool) -> Path:
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a release or repository listing. ``sha256``/``size`` are what the API states (None: unknown)."""
+
+    name: str
+    size: int | None = None
+    sha256: str | None = None
+    url: str | None = None  # GitHub: browser_download_url
+
+
+def _listing(names: list[str], n: int = 12) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names)} files)" if len(names) > n else "")
+
+
+def pick_file(entry: ReleasedCheckpoint, files: list[RemoteFile], filename: str | None, where: str,
+              hint: str = "") -> RemoteFile:
+    """The file ``filename`` names, or the single file :func:`file_rule` picks; else one-line :class:`DownloadError`
+    listing what was found and the ``--filename`` flag."""
+    names = [f.name for f in files]
+    if filename is not None:
+        for f in files:
+            if f.name == filename:
+                return f
+        raise DownloadError(f"{where} has no file {filename!r}; it holds: {_listing(names) or 'nothing'}{hint}")
+    if not files:
+        raise DownloadError(f"{where} holds no files, so nothing can be picked for {entry.name}{hint}")
+    candidates = [f for f in files if matches_rule(entry, f.name)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        found = f"{len(candidates)} candidate files for {entry.name} ({_listing([f.name for f in candidates])})"
+    else:
+        found = f"no file for {entry.name} (rule: {file_rule(entry)}); it holds: {_listing(names)}"
+    raise DownloadError(f"{where} has {found}; pick one with --filename NAME{hint}")
+
+
+def _api_json(url: str, where: Path, timeout: float = 30.0) -> Any:
+    """GET a GitHub REST API URL; None on 404. ``$GITHUB_TOKEN``, when set, raises the anonymous rate limit."""
+    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
+               "User-Agent": "maxsup-hub"}
+    if os.environ.get("GITHUB_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['GITHUB_TOKEN']}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        if exc.code in (403, 429):
+            raise DownloadError(f"the GitHub API refused {url} (HTTP {exc.code}, probably its rate limit for "
+                                f"anonymous requests); wait an hour or set GITHUB_TOKEN, or {_offline_hint(where)}"
+                                ) from None
+        raise DownloadError(f"the GitHub API answered {url} with HTTP {exc.code} {exc.reason}; "
+                            f"{_offline_hint(where)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DownloadError(f"cannot reach {url} ({getattr(exc, 'reason', exc)}); {_offline_hint(where)}") from None
+    except json.JSONDecodeError:
+        raise DownloadError(f"the GitHub API sent something other than JSON for {url}") from None
+
+
+def github_release(repo: str, tag: str, where: Path) -> dict[str, Any]:
+    """``GET /repos/{repo}/releases/tags/{tag}``; if no such tag exists, the release whose title is ``tag``
+    (the authors' README calls ``checkpoint_deit`` a release title)."""
+    api = f"{_github_api()}/repos/{repo}"
+    release = _api_json(f"{api}/releases/tags/{urllib.parse.quote(tag, safe='')}", where)
+    if release is not None:
+        return release
+    releases: list[dict[str, Any]] = []
+    for page in range(1, 11):
+        batch = _api_json(f"{api}/releases?per_page=100&page={page}", where)
+        if batch is None and page == 1:
+            raise DownloadError(f"the GitHub repository {repo} was not found ({api}); check MAXSUP_GITHUB_API")
+        releases += batch or []
+        if not batch or len(batch) < 100:
+            break
+    titled = [r for r in releases if r.get("name") == tag]
+    if len(titled) == 1:
+        return titled[0]
+    found = ", ".join(f"{r.get('tag_name')} ({r.get('name')!r})" for r in releases) or "none"
+    what = f"{len(titled)} releases titled" if titled else "no release tagged or titled"
+    raise DownloadError(f"{repo} has {what} {tag!r}; its releases: {found}")
+
+
+def list_remote(entry: ReleasedCheckpoint, revision: str | None = None) -> tuple[list[RemoteFile], str]:
+    """The files of ``entry``'s release (GitHub REST API) or repository (``huggingface_hub``), with the size and
+    sha256 the API states, and a phrase naming where they were listed."""
+    revision = revision or entry.revision
+    if entry.source == "github":
+        release = github_release(entry.repo, revision, cache_dir() / "github")
+        files = []
+        for asset in release.get("assets") or []:
+            if asset.get("state", "uploaded") != "uploaded":
+                continue
+            digest = asset.get("digest") or ""
+            files.append(RemoteFile(asset["name"], asset.get("size"),
+                                    digest[len("sha256:"):].lower() if digest.startswith("sha256:") else None,
+                                    asset.get("browser_download_url")))
+        return files, f"the GitHub release {release.get('tag_name', revision)!r} of {entry.repo}"
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = _hf_endpoint()
+    _probe(endpoint, cache_dir() / "huggingface")  # fail fast: huggingface_hub retries an unreachable host
+    try:
+        tree = list(HfApi(endpoint=endpoint).list_repo_tree(entry.repo, revision=revision, recursive=True))
+    except RevisionNotFoundError:
+        raise DownloadError(f"the Hugging Face repo {entry.repo} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise DownloadError(f"the Hugging Face repo {entry.repo} was not found at {endpoint}") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise DownloadError(f"cannot list {entry.repo} on the Hugging Face hub ({type(exc).__name__}); "
+                            f"{_offline_hint(cache_dir() / 'huggingface')}") from None
+    files = [RemoteFile(f.path, f.size, f.lfs.sha256 if getattr(f, "lfs", None) else None)
+             for f in tree if hasattr(f, "blob_id")]  # RepoFile (folders have no blob)
+    return files, f"the Hugging Face repo {entry.repo}@{revision}"
+
+
+# sha256 of files whose API gave no digest, recorded on first download and checked on every later use
+def _records_path() -> Path:
+    return cache_dir() / "sha256_records.json"
+
+
+def _records() -> dict[str, dict[str, Any]]:
+    path = _records_path()
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON; delete it (the hashes are recorded again on the next "
+                        f"download)") from None
+
+
+def _record(key: str, sha256: str, size: int, origin: str) -> None:
+    records = _records()
+    records[key] = {"sha256": sha256, "size": size, "origin": origin}
+    atomic_write(_records_path(), json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+def _record_key(entry: ReleasedCheckpoint, revision: str, name: str) -> str:
+    return f"{entry.source}:{entry.repo}@{revision}/{name}"
+
+
+def _hf_cached_files(entry: ReleasedCheckpoint, revision: str) -> tuple[Path | None, list[str]]:
+    """Snapshot folder and file names huggingface_hub's cache holds for ``entry`` at ``revision``."""
+    repo_dir = cache_dir() / "huggingface" / f"models--{entry.repo.replace('/', '--')}"
+    ref = repo_dir / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo_dir / "snapshots" / commit
+    if not snapshot.is_dir():
+        return None, []
+    return snapshot, sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+
+
+def _hf_fetch(entry: ReleasedCheckpoint, filename: str, revision: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     hf_cache = cache_dir() / "huggingface"
-    # endpoint is passed explicitly: huggingface_hub reads HF_ENDPOINT only once, at import time.
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    kwargs = {"revision": revision, "cache_dir": hf_cache, "endpoint": endpoint}
-    try:  # a cached copy is used as is (released files do not change), without any request
-        path = Path(hf_hub_download(entry.repo, filename, local_files_only=True, **kwargs))
-    except LocalEntryNotFoundError:
-        path = None
-    if path is None and not offline:
-        _probe(endpoint, hf_cache)  # fail fast: huggingface_hub retries an unreachable host for ~25 s
     try:
-        path = path or Path(hf_hub_download(entry.repo, filename, local_files_only=offline, **kwargs))
-    except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: test it first
-        where = "in the offline cache" if offline else "on the Hugging Face hub"
-        raise DownloadError(f"cannot get {entry.repo}/{filename} {where} ({type(exc).__name__}); "
-                            f"{_offline_hint(hf_cache)}") from None
+        return Path(hf_hub_download(entry.repo, filename, revision=revision, cache_dir=hf_cache,
+                                    endpoint=_hf_endpoint()))
     except EntryNotFoundError:
-        raise DownloadError(f"{filename} is not in the Hugging Face repo {entry.repo} at {revision}; the file names "
-                            f"are not published, pass the right one with --filename") from None
+        raise DownloadError(f"{filename} is listed in {entry.repo} but cannot be downloaded (not found); pass "
+                            f"another with --filename") from None
     except (HfHubHTTPError, OSError) as exc:
         raise DownloadError(f"cannot get {entry.repo}/{filename} from the Hugging Face hub ({type(exc).__name__}); "
                             f"{_offline_hint(hf_cache)}") from None
-    if entry.sha256 is not None and sha256_file(path) != entry.sha256:
-        got = sha256_file(path)
-        blob = path.resolve()
-        path.unlink(missing_ok=True)
+
+
+def _verify_or_delete(path: Path, sha256: str | None, size: int | None, label: str, what: str) -> None:
+    """Size, then sha256; on a mismatch delete the file (and, for huggingface_hub's cache, the blob it links to)."""
+    blob = path.resolve()
+    try:
+        _check_size(path, size, label)
+        _check_sha(path, sha256, label, what)
+    except ChecksumError:
         blob.unlink(missing_ok=True)
-        raise ChecksumError(f"sha256 mismatch for {filename}: expected {entry.sha256}, got {got}; the file was "
-                            f"deleted from the cache, re-run to download it again")
-    return path
+        path.unlink(missing_ok=True)
+        raise
 
 
 def download(name: str, dest: str | os.PathLike | None = None, filename: str | None = None,
              revision: str | None = None, offline: bool = False, sha256: str | None = None) -> Path:
-    """Fetch a registry checkpoint and return its local path.
+    """Find ``name``'s file in its release/repository, fetch it and return its local path.
 
-    GitHub assets go to ``dest`` (default ``<cache>/github/<tag>/``) with resume and sha256 checks; Hugging Face
-    files use huggingface_hub's cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given.
-    ``offline=True`` never touches the network. ``sha256`` overrides the registry's value (needed when
-    ``filename`` is overridden).
+    The file is picked by :func:`file_rule` (or ``filename``) from the live listing, and verified against the size
+    and sha256 the API states (GitHub asset ``digest``, Hugging Face LFS oid). Where the API gives no sha256, the
+    hash is recorded on first download (``<cache>/sha256_records.json``) and checked on every later use. GitHub
+    assets go to ``dest`` (default ``<cache>/github/<tag>/``) with resume; Hugging Face files use huggingface_hub's
+    cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given. ``offline=True`` picks from
+    the cache (or ``dest``) and never touches the network. ``sha256`` overrides every other expectation.
     """
     entry = get_entry(name)
-    filename = filename or entry.filename
     revision = revision or entry.revision
-    expected = sha256 or (entry.sha256 if filename == entry.filename else None)
-    if entry.source == "hf":
-        entry = ReleasedCheckpoint(**{**asdict(entry), "sha256": expected})
-        if dest is not None and offline and (Path(dest) / filename).is_file():
-            return Path(dest) / filename
-        path = _hf_download(entry, filename, revision, offline)
-        return _copy_atomic(path, Path(dest) / filename) if dest is not None else path
-    target = Path(dest) if dest is not None else cache_dir() / "github" / revision
-    target = target / filename
-    if target.is_file():
-        _check_sha(target, expected, filename)
-        log.debug("using cached %s", target)
-        return target
     if offline:
-        raise DownloadError(f"{filename} is not in {target.parent} and --offline was given; download it there "
-                            f"first (without --offline) or copy it there by hand")
-    url = f"{_github_base()}/{entry.repo}/releases/download/{revision}/{filename}"
-    log.debug("downloading %s", url)
-    return fetch_url(url, target, expected, not_found_hint="the asset name is not published upstream, "
-                     "pass the right one with --filename")
+        return _download_offline(entry, revision, dest, filename, sha256)
+    files, where = list_remote(entry, revision)
+    chosen = pick_file(entry, files, filename, where)
+    key = _record_key(entry, revision, chosen.name)
+    recorded = _records().get(key)
+    if sha256:
+        expected, what = sha256.lower(), "expected (--sha256)"
+    elif chosen.sha256:
+        expected, what = chosen.sha256, "the API states"
+    elif recorded:
+        expected, what = recorded["sha256"], "recorded at first download"
+    else:
+        expected, what = None, ""
+    size = chosen.size if chosen.size is not None else (recorded or {}).get("size")
+    if entry.source == "github":
+        if not chosen.url:
+            raise DownloadError(f"{where} lists {chosen.name} without a download URL")
+        path = (Path(dest) if dest is not None else cache_dir() / "github" / revision) / chosen.name
+        if path.is_file():
+            _verify_or_delete(path, expected, size, chosen.name, what)
+            log.info("using the verified copy %s", path)
+        else:
+            log.info("downloading %s (%s bytes) from %s", chosen.name, chosen.size, where)
+            fetch_url(chosen.url, path, size=size, not_found_hint="the release lists it but the server does not "
+                      "have it; pass another asset with --filename")
+            _verify_or_delete(path, expected, None, chosen.name, what)
+    else:
+        path = _hf_fetch(entry, chosen.name, revision)
+        _verify_or_delete(path, expected, size, chosen.name, what)
+        if dest is not None:
+            path = _copy_atomic(path, Path(dest) / chosen.name)
+    if expected is None:
+        digest = sha256_file(path)
+        _record(key, digest, path.stat().st_size, "first download")
+        log.info("%s gives no sha256 for %s; recorded %s (checked on every later use)", where, chosen.name, digest)
+    elif recorded is None or recorded["sha256"] != expected:
+        _record(key, expected, path.stat().st_size, what)
+    return path
+
+
+def _download_offline(entry: ReleasedCheckpoint, revision: str, dest: str | os.PathLike | None,
+                      filename: str | None, sha256: str | None) -> Path:
+    hint = "; download it first without --offline, or copy the file there"
+    if dest is not None or entry.source == "github":
+        folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
+        names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        names = [n for n in names if not n.endswith(".part")]
+        where = f"the offline folder {folder}"
+    else:
+        folder, names = _hf_cached_files(entry, revision)
+        where = f"the offline cache of {entry.repo}@{revision} ({cache_dir() / 'huggingface'})"
+    chosen = pick_file(entry, [RemoteFile(n) for n in names], filename, where, hint)
+    path = Path(folder) / chosen.name
+    recorded = _records().get(_record_key(entry, revision, chosen.name))
+    if sha256:
+        _verify_or_delete(path, sha256.lower(), None, chosen.name, "expected (--sha256)")
+    elif recorded:
+        _verify_or_delete(path, recorded["sha256"], recorded.get("size"), chosen.name,
+                          f"recorded ({recorded.get('origin')})")
+    else:
+        log.warning("no sha256 is recorded for %s, so it is used unverified", path)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -378,27 +627,29 @@ def zip_to_standard_permutation(order: list[str]) -> list[int]:
     return [zip_index[w] for w in sorted(order)]
 
 
-def load_zip_order(zip_map: str | os.PathLike | None = None, offline: bool = False,
-                   ref: str = "HEAD") -> list[str]:
-    """The verified zip class order, from ``zip_map`` or from the authors' repository (cached under the cache
-    root; base URL overridable with ``$MAXSUP_GITHUB_RAW_BASE``)."""
+def load_zip_order(zip_map: str | os.PathLike | None = None, offline: bool = False) -> list[str]:
+    """The verified zip class order.
+
+    Without ``zip_map`` the authors' file is downloaded from their repository at :data:`ZIP_MAP_COMMIT` (base URL
+    ``$MAXSUP_GITHUB_RAW_BASE``), cached, and checked on every use: first the file's sha256
+    (:data:`ZIP_MAP_SHA256`), then the sha256 of its class order. A local ``zip_map`` is checked by its class order
+    (a copy with other line endings or line order is still the same map).
+    """
     if zip_map is not None:
         return verify_zip_order(read_zip_map(zip_map), str(zip_map))
-    cached = cache_dir() / "zip_val_map.txt"
-    if not cached.is_file():
-        if offline:
-            raise DownloadError(f"the authors' zip map is not cached at {cached} and --offline was given; "
-                                f"pass a local copy of {ZIP_MAP_PATH} with --zip-map")
-        url = f"{_github_raw_base()}/{AUTHORS_REPO}/{ref}/{ZIP_MAP_PATH}"
+    cached = cache_dir() / "zip_map" / ZIP_MAP_COMMIT / "zip_val_map.txt"
+    label = f"the authors' {ZIP_MAP_PATH} at commit {ZIP_MAP_COMMIT[:12]}"
+    if cached.is_file():
+        _check_sha(cached, ZIP_MAP_SHA256, f"{label} (cached at {cached})", "pinned")
+    elif offline:
+        raise DownloadError(f"the authors' zip map is not cached at {cached} and --offline was given; "
+                            f"pass a local copy of {ZIP_MAP_PATH} with --zip-map")
+    else:
+        url = f"{_github_raw_base()}/{AUTHORS_REPO}/{ZIP_MAP_COMMIT}/{ZIP_MAP_PATH}"
         log.debug("downloading the authors' zip map %s", url)
-        tmp = fetch_url(url, cached.with_name(cached.name + ".download"),
-                        not_found_hint=f"pass a local copy of the authors' {ZIP_MAP_PATH} with --zip-map")
-        try:
-            verify_zip_order(read_zip_map(tmp), url)
-        except ZipMapError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, cached)
+        fetch_url(url, cached,
+                  not_found_hint=f"pass a local copy of the authors' {ZIP_MAP_PATH} with --zip-map")
+        _check_sha(cached, ZIP_MAP_SHA256, f"{label} ({url})", "pinned")
     return verify_zip_order(read_zip_map(cached), str(cached))
 
 
@@ -596,13 +847,15 @@ def _resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maxsup.hub", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="show the registry")
+    p = sub.add_parser("list", help="show the registry and the rule that picks each model's file")
+    p.add_argument("--remote", action="store_true", help="also list each release/repository now and show which "
+                   "file the rule picks (or why none)")
 
     def add_fetch(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dest", default=None, help="folder for the downloaded file (default: the cache, "
                        "$MAXSUP_CACHE or ~/.cache/maxsup)")
-        p.add_argument("--filename", default=None, help="override the registry's file name (asset names are not "
-                       "published upstream)")
+        p.add_argument("--filename", default=None, help="pick this file of the release/repository instead of "
+                       "the one the rule picks (see `list --remote`)")
         p.add_argument("--offline", action="store_true", help="never use the network; use --dest or the cache")
 
     def add_convert(p: argparse.ArgumentParser) -> None:
@@ -616,8 +869,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="download a registry checkpoint (sha256-verified, resumable)")
     p.add_argument("name")
-    p.add_argument("--sha256", default=None, help="expected sha256 (for an overridden --filename)")
+    p.add_argument("--sha256", default=None, help="expected sha256 (overrides the API's digest and the recorded "
+                   "hash)")
     add_fetch(p)
+    p = sub.add_parser("export-mmseg", help="DeiT-S backbone in MMSegmentation's VisionTransformer key layout, "
+                       "plus an UperNet + DeiT-S ADE20K config beside it")
+    p.add_argument("ckpt", help="a DeiT-S checkpoint: ours (any trainer, or `convert` output) or the authors' file")
+    p.add_argument("out", help="the MMSegmentation checkpoint to write (.pth)")
+    p.add_argument("--config", default=None, help="where to write the config (default: OUT's folder, "
+                   "<OUT stem>_upernet_ade20k.py); 'none' writes no config")
     p = sub.add_parser("convert", help="convert an upstream checkpoint to this project's format")
     p.add_argument("src")
     p.add_argument("dst")
@@ -637,14 +897,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_list(remote: bool) -> None:
+    for entry in REGISTRY.values():
+        where = "GitHub release" if entry.source == "github" else "Hugging Face repo"
+        print(f"{entry.name:20s} {entry.arch:24s} {where} {entry.repo}@{entry.revision}")
+        print(f"{'':20s} {entry.description}")
+        print(f"{'':20s} rule: {file_rule(entry)}")
+        if not remote:
+            continue
+        try:
+            files, found_in = list_remote(entry)
+            chosen = pick_file(entry, files, None, found_in)
+            check = (f"sha256 {chosen.sha256}" if chosen.sha256 else
+                     "no sha256 from the API: recorded at first download")
+            print(f"{'':20s} picks: {chosen.name} ({chosen.size} bytes, {check})")
+        except DownloadError as exc:
+            print(f"{'':20s} picks nothing: {exc}")
+
+
 def _run(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO)
     if args.command == "list":
-        for entry in REGISTRY.values():
-            where = f"{entry.repo}@{entry.revision}/{entry.filename}"
-            print(f"{entry.name:20s} {entry.source:6s} {entry.arch:24s} {where}\n{'':20s} {entry.description}")
+        _print_list(args.remote)
     elif args.command == "download":
         print(download(args.name, dest=args.dest, filename=args.filename, offline=args.offline, sha256=args.sha256))
     elif args.command == "convert":
@@ -653,6 +929,12 @@ def _run(argv: list[str] | None = None) -> int:
                                   plain_torchvision=args.plain_torchvision, offline=args.offline, source=args.src)
         atomic_save(ckpt, args.dst)
         print(json.dumps({"dst": str(args.dst), **ckpt["hub"], "arch": ckpt["arch"]}))
+    elif args.command == "export-mmseg":
+        from .segmentation import export_mmseg
+
+        config = None if args.config in (None, "none") else args.config
+        out, cfg = export_mmseg(args.ckpt, args.out, config=config, write_config=args.config != "none")
+        print(json.dumps({"checkpoint": str(out), "config": str(cfg) if cfg else None}))
     elif args.command == "evaluate":
         ckpt = _resolve_for_eval(args.checkpoint, args)
         result = evaluate_checkpoint(ckpt, args.data_path, args.batch_size, args.workers, args.device, args.limit)
