@@ -142,7 +142,7 @@ METHOD_PATTERNS = {
 
 def file_rule(entry: ReleasedCheckpoint) -> str:
     """The documented rule that picks ``entry``'s file from a listing (printed by ``list``)."""
-    kind = f"a checkpoint file ({'/'.join(CHECKPOINT_SUFFIXES)})"
+    kind = f"checkpoint file ({'/'.join(CHECKPOINT_SUFFIXES)})"
     if entry.single_model:
         return f"the one {kind} in the release"
     others = [m for m in METHOD_PATTERNS if m != entry.method]

@@ -1,5 +1,6 @@
-"""maxsup.hub against real HTTP servers on 127.0.0.1 (a fake Hugging Face hub and a fake GitHub), real timm/torchvision
-models and the authors' real DeiT zip class order (read from ../shared/reference, never committed)."""
+"""maxsup.hub against real HTTP servers on 127.0.0.1 (a fake GitHub REST API + release downloads, a fake Hugging Face
+hub), real timm/torchvision models and the authors' real DeiT zip class order (read from ../shared/reference, never
+committed). The fake servers publish file names that appear nowhere in maxsup/hub.py: the code has to find them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,15 +31,16 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Fake Hugging Face hub + GitHub (release assets and raw files) on one loopback server
+# Fake GitHub (REST API + release downloads + raw files) and Hugging Face hub on one loopback server
 # --------------------------------------------------------------------------------------------------------------------
 class FakeServer:
-    """Serves ``files[url_path] = bytes`` with HF headers (ETag, X-Repo-Commit) and Range support.
-
-    ``truncate_once``: paths whose first GET is cut after half the body. ``requests``: (method, path, Range)."""
+    """Serves ``files[url_path] = bytes`` (HF headers ETag/X-Repo-Commit, Range support) and ``api[url_path] = obj``
+    as JSON (query strings ignored). ``truncate_once``: paths whose first GET is cut after half the body.
+    ``requests``: (method, path, Range)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.api: dict[str, object] = {}
         self.truncate_once: set[str] = set()
         self.requests: list[tuple[str, str, str | None]] = []
         server = self
@@ -48,16 +51,25 @@ class FakeServer:
             def log_message(self, *args) -> None:
                 pass
 
-            def _serve(self, body: bool) -> None:
+            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _serve(self) -> None:
                 rng = self.headers.get("Range")
                 server.requests.append((self.command, self.path, rng))
-                data = server.files.get(self.path)
+                path = urllib.parse.unquote(self.path.split("?")[0])
+                if path in server.api:
+                    return self._send(200, json.dumps(server.api[path]).encode(),
+                                      {"Content-Type": "application/json"})
+                data = server.files.get(path)
                 if data is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._send(404, b'{"message": "Not Found"}', {"X-Error-Code": "EntryNotFound"})
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 chunk = data[start:]
                 self.send_response(206 if start else 200)
@@ -68,31 +80,55 @@ class FakeServer:
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                if not body:
+                if self.command == "HEAD":
                     return
-                if self.path in server.truncate_once:
-                    server.truncate_once.discard(self.path)
+                if path in server.truncate_once:
+                    server.truncate_once.discard(path)
                     self.wfile.write(chunk[: len(chunk) // 2])
                     self.wfile.flush()
                     self.close_connection = True
                     return
                 self.wfile.write(chunk)
 
-            def do_HEAD(self) -> None:
-                self._serve(body=False)
-
-            def do_GET(self) -> None:
-                self._serve(body=True)
+            do_HEAD = do_GET = _serve
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def github_path(self, tag: str, asset: str) -> str:
-        return f"/{hub.AUTHORS_REPO}/releases/download/{tag}/{asset}"
+    # GitHub -------------------------------------------------------------------------------------------------------
+    def release(self, tag: str, assets: dict[str, bytes], *, title: str | None = None, tagged: bool = True,
+                digest: bool = True, bad_digest: set[str] = frozenset()) -> dict:
+        """Publish a release: its assets under /downloads/..., its JSON at /repos/{repo}/releases/tags/{tag}
+        (only if ``tagged``) and in the /repos/{repo}/releases list."""
+        listed = []
+        for name, data in assets.items():
+            path = f"/downloads/{tag}/{name}"
+            self.files[path] = data
+            sha = "0" * 64 if name in bad_digest else hashlib.sha256(data).hexdigest()
+            listed.append({"name": name, "size": len(data), "state": "uploaded", "content_type": "application/zip",
+                           "digest": f"sha256:{sha}" if digest else None, "browser_download_url": self.url + path})
+        rel = {"tag_name": tag, "name": title if title is not None else tag, "assets": listed}
+        repo = f"/repos/{hub.AUTHORS_REPO}/releases"
+        if tagged:
+            self.api[f"{repo}/tags/{tag}"] = rel
+        self.api[repo] = [r for r in self.api.get(repo, []) if r["tag_name"] != tag] + [rel]
+        return rel
 
-    def hf_path(self, filename: str, revision: str = "main") -> str:
-        return f"/{hub.HF_RESNET_REPO}/resolve/{revision}/{filename}"
+    # Hugging Face -------------------------------------------------------------------------------------------------
+    def hf_repo(self, files: dict[str, bytes], *, bad_oid: set[str] = frozenset(), lfs: bool = True) -> None:
+        tree = []
+        for name, data in files.items():
+            self.files[f"/{hub.HF_RESNET_REPO}/resolve/main/{name}"] = data
+            entry = {"type": "file", "path": name, "size": len(data),
+                     "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+            if lfs and name.endswith(".ckpt"):
+                sha = "0" * 64 if name in bad_oid else hashlib.sha256(data).hexdigest()
+                entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 134}
+            tree.append(entry)
+        folders = sorted({n.rsplit("/", 1)[0] for n in files if "/" in n})
+        tree += [{"type": "directory", "path": f, "oid": "f" * 40, "size": 0} for f in folders]
+        self.api[f"/api/models/{hub.HF_RESNET_REPO}/tree/main"] = tree
 
 
 @pytest.fixture
@@ -100,10 +136,11 @@ def server(monkeypatch, tmp_path):
     srv = FakeServer()
     srv.thread.start()
     monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("MAXSUP_GITHUB_BASE", srv.url)
+    monkeypatch.setenv("MAXSUP_GITHUB_API", srv.url)
     monkeypatch.setenv("MAXSUP_GITHUB_RAW_BASE", srv.url)
     monkeypatch.setenv("MAXSUP_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     yield srv
     srv.httpd.shutdown()
     srv.httpd.server_close()
@@ -118,11 +155,8 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _small_checkpoint_bytes(tmp_path: Path, seed: int = 0) -> bytes:
-    torch.manual_seed(seed)
-    path = tmp_path / f"small{seed}.pth"
-    torch.save({"model": {"fc.weight": torch.randn(4, 3)}, "epoch": 3}, path)
-    return path.read_bytes()
+def _blob(seed: int, n: int = 4096) -> bytes:
+    return hashlib.sha256(str(seed).encode()).digest() * (n // 32)
 
 
 def _cli_error(capsys, argv: list[str]) -> str:
@@ -135,69 +169,151 @@ def _cli_error(capsys, argv: list[str]) -> str:
     return err[0]
 
 
+def _files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+# Names the authors might have used; none of them appears in maxsup/hub.py.
+HF_FILES = {"ResNet50/ce_baseline-epoch=89-Val_Acc_Top1=0.77.ckpt": _blob(1),
+            "ResNet50/labelsmooth0.1-epoch=89-Val_Acc_Top1=0.77.ckpt": _blob(2),
+            "ResNet50/max_suppression-epoch=89-Val_Acc_Top1=0.78.ckpt": _blob(3),
+            "README.md": b"---\nlicense: apache-2.0\n---\n", ".gitattributes": b"*.ckpt filter=lfs\n"}
+DEIT_ASSETS = {"deit_s_maxsup_best_ep297.pth": _blob(4), "log_deit_small_maxsup.txt": b'{"test_acc1": 76.5}\n'}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The rule
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "method"), [
+    ("resnet50_ls.ckpt", "ls"), ("LS/last.ckpt", "ls"), ("label_smoothing-epoch=89.ckpt", "ls"),
+    ("baseline/last.ckpt", "baseline"), ("r50_ce.pth", "baseline"), ("vanilla.pt", "baseline"),
+    ("MaxSup/last.ckpt", "maxsup"), ("max_suppression_r50.ckpt", "maxsup"),
+    ("cls_token_maxsup.ckpt", "maxsup"),  # 'ls' inside a word is no LS
+    ("maxsup_vs_ls.ckpt", None), ("maxsup.txt", None), ("resnet50.ckpt", None),
+])
+def test_rule_picks_by_method_and_rejects_mixed_names(path, method):
+    hits = [m for m in ("baseline", "ls", "maxsup") if hub.matches_rule(hub.REGISTRY[f"resnet50_{m}"], path)]
+    assert hits == ([method] if method else [])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------------------------------------
-def test_download_fetches_from_fake_hub_and_github_then_works_offline(server, tmp_path, capsys):
-    hf_bytes, gh_bytes = _small_checkpoint_bytes(tmp_path, 0), _small_checkpoint_bytes(tmp_path, 1)
-    server.files[server.hf_path("maxsup.ckpt")] = hf_bytes
-    server.files[server.github_path("checkpoint_deit", "checkpoint.pth")] = gh_bytes
-
-    assert hub.main(["download", "resnet50_maxsup", "--dest", str(tmp_path / "hf")]) == 0
+def test_download_finds_fetches_and_verifies_unseen_names_then_works_offline(server, tmp_path, capsys):
+    server.release("checkpoint_deit", DEIT_ASSETS)
+    server.hf_repo(HF_FILES)
+    got = {}
+    for method in ("baseline", "ls", "maxsup"):
+        assert hub.main(["download", f"resnet50_{method}"]) == 0
+        got[method] = Path(capsys.readouterr().out.strip())
     assert hub.main(["download", "deit_small_maxsup"]) == 0
-    out = capsys.readouterr().out.split()
-    assert Path(out[0]) == tmp_path / "hf" / "maxsup.ckpt" and Path(out[0]).read_bytes() == hf_bytes
-    assert Path(out[1]) == tmp_path / "cache" / "github" / "checkpoint_deit" / "checkpoint.pth"
-    assert Path(out[1]).read_bytes() == gh_bytes
-    assert ("GET", server.hf_path("maxsup.ckpt"), None) in server.requests
+    deit = Path(capsys.readouterr().out.strip())
+    assert deit == tmp_path / "cache" / "github" / "checkpoint_deit" / "deit_s_maxsup_best_ep297.pth"
+    assert deit.read_bytes() == DEIT_ASSETS["deit_s_maxsup_best_ep297.pth"]
+    for method, name in zip(("baseline", "ls", "maxsup"), list(HF_FILES)[:3], strict=True):
+        assert got[method].name == Path(name).name and got[method].read_bytes() == HF_FILES[name]
+    # the release was listed through the REST API and the asset fetched from its browser_download_url
+    assert ("GET", f"/repos/{hub.AUTHORS_REPO}/releases/tags/checkpoint_deit", None) in server.requests
+    assert ("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None) in server.requests
 
-    n_requests = len(server.requests)
-    assert hub.download("deit_small_maxsup", offline=True) == Path(out[1])
-    assert hub.download("resnet50_maxsup", offline=True).read_bytes() == hf_bytes  # huggingface_hub's cache
-    assert len(server.requests) == n_requests  # offline mode never touched the network
-    # an asset name the registry does not know is a flag away
-    server.files[server.github_path("checkpoint_deit", "best_checkpoint.pth")] = hf_bytes
-    got = hub.download("deit_small_maxsup", filename="best_checkpoint.pth", dest=tmp_path / "gh",
-                       sha256=hashlib.sha256(hf_bytes).hexdigest())
-    assert got.read_bytes() == hf_bytes
-
-
-@pytest.mark.parametrize("name", ["deit_small_maxsup", "resnet50_baseline"])
-def test_sha256_mismatch_leaves_no_file_and_names_it(server, tmp_path, capsys, name):
-    data = _small_checkpoint_bytes(tmp_path)
-    entry = hub.REGISTRY[name]
-    server.files[server.github_path(entry.revision, entry.filename)] = data
-    server.files[server.hf_path(entry.filename)] = data
-    dest = tmp_path / "dest"
-    err = _cli_error(capsys, ["download", name, "--dest", str(dest), "--sha256", "0" * 64])
-    assert f"sha256 mismatch for {entry.filename}" in err
-    assert not dest.exists() or list(dest.iterdir()) == []
-    blobs = list((tmp_path / "cache").rglob("*")) if (tmp_path / "cache").exists() else []
-    assert not [p for p in blobs if p.is_file() and p.read_bytes() == data]  # nothing left in the HF cache either
+    n = len(server.requests)
+    assert hub.download("deit_small_maxsup", offline=True) == deit
+    assert hub.download("resnet50_ls", offline=True).read_bytes() == HF_FILES[list(HF_FILES)[1]]
+    assert len(server.requests) == n  # offline never touched the network
+    # --dest copies the picked file there; a second download reuses the verified copy without fetching it again
+    out = hub.download("resnet50_maxsup", dest=tmp_path / "w")
+    assert out == tmp_path / "w" / list(HF_FILES)[2] and out.read_bytes() == HF_FILES[list(HF_FILES)[2]]
+    hub.download("deit_small_maxsup")
+    assert server.requests.count(("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None)) == 1
 
 
-def test_missing_file_names_the_filename_flag(server, capsys):
-    err = _cli_error(capsys, ["download", "resnet50_ls"])
-    assert "ls.ckpt is not in the Hugging Face repo" in err and "--filename" in err
+def test_list_remote_prints_the_rule_and_what_it_picks(server, capsys):
+    server.release("checkpoint_deit", DEIT_ASSETS)
+    server.hf_repo({k: v for k, v in HF_FILES.items() if "labelsmooth" not in k})
+    assert hub.main(["list", "--remote"]) == 0
+    out = capsys.readouterr().out
+    assert "rule: the one checkpoint file" in out and "max[-_ ]?sup" in out
+    assert "picks: deit_s_maxsup_best_ep297.pth (4096 bytes, sha256 " in out
+    assert "picks: ResNet50/max_suppression-epoch=89-Val_Acc_Top1=0.78.ckpt" in out
+    assert "picks nothing: the Hugging Face repo zhouyuxuanyx/MaxSup-Regularized-ResNet50@main has no file for " \
+           "resnet50_ls" in out
+
+
+def test_release_found_by_title_and_hash_recorded_on_first_download(server, tmp_path, capsys):
+    # No tag "checkpoint_deit": the release is titled so. Its assets carry no digest.
+    server.release("v1.0", DEIT_ASSETS, title="checkpoint_deit", tagged=False, digest=False)
+    path = hub.download("deit_small_maxsup")
+    assert path.read_bytes() == DEIT_ASSETS["deit_s_maxsup_best_ep297.pth"]
+    records = json.loads((tmp_path / "cache" / "sha256_records.json").read_text())
+    key = f"github:{hub.AUTHORS_REPO}@checkpoint_deit/deit_s_maxsup_best_ep297.pth"
+    assert records[key]["sha256"] == hashlib.sha256(DEIT_ASSETS["deit_s_maxsup_best_ep297.pth"]).hexdigest()
+    assert records[key]["origin"] == "first download"
+    # The file changes upstream (same name, same size, no digest): the next download notices and keeps nothing.
+    server.release("v1.0", {**DEIT_ASSETS, "deit_s_maxsup_best_ep297.pth": _blob(5)}, title="checkpoint_deit",
+                   tagged=False, digest=False)
+    err = _cli_error(capsys, ["download", "deit_small_maxsup", "--dest", str(tmp_path / "elsewhere")])
+    assert "sha256 mismatch for deit_s_maxsup_best_ep297.pth: recorded at first download" in err
+    assert _files_under(tmp_path / "elsewhere") == []
+    # ... and so does the offline use of a cached copy that changed on disk
+    path.write_bytes(_blob(6))
+    err = _cli_error(capsys, ["download", "deit_small_maxsup", "--offline"])
+    assert "sha256 mismatch" in err and not path.exists()
+
+
+def test_no_release_of_that_name_lists_the_releases(server, capsys):
+    server.release("zip_annotations", {"train_map.txt": b"x", "val_map.txt": b"y"})
     err = _cli_error(capsys, ["download", "deit_small_maxsup"])
-    assert "HTTP 404" in err and "--filename" in err
+    assert "no release tagged or titled 'checkpoint_deit'" in err and "zip_annotations" in err
+
+
+def test_ambiguity_names_the_candidates_and_the_flag(server, tmp_path, capsys):
+    assets = {"checkpoint.pth": _blob(7), "best_checkpoint.pth": _blob(8), "log.txt": b"{}\n"}
+    server.release("checkpoint_deit", assets)
+    err = _cli_error(capsys, ["download", "deit_small_maxsup"])
+    assert "2 candidate files for deit_small_maxsup (checkpoint.pth, best_checkpoint.pth)" in err
+    assert "--filename" in err
+    assert hub.download("deit_small_maxsup", filename="best_checkpoint.pth").read_bytes() == _blob(8)
+    err = _cli_error(capsys, ["download", "deit_small_maxsup", "--filename", "checkpoint_epoch_299.pth"])
+    assert "has no file 'checkpoint_epoch_299.pth'" in err and "best_checkpoint.pth" in err
+    # none: the HF repo holds no file for LS
+    server.hf_repo({"baseline.pth": _blob(9), "README.md": b"hi"})
+    err = _cli_error(capsys, ["download", "resnet50_ls"])
+    assert "no file for resnet50_ls" in err and "baseline.pth, README.md" in err and "--filename" in err
+
+
+def test_empty_release_says_so(server, tmp_path, capsys):
+    server.release("checkpoint_deit", {})
+    err = _cli_error(capsys, ["download", "deit_small_maxsup"])
+    assert "release 'checkpoint_deit'" in err and "holds no files" in err
+    err = _cli_error(capsys, ["download", "deit_small_maxsup", "--offline"])
+    assert "holds no files" in err and "without --offline" in err
+
+
+@pytest.mark.parametrize("name", ["deit_small_maxsup", "resnet50_maxsup"])
+def test_sha256_mismatch_deletes_the_file(server, tmp_path, capsys, name):
+    server.release("checkpoint_deit", DEIT_ASSETS, bad_digest={"deit_s_maxsup_best_ep297.pth"})
+    server.hf_repo(HF_FILES, bad_oid=set(HF_FILES))
+    err = _cli_error(capsys, ["download", name, "--dest", str(tmp_path / "dest")])
+    assert "sha256 mismatch for" in err and "the API states " + "0" * 64 in err and "deleted" in err
+    leftovers = [p for p in _files_under(tmp_path / "dest") + _files_under(tmp_path / "cache")
+                 if p.read_bytes() in (_blob(3), _blob(4))]
+    assert leftovers == []  # neither the file, nor a .part, nor huggingface_hub's blob
 
 
 def test_interrupted_github_download_resumes_with_range(server, tmp_path):
     data = os.urandom(300_000)
-    path = server.github_path("checkpoint_deit", "checkpoint.pth")
-    server.files[path] = data
+    server.release("checkpoint_deit", {"deit_small_maxsup.pth": data})
+    path = "/downloads/checkpoint_deit/deit_small_maxsup.pth"
     server.truncate_once.add(path)
-    sha = hashlib.sha256(data).hexdigest()
     with pytest.raises(hub.DownloadError, match="interrupted after 150000 bytes.*re-run"):
-        hub.download("deit_small_maxsup", dest=tmp_path, sha256=sha)
-    assert (tmp_path / "checkpoint.pth.part").stat().st_size == 150_000
-    assert not (tmp_path / "checkpoint.pth").exists()
+        hub.download("deit_small_maxsup", dest=tmp_path)
+    assert (tmp_path / "deit_small_maxsup.pth.part").stat().st_size == 150_000
+    assert not (tmp_path / "deit_small_maxsup.pth").exists()
 
-    got = hub.download("deit_small_maxsup", dest=tmp_path, sha256=sha)
-    assert got.read_bytes() == data
+    got = hub.download("deit_small_maxsup", dest=tmp_path)
+    assert got.read_bytes() == data  # verified against the API digest after resuming
     assert server.requests[-1] == ("GET", path, "bytes=150000-")
-    assert not (tmp_path / "checkpoint.pth.part").exists()
+    assert not (tmp_path / "deit_small_maxsup.pth.part").exists()
 
 
 def test_unknown_name_and_network_failure_are_one_line(monkeypatch, tmp_path, capsys):
@@ -206,11 +322,11 @@ def test_unknown_name_and_network_failure_are_one_line(monkeypatch, tmp_path, ca
     assert "resnet51_maxsup" in err and all(name in err for name in hub.REGISTRY)
 
     dead = _closed_port_url()
-    monkeypatch.setenv("MAXSUP_GITHUB_BASE", dead)
+    monkeypatch.setenv("MAXSUP_GITHUB_API", dead)
     monkeypatch.setenv("HF_ENDPOINT", dead)
     for name in ("deit_small_maxsup", "resnet50_ls"):
         err = _cli_error(capsys, ["download", name])
-        assert "--offline" in err and "--dest" in err, err
+        assert "cannot reach" in err and "--offline" in err and "--dest" in err, err
 
 
 def test_module_entry_point_reports_without_traceback(tmp_path):
@@ -257,14 +373,36 @@ def _write_zip_map(path: Path, order: list[str]) -> Path:
     return path
 
 
-def test_zip_order_verifies_and_gives_documented_permutation(zip_order, server, tmp_path):
+def test_zip_map_download_is_pinned_to_commit_and_file_sha256(zip_order, server, tmp_path, monkeypatch):
     assert hub.zip_to_standard_permutation(zip_order)[:10] == [538, 735, 432, 61, 458, 233, 188, 549, 354, 625]
-    # downloaded at run time from the (fake) authors' repository, cached, then used offline
-    server.files[f"/{hub.AUTHORS_REPO}/HEAD/{hub.ZIP_MAP_PATH}"] = _write_zip_map(tmp_path / "m.txt",
-                                                                                   zip_order).read_bytes()
+    # The real 50,000-line file is not available here; this one has the same class order in one line per class.
+    data = _write_zip_map(tmp_path / "m.txt", zip_order).read_bytes()
+    url_path = f"/{hub.AUTHORS_REPO}/{hub.ZIP_MAP_COMMIT}/{hub.ZIP_MAP_PATH}"
+    server.files[url_path] = data
+    server.files[f"/{hub.AUTHORS_REPO}/HEAD/{hub.ZIP_MAP_PATH}"] = data
+    # 1. pinned file sha256: a file with the right class order but other bytes is rejected and not kept
+    with pytest.raises(hub.ChecksumError, match=f"pinned {hub.ZIP_MAP_SHA256}"):
+        hub.load_zip_order()
+    assert _files_under(tmp_path / "cache") == []
+    assert [r[1] for r in server.requests] == [url_path]  # the commit, never the default branch
+    # 2. with the pin matching the served bytes, the file verifies, then its class order; cached for offline use
+    monkeypatch.setattr(hub, "ZIP_MAP_SHA256", hashlib.sha256(data).hexdigest())
     assert hub.load_zip_order() == zip_order
     n = len(server.requests)
     assert hub.load_zip_order(offline=True) == zip_order and len(server.requests) == n
+    # 3. a cached copy that changed on disk fails the file check on its next use
+    cached = tmp_path / "cache" / "zip_map" / hub.ZIP_MAP_COMMIT / "zip_val_map.txt"
+    cached.write_bytes(data.replace(b"\t0\n", b"\t0\r\n"))
+    with pytest.raises(hub.ChecksumError, match="cached at"):
+        hub.load_zip_order(offline=True)
+    # 4. the class-order check still runs after the file check: a pinned file with another order is refused
+    swapped = list(zip_order)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    bad = _write_zip_map(tmp_path / "bad.txt", swapped).read_bytes()
+    server.files[url_path] = bad
+    monkeypatch.setattr(hub, "ZIP_MAP_SHA256", hashlib.sha256(bad).hexdigest())
+    with pytest.raises(hub.ZipMapError, match="does not verify"):
+        hub.load_zip_order()
 
 
 def test_tampered_zip_map_is_rejected(zip_order, tmp_path, capsys):
