@@ -528,13 +528,14 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
 
 def _download_offline(entry: ReleasedCheckpoint, revision: str, dest: str | os.PathLike | None,
                       filename: str | None, sha256: str | None) -> Path:
-    hint = "; download it first without --offline, or copy the file there"
-    if dest is not None or entry.source == "github":
-        folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
-        names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-        names = [n for n in names if not n.endswith(".part")]
-        where = f"the offline folder {folder}"
-    else:
+    hint = "; download it first without --offline, or put the file in a folder and pass --dest DIR"
+    folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
+    names = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".part")] \
+        if folder.is_dir() else []
+    where = f"the offline folder {folder}"
+    # Hugging Face: huggingface_hub's cache, unless --dest already holds a file the rule (or --filename) picks
+    if entry.source == "hf" and not any(n == filename or (filename is None and matches_rule(entry, n))
+                                        for n in names):
         folder, names = _hf_cached_files(entry, revision)
         where = f"the offline cache of {entry.repo}@{revision} ({cache_dir() / 'huggingface'})"
     chosen = pick_file(entry, [RemoteFile(n) for n in names], filename, where, hint)
