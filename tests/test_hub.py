@@ -260,6 +260,18 @@ def test_release_found_by_title_and_hash_recorded_on_first_download(server, tmp_
     assert "sha256 mismatch" in err and not path.exists()
 
 
+def test_hf_file_without_lfs_oid_is_recorded_and_filename_takes_a_repo_path(server, tmp_path):
+    server.hf_repo(HF_FILES, lfs=False)
+    name = "ResNet50/labelsmooth0.1-epoch=89-Val_Acc_Top1=0.77.ckpt"
+    assert hub.download("resnet50_ls").read_bytes() == HF_FILES[name]
+    records = json.loads((tmp_path / "cache" / "sha256_records.json").read_text())
+    assert records[f"hf:{hub.HF_RESNET_REPO}@main/{name}"] == {
+        "sha256": hashlib.sha256(HF_FILES[name]).hexdigest(), "size": len(HF_FILES[name]), "origin": "first download"}
+    # --filename with a path inside the repository overrides the rule (here: another method's file)
+    other = "ResNet50/ce_baseline-epoch=89-Val_Acc_Top1=0.77.ckpt"
+    assert hub.download("resnet50_ls", filename=other, dest=tmp_path / "d").read_bytes() == HF_FILES[other]
+
+
 def test_no_release_of_that_name_lists_the_releases(server, capsys):
     server.release("zip_annotations", {"train_map.txt": b"x", "val_map.txt": b"y"})
     err = _cli_error(capsys, ["download", "deit_small_maxsup"])
