@@ -19,8 +19,14 @@ timm / DeiT                      MMSegmentation ``VisionTransformer``
 ``head.*``                       dropped (the classifier, and with it the label order, plays no part)
 ==============================  ================================================
 
+``patch_embed.projection.bias`` is used only with ``patch_bias=True``. MMSeg's DeiT-S UperNet config, and so
+ours, leaves ``patch_bias`` and ``final_norm`` at their defaults (False): MMSeg then loads 147 of the 150 exported
+tensors and reports ``ln1.*`` and ``patch_embed.projection.bias`` as unexpected keys. Checked once against
+MMSegmentation 1.2.2 (data/README.md, "Segmentation (Table 9)"): with both options True the backbone reproduces
+timm's DeiT features.
+
 The config written beside the checkpoint follows MMSeg's ``vit_deit-s16_upernet_8xb2-80k_ade20k-512x512.py``
-(see :data:`CONFIG_TEMPLATE` and data/README.md, "Segmentation (Table 9)").
+(see :data:`CONFIG_TEMPLATE`).
 """
 
 from __future__ import annotations
@@ -124,6 +130,9 @@ CONFIG_TEMPLATE = '''\
 # 80k iterations of 8 GPUs x 2 crops of 512x512. The paper does not state its schedule; MMSeg's DeiT-S UperNet
 # reaches the same mIoU with 80k and 160k iterations (its model zoo: 42.96 vs 42.87 single-scale, 43.79 vs 43.79
 # multi-scale), so we take 80k, half the cost. The paper reports multi-scale mIoU: test with `tools/test.py ... --tta`.
+# As in MMSeg's config the backbone keeps patch_bias=False and final_norm=False, so MMSeg loads 147 of the 150
+# exported tensors and reports patch_embed.projection.bias and ln1.* as unexpected keys. Set both to True to start
+# from exactly the network that was trained on ImageNet (a deviation from MMSeg's recipe).
 # Train:  python tools/train.py THIS_FILE   (from an MMSegmentation checkout, ADE20K under data/ade/)
 crop_size = (512, 512)
 norm_cfg = dict(type='SyncBN', requires_grad=True)

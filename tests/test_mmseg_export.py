@@ -4,7 +4,8 @@ MMSegmentation itself is not installed (1.2.2 needs a compiled mmcv < 2.2 that h
 expected layout below was written from MMSeg's ``mmseg/models/backbones/vit.py`` (``VisionTransformer``,
 ``TransformerEncoderLayer``) and the mmcv bricks it builds on, not from our mapping:
 
-* ``patch_embed = PatchEmbed(...)`` holds ``projection = Conv2d(in_channels, embed_dims, patch, stride=patch)``;
+* ``patch_embed = PatchEmbed(...)`` holds ``projection = Conv2d(in_channels, embed_dims, patch, stride=patch,
+  bias=patch_bias)``; ``patch_bias`` defaults to False and MMSeg's DeiT-S UperNet config does not change it;
 * ``cls_token`` (1, 1, E) and ``pos_embed`` (1, num_patches + 1, E) are plain parameters;
 * ``layers = ModuleList(TransformerEncoderLayer)``; each layer has ``ln1`` / ``ln2`` (``build_norm_layer`` with
   postfix 1/2), ``attn`` = mmcv ``MultiheadAttention`` whose ``attn`` is ``torch.nn.MultiheadAttention(E, heads,
@@ -31,13 +32,14 @@ from maxsup.models import arch_spec, create_model
 E, DEPTH, HEADS, PATCH, TOKENS = 384, 12, 6, 16, 197
 
 
-def expected_mmseg_keys(final_norm: bool = True) -> dict[str, tuple[int, ...]]:
+def expected_mmseg_keys(final_norm: bool = True, patch_bias: bool = True) -> dict[str, tuple[int, ...]]:
     """Every key of MMSeg's VisionTransformer(embed_dims=384, num_layers=12, num_heads=6, mlp_ratio=4,
-    qkv_bias=True, img_size=224) with its shape."""
+    qkv_bias=True, img_size=224, final_norm=..., patch_bias=...) with its shape."""
     keys: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, E), "pos_embed": (1, TOKENS, E),
-        "patch_embed.projection.weight": (E, 3, PATCH, PATCH), "patch_embed.projection.bias": (E,),
+        "cls_token": (1, 1, E), "pos_embed": (1, TOKENS, E), "patch_embed.projection.weight": (E, 3, PATCH, PATCH),
     }
+    if patch_bias:
+        keys["patch_embed.projection.bias"] = (E,)
     for i in range(DEPTH):
         p = f"layers.{i}."
         keys |= {p + "ln1.weight": (E,), p + "ln1.bias": (E,),
@@ -82,7 +84,8 @@ class _Layer(nn.Module):  # TransformerEncoderLayer: x + attn(ln1(x)), then x + 
 
 
 class MirrorMMSegViT(nn.Module):
-    """MMSeg's VisionTransformer module tree (final_norm=True) at 224 px, returning the normalised patch tokens."""
+    """MMSeg's VisionTransformer module tree (final_norm=True, patch_bias=True) at 224 px, returning the normalised
+    patch tokens."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -141,6 +144,10 @@ def test_export_has_mmseg_vit_keys_and_computes_what_deit_computes(deit, tmp_pat
     assert (backbone["type"], backbone["embed_dims"], backbone["num_heads"], backbone["num_layers"]) == \
         ("VisionTransformer", E, HEADS, DEPTH)
     assert backbone["out_indices"] == (2, 5, 8, 11) and backbone["drop_path_rate"] == 0.1
+    # As in MMSeg's config: no patch bias, no final norm. MMSeg then uses 147 of the 150 tensors.
+    assert not backbone.get("patch_bias", False) and not backbone.get("final_norm", False)
+    used = expected_mmseg_keys(final_norm=False, patch_bias=False)
+    assert len(used) == 147 and set(sd) - set(used) == {"patch_embed.projection.bias", "ln1.weight", "ln1.bias"}
     assert cfg["model"]["neck"] is None and cfg["model"]["decode_head"]["type"] == "UPerHead"
     assert cfg["model"]["decode_head"]["in_channels"] == [E] * 4 and cfg["model"]["decode_head"]["num_classes"] == 150
     assert cfg["train_cfg"]["max_iters"] == 80000 and cfg["param_scheduler"][1]["end"] == 80000
