@@ -219,7 +219,7 @@ def _check_size(path: Path, expected: int | None, label: str) -> None:
 
 
 def fetch_url(url: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0,
-              not_found_hint: str = "check the URL", size: int | None = None) -> Path:
+              not_found_hint: str = "check the URL", size: int | None = None, sha256_source: str = "expected") -> Path:
     """Download ``url`` to ``dest`` over plain HTTP(S).
 
     Bytes go to ``dest + '.part'``; an interrupted transfer keeps it and the next call resumes with a ``Range``
@@ -268,7 +268,7 @@ def fetch_url(url: str, dest: str | os.PathLike, sha256: str | None = None, time
                 raise DownloadError(f"download of {dest.name} interrupted after {part.stat().st_size} bytes "
                                     f"({reason}); re-run the same command to resume")
     _check_size(part, size, dest.name)
-    _check_sha(part, sha256, dest.name)
+    _check_sha(part, sha256, dest.name, sha256_source)
     os.replace(part, dest)
     return dest
 
@@ -509,9 +509,9 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
             log.info("using the verified copy %s", path)
         else:
             log.info("downloading %s (%s bytes) from %s", chosen.name, chosen.size, where)
-            fetch_url(chosen.url, path, size=size, not_found_hint="the release lists it but the server does not "
-                      "have it; pass another asset with --filename")
-            _verify_or_delete(path, expected, None, chosen.name, what)
+            fetch_url(chosen.url, path, sha256=expected, size=size, sha256_source=what,
+                      not_found_hint="the release lists it but the server does not have it; pass another asset "
+                      "with --filename")
     else:
         path = _hf_fetch(entry, chosen.name, revision)
         _verify_or_delete(path, expected, size, chosen.name, what)

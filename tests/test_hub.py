@@ -328,6 +328,17 @@ def test_interrupted_github_download_resumes_with_range(server, tmp_path):
     assert not (tmp_path / "deit_small_maxsup.pth.part").exists()
 
 
+def test_corrupt_partial_file_fails_the_digest_and_is_deleted(server, tmp_path, capsys):
+    data = os.urandom(100_000)
+    server.release("checkpoint_deit", {"deit_small_maxsup.pth": data})
+    part = tmp_path / "deit_small_maxsup.pth.part"
+    part.write_bytes(b"\0" * 40_000)  # a .part left by some other download: resumed, then the digest fails
+    err = _cli_error(capsys, ["download", "deit_small_maxsup", "--dest", str(tmp_path)])
+    assert "sha256 mismatch for deit_small_maxsup.pth: the API states" in err
+    assert not part.exists() and not (tmp_path / "deit_small_maxsup.pth").exists()
+    assert hub.download("deit_small_maxsup", dest=tmp_path).read_bytes() == data  # the next run starts clean
+
+
 def test_unknown_name_and_network_failure_are_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MAXSUP_CACHE", str(tmp_path / "cache"))
     err = _cli_error(capsys, ["download", "resnet51_maxsup"])
