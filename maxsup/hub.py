@@ -530,8 +530,9 @@ def _download_offline(entry: ReleasedCheckpoint, revision: str, dest: str | os.P
                       filename: str | None, sha256: str | None) -> Path:
     hint = "; download it first without --offline, or put the file in a folder and pass --dest DIR"
     folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
-    names = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".part")] \
-        if folder.is_dir() else []
+    # paths relative to the folder: a Hugging Face file copied with --dest keeps its folders (ResNet50/x.ckpt)
+    names = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.name.endswith(".part")] if folder.is_dir() else []
     where = f"the offline folder {folder}"
     # Hugging Face: huggingface_hub's cache, unless --dest already holds a file the rule (or --filename) picks
     if entry.source == "hf" and not any(n == filename or (filename is None and matches_rule(entry, n))

@@ -223,6 +223,7 @@ def test_download_finds_fetches_and_verifies_unseen_names_then_works_offline(ser
     # --dest copies the picked file there; a second download reuses the verified copy without fetching it again
     out = hub.download("resnet50_maxsup", dest=tmp_path / "w")
     assert out == tmp_path / "w" / list(HF_FILES)[2] and out.read_bytes() == HF_FILES[list(HF_FILES)[2]]
+    assert hub.download("resnet50_maxsup", dest=tmp_path / "w", offline=True) == out  # found there, verified
     hub.download("deit_small_maxsup")
     assert server.requests.count(("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None)) == 1
 
