@@ -110,6 +110,7 @@ class Job:
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DATA_PATH", None)  # Deit/train_with_MaxSup.sh switches to the ImageNet recipe when it is set
+    env.pop("SEEDS", None)  # the demo runs one trainer per seed itself; SEEDS=N would make each one sweep N seeds
     # One intra-op thread per process: on a busy 2-core machine two spinning OpenMP threads per process are slower
     # (Conv/common_resnet/README.md); parallelism comes from running --jobs processes at once.
     env.setdefault("OMP_NUM_THREADS", "1")
