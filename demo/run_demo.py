@@ -279,7 +279,7 @@ def analysis_jobs(ckpts: dict[str, Path], out: Path, scale: Scale, data_args: li
     cap = ["--max-per-class", str(scale.probe_per_class)]
 
     def script(name: str, *args: str) -> list[str]:
-        return [py, str(ROOT / "analysis" / f"{name}.py"), *ck, *common, *args]
+        return [py, "-m", f"analysis.{name}", *ck, *common, *args]  # cwd and PYTHONPATH: the repository root
 
     extract = script("extract", "--classes", SOURCE, "--split", "test")  # test logits, cached for the others
     chains = [
