@@ -166,6 +166,33 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
     assert ckpt["eval_transform"]["img_size"] == 32
 
 
+def test_accumulation_run_record_and_tensorboard(betons, tmp_path):
+    """train.accum_steps = 2 keeps train.batch_size the global batch (16 images per step and process, 96 images:
+    6 batches, 3 steps); run.json and the TensorBoard scalars match the log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = ffcv_main.load_config(_argv(betons, out, "--train.accum_steps=2", f"--logging.tensorboard={tmp_path / 'tb'}"))
+    trainer = ffcv_main.ImageNetTrainer(cfg)
+    _KEEP_ALIVE.append(trainer)
+    assert trainer.per_process_batch == 16
+    steps, step = [], trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+    trainer.train()
+    assert len(steps) == 3
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(log["train_loss"])
+    rec = json.loads((out / "run.json").read_text())
+    assert (rec["trainer"], rec["model"], rec["loss"], rec["log_file"]) == ("ffcv", "cifar_resnet10", "maxsup",
+                                                                            "log.jsonl")
+    assert rec["config"]["total_batch_size"] == 32 and rec["config"]["per_process_batch_size"] == 16
+    assert rec["provenance"]["ffcv"] and rec["provenance"]["world_size"] == 1
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Scalars("top_1")[0].value == pytest.approx(log["top_1"])
+    assert {"train_loss", "lr", "alpha", "val_nll", "val_ece", "train_misclassified"} <= set(acc.Tags()["scalars"])
+
+
 def test_dotted_override_takes_effect(trained):
     trainer, _, out = trained
     params = json.loads((out / "params.json").read_text())
