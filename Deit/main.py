@@ -346,7 +346,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
                                 alpha_end=args.alpha_end).to(device)
-    if output_dir and rank == 0:
+    if output_dir and rank == 0 and not args.eval:
         write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
                          alpha=(args.alpha_start, args.alpha_end) if hasattr(criterion, "alpha") else None,
@@ -460,7 +460,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         config = resolved_config(args, launcher_world_size())
         config["seeds"] = seeds if seeds is not None else [args.seed]
         return print_config(config)
-    if seeds is None:
+    if seeds is None or args.eval:  # --eval evaluates one checkpoint, whatever SEEDS says
         return main(args)
     results = {}
     for seed in seeds:

@@ -534,7 +534,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         config = resolved_config(args, launcher_world_size())
         config["seeds"] = seeds if seeds is not None else [args.seed]
         return print_config(config)
-    if seeds is None:
+    if seeds is None or args.test_only:  # --test-only evaluates one checkpoint, whatever SEEDS says
         return main(args)
     return {f"seed{seed}": main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
                                                      "output_dir": seed_dir(args.output_dir, seed),

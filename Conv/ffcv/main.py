@@ -7,6 +7,10 @@ torch, so no cupy is needed.
 
     torchrun --nproc_per_node=4 Conv/ffcv/main.py --config Conv/ffcv/configs/rn50_paper_200ep.toml \\
         --data.train_dataset=/data/ffcv/train_500_0.50_90.ffcv --data.val_dataset=/data/ffcv/val_500_0.50_90.ffcv
+
+Besides the config keys: ``--print-config`` prints the resolved config (nested sections, plus world_size,
+per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without reading data;
+``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``.
 """
 
 from __future__ import annotations
@@ -546,6 +550,8 @@ class ImageNetTrainer:
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
         m, loss = self.cfg["model"], self.cfg["loss"]
+        if self.cfg["train"]["eval_only"]:
+            return
         write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
                          dataset=dataset_name(self.cfg),
                          model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
@@ -584,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if show:
         return print_config({**resolved_config(cfg, launcher_world_size()),
                              "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
-    if seeds is None:
+    if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
         return ImageNetTrainer(cfg).train()
     results = {}
     for seed in seeds:  # one run folder (and TensorBoard folder) per seed, one after the other
