@@ -25,7 +25,9 @@ from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, lookup, mismatches
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("Deit/README.md", "Conv/common_resnet/README.md", "Conv/ffcv/README.md")
+#: every README up to two folders deep (recipes for new tables, e.g. T7/T8, may live in any of them)
+READMES = tuple(str(p.relative_to(ROOT)) for pattern in ("README.md", "*/README.md", "*/*/README.md")
+                for p in sorted(ROOT.glob(pattern)) if not p.relative_to(ROOT).parts[0].startswith("."))
 FENCE = re.compile(r"^```(\S*)([^\n]*)\n(.*?)^```", re.M | re.S)
 
 
@@ -76,6 +78,8 @@ def documented_commands() -> list[tuple[str, str, str, dict[str, str], str, list
         for _lang, info, body in FENCE.findall((ROOT / readme).read_text()):
             recipe = dict(kv.split("=", 1) for kv in info.split() if "=" in kv).get("recipe")
             for raw in body.replace("\\\n", " ").splitlines():
+                if recipe is None and not re.match(r"[A-Z_][A-Z0-9_]*=", raw):
+                    continue  # outside recipe blocks only shell variables (RECIPE=..., DATA=...) matter
                 tokens = shlex.split(_expand(raw, variables), comments=True)
                 if len(tokens) == 1 and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", tokens[0]):
                     name, _, value = tokens[0].partition("=")
