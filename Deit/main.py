@@ -46,6 +46,7 @@ from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
+    alpha_schedule_of,
     launcher_world_size,
     parse_seeds,
     print_config,
@@ -349,7 +350,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if output_dir and rank == 0 and not args.eval:
         write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
-                         alpha=(args.alpha_start, args.alpha_end) if hasattr(criterion, "alpha") else None,
+                         alpha=alpha_schedule_of(criterion),
                          device=device, log_file="log.txt",
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
 

@@ -17,15 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write
 from .errors import UserError
 
-__all__ = ["launcher_world_size", "is_launcher_main", "print_config", "parse_seeds", "sweep_seeds", "seed_dir",
-           "provenance", "recipe_fingerprint", "write_run_record", "RUN_RECORD", "NOT_RECIPE"]
+__all__ = ["NOT_RECIPE", "RUN_RECORD", "ScalarWriter", "alpha_schedule_of", "is_launcher_main", "launcher_world_size",
+           "parse_seeds", "print_config", "provenance", "recipe_fingerprint", "seed_dir", "write_run_record"]
 
 RUN_RECORD = "run.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,8 @@ NOT_RECIPE = frozenset({
     "eval", "eval_ema", "test_only", "eval_only", "dist_eval", "tensorboard", "print_config", "progress", "start_epoch",
     "save_every_epoch", "pin_mem", "loss", "alpha_start", "alpha_end", "model", "data_set", "dataset", "download",
     "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "eval_batch_size",
-    "in_memory", "type", "arch", "allow_ls_with_maxsup", "skip_corrupt", "cache", "label_smoothing", "loss_kwargs",
-    "lp_beta", "cp_beta", "ols_a", "ols_init_smoothing", "zipf_lam", "zipf_power",
+    "in_memory", "loss.type", "model.arch", "allow_ls_with_maxsup", "skip_corrupt", "cache", "label_smoothing",
+    "loss_kwargs", "lp_beta", "cp_beta", "ols_a", "ols_init_smoothing", "zipf_lam", "zipf_power",
 })
 
 
@@ -95,10 +95,6 @@ def seed_dir(output_dir: str, seed: int) -> str:
     return str(Path(output_dir) / f"seed{seed}") if output_dir else ""
 
 
-def sweep_seeds(seeds: Iterable[int] | None, seed: int) -> list[int]:
-    return list(seeds) if seeds else [seed]
-
-
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20)
@@ -146,10 +142,17 @@ def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def recipe_fingerprint(config: Mapping[str, Any]) -> str:
-    """8 hex digits identifying the recipe: every config key except :data:`NOT_RECIPE` (matched on the last dotted
-    part), so the seed, paths and the loss do not split a group."""
-    kept = {k: v for k, v in sorted(_flat(config).items()) if k.rpartition(".")[2] not in NOT_RECIPE}
+    """8 hex digits identifying the recipe: every config key except :data:`NOT_RECIPE` (matched on the whole dotted
+    key or its last part), so the seed, paths and the loss do not split a group."""
+    kept = {k: v for k, v in sorted(_flat(config).items())
+            if k not in NOT_RECIPE and k.rpartition(".")[2] not in NOT_RECIPE}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def alpha_schedule_of(criterion: Any) -> tuple[float, float] | None:
+    """(α at the first epoch, α at the last) of a loss with an α schedule (``maxsup.AlphaSchedule``), else None."""
+    schedule = getattr(criterion, "alpha_schedule", None)
+    return (schedule.start, schedule.end) if schedule is not None else None
 
 
 def write_run_record(output_dir: str | os.PathLike, *, trainer: str, config: Mapping[str, Any], dataset: str,

@@ -207,3 +207,12 @@ def test_collect_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(collect.main, [str(tmp_path), "--paper", "T99"])
     assert "recipes.toml has no [paper_results.T99]" in capsys.readouterr().err
+
+
+def test_run_record_alpha_comes_from_the_loss_actually_built():
+    from maxsup import build_criterion
+    from maxsup.runinfo import alpha_schedule_of
+
+    assert alpha_schedule_of(build_criterion("ls", 10, 5, alpha_start=0.1, alpha_end=0.1)) == (0.1, 0.1)
+    assert alpha_schedule_of(build_criterion("maxsup", 10, 5, alpha_start=0.1, alpha_end=0.2)) == (0.1, 0.2)
+    assert alpha_schedule_of(build_criterion("ce", 10, 5)) is None

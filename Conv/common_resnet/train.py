@@ -35,7 +35,15 @@ from maxsup.errors import UserError
 from maxsup.losses import CRITERIA, build_criterion, penalty_stats
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
-from maxsup.runinfo import ScalarWriter, launcher_world_size, parse_seeds, print_config, seed_dir, write_run_record
+from maxsup.runinfo import (
+    ScalarWriter,
+    alpha_schedule_of,
+    launcher_world_size,
+    parse_seeds,
+    print_config,
+    seed_dir,
+    write_run_record,
+)
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 #: dataset → (native image side, mean, std, small_input)
@@ -360,8 +368,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         utils.truncate_log(log_path, args.start_epoch)
         dataset_name = "imagenet" if args.dataset == "imagefolder" and num_classes == 1000 else args.dataset
         write_run_record(output_dir, trainer="common_resnet", config=resolved_config(args, dist_info.world_size),
-                         dataset=dataset_name, model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed,
-                         alpha=(args.alpha_start, args.alpha_end) if hasattr(criterion, "alpha") else None,
+                         dataset=dataset_name, model=args.model, loss="ls" if args.label_smoothing else args.loss,
+                         epochs=args.epochs, seed=args.seed, alpha=alpha_schedule_of(criterion),
                          world_size=dist_info.world_size, device=device, log_file="log.txt",
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
     tb = ScalarWriter(args.tensorboard, enabled=is_main)

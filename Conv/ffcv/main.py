@@ -38,7 +38,15 @@ from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
 from maxsup.errors import UserError
 from maxsup.models import arch_spec, create_model, load_state_dict_strict
-from maxsup.runinfo import ScalarWriter, launcher_world_size, parse_seeds, print_config, seed_dir, write_run_record
+from maxsup.runinfo import (
+    ScalarWriter,
+    alpha_schedule_of,
+    launcher_world_size,
+    parse_seeds,
+    print_config,
+    seed_dir,
+    write_run_record,
+)
 
 try:
     import tomllib
@@ -556,7 +564,7 @@ class ImageNetTrainer:
                          dataset=dataset_name(self.cfg),
                          model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
                          seed=self.cfg["train"]["seed"], world_size=self.dist.world_size, device=self.device,
-                         alpha=(loss["alpha_start"], loss["alpha_end"]) if hasattr(self.criterion, "alpha") else None,
+                         alpha=alpha_schedule_of(self.criterion),
                          log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"})
 
     def log(self, content: dict[str, Any]) -> None:
