@@ -6,6 +6,7 @@ in this one process around a single module-scoped training run.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -166,33 +167,6 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
     assert ckpt["eval_transform"]["img_size"] == 32
 
 
-def test_accumulation_run_record_and_tensorboard(betons, tmp_path):
-    """train.accum_steps = 2 keeps train.batch_size the global batch (16 images per step and process, 96 images:
-    6 batches, 3 steps); run.json and the TensorBoard scalars match the log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = tmp_path / "run"
-    cfg = ffcv_main.load_config(_argv(betons, out, "--train.accum_steps=2", f"--logging.tensorboard={tmp_path / 'tb'}"))
-    trainer = ffcv_main.ImageNetTrainer(cfg)
-    _KEEP_ALIVE.append(trainer)
-    assert trainer.per_process_batch == 16
-    steps, step = [], trainer.optimizer.step
-    trainer.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
-    trainer.train()
-    assert len(steps) == 3
-    log = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
-    assert np.isfinite(log["train_loss"])
-    rec = json.loads((out / "run.json").read_text())
-    assert (rec["trainer"], rec["model"], rec["loss"], rec["log_file"]) == ("ffcv", "cifar_resnet10", "maxsup",
-                                                                            "log.jsonl")
-    assert rec["config"]["total_batch_size"] == 32 and rec["config"]["per_process_batch_size"] == 16
-    assert rec["provenance"]["ffcv"] and rec["provenance"]["world_size"] == 1
-    acc = EventAccumulator(str(tmp_path / "tb"))
-    acc.Reload()
-    assert acc.Scalars("top_1")[0].value == pytest.approx(log["top_1"])
-    assert {"train_loss", "lr", "alpha", "val_nll", "val_ece", "train_misclassified"} <= set(acc.Tags()["scalars"])
-
-
 def test_dotted_override_takes_effect(trained):
     trainer, _, out = trained
     params = json.loads((out / "params.json").read_text())
@@ -228,6 +202,46 @@ def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
     _KEEP_ALIVE.append(evaluator)
     stats = evaluator.train()
     assert stats["top_1"] == log[1]["top_1"] and stats["val_nll"] == pytest.approx(log[1]["val_nll"], rel=1e-6)
+
+
+def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
+    """train.accum_steps: one optimizer step per N batches, a last incomplete group skipped (the module's trained
+    trainer, 96 images in batches of 32: 3 batches, N = 2 → 1 step); run.json; TensorBoard scalars = the log line.
+    Runs after the tests that read the trainer's state; the trainer's files are not touched."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from maxsup.errors import UserError
+    from maxsup.runinfo import ScalarWriter
+
+    trainer, _, out = trained
+    cfg = copy.deepcopy(trainer.cfg)
+    cfg["train"]["accum_steps"] = 2
+    assert ffcv_main.per_process_batch(cfg, 1) == 16 and ffcv_main.per_process_batch(cfg, 2) == 8
+    with pytest.raises(UserError, match="not divisible by the 3 processes"):
+        ffcv_main.per_process_batch(cfg, 3)
+    rec = json.loads((out / "run.json").read_text())
+    assert (rec["trainer"], rec["model"], rec["loss"], rec["log_file"], rec["alpha"]) == (
+        "ffcv", "cifar_resnet10", "maxsup", "log.jsonl", [0.1, 0.2])
+    assert rec["config"]["total_batch_size"] == 32 and rec["config"]["per_process_batch_size"] == 32
+    assert rec["provenance"]["ffcv"] and rec["provenance"]["world_size"] == 1
+
+    saved_cfg, saved_dir = trainer.cfg, trainer.output_dir
+    steps, step = [], trainer.optimizer.step
+    try:
+        trainer.cfg, trainer.output_dir = cfg, tmp_path
+        trainer.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+        trainer.tensorboard = ScalarWriter(tmp_path / "tb")
+        stats = trainer.train_loop(1)
+        assert len(steps) == 1 and np.isfinite(stats["train_loss"])
+        trainer.eval_and_log(1, stats)
+        trainer.tensorboard.close()
+    finally:
+        trainer.cfg, trainer.output_dir, trainer.optimizer.step = saved_cfg, saved_dir, step
+    log = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Scalars("top_1")[0].step == 1 and acc.Scalars("top_1")[0].value == pytest.approx(log["top_1"])
+    assert {"train_loss", "lr", "alpha", "val_nll", "val_ece", "train_misclassified"} <= set(acc.Tags()["scalars"])
 
 
 @pytest.mark.slow
