@@ -6,6 +6,7 @@ output inside the autocast block of ``train_one_epoch`` (Paper Eq. 8 / Algorithm
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -28,7 +29,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float | None = None, model_ema: nn.Module | None = None,
                     mixup_fn: Callable | None = None, target_fn: Callable | None = None,
                     amp_dtype: torch.dtype | None = None, print_freq: int = 50,
-                    set_training_mode: bool = True) -> dict[str, float]:
+                    set_training_mode: bool = True, accum_steps: int = 1) -> dict[str, float]:
     """One epoch. Returns means over every training sample of all ranks: ``loss``, the ``PENALTY_KEYS``, plus
     ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
 
@@ -36,6 +37,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         data_loader: yields (images (B, 3, H, W), labels (B,)).
         mixup_fn: timm ``Mixup`` (soft (B, K) targets); ``target_fn``: hard → smoothed targets without Mixup.
         amp_dtype: autocast dtype (fp16 on CUDA with ``scaler``, optionally bf16 on CPU) or None for fp32.
+        accum_steps: one optimizer step per this many batches (gradient accumulation: the global batch of the
+            paper on fewer devices); the last ``len(data_loader) % accum_steps`` batches of the epoch are skipped,
+            so every step sees the full global batch.
     """
     model.train(set_training_mode)
     criterion.train()
@@ -44,7 +48,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     seen = 0
     n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
     start = time.time()
+    usable = n_steps - n_steps % accum_steps if n_steps >= 0 else -1
     for step, (samples, targets) in enumerate(data_loader):
+        if step == usable:
+            break
+        last_micro = (step + 1) % accum_steps == 0
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
@@ -52,30 +60,36 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         elif target_fn is not None:
             targets = target_fn(targets)
 
-        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(samples)
-            loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
+        # DDP all-reduces the gradients only on the last batch of an accumulation group
+        no_sync = model.no_sync() if not last_micro and hasattr(model, "no_sync") else contextlib.nullcontext()
+        if step % accum_steps == 0:
+            optimizer.zero_grad(set_to_none=True)
+        with no_sync:
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                outputs = model(samples)
+                loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
 
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss is {loss_value} at epoch {epoch}, step {step}; lower --lr or set --clip-grad")
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"loss is {loss_value} at epoch {epoch}, step {step}; lower --lr or set --clip-grad")
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if max_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if max_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
-        if model_ema is not None:
-            model_ema.update(model.module if hasattr(model, "module") else model)
+        if last_micro:
+            if scaler is not None:
+                if max_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                if max_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                optimizer.step()
+            if model_ema is not None:
+                model_ema.update(model.module if hasattr(model, "module") else model)
 
         b = samples.shape[0]
         stats = penalty_stats(outputs, targets)

@@ -44,10 +44,20 @@ from maxsup.cli import run_cli  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
+from maxsup.runinfo import (  # noqa: E402
+    ScalarWriter,
+    alpha_schedule_of,
+    launcher_world_size,
+    parse_seeds,
+    print_config,
+    seed_dir,
+    write_run_record,
+)
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
 LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt")
+DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit"]
 
 
@@ -58,6 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", default=64, type=int, help="per-process batch size (default: 64)")
     g.add_argument("--epochs", default=300, type=int, help="training epochs (default: 300)")
     g.add_argument("--print-freq", default=50, type=int, help="print every N steps (default: 50; 0 = never)")
+    g.add_argument("--accum-steps", default=1, type=int,
+                   help="gradient accumulation: one optimizer step per N batches, so the global batch is "
+                        "batch-size × processes × N (default: 1)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deit_small_patch16_224", type=str,
@@ -147,6 +160,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=["auto", "fp16", "bf16", "off"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
+    g.add_argument("--seeds", default=None, type=str,
+                   help="seed sweep, e.g. 0,3,7: one run per seed in <output_dir>/seed<S> (default: env SEEDS=N "
+                        "for seeds 0..N-1, else --seed)")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as one JSON object and exit (reads no data)")
+    g.add_argument("--tensorboard", default="", type=str,
+                   help="write each epoch's logged scalars to this TensorBoard folder (default: off)")
+    g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     g.add_argument("--dist-eval", action="store_true",
@@ -167,6 +188,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--eval needs --resume <checkpoint>")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
+    if args.accum_steps < 1:
+        raise UserError(f"--accum-steps must be >= 1, got {args.accum_steps}")
+
+
+def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
+    """Every flag plus what the launcher and the batch scaling make of it (``--print-config``, run.json)."""
+    total = args.batch_size * world * args.accum_steps
+    lr = args.lr if args.unscale_lr else args.lr * total / 512.0
+    return {**vars(args), "world_size": world, "total_batch_size": total, "effective_lr": lr}
 
 
 def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:
@@ -274,9 +304,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               num_workers=args.num_workers, pin_memory=pin, drop_last=True, generator=loader_gen)
     loader_val = DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
                             num_workers=args.num_workers, pin_memory=pin, drop_last=False)
-    if len(loader_train) == 0 and not args.eval:
+    if len(loader_train) < args.accum_steps and not args.eval:
         raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
-                        f"{args.batch_size}; lower --batch-size")
+                        f"{args.batch_size} × --accum-steps {args.accum_steps}; lower one of them")
 
     mixup_fn, target_fn = None, None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -303,8 +333,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         model_without_ddp = model.module
 
-    total_batch = args.batch_size * world
-    lr = args.lr if args.unscale_lr else args.lr * total_batch / 512.0
+    config = resolved_config(args, world)
+    total_batch, lr = config["total_batch_size"], config["effective_lr"]
     opt_kwargs: dict[str, Any] = {"eps": args.opt_eps} if args.opt_eps is not None else {}
     if args.opt_betas:
         opt_kwargs["betas"] = tuple(args.opt_betas)
@@ -317,6 +347,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
                                 alpha_end=args.alpha_end).to(device)
+    if output_dir and rank == 0 and not args.eval:
+        write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
+                         model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
+                         alpha=alpha_schedule_of(criterion),
+                         device=device, log_file="log.txt",
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
 
     # --- resume ----------------------------------------------------------------------------------------------
     start_epoch, max_accuracy = 0, 0.0
@@ -325,6 +361,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ckpt = load_checkpoint(args.resume)
         if "model" not in ckpt:
             raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
+        if args.eval and args.eval_ema:
+            if ckpt.get("model_ema") is None:
+                raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")
+            ckpt = {**ckpt, "model": ckpt["model_ema"]}
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
         if not args.eval and "optimizer" in ckpt and "epoch" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -347,7 +387,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return stats
 
     # --- loop ------------------------------------------------------------------------------------------------
-    print(f"Start training for {args.epochs} epochs ({world} process(es), total batch {total_batch}, lr {lr:.3e})")
+    print(f"Start training for {args.epochs} epochs ({world} process(es) x {args.accum_steps} accumulation step(s), "
+          f"total batch {total_batch}, lr {lr:.3e})")
+    tb = ScalarWriter(args.tensorboard, enabled=rank == 0)
     start_time = time.time()
     log_stats: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
@@ -358,7 +400,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             sampler_train.set_epoch(epoch)
         lr_scheduler.step(epoch)
         train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
-                                      args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq)
+                                      args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
+                                      accum_steps=args.accum_steps)
         sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
         test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
         is_best = test_stats["acc1"] > max_accuracy
@@ -368,6 +411,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "alpha": train_stats["alpha"], **{k: train_stats[k] for k in PENALTY_KEYS},
             **{f"test_{k}": v for k, v in test_stats.items()}, "epoch": epoch, "n_parameters": n_parameters,
         }
+        if model_ema is not None:  # DeiT keeps the EMA; evaluate it too, on the same images
+            ema_device = next(model_ema.module.parameters()).device  # --model-ema-force-cpu keeps it on the CPU
+            ema_stats = evaluate(loader_val, model_ema.module, ema_device, amp_dtype if ema_device == device else None,
+                                 gather=gather_eval)
+            log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
+        tb.log(log_stats, epoch)
         print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
               f"ls_regularization {train_stats['ls_regularization']:.4f} "
               f"ls_error_amplification {train_stats['ls_error_amplification']:.4f} "
@@ -390,6 +439,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f.write(json.dumps(log_stats) + "\n")
         history.append(log_stats)
 
+    tb.close()
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     print(f"Training time {total}")
     if history:
@@ -401,8 +451,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, then ``--print-config``, one run, or a seed sweep (``--seeds`` / env ``SEEDS``): one run folder
+    ``<output_dir>/seed<S>`` (and TensorBoard folder) per seed, one after the other."""
     parser = argparse.ArgumentParser("DeiT training and evaluation with MaxSup", parents=[get_args_parser()])
-    return main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if args.print_config:
+        check_args(args)
+        config = resolved_config(args, launcher_world_size())
+        config["seeds"] = seeds if seeds is not None else [args.seed]
+        return print_config(config)
+    if seeds is None or args.eval:  # --eval evaluates one checkpoint, whatever SEEDS says
+        return main(args)
+    results = {}
+    for seed in seeds:
+        run = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
+                                    "output_dir": seed_dir(args.output_dir, seed),
+                                    "tensorboard": seed_dir(args.tensorboard, seed)})
+        results[f"seed{seed}"] = main(run)
+    return results
 
 
 if __name__ == "__main__":

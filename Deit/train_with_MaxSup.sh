@@ -11,6 +11,9 @@
 # Without DATA_PATH: the embedded default, a tiny ViT on Fashion-MNIST source classes 0,2,4,6,8 (a few minutes on
 # 2 CPU cores), printing the final acc@1/NLL/ECE and the per-epoch α / MaxSup-penalty log.
 # Extra arguments are passed to main.py last, so they override the recipe (e.g. --loss ls, --epochs 2).
+# --print-config prints the resolved recipe as JSON and exits (no data read); SEEDS=3 or --seeds 0,3,7 runs a seed
+# sweep, one run folder <OUTPUT_DIR>/seed<S> per seed. Fewer GPUs, same global batch 1024: NPROC=2 ACCUM=2 gives
+# 2 processes x 256 images x 2 accumulation steps (the per-process batch is 1024 / NPROC / ACCUM).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
@@ -18,13 +21,19 @@ if [ -x "$HERE/../.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON=
 
 if [ -n "${DATA_PATH:-}" ]; then
     NPROC="${NPROC:-4}"
-    PER_GPU_BATCH=$((1024 / NPROC))
+    ACCUM="${ACCUM:-1}"
+    PER_GPU_BATCH=$((1024 / NPROC / ACCUM))
     OUTPUT_DIR="${OUTPUT_DIR:-./output/deit_small_maxsup}"
     MIX=(--mixup 0 --cutmix 0)
     if [ "${MIXUP:-0}" = "1" ]; then MIX=(--mixup 0.8 --cutmix 1.0); fi
-    exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$NPROC" "$HERE/main.py" \
+    LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node="$NPROC")
+    # --print-config reads no data and starts no process group: one process, told the world size torchrun would set
+    for arg in "$@"; do
+        if [ "$arg" = "--print-config" ]; then LAUNCH=(env WORLD_SIZE="$NPROC" "$PYTHON"); fi
+    done
+    exec "${LAUNCH[@]}" "$HERE/main.py" \
         --model deit_small_patch16_224 --input-size 224 --data-set IMNET --data-path "$DATA_PATH" \
-        --batch-size "$PER_GPU_BATCH" --epochs 300 --lr 5e-4 --opt adamw --weight-decay 0.05 \
+        --batch-size "$PER_GPU_BATCH" --accum-steps "$ACCUM" --epochs 300 --lr 5e-4 --opt adamw --weight-decay 0.05 \
         --sched cosine --warmup-epochs 5 --warmup-lr 1e-6 --min-lr 1e-5 --drop-path 0.1 \
         --aa rand-m9-mstd0.5-inc1 --reprob 0.25 --eval-crop-ratio 0.875 --model-ema --model-ema-decay 0.99996 \
         "${MIX[@]}" --smoothing 0 --loss maxsup --alpha-start 0.1 --alpha-end 0.2 \

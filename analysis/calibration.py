@@ -11,16 +11,12 @@ Writes ``<out>/calibration.json`` / ``.md`` and ``<out>/calibration.png`` (one r
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     cached_arrays,
     checkpoints_from_args,
@@ -31,8 +27,8 @@ from analysis.common import (  # noqa: E402
     save_figure,
     write_results,
 )
-from maxsup.cli import run_cli  # noqa: E402
-from maxsup.metrics import ClassificationMeter, expected_calibration_error, reliability_bins  # noqa: E402
+from maxsup.cli import run_cli
+from maxsup.metrics import ClassificationMeter, expected_calibration_error, reliability_bins
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -13,16 +13,11 @@ Writes ``<out>/decomposition.json`` / ``.md``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     cached_arrays,
     checkpoints_from_args,
@@ -31,8 +26,8 @@ from analysis.common import (  # noqa: E402
     markdown_table,
     write_results,
 )
-from maxsup import label_smoothing_penalty, ls_decomposition, maxsup_penalty  # noqa: E402
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup import label_smoothing_penalty, ls_decomposition, maxsup_penalty
+from maxsup.cli import run_cli
 
 
 def decompose(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

@@ -8,14 +8,9 @@ Writes ``<out>/extract.json`` / ``.md`` (one row per checkpoint) and the cache f
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python analysis/extract.py` as well as `python -m analysis.extract`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     cached_arrays,
     checkpoints_from_args,
@@ -24,7 +19,7 @@ from analysis.common import (  # noqa: E402
     markdown_table,
     write_results,
 )
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:

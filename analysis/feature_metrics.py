@@ -12,14 +12,9 @@ Writes ``<out>/feature_metrics.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     cached_arrays,
     checkpoints_from_args,
@@ -28,8 +23,8 @@ from analysis.common import (  # noqa: E402
     markdown_table,
     write_results,
 )
-from maxsup import class_separation  # noqa: E402
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup import class_separation
+from maxsup.cli import run_cli
 
 SPLITS = {"train": "train", "val": "test"}  # paper column → dataset split
 

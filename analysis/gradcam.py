@@ -14,19 +14,15 @@ Writes ``<out>/gradcam.png`` and ``<out>/gradcam.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     build_dataset,
     check_head,
@@ -38,9 +34,9 @@ from analysis.common import (  # noqa: E402
     save_figure,
     write_results,
 )
-from maxsup.cli import run_cli  # noqa: E402
-from maxsup.data.transforms import eval_transform  # noqa: E402
-from maxsup.errors import UserError  # noqa: E402
+from maxsup.cli import run_cli
+from maxsup.data.transforms import eval_transform
+from maxsup.errors import UserError
 
 
 def vit_reshape(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -14,14 +14,9 @@ Writes ``<out>/linear_transfer.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     DATASETS,
     add_common_args,
     cached_arrays,
@@ -32,8 +27,8 @@ from analysis.common import (  # noqa: E402
     parse_classes,
     write_results,
 )
-from maxsup.cli import run_cli  # noqa: E402
-from maxsup.linear_probe import SOLVERS, linear_probe, regularization_grid  # noqa: E402
+from maxsup.cli import run_cli
+from maxsup.linear_probe import SOLVERS, linear_probe, regularization_grid
 
 
 def get_args_parser() -> argparse.ArgumentParser:

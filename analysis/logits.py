@@ -13,17 +13,13 @@ Writes ``<out>/logits.png`` and ``<out>/logits.json`` / ``.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from analysis.common import (  # noqa: E402
+from analysis.common import (
     add_common_args,
     cached_arrays,
     checkpoints_from_args,
@@ -34,7 +30,7 @@ from analysis.common import (  # noqa: E402
     save_figure,
     write_results,
 )
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import run_cli
 
 
 def logit_stats(logits: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:

@@ -110,6 +110,7 @@ class Job:
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DATA_PATH", None)  # Deit/train_with_MaxSup.sh switches to the ImageNet recipe when it is set
+    env.pop("SEEDS", None)  # the demo runs one trainer per seed itself; SEEDS=N would make each one sweep N seeds
     # One intra-op thread per process: on a busy 2-core machine two spinning OpenMP threads per process are slower
     # (Conv/common_resnet/README.md); parallelism comes from running --jobs processes at once.
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -278,7 +279,7 @@ def analysis_jobs(ckpts: dict[str, Path], out: Path, scale: Scale, data_args: li
     cap = ["--max-per-class", str(scale.probe_per_class)]
 
     def script(name: str, *args: str) -> list[str]:
-        return [py, str(ROOT / "analysis" / f"{name}.py"), *ck, *common, *args]
+        return [py, "-m", f"analysis.{name}", *ck, *common, *args]  # cwd and PYTHONPATH: the repository root
 
     extract = script("extract", "--classes", SOURCE, "--split", "test")  # test logits, cached for the others
     chains = [

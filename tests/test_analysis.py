@@ -13,18 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # analysis/ is a folder of scripts at the repository root, not an installed package
+from analysis import calibration, decomposition, extract, feature_metrics, gradcam, linear_transfer, logits, projection
+from analysis.common import parse_checkpoint_arg
+from maxsup import build_criterion, class_separation
+from maxsup.checkpoint import atomic_save
+from maxsup.cli import run_cli
+from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, HELD_OUT_CLASSES, SOURCE_CLASSES, FashionMNIST
+from maxsup.data.transforms import eval_transform, transform_spec
+from maxsup.linear_probe import fit_sweep, linear_probe, regularization_grid, sweep_accuracy
+from maxsup.models import arch_spec, create_model
 
-from analysis import calibration, decomposition, extract, feature_metrics, gradcam, linear_transfer, logits, projection  # noqa: E402
-from analysis.common import parse_checkpoint_arg  # noqa: E402
-from maxsup import build_criterion, class_separation  # noqa: E402
-from maxsup.checkpoint import atomic_save  # noqa: E402
-from maxsup.cli import run_cli  # noqa: E402
-from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, HELD_OUT_CLASSES, SOURCE_CLASSES, FashionMNIST  # noqa: E402
-from maxsup.data.transforms import eval_transform, transform_spec  # noqa: E402
-from maxsup.linear_probe import fit_sweep, linear_probe, regularization_grid, sweep_accuracy  # noqa: E402
-from maxsup.models import arch_spec, create_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SOURCE = ",".join(map(str, SOURCE_CLASSES))
 HELD_OUT = ",".join(map(str, HELD_OUT_CLASSES))

@@ -216,6 +216,34 @@ def test_imagefolder_run_then_test_only_reproduces_logged_metrics(tmp_path, caps
     assert again == metrics
 
 
+def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatch):
+    """--seeds 0,1 --accum-steps 2: two run folders, each with half as many optimizer steps as batches (40 images,
+    -b 8: 5 batches, the odd one skipped, 2 AdamW steps), a run.json and TensorBoard scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("SEEDS", raising=False)
+    out, tb = tmp_path / "out", tmp_path / "tb"
+    result = _cli(["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "20", *TINY_MODEL, "--loss", "ls",
+                   "--epochs", "1", "-b", "8", "--accum-steps", "2", "--opt", "adamw", "--lr", "1e-3", "-j", "0",
+                   "--seeds", "0,1", "--output-dir", str(out), "--tensorboard", str(tb)])
+    assert sorted(result) == ["seed0", "seed1"]
+    for seed in (0, 1):
+        ckpt = load_checkpoint(out / f"seed{seed}" / "checkpoint.pth")
+        assert {int(state["step"]) for state in ckpt["optimizer"]["state"].values()} == {2}
+        assert ckpt["args"]["seed"] == seed
+        rec = json.loads((out / f"seed{seed}" / "run.json").read_text())
+        assert (rec["trainer"], rec["dataset"], rec["model"], rec["loss"], rec["seed"]) == (
+            "common_resnet", "fmnist", "cifar_resnet10", "ls", seed)
+        assert rec["config"]["total_batch_size"] == 16 and rec["alpha"] == [0.1, 0.2]
+        assert rec["provenance"]["world_size"] == 1 and rec["provenance"]["torch"] == torch.__version__
+        acc = EventAccumulator(str(tb / f"seed{seed}"))
+        acc.Reload()
+        log = json.loads((out / f"seed{seed}" / "log.txt").read_text().splitlines()[-1])
+        assert acc.Scalars("test_acc1")[0].value == pytest.approx(log["test_acc1"])
+        assert {"train_loss", "train_lr", "train_alpha", "train_misclassified", "test_nll", "test_ece"} <= set(
+            acc.Tags()["scalars"])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Bad input: one line, non-zero exit
 # --------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ in this one process around a single module-scoped training run.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -201,6 +202,46 @@ def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
     _KEEP_ALIVE.append(evaluator)
     stats = evaluator.train()
     assert stats["top_1"] == log[1]["top_1"] and stats["val_nll"] == pytest.approx(log[1]["val_nll"], rel=1e-6)
+
+
+def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
+    """train.accum_steps: one optimizer step per N batches, a last incomplete group skipped (the module's trained
+    trainer, 96 images in batches of 32: 3 batches, N = 2 → 1 step); run.json; TensorBoard scalars = the log line.
+    Runs after the tests that read the trainer's state; the trainer's files are not touched."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from maxsup.errors import UserError
+    from maxsup.runinfo import ScalarWriter
+
+    trainer, _, out = trained
+    cfg = copy.deepcopy(trainer.cfg)
+    cfg["train"]["accum_steps"] = 2
+    assert ffcv_main.per_process_batch(cfg, 1) == 16 and ffcv_main.per_process_batch(cfg, 2) == 8
+    with pytest.raises(UserError, match="not divisible by the 3 processes"):
+        ffcv_main.per_process_batch(cfg, 3)
+    rec = json.loads((out / "run.json").read_text())
+    assert (rec["trainer"], rec["model"], rec["loss"], rec["log_file"], rec["alpha"]) == (
+        "ffcv", "cifar_resnet10", "maxsup", "log.jsonl", [0.1, 0.2])
+    assert rec["config"]["total_batch_size"] == 32 and rec["config"]["per_process_batch_size"] == 32
+    assert rec["provenance"]["ffcv"] and rec["provenance"]["world_size"] == 1
+
+    saved_cfg, saved_dir = trainer.cfg, trainer.output_dir
+    steps, step = [], trainer.optimizer.step
+    try:
+        trainer.cfg, trainer.output_dir = cfg, tmp_path
+        trainer.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+        trainer.tensorboard = ScalarWriter(tmp_path / "tb")
+        stats = trainer.train_loop(1)
+        assert len(steps) == 1 and np.isfinite(stats["train_loss"])
+        trainer.eval_and_log(1, stats)
+        trainer.tensorboard.close()
+    finally:
+        trainer.cfg, trainer.output_dir, trainer.optimizer.step = saved_cfg, saved_dir, step
+    log = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Scalars("top_1")[0].step == 1 and acc.Scalars("top_1")[0].value == pytest.approx(log["top_1"])
+    assert {"train_loss", "lr", "alpha", "val_nll", "val_ece", "train_misclassified"} <= set(acc.Tags()["scalars"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ Recipes (paper Table 10, Table 4 right half, a CPU Fashion-MNIST run) are in REA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import time
@@ -34,6 +35,15 @@ from maxsup.errors import UserError
 from maxsup.losses import CRITERIA, build_criterion, penalty_stats
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
+from maxsup.runinfo import (
+    ScalarWriter,
+    alpha_schedule_of,
+    launcher_world_size,
+    parse_seeds,
+    print_config,
+    seed_dir,
+    write_run_record,
+)
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 #: dataset → (native image side, mean, std, small_input)
@@ -63,27 +73,36 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     criterion.set_epoch(epoch)  # α_e = α_start + (α_end − α_start)·e/(E − 1), per epoch as in the authors' code
     sums: dict[str, float] = defaultdict(float)
     seen, start = 0, time.time()
+    # --accum-steps N: one optimizer step per N batches; the epoch's last len % N batches are skipped so that every
+    # step has the full global batch (batch × processes × N)
+    accum = args.accum_steps
+    usable = len(data_loader) - len(data_loader) % accum
     for i, (image, target) in enumerate(data_loader):
+        if i == usable:
+            break
+        last_micro = (i + 1) % accum == 0
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if args.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, args):
-            output = model(image)
-            loss = criterion(output, target)  # hard (B,) or Mixup/CutMix soft (B, K) targets
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
+        if i % accum == 0:
+            optimizer.zero_grad(set_to_none=True)
+        no_sync = model.no_sync() if not last_micro and hasattr(model, "no_sync") else contextlib.nullcontext()
+        with no_sync:  # DDP all-reduces only on the last batch of an accumulation group
+            with _autocast(device, args):
+                output = model(image)
+                loss = criterion(output, target)  # hard (B,) or Mixup/CutMix soft (B, K) targets
+            (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
+        if last_micro and scaler is not None:
             if args.clip_grad_norm is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-        else:
-            loss.backward()
+        elif last_micro:
             if args.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
             optimizer.step()
-        if model_ema is not None and i % args.model_ema_steps == 0:
+        if model_ema is not None and last_micro and (i // accum) % args.model_ema_steps == 0:
             model_ema.update_parameters(model)
             if epoch < args.lr_warmup_epochs:
                 model_ema.n_averaged.fill_(0)  # during warm-up the EMA just copies the model (torchvision)
@@ -212,6 +231,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
+    if args.accum_steps < 1:
+        raise UserError(f"--accum-steps must be >= 1, got {args.accum_steps}")
+
+
+def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
+    """Every flag plus the global batch (``-b`` × processes × ``--accum-steps``) and the lr, which this trainer
+    (like torchvision's) uses as given: ``effective_lr`` is ``--lr``."""
+    return {**utils.plain(vars(args)), "world_size": world,
+            "total_batch_size": args.batch_size * world * args.accum_steps, "effective_lr": args.lr}
 
 
 def _criterion(args: argparse.Namespace, num_classes: int) -> nn.Module:
@@ -317,7 +345,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model_ema = None
     if args.model_ema:
         # torchvision: the decay is given per image at batch 1; rescale it to one update every model_ema_steps.
-        adjust = dist_info.world_size * args.batch_size * args.model_ema_steps / args.epochs
+        adjust = dist_info.world_size * args.batch_size * args.accum_steps * args.model_ema_steps / args.epochs
         alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
         model_ema = utils.exponential_moving_average(model_without_ddp, 1.0 - alpha, device)
 
@@ -338,6 +366,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if is_main and output_dir:
         atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
         utils.truncate_log(log_path, args.start_epoch)
+        dataset_name = "imagenet" if args.dataset == "imagefolder" and num_classes == 1000 else args.dataset
+        write_run_record(output_dir, trainer="common_resnet", config=resolved_config(args, dist_info.world_size),
+                         dataset=dataset_name, model=args.model, loss="ls" if args.label_smoothing else args.loss,
+                         epochs=args.epochs, seed=args.seed, alpha=alpha_schedule_of(criterion),
+                         world_size=dist_info.world_size, device=device, log_file="log.txt",
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
+    tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
     print("Start training")
     start_time = time.time()
@@ -359,6 +394,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
             record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
         record["epoch_time_s"] = round(time.time() - epoch_start, 2)
+        tb.log(record, epoch)
         if is_main and output_dir:
             ckpt = {
                 "model": model_without_ddp.state_dict(),
@@ -381,6 +417,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             atomic_save(ckpt, output_dir / "checkpoint.pth")
             utils.append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
 
+    tb.close()
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     print(f"Training time {total}")
     return metrics
@@ -425,6 +462,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
+    parser.add_argument("--accum-steps", default=1, type=int,
+                        help="gradient accumulation: one optimizer step per N batches; global batch = b × nproc × N")
     parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")
     parser.add_argument("--drop-last", action="store_true", help="drop the last incomplete training batch")
     parser.add_argument("--opt", default="sgd", type=str, help="optimizer: sgd, sgd_nesterov or adamw")
@@ -468,6 +507,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
     parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
+    parser.add_argument("--seeds", default=None, type=str,
+                        help="seed sweep, e.g. 0,3,7: one run per seed in <output-dir>/seed<S> "
+                             "(default: env SEEDS=N for seeds 0..N-1, else --seed)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as one JSON object and exit (reads no data)")
+    parser.add_argument("--tensorboard", default="", type=str,
+                        help="write each epoch's logged scalars to this TensorBoard folder (default: off)")
     parser.add_argument("--use-deterministic-algorithms", action="store_true",
                         help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
@@ -487,7 +533,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
-    return main(get_args_parser().parse_args(argv))
+    """``--print-config``, one run, or a seed sweep (``--seeds`` / env ``SEEDS``): one run folder
+    ``<output-dir>/seed<S>`` (and TensorBoard folder) per seed, one after the other."""
+    args = get_args_parser().parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if args.print_config:
+        _check_args(args)
+        config = resolved_config(args, launcher_world_size())
+        config["seeds"] = seeds if seeds is not None else [args.seed]
+        return print_config(config)
+    if seeds is None or args.test_only:  # --test-only evaluates one checkpoint, whatever SEEDS says
+        return main(args)
+    return {f"seed{seed}": main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
+                                                     "output_dir": seed_dir(args.output_dir, seed),
+                                                     "tensorboard": seed_dir(args.tensorboard, seed)}))
+            for seed in seeds}
 
 
 if __name__ == "__main__":

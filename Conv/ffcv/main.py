@@ -7,10 +7,15 @@ torch, so no cupy is needed.
 
     torchrun --nproc_per_node=4 Conv/ffcv/main.py --config Conv/ffcv/configs/rn50_paper_200ep.toml \\
         --data.train_dataset=/data/ffcv/train_500_0.50_90.ffcv --data.val_dataset=/data/ffcv/val_500_0.50_90.ffcv
+
+Besides the config keys: ``--print-config`` prints the resolved config (nested sections, plus world_size,
+per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without reading data;
+``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -33,6 +38,15 @@ from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
 from maxsup.errors import UserError
 from maxsup.models import arch_spec, create_model, load_state_dict_strict
+from maxsup.runinfo import (
+    ScalarWriter,
+    alpha_schedule_of,
+    launcher_world_size,
+    parse_seeds,
+    print_config,
+    seed_dir,
+    write_run_record,
+)
 
 try:
     import tomllib
@@ -177,8 +191,31 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise UserError("progressive resizing needs data.min_res <= data.max_res and data.start_ramp <= data.end_ramp")
     if t["epochs"] < 1 or t["batch_size"] < 1:
         raise UserError(f"train.epochs and train.batch_size must be >= 1 (got {t['epochs']}, {t['batch_size']})")
+    if t["accum_steps"] < 1:
+        raise UserError(f"train.accum_steps must be >= 1, got {t['accum_steps']}")
     if len(d["mean"]) != 3 or len(d["std"]) != 3:
         raise UserError("data.mean and data.std need three values (RGB, in [0, 1])")
+
+
+def per_process_batch(cfg: dict[str, Any], world: int) -> int:
+    """train.batch_size is the global batch: processes × accumulation steps × this."""
+    total, accum = cfg["train"]["batch_size"], cfg["train"]["accum_steps"]
+    if total % (world * accum):
+        raise UserError(f"train.batch_size = {total} is not divisible by the {world} processes × "
+                        f"train.accum_steps = {accum}")
+    return total // (world * accum)
+
+
+def dataset_name(cfg: dict[str, Any]) -> str:
+    """``imagenet`` for a 1000-class .beton, else the training file's stem (e.g. ``fmnist_train``)."""
+    return "imagenet" if cfg["model"]["num_classes"] == 1000 else Path(cfg["data"]["train_dataset"]).stem
+
+
+def resolved_config(cfg: dict[str, Any], world: int) -> dict[str, Any]:
+    """The nested config plus what the launcher makes of it (``--print-config``, run.json). The lr is used as given
+    (no batch scaling), so ``effective_lr`` is ``optimizer.lr``."""
+    return {**copy.deepcopy(cfg), "world_size": world, "per_process_batch_size": per_process_batch(cfg, world),
+            "total_batch_size": cfg["train"]["batch_size"], "effective_lr": cfg["optimizer"]["lr"]}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -285,10 +322,7 @@ class ImageNetTrainer:
     # ---------------------------------------------------------------------------------------------------- data
     @property
     def per_process_batch(self) -> int:
-        total, ws = self.cfg["train"]["batch_size"], self.dist.world_size
-        if total % ws:
-            raise UserError(f"train.batch_size = {total} is not divisible by the {ws} processes")
-        return total // ws
+        return per_process_batch(self.cfg, self.dist.world_size)
 
     def _label_pipeline(self) -> list:
         from ffcv.fields.decoders import IntDecoder
@@ -439,21 +473,31 @@ class ImageNetTrainer:
         n_stats = 0
         start = time.perf_counter()
         bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.main and t["progress"]))
+        accum = t["accum_steps"]  # one optimizer step per `accum` batches; a last incomplete group is skipped
+        usable = iters - iters % accum
         for it, (images, target) in enumerate(bar):
+            if it == usable:
+                break
             if it == 1:  # time from the second batch: the first one includes FFCV's JIT compilation
                 start = time.perf_counter()
+            last_micro = (it + 1) % accum == 0
             lr = self.get_lr(epoch + it / iters)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std, t["channels_last"])
             target = target.to(self.device, non_blocking=True).long()
-            with self.autocast():
-                output = self.model(images)
-                loss = self.criterion(output, target)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if it % accum == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            no_sync = self.model.no_sync() if not last_micro and hasattr(self.model, "no_sync") \
+                else contextlib.nullcontext()
+            with no_sync:  # DDP all-reduces only on the last batch of an accumulation group
+                with self.autocast():
+                    output = self.model(images)
+                    loss = self.criterion(output, target)
+                self.scaler.scale(loss / accum).backward()
+            if last_micro:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             loss_sum += loss.detach().float()
             if it % t["stats_every"] == 0:
                 for key, value in penalty_stats(output.detach().float(), target).items():
@@ -461,7 +505,7 @@ class ImageNetTrainer:
                 n_stats += 1
         elapsed = time.perf_counter() - start
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
-        train_loss = all_reduce_sum(loss_sum).item() / (iters * self.dist.world_size)
+        train_loss = all_reduce_sum(loss_sum).item() / (max(usable, 1) * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
                 "img_per_s": max(iters - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
                 **{f"train_{k}": v / max(n_stats, 1) for k, v in stats.items()}}
@@ -487,6 +531,7 @@ class ImageNetTrainer:
         stats = self.val_loop()
         self.last_metrics = stats
         self.log({"epoch": epoch, **(extra or {}), **stats})
+        self.tensorboard.log({**(extra or {}), **stats}, epoch)
         return stats
 
     def train(self) -> dict[str, Any]:
@@ -499,17 +544,28 @@ class ImageNetTrainer:
             stats = self.eval_and_log(epoch, train_stats)
             self.save_checkpoint(epoch)
         barrier()
+        self.tensorboard.close()
         return stats
 
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
         self.start_time = time.time()
+        self.tensorboard = ScalarWriter(self.cfg["logging"]["tensorboard"], enabled=self.main)
         if not self.main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
+        m, loss = self.cfg["model"], self.cfg["loss"]
+        if self.cfg["train"]["eval_only"]:
+            return
+        write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
+                         dataset=dataset_name(self.cfg),
+                         model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
+                         seed=self.cfg["train"]["seed"], world_size=self.dist.world_size, device=self.device,
+                         alpha=alpha_schedule_of(self.criterion),
+                         log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"})
 
     def log(self, content: dict[str, Any]) -> None:
         if not self.main:
@@ -528,8 +584,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, value in _flatten(_read_toml(DEFAULT_CONFIG)).items():
             print(f"  --{key}={json.dumps(value)}")
         return {}
-    trainer = ImageNetTrainer(load_config(argv))
-    return trainer.train()
+    argv = list(argv)
+    show = "--print-config" in argv
+    argv = [a for a in argv if a != "--print-config"]
+    seeds_arg = None
+    for i, arg in enumerate(argv):  # --seeds 0,3,7 / --seeds=0,3,7: a sweep, not a config key
+        if arg == "--seeds" or arg.startswith("--seeds="):
+            seeds_arg = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i:i + (1 if "=" in arg else 2)]
+            break
+    cfg = load_config(argv)
+    seeds = parse_seeds(seeds_arg)
+    if show:
+        return print_config({**resolved_config(cfg, launcher_world_size()),
+                             "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
+    if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
+        return ImageNetTrainer(cfg).train()
+    results = {}
+    for seed in seeds:  # one run folder (and TensorBoard folder) per seed, one after the other
+        run = copy.deepcopy(cfg)
+        run["train"]["seed"] = seed
+        run["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
+        run["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
+        results[f"seed{seed}"] = ImageNetTrainer(run).train()
+    return results
 
 
 if __name__ == "__main__":
