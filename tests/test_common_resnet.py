@@ -221,7 +221,9 @@ def test_imagefolder_run_then_test_only_reproduces_logged_metrics(tmp_path, caps
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "fmnist", "--model", "resnet_9000"], "unknown model 'resnet_9000'"),
-    (["--dataset", "fmnist", "--loss", "focal"], "unknown --loss 'focal'"),
+    (["--dataset", "fmnist", "--loss", "focal-ls"], "unknown --loss 'focal-ls'"),
+    (["--dataset", "fmnist", "--loss", "focal", "--loss-kwargs", "tau=0.1"], "has no option tau"),
+    (["--dataset", "fmnist", "--loss", "ls", "--zipf-dense"], "--zipf-dense is a mode of --loss zipf"),
     (["--dataset", "fmnist", "--loss", "maxsup", "--label-smoothing", "0.1"], "cannot be combined with --loss maxsup"),
     (["--dataset", "cifar100", "--data-path", "{tmp}/c100"], "extract cifar-100-python.tar.gz so that"),
     (["--dataset", "imagenet32", "--data-path", "{tmp}/in32"], "put train_data_batch_1..10"),
