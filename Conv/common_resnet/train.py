@@ -219,7 +219,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
 
 
-def _criterion(args: argparse.Namespace, num_classes: int, model: nn.Module) -> nn.Module:
+def _criterion(args: argparse.Namespace, num_classes: int, model: nn.Module | None = None) -> nn.Module:
     name, start, end = args.loss, args.alpha_start, args.alpha_end
     if args.label_smoothing:
         name, start, end = "ls", args.label_smoothing, args.label_smoothing  # fixed α = the smoothing ε
