@@ -223,8 +223,10 @@ def logits_and_dense_logits(model: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
     * timm ViTs: ``fc_norm`` then ``head`` on every patch token (prefix/CLS tokens excluded) → (B, K, N).
 
     For the CNNs the pooled logits are the spatial mean of these (GAP and the head are linear). The per-position
-    logits are detached (Zipf-LS only takes their arg-max).
+    logits are detached (Zipf-LS only takes their arg-max). Under torch.compile this forward runs eagerly.
     """
+    while hasattr(model, "_orig_mod"):  # a compiled graph ignores hooks added later: run this forward eagerly
+        model = model._orig_mod
     net = unwrap_model(model)
     captured: list[Tensor] = []
     if hasattr(net, "forward_head") and hasattr(net, "num_prefix_tokens") and isinstance(getattr(net, "norm", None),

@@ -193,6 +193,17 @@ def test_label_smoothing_flag_is_ls_with_fixed_alpha():
     assert type(criterion).__name__ == "LabelSmoothingLoss" and criterion.alpha == pytest.approx(0.15)
 
 
+@pytest.mark.slow  # torch.compile of the train and eval graphs takes ~2 min on 2 CPU cores
+def test_compile_trains_and_checkpoints_plain_keys(tmp_path):
+    out = tmp_path / "compiled"
+    metrics = _cli(["--dataset", "fmnist", "--classes", "0,1,7", "--limit-per-class", "16", *TINY_MODEL,
+                    "--loss", "maxsup", "--compile", "--epochs", "1", "-b", "16", "-j", "0", "--output-dir", str(out)])
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert metrics["n"] == 48 and not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    fresh = trainer.create_model("cifar_resnet10", 3, width=8)
+    fresh.load_state_dict(ckpt["model"])  # the checkpoint loads into an uncompiled model
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # End to end: train, log, checkpoint, --test-only
 # --------------------------------------------------------------------------------------------------------------------
