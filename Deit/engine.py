@@ -21,7 +21,7 @@ from maxsup.models import unwrap_model
 
 __all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
 
-#: Per-batch means from ``maxsup.penalty_stats``, averaged over the epoch (no α applied).
+#: Means of ``maxsup.penalty_stats`` over the epoch's measured steps (every ``stats_every``; no α applied).
 PENALTY_KEYS = ("maxsup_penalty", "ls_penalty", "ls_regularization", "ls_error_amplification", "misclassified")
 
 
