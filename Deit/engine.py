@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from maxsup import ClassificationMeter, penalty_stats
+from maxsup import ClassificationMeter
 from maxsup.distributed import all_reduce_sum
+from maxsup.losses import PenaltyStatsMeter, compute_loss
+from maxsup.models import unwrap_model
 
 __all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
 
-#: Per-batch means from ``maxsup.penalty_stats``, averaged over the epoch (no α applied).
+#: Means of ``maxsup.penalty_stats`` over the epoch's measured steps (every ``stats_every``; no α applied).
 PENALTY_KEYS = ("maxsup_penalty", "ls_penalty", "ls_regularization", "ls_error_amplification", "misclassified")
 
 
@@ -29,8 +31,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float | None = None, model_ema: nn.Module | None = None,
                     mixup_fn: Callable | None = None, target_fn: Callable | None = None,
                     amp_dtype: torch.dtype | None = None, print_freq: int = 50,
-                    set_training_mode: bool = True, accum_steps: int = 1) -> dict[str, float]:
-    """One epoch. Returns means over every training sample of all ranks: ``loss``, the ``PENALTY_KEYS``, plus
+                    set_training_mode: bool = True, accum_steps: int = 1, stats_every: int = 10) -> dict[str, float]:
+    """One epoch. Returns means over the training samples of all ranks: ``loss`` (every step), the ``PENALTY_KEYS``
+    (the steps measured every ``stats_every``), plus
     ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
 
     Args:
@@ -40,11 +43,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         accum_steps: one optimizer step per this many batches (gradient accumulation: the global batch of the
             paper on fewer devices); the last ``len(data_loader) % accum_steps`` batches of the epoch are skipped,
             so every step sees the full global batch.
+        stats_every: the penalty statistics are measured every N steps, accumulated on the device.
     """
     model.train(set_training_mode)
     criterion.train()
     criterion.set_epoch(epoch)  # α schedule (paper App. F): one value per epoch, as in the authors' DeiT code
-    sums = torch.zeros(1 + len(PENALTY_KEYS), dtype=torch.float64)
+    sums = torch.zeros(1, dtype=torch.float64)
+    penalties = PenaltyStatsMeter(stats_every)
     seen = 0
     n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
     start = time.time()
@@ -67,8 +72,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         with no_sync:
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                outputs = model(samples)
-                loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
+                # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8 (compute_loss also feeds Zipf-dense / Adaptive LS)
+                outputs, loss = compute_loss(model, criterion, samples, targets)
 
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -89,21 +94,21 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 optimizer.step()
             if model_ema is not None:
-                model_ema.update(model.module if hasattr(model, "module") else model)
+                model_ema.update(unwrap_model(model))  # the network inside DDP / torch.compile
 
         b = samples.shape[0]
-        stats = penalty_stats(outputs, targets)
-        sums += torch.tensor([loss_value] + [stats[k] for k in PENALTY_KEYS], dtype=torch.float64) * b
+        penalties.update(step, outputs, targets)
+        sums += loss_value * b
         seen += b
         if print_freq and step % print_freq == 0:
             print(f"Epoch: [{epoch}] [{step}/{n_steps}] loss {loss_value:.4f} lr {optimizer.param_groups[0]['lr']:.3e} "
-                  f"maxsup_penalty {stats['maxsup_penalty']:.4f} ({time.time() - start:.1f}s)", flush=True)
+                  f"({time.time() - start:.1f}s)", flush=True)
 
     criterion.on_epoch_end()  # OLS refreshes its soft labels here (all-reduced under DDP)
     totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)]))
     n = max(totals[-1].item(), 1.0)
     means = (totals[:-1] / n).tolist()
-    out: dict[str, float] = {"loss": means[0], **dict(zip(PENALTY_KEYS, means[1:], strict=True))}
+    out: dict[str, float] = {"loss": means[0], **penalties.compute()}
     alpha = getattr(criterion, "alpha", None)
     out.update(lr=optimizer.param_groups[0]["lr"], alpha=alpha, samples=int(totals[-1].item()), samples_rank=seen)
     return out

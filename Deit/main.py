@@ -43,6 +43,7 @@ from maxsup.checkpoint import (  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
+from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
 from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
@@ -56,7 +57,7 @@ from maxsup.runinfo import (  # noqa: E402
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
-LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt")
+LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit"]
 
@@ -130,8 +131,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("loss (MaxSup)")
     g.add_argument("--loss", default="ce", choices=CRITERIA,
-                   help="ce (baseline), ls, maxsup, lp, cp, ols, zipf, or the Table 1 ablations ls-reg, ls-err, "
-                        "ls-err-alt (default: ce)")
+                   help="ce (baseline), ls, maxsup, lp, cp, ols, zipf, the Table 1 ablations ls-reg, ls-err, "
+                        "ls-err-alt, or logitnorm, focal, adaptive-ls, maxsup-adaptive (default: ce)")
+    g.add_argument("--loss-kwargs", default="{}", type=str,
+                   help='JSON dict of loss options, e.g. \'{"tau": 0.04}\' (logitnorm), \'{"gamma": 2.0}\' (focal), '
+                        '\'{"alpha_max": 0.2}\' (adaptive-ls, maxsup-adaptive), \'{"lam": 0.1}\' (zipf) (default: {})')
+    g.add_argument("--alpha-denominator", default="E-1", choices=ALPHA_DENOMINATORS,
+                   help="α(e) = start + (end − start)·e/D: D = E-1 reaches --alpha-end at the last epoch (authors' "
+                        "DeiT code); D = E is the paper's t/T (default: E-1)")
+    g.add_argument("--zipf-dense", action="store_true",
+                   help="Zipf-LS ranks classes by per-patch-token votes (the official --dense mode)")
+    g.add_argument("--stats-every", default=10, type=int,
+                   help="measure the LS/MaxSup penalty statistics every N steps (default: 10)")
     g.add_argument("--alpha-start", type=float, default=0.1, help="α at the first epoch (default: 0.1)")
     g.add_argument("--alpha-end", type=float, default=0.2,
                    help="α at the last epoch; equal to --alpha-start for a fixed α (Table 11) (default: 0.2)")
@@ -157,6 +168,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default="", help="where to write checkpoints, log.txt, args.json (default: none)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     g.add_argument("--amp", default="auto", choices=["auto", "fp16", "bf16", "off"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
@@ -186,6 +198,10 @@ def check_args(args: argparse.Namespace) -> None:
                         f"--allow-ls-with-maxsup")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume <checkpoint>")
+    if args.zipf_dense and args.loss != "zipf":
+        raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
+    if args.stats_every < 1:
+        raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
@@ -217,6 +233,18 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw.setdefault("drop_path_rate", args.drop_path)
         if timm.models.is_model_in_modules(args.model, VIT_MODULES):
             kw.setdefault("img_size", args.input_size)
+    return kw
+
+
+def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        kw = json.loads(args.loss_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--loss-kwargs is not valid JSON ({exc.msg}): {args.loss_kwargs!r}") from None
+    if not isinstance(kw, dict):
+        raise UserError(f"--loss-kwargs must be a JSON object, got {args.loss_kwargs!r}")
+    if args.zipf_dense:
+        kw["dense"] = True
     return kw
 
 
@@ -346,7 +374,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                           warmup_epochs=args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
-                                alpha_end=args.alpha_end).to(device)
+                                alpha_end=args.alpha_end, alpha_denominator=args.alpha_denominator,
+                                model=model_without_ddp, **loss_kwargs(args)).to(device)
+    if args.compile:
+        model = torch.compile(model)
     if output_dir and rank == 0 and not args.eval:
         write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
@@ -401,9 +432,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         lr_scheduler.step(epoch)
         train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
                                       args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
-                                      accum_steps=args.accum_steps)
+                                      accum_steps=args.accum_steps, stats_every=args.stats_every)
         sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
         test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+        criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         is_best = test_stats["acc1"] > max_accuracy
         max_accuracy = max(max_accuracy, test_stats["acc1"])
         log_stats = {

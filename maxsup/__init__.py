@@ -9,16 +9,21 @@
 from .features import ClassSeparationAccumulator, class_separation
 from .losses import (
     CRITERIA,
+    AdaptiveLabelSmoothingLoss,
     AlphaSchedule,
     ConfidencePenaltyLoss,
     CrossEntropyLoss,
+    FocalLoss,
     LabelSmoothingLoss,
+    LogitNormLoss,
     LogitPenaltyLoss,
     LSAblationLoss,
+    MaxSupAdaptiveLoss,
     MaxSupLoss,
     OnlineLabelSmoothingLoss,
     ZipfLabelSmoothingLoss,
     build_criterion,
+    compute_loss,
     label_smoothing_penalty,
     ls_decomposition,
     maxsup_penalty,
@@ -29,6 +34,7 @@ from .metrics import ClassificationMeter, ECEAccumulator, expected_calibration_e
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveLabelSmoothingLoss", "FocalLoss", "LogitNormLoss", "MaxSupAdaptiveLoss", "compute_loss",
     "AlphaSchedule", "CRITERIA", "ClassSeparationAccumulator", "ClassificationMeter", "ConfidencePenaltyLoss",
     "CrossEntropyLoss", "ECEAccumulator", "LSAblationLoss", "LabelSmoothingLoss", "LogitPenaltyLoss", "MaxSupLoss",
     "OnlineLabelSmoothingLoss", "ZipfLabelSmoothingLoss", "build_criterion", "class_separation",

@@ -143,28 +143,35 @@ def test_downsampled_rejects_corrupt_missing_and_mismatched_files(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Every loss trains
 # --------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss", ["ce", "ls", "maxsup", "lp", "cp", "ols", "zipf"])
+@pytest.mark.parametrize("loss", ["ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "zipf-dense", "logitnorm", "focal",
+                                  "adaptive-ls", "maxsup-adaptive"])
 def test_each_loss_reduces_its_loss_on_real_images(loss):
+    dense = ["--zipf-dense"] if loss == "zipf-dense" else []
+    if loss == "logitnorm":  # τ = 0.04 rescales the logits' gradient by 1/(τ·‖z‖): too hot for this lr and K = 4
+        dense = ["--loss-kwargs", "tau=0.5"]
+    loss = loss.removesuffix("-dense")
     args = trainer.get_args_parser().parse_args(
-        ["--dataset", "fmnist", "--loss", loss, "--epochs", "5", "--lr", "0.05", *TINY_MODEL])
+        ["--dataset", "fmnist", "--loss", loss, *dense, "--epochs", "5", "--lr", "0.05", "--stats-every", "1",
+         *TINY_MODEL])
     torch.manual_seed(0)
     tf = trainer.eval_transform(trainer.eval_spec(args))
     ds = FashionMNIST(classes=[0, 1, 7, 8], limit_per_class=16, transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False)
     images, target = next(iter(loader))
     model = trainer.create_model("cifar_resnet10", 4, width=8)
-    criterion = trainer._criterion(args, 4)
+    criterion = trainer._criterion(args, 4, model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     def loss_on_first_batch() -> float:
         criterion.eval()  # OLS: do not accumulate statistics while measuring
         with torch.no_grad():
-            return criterion(model(images), target).item()
+            return trainer.compute_loss(model, criterion, images, target)[1].item()
 
     model.train()
     before = loss_on_first_batch()
     for epoch in range(4):
         stats = trainer.train_one_epoch(model, criterion, optimizer, loader, torch.device("cpu"), epoch, args)
+        criterion.on_eval(float(epoch))  # an improving validation score: Adaptive LS takes each epoch as teacher
     after = loss_on_first_batch()
     assert after < before - 0.1, f"{loss}: {before:.3f} -> {after:.3f}"
     assert np.isfinite(stats["loss"]) and 0.0 <= stats["misclassified"] <= 1.0
@@ -173,6 +180,10 @@ def test_each_loss_reduces_its_loss_on_real_images(loss):
     if loss == "ols":  # the epoch-boundary update replaced the initial LS matrix by accumulated softmax rows
         assert not torch.allclose(criterion.soft_labels.diagonal(), torch.full((4,), 0.9))
         assert criterion.counts.sum() == 0
+    if loss == "adaptive-ls":  # the teacher is the checkpoint of the last (best) validation
+        assert all(torch.equal(a, b) for a, b in zip(criterion.teacher.parameters(), model.parameters(), strict=True))
+    if loss in ("adaptive-ls", "maxsup-adaptive"):
+        assert 0.0 < stats["alpha"] <= 0.2
 
 
 def test_label_smoothing_flag_is_ls_with_fixed_alpha():
@@ -180,6 +191,17 @@ def test_label_smoothing_flag_is_ls_with_fixed_alpha():
     criterion = trainer._criterion(args, 10)
     criterion.set_epoch(9)
     assert type(criterion).__name__ == "LabelSmoothingLoss" and criterion.alpha == pytest.approx(0.15)
+
+
+@pytest.mark.slow  # torch.compile of the train and eval graphs takes ~2 min on 2 CPU cores
+def test_compile_trains_and_checkpoints_plain_keys(tmp_path):
+    out = tmp_path / "compiled"
+    metrics = _cli(["--dataset", "fmnist", "--classes", "0,1,7", "--limit-per-class", "16", *TINY_MODEL,
+                    "--loss", "maxsup", "--compile", "--epochs", "1", "-b", "16", "-j", "0", "--output-dir", str(out)])
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert metrics["n"] == 48 and not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    fresh = trainer.create_model("cifar_resnet10", 3, width=8)
+    fresh.load_state_dict(ckpt["model"])  # the checkpoint loads into an uncompiled model
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -249,7 +271,9 @@ def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatc
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "fmnist", "--model", "resnet_9000"], "unknown model 'resnet_9000'"),
-    (["--dataset", "fmnist", "--loss", "focal"], "unknown --loss 'focal'"),
+    (["--dataset", "fmnist", "--loss", "focal-ls"], "unknown --loss 'focal-ls'"),
+    (["--dataset", "fmnist", "--loss", "focal", "--loss-kwargs", "tau=0.1"], "has no option tau"),
+    (["--dataset", "fmnist", "--loss", "ls", "--zipf-dense"], "--zipf-dense is a mode of --loss zipf"),
     (["--dataset", "fmnist", "--loss", "maxsup", "--label-smoothing", "0.1"], "cannot be combined with --loss maxsup"),
     (["--dataset", "cifar100", "--data-path", "{tmp}/c100"], "extract cifar-100-python.tar.gz so that"),
     (["--dataset", "imagenet32", "--data-path", "{tmp}/in32"], "put train_data_batch_1..10"),

@@ -198,9 +198,27 @@ def test_every_loss_trains(loss, image_root, tmp_path):
         assert [e["alpha"] for e in log] == pytest.approx([0.1, 0.2])  # α schedule 0.1 → 0.2 (paper App. F)
     elif loss.startswith("ls-"):
         assert log[0]["alpha"] == pytest.approx(0.1)
+    elif loss in ("adaptive-ls", "maxsup-adaptive"):
+        assert 0 <= log[0]["alpha"] <= 0.2  # mean per-sample α of the last step
     else:
         assert log[0]["alpha"] is None
     assert all(e["maxsup_penalty"] >= 0 and e["ls_error_amplification"] <= 0 <= e["ls_regularization"] for e in log)
+
+
+def test_adaptive_ls_keeps_the_best_checkpoint_as_teacher_and_zipf_dense_runs(image_root, tmp_path):
+    out = tmp_path / "als"
+    train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+           "--epochs", "2", "--loss", "adaptive-ls", "--output_dir", str(out), "--stats-every", "2"])
+    log = read_log(out)
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert float(ckpt["criterion"]["best_score"]) == pytest.approx(max(e["test_acc1"] for e in log))
+    best = torch.load(out / "best_checkpoint.pth", map_location="cpu", weights_only=False)
+    teacher = {k[len("teacher."):]: v for k, v in ckpt["criterion"].items() if k.startswith("teacher.")}
+    assert teacher.keys() == best["model"].keys()
+    assert all(torch.equal(teacher[k], best["model"][k]) for k in teacher)  # the teacher is the best checkpoint
+    stats = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+                   "--epochs", "1", "--loss", "zipf", "--zipf-dense", "--alpha-denominator", "E"])
+    assert stats["train_samples"] == 48 and stats["train_loss"] > 0
 
 
 def test_bf16_autocast_on_cpu(image_root):

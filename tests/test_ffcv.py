@@ -18,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from maxsup.errors import UserError
+
 pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
 pytestmark = pytest.mark.ffcv
 # numba's dispatcher finaliser raises a harmless KeyError when FFCV's generated pipelines are garbage-collected
@@ -262,6 +264,29 @@ def test_torchrun_two_process_gloo_epoch(betons, tmp_path, repo_root, python_exe
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
+def test_adaptive_ls_teacher_is_checkpointed(betons, tmp_path):
+    out = tmp_path / "als"
+    trainer = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
+        _argv(betons, out, "--loss.type=adaptive-ls", "--loss.alpha_denominator=E", "--train.stats_every=1")))
+    _KEEP_ALIVE.append(trainer)
+    stats = trainer.train()
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert float(ckpt["criterion"]["best_score"]) == pytest.approx(stats["top_1"])  # first validation: the best
+    teacher = {k[len("teacher."):]: v for k, v in ckpt["criterion"].items() if k.startswith("teacher.")}
+    assert teacher.keys() == ckpt["model"].keys() and all(torch.equal(teacher[k], ckpt["model"][k]) for k in teacher)
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert 0 <= log["alpha"] <= 0.2 and log["train_maxsup_penalty"] >= 0
+
+
+def test_loss_options_are_validated(betons, tmp_path):
+    with pytest.raises(UserError, match="zipf_dense is a mode of loss.type = 'zipf'"):
+        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.zipf_dense=true"))
+    with pytest.raises(UserError, match="loss.alpha_denominator = 'T'"):
+        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.alpha_denominator=T"))
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path, "--loss.type=focal", "--loss.focal_gamma=1.5"))
+    assert cfg["loss"]["focal_gamma"] == 1.5
+
+
 def test_schedules_match_the_recipes():
     step = {"type": "step", "step_length": 30, "step_ratio": 0.1}
     assert [ffcv_main.learning_rate(e, step, 0.8, 90) for e in (0, 29.9, 30, 60.5)] == pytest.approx(

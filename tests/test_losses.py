@@ -17,7 +17,17 @@ from maxsup import (
     ls_decomposition,
     maxsup_penalty,
 )
-from maxsup.losses import OnlineLabelSmoothingLoss, ZipfLabelSmoothingLoss, penalty_stats
+from maxsup.losses import (
+    CRITERIA,
+    AdaptiveLabelSmoothingLoss,
+    OnlineLabelSmoothingLoss,
+    PenaltyStatsMeter,
+    ZipfLabelSmoothingLoss,
+    compute_loss,
+    entropy_alpha,
+    penalty_stats,
+)
+from maxsup.models import create_model, logits_and_dense_logits
 
 
 def _batch(b=16, k=10, seed=0, scale=3.0):
@@ -141,7 +151,7 @@ def test_zipf_target_ranks_with_min_ties_and_excludes_target():
     assert loss > F.cross_entropy(z, torch.tensor([0]))
 
 
-@pytest.mark.parametrize("name", ["ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "ls-reg", "ls-err", "ls-err-alt"])
+@pytest.mark.parametrize("name", CRITERIA)
 def test_every_criterion_accepts_hard_soft_and_tuple_outputs(name):
     z, y = _batch(b=6, k=5, seed=5)
     crit = build_criterion(name, num_classes=5, epochs=3)
@@ -155,7 +165,8 @@ def test_every_criterion_accepts_hard_soft_and_tuple_outputs(name):
 
 @settings(max_examples=25, deadline=None)
 @given(scale=st.floats(1e2, 6e4), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
-       name=st.sampled_from(["ls", "maxsup", "lp", "cp", "ols", "zipf"]))
+       name=st.sampled_from(["ls", "maxsup", "lp", "cp", "ols", "zipf", "logitnorm", "focal", "adaptive-ls",
+                             "maxsup-adaptive"]))
 def test_losses_finite_for_large_low_precision_logits(scale, dtype, name):
     z, y = _batch(b=8, k=1000, seed=6, scale=1.0)
     z = (z / z.abs().max() * scale).to(dtype)
@@ -186,7 +197,10 @@ def test_penalty_stats_reports_misclassified_fraction():
     lambda: MaxSupLoss()(torch.randn(4, 5), torch.tensor([0, 1, 2])),
     lambda: MaxSupLoss()(torch.randn(4, 5), torch.randn(4, 6)),
     lambda: LabelSmoothingLoss()(torch.randn(2, 5), torch.tensor([0, 5])),
-    lambda: build_criterion("focal", 10),
+    lambda: build_criterion("focal-ls", 10),
+    lambda: build_criterion("focal", 10, tau=0.1),  # an option the loss does not take
+    lambda: build_criterion("ls", 10, alpha_denominator="T"),
+    lambda: build_criterion("logitnorm", 10, tau=0.0),
     lambda: AlphaSchedule(epochs=0),
 ])
 def test_bad_input_raises_value_error(bad):
@@ -197,3 +211,160 @@ def test_bad_input_raises_value_error(bad):
 def test_unknown_criterion_lists_valid_names():
     with pytest.raises(ValueError, match="maxsup.*ols"):
         build_criterion("labelsmooth", 10)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Precision, gradcheck and the fused CE + LS / CE + MaxSup op
+# --------------------------------------------------------------------------------------------------------------------
+def _frozen_alpha(crit, z):
+    """Adaptive losses take α_i as a constant (stop-gradient, as designed); freeze it so gradcheck sees the loss."""
+    if hasattr(crit, "alpha_max"):
+        fixed = entropy_alpha(z.detach(), crit.alpha_max)
+        crit._alpha = lambda _z: fixed
+    return crit
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_gradcheck_float64_every_loss(name):
+    g = torch.Generator().manual_seed(11)
+    z = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    y = torch.randint(0, 5, (6,), generator=g)
+    soft = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), -1)
+    crit = _frozen_alpha(build_criterion(name, 5, epochs=4), z)
+    crit.set_epoch(2)
+    for t in (y, soft):
+        assert crit(z, t).dtype == torch.float64
+        assert torch.autograd.gradcheck(lambda z_, t=t: crit(z_, t), (z,), fast_mode=True)
+    assert maxsup_penalty(z).dtype == torch.float64 and label_smoothing_penalty(z, y).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("soft", [False, True])
+def test_fused_ls_and_maxsup_match_the_composed_losses(dtype, soft):
+    """Same value and gradient as CE + α·penalty written with autograd (the pre-fusion modules)."""
+    g = torch.Generator().manual_seed(12)
+    z0 = (torch.randn(33, 17, generator=g) * 4).to(dtype)
+    y = torch.randint(0, 17, (33,), generator=g)
+    t = torch.softmax(torch.randn(33, 17, generator=g, dtype=torch.float64) * 2, -1) if soft else y
+    if soft and dtype != torch.float64:
+        t = t.float()  # rows sum to 1 in the target's precision (the contract both forms rely on)
+    for name, penalty in (("ls", lambda z: label_smoothing_penalty(z, t)), ("maxsup", maxsup_penalty)):
+        crit = build_criterion(name, 17, epochs=7)
+        crit.set_epoch(3.5)
+        za, zb = z0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        fused = crit(za, t)
+        (fused * 3.0).backward()  # a non-unit upstream gradient (GradScaler, loss weights)
+        ref_ce = F.cross_entropy(zb.float() if dtype != torch.float64 else zb, t.to(zb.dtype) if soft and dtype ==
+                                 torch.float64 else t)
+        composed = ref_ce + crit.alpha * penalty(zb).mean()
+        (composed * 3.0).backward()
+        tol = 1e-10 if dtype == torch.float64 else 1e-5
+        assert fused.dtype == composed.dtype and torch.allclose(fused, composed, atol=tol, rtol=tol)
+        # bf16 gradients are rounded to 8 bits (the composed form also sums two rounded parts)
+        atol = 1e-2 * zb.grad.float().abs().max().item() if dtype == torch.bfloat16 else 1e-7
+        assert za.grad.dtype == dtype and torch.allclose(za.grad.float(), zb.grad.float(), rtol=1e-5, atol=atol)
+    # per-sample α (maxsup-adaptive) is the same op with α_i
+    z = z0.double().clone().requires_grad_(True)
+    alpha = entropy_alpha(z, 0.2)
+    expected = F.cross_entropy(z, t.double() if soft else t) + (alpha * maxsup_penalty(z)).mean()
+    assert torch.allclose(build_criterion("maxsup-adaptive", 17)(z, t), expected, atol=1e-6)
+
+
+def test_logitnorm_and_focal_values():
+    z, y = _batch(b=10, k=6, seed=13)
+    ln = build_criterion("logitnorm", 6, tau=0.5)
+    expected = F.cross_entropy(z / (0.5 * (z.norm(dim=-1, keepdim=True) + 1e-7)), y)
+    assert torch.allclose(ln(z, y), expected, atol=1e-6)
+    assert torch.allclose(ln(z * 7.0, y), ln(z, y), atol=1e-5)  # only the direction of z matters
+    focal = build_criterion("focal", 6)
+    p_y = F.softmax(z, -1)[torch.arange(10), y]
+    assert torch.allclose(focal(z, y), (-(1 - p_y) ** 2 * torch.log(p_y)).mean(), atol=1e-6)
+    assert torch.allclose(build_criterion("focal", 6, gamma=0.0)(z, y), F.cross_entropy(z, y), atol=1e-6)
+    assert torch.allclose(focal(z, F.one_hot(y, 6).float()), focal(z, y), atol=1e-6)  # soft one-hot = hard
+    assert focal(z, y) < F.cross_entropy(z, y)  # down-weights every sample
+
+
+def test_alpha_denominator_e_is_the_papers_t_over_T():
+    paper = AlphaSchedule(0.1, 0.2, epochs=300, denominator="E")
+    assert paper(0) == pytest.approx(0.1) and paper(150) == pytest.approx(0.15)
+    assert paper(299) == pytest.approx(0.1 + 0.1 * 299 / 300)  # one step short of 0.2
+    t15 = build_criterion("maxsup", 10, epochs=200, alpha_start=0.0, alpha_end=0.1, alpha_denominator="E")
+    t15.set_epoch(100)
+    assert t15.alpha == pytest.approx(0.05)
+
+
+def test_entropy_alpha_range():
+    k = 8
+    uniform, peaked = torch.zeros(1, k), torch.tensor([[50.0] + [0.0] * (k - 1)])
+    assert entropy_alpha(uniform, 0.2).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_alpha(peaked, 0.2).item() == pytest.approx(0.2, abs=1e-6)
+    mid = entropy_alpha(torch.tensor([[2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]), 0.2).item()
+    assert 0 < mid < 0.2
+
+
+def test_adaptive_ls_teacher_is_the_best_checkpoint_and_is_checkpointed():
+    torch.manual_seed(14)
+    student = torch.nn.Linear(4, 3)
+    x, y = torch.randn(9, 4), torch.randint(0, 3, (9,))
+    crit = build_criterion("adaptive-ls", 3, model=student)
+    z = student(x)
+    alpha = entropy_alpha(z, 0.2)[:, None]
+    # no validation yet: the prior is uniform, i.e. LS with the per-sample α
+    t = F.one_hot(y, 3).float()
+    assert torch.allclose(crit(z, y, inputs=x), F.cross_entropy(z, (1 - alpha) * t + alpha / 3), atol=1e-6)
+    crit.on_eval(50.0)
+    snapshot = {k: v.clone() for k, v in student.state_dict().items()}
+    with torch.no_grad():
+        student.weight.add_(1.0)  # training moves on
+    crit.on_eval(40.0)  # worse: the teacher stays at the 50% checkpoint
+    assert torch.equal(crit.teacher.weight, snapshot["weight"])
+    z = student(x)
+    alpha = entropy_alpha(z, 0.2)[:, None]
+    q = F.softmax(F.linear(x, snapshot["weight"], snapshot["bias"]), -1)
+    loss = crit(z, y, inputs=x)
+    assert torch.allclose(loss, F.cross_entropy(z, (1 - alpha) * t + alpha * q), atol=1e-6)
+    loss.backward()
+    assert crit.teacher.weight.grad is None and student.weight.grad is not None
+    crit.on_eval(60.0)
+    assert torch.equal(crit.teacher.weight, student.weight)
+    # resume: a fresh criterion takes the teacher and its best score from the state dict
+    fresh = AdaptiveLabelSmoothingLoss(torch.nn.Linear(4, 3))
+    fresh.load_state_dict(crit.state_dict())
+    assert torch.equal(fresh.teacher.weight, student.weight) and float(fresh.best_score) == 60.0
+    assert torch.allclose(fresh(z, y, inputs=x), crit(z, y, inputs=x))
+    fresh.on_eval(55.0)
+    assert torch.equal(fresh.teacher.weight, student.weight)
+
+
+def test_penalty_stats_meter_every_n_steps_weights_by_batch():
+    meter = PenaltyStatsMeter(every=2)
+    batches = [_batch(b=b, k=5, seed=20 + i) for i, b in enumerate((4, 7, 3, 9, 5))]
+    measured = [meter.update(i, z, y) for i, (z, y) in enumerate(batches)]
+    assert measured == [True, False, True, False, True]
+    out = meter.compute()
+    for key in out:
+        expected = sum(penalty_stats(*batches[i])[key] * batches[i][0].shape[0] for i in (0, 2, 4)) / 12
+        assert out[key] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet18", {}), ("cifar_resnet10", {"width": 8}),
+                                          ("mobilenet_v2", {"width_mult": 0.25}),
+                                          ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1})])
+def test_per_position_logits(name, kwargs):
+    torch.manual_seed(15)
+    model = create_model(name, 7, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out, dense = logits_and_dense_logits(model, x)
+    assert torch.equal(out, model(x)) and not dense.requires_grad
+    if name.startswith("vit"):
+        assert dense.shape == (2, 7, 16)  # one column per patch token, the CLS token excluded
+        tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
+        assert torch.allclose(dense, model.head(model.fc_norm(tokens)).transpose(1, 2), atol=1e-5)
+    else:
+        assert dense.dim() == 4 and dense.shape[:2] == (2, 7)
+        assert torch.allclose(dense.flatten(2).mean(-1), out, atol=1e-5)  # GAP and the head are linear
+    # compute_loss hands them to Zipf-LS in dense mode
+    y = torch.tensor([0, 3])
+    zipf = build_criterion("zipf", 7, dense=True)
+    outputs, loss = compute_loss(model, zipf, x, y)
+    assert torch.allclose(loss, zipf(outputs, y, dense_logits=dense), atol=1e-6)

@@ -32,7 +32,7 @@ from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
-from maxsup.losses import CRITERIA, build_criterion, penalty_stats
+from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
 from maxsup.runinfo import (
@@ -72,6 +72,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     criterion.train()
     criterion.set_epoch(epoch)  # α_e = α_start + (α_end − α_start)·e/(E − 1), per epoch as in the authors' code
     sums: dict[str, float] = defaultdict(float)
+    penalties = PenaltyStatsMeter(args.stats_every)  # on the device; one sync at the end of the epoch
     seen, start = 0, time.time()
     # --accum-steps N: one optimizer step per N batches; the epoch's last len % N batches are skipped so that every
     # step has the full global batch (batch × processes × N)
@@ -89,8 +90,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         no_sync = model.no_sync() if not last_micro and hasattr(model, "no_sync") else contextlib.nullcontext()
         with no_sync:  # DDP all-reduces only on the last batch of an accumulation group
             with _autocast(device, args):
-                output = model(image)
-                loss = criterion(output, target)  # hard (B,) or Mixup/CutMix soft (B, K) targets
+                # hard (B,) or Mixup/CutMix soft (B, K) targets; compute_loss also feeds Zipf-dense / Adaptive LS
+                output, loss = compute_loss(model, criterion, image, target)
             (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
         if last_micro and scaler is not None:
             if args.clip_grad_norm is not None:
@@ -110,8 +111,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         batch = image.shape[0]
         seen += batch
         sums["loss"] += loss.item() * batch
-        for key, value in penalty_stats(output, target).items():
-            sums[key] += value * batch
+        penalties.update(i, output, target)
         if i % args.print_freq == 0:
             print(f"Epoch: [{epoch}] [{i}/{len(data_loader)}] loss {loss.item():.4f} "
                   f"lr {optimizer.param_groups[0]['lr']:.5f} img/s {seen / (time.time() - start):.1f}")
@@ -120,6 +120,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     totals = torch.tensor([seen, *sums.values()], dtype=torch.float64, device=device)
     totals = all_reduce_sum(totals).cpu()
     stats = {k: v / max(totals[0].item(), 1.0) for k, v in zip(sums, totals[1:].tolist(), strict=True)}
+    stats.update(penalties.compute())
     stats["lr"] = optimizer.param_groups[0]["lr"]
     if hasattr(criterion, "alpha"):
         stats["alpha"] = criterion.alpha
@@ -233,6 +234,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
         raise UserError(f"--accum-steps must be >= 1, got {args.accum_steps}")
+    if args.zipf_dense and args.loss != "zipf":
+        raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
+    if args.stats_every < 1:
+        raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
 
 
 def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
@@ -242,12 +247,18 @@ def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
             "total_batch_size": args.batch_size * world * args.accum_steps, "effective_lr": args.lr}
 
 
-def _criterion(args: argparse.Namespace, num_classes: int) -> nn.Module:
+def _criterion(args: argparse.Namespace, num_classes: int, model: nn.Module | None = None) -> nn.Module:
     name, start, end = args.loss, args.alpha_start, args.alpha_end
     if args.label_smoothing:
         name, start, end = "ls", args.label_smoothing, args.label_smoothing  # fixed α = the smoothing ε
-    return build_criterion(name, num_classes, args.epochs, alpha_start=start, alpha_end=end,
-                           **utils.parse_kwargs(args.loss_kwargs, "--loss-kwargs"))
+    kw = utils.parse_kwargs(args.loss_kwargs, "--loss-kwargs")
+    if args.zipf_dense:
+        kw["dense"] = True
+    try:
+        return build_criterion(name, num_classes, args.epochs, alpha_start=start, alpha_end=end,
+                               alpha_denominator=args.alpha_denominator, model=model, **kw)
+    except ValueError as exc:  # e.g. an option the loss does not take
+        raise UserError(f"--loss {name}: {exc}") from None
 
 
 def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -322,7 +333,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = _criterion(args, num_classes).to(device)
+    criterion = _criterion(args, num_classes, model).to(device)
     print(f"Criterion: {criterion}")
 
     param_groups = utils.set_weight_decay(model, args.weight_decay, args.norm_weight_decay, args.bias_weight_decay)
@@ -341,6 +352,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         device_ids = [dist_info.local_rank] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         model_without_ddp = model.module
+    if args.compile:
+        model = torch.compile(model)
 
     model_ema = None
     if args.model_ema:
@@ -388,6 +401,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                       scaler)
         lr_scheduler.step()
         metrics = evaluate(model, data_loader_test, device, args)
+        criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"test_{k}": v for k, v in metrics.items()}}
         if model_ema is not None:
@@ -458,7 +472,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--label-smoothing", default=0.0, type=float,
                         help="LS with a fixed α (= --loss ls with alpha-start = alpha-end); refused with other losses")
     parser.add_argument("--loss-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
-                        help="loss options: beta (lp 2e-3, cp 0.1), a/init_smoothing (ols), lam/power (zipf)")
+                        help="loss options: beta (lp 2e-3, cp 0.1), a/init_smoothing (ols), lam/power (zipf), tau "
+                             "(logitnorm 0.04), gamma (focal 2.0), alpha_max (adaptive-ls, maxsup-adaptive 0.2)")
+    parser.add_argument("--alpha-denominator", default="E-1", choices=ALPHA_DENOMINATORS,
+                        help="α(e) = start + (end − start)·e/D: E-1 reaches --alpha-end at the last epoch (the "
+                             "authors' torchvision code); E is the paper's t/T")
+    parser.add_argument("--zipf-dense", action="store_true",
+                        help="Zipf-LS ranks classes by per-location votes of the last feature map (official --dense)")
+    parser.add_argument("--stats-every", default=10, type=int, help="measure the penalty statistics every N steps")
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
@@ -503,6 +524,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model-ema", action="store_true", help="keep and evaluate an EMA of the weights")
     parser.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
     parser.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay per image at batch 1")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 + GradScaler on CUDA")
     parser.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")

@@ -31,13 +31,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from maxsup import ClassificationMeter, build_criterion, penalty_stats
+from maxsup import ClassificationMeter, build_criterion
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.cli import run_cli
 from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
 from maxsup.errors import UserError
-from maxsup.models import arch_spec, create_model, load_state_dict_strict
+from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
+from maxsup.models import arch_spec, create_model, load_state_dict_strict, unwrap_model
 from maxsup.runinfo import (
     ScalarWriter,
     alpha_schedule_of,
@@ -54,7 +55,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport
     import tomli as tomllib
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.toml")
-LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf")
+LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "logitnorm", "focal", "adaptive-ls", "maxsup-adaptive")
 SCHEDULES = ("triangular", "step", "cosine")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
@@ -182,7 +183,8 @@ def load_config(argv: list[str]) -> dict[str, Any]:
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
-    choices = {"loss.type": LOSSES, "scheduler.type": SCHEDULES, "train.precision": tuple(PRECISIONS)}
+    choices = {"loss.type": LOSSES, "scheduler.type": SCHEDULES, "train.precision": tuple(PRECISIONS),
+               "loss.alpha_denominator": ALPHA_DENOMINATORS}
     for key, allowed in choices.items():
         if _get(cfg, key) not in allowed:
             raise UserError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
@@ -193,6 +195,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise UserError(f"train.epochs and train.batch_size must be >= 1 (got {t['epochs']}, {t['batch_size']})")
     if t["accum_steps"] < 1:
         raise UserError(f"train.accum_steps must be >= 1, got {t['accum_steps']}")
+    if cfg["loss"]["zipf_dense"] and cfg["loss"]["type"] != "zipf":
+        raise UserError(f"loss.zipf_dense is a mode of loss.type = 'zipf', not of {cfg['loss']['type']!r}")
+    if t["stats_every"] < 1:
+        raise UserError(f"train.stats_every must be >= 1, got {t['stats_every']}")
     if len(d["mean"]) != 3 or len(d["std"]) != 3:
         raise UserError("data.mean and data.std need three values (RGB, in [0, 1])")
 
@@ -382,20 +388,26 @@ class ImageNetTrainer:
         if self.dist.distributed:
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None)
+        if self.cfg["train"]["compile"]:
+            model = torch.compile(model)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg["train"]["precision"] == "fp16")
         return model, scaler
 
     @property
     def module(self) -> nn.Module:
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        return unwrap_model(self.model)
 
     def create_criterion(self) -> nn.Module:
         loss = self.cfg["loss"]
         kw = {"lp": {"beta": loss["lp_beta"]}, "cp": {"beta": loss["cp_beta"]},
               "ols": {"a": loss["ols_a"], "init_smoothing": loss["ols_init_smoothing"]},
-              "zipf": {"lam": loss["zipf_lam"], "power": loss["zipf_power"]}}.get(loss["type"], {})
+              "zipf": {"lam": loss["zipf_lam"], "power": loss["zipf_power"], "dense": loss["zipf_dense"]},
+              "logitnorm": {"tau": loss["logitnorm_tau"]}, "focal": {"gamma": loss["focal_gamma"]},
+              "adaptive-ls": {"alpha_max": loss["adaptive_alpha_max"]},
+              "maxsup-adaptive": {"alpha_max": loss["adaptive_alpha_max"]}}.get(loss["type"], {})
         return build_criterion(loss["type"], self.cfg["model"]["num_classes"], self.cfg["train"]["epochs"],
-                               alpha_start=loss["alpha_start"], alpha_end=loss["alpha_end"], **kw).to(self.device)
+                               alpha_start=loss["alpha_start"], alpha_end=loss["alpha_end"],
+                               alpha_denominator=loss["alpha_denominator"], model=self.module, **kw).to(self.device)
 
     def create_optimizer(self) -> torch.optim.Optimizer:
         """SGD; BatchNorm parameters get no weight decay unless optimizer.bn_weight_decay (grouped by module type,
@@ -469,8 +481,7 @@ class ImageNetTrainer:
         self.criterion.set_epoch(epoch)
         iters = len(self.train_loader)
         loss_sum = torch.zeros((), device=self.device)
-        stats: dict[str, float] = {}
-        n_stats = 0
+        penalties = PenaltyStatsMeter(t["stats_every"])  # on the device; one sync at the end of the epoch
         start = time.perf_counter()
         bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.main and t["progress"]))
         accum = t["accum_steps"]  # one optimizer step per `accum` batches; a last incomplete group is skipped
@@ -492,23 +503,19 @@ class ImageNetTrainer:
                 else contextlib.nullcontext()
             with no_sync:  # DDP all-reduces only on the last batch of an accumulation group
                 with self.autocast():
-                    output = self.model(images)
-                    loss = self.criterion(output, target)
+                    output, loss = compute_loss(self.model, self.criterion, images, target)
                 self.scaler.scale(loss / accum).backward()
             if last_micro:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             loss_sum += loss.detach().float()
-            if it % t["stats_every"] == 0:
-                for key, value in penalty_stats(output.detach().float(), target).items():
-                    stats[key] = stats.get(key, 0.0) + value
-                n_stats += 1
+            penalties.update(it, output, target)
         elapsed = time.perf_counter() - start
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
         train_loss = all_reduce_sum(loss_sum).item() / (max(usable, 1) * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
                 "img_per_s": max(iters - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
-                **{f"train_{k}": v / max(n_stats, 1) for k, v in stats.items()}}
+                **{f"train_{k}": v for k, v in penalties.compute().items()}}
 
     @torch.no_grad()
     def val_loop(self) -> dict[str, float]:
@@ -529,6 +536,8 @@ class ImageNetTrainer:
 
     def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         stats = self.val_loop()
+        if not self.cfg["train"]["eval_only"]:
+            self.criterion.on_eval(stats["top_1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         self.last_metrics = stats
         self.log({"epoch": epoch, **(extra or {}), **stats})
         self.tensorboard.log({**(extra or {}), **stats}, epoch)
