@@ -6,7 +6,6 @@ output inside the autocast block of ``train_one_epoch`` (Paper Eq. 8 / Algorithm
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +15,8 @@ from torch import Tensor, nn
 
 from maxsup import ClassificationMeter, penalty_stats
 from maxsup.distributed import all_reduce_sum
+from maxsup.faults import kill_point
+from maxsup.reliability import step_guard
 
 __all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
 
@@ -45,6 +46,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
     start = time.time()
     for step, (samples, targets) in enumerate(data_loader):
+        kill_point("step")
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
@@ -56,10 +58,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             outputs = model(samples)
             loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
 
+        step_guard(loss, epoch, step, lr_flag="--lr", clip_flag="--clip-grad")  # NaN/inf on any rank: all stop
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss is {loss_value} at epoch {epoch}, step {step}; lower --lr or set --clip-grad")
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -32,7 +32,9 @@ from maxsup.cli import run_cli
 from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
 from maxsup.errors import UserError
+from maxsup.faults import kill_point
 from maxsup.models import arch_spec, create_model, load_state_dict_strict
+from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
 
 try:
     import tomllib
@@ -44,6 +46,13 @@ LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf")
 SCHEDULES = ("triangular", "step", "cosine")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
+TRAINER = "Conv/ffcv/main.py"
+NONFINITE_HINT = {"lr_flag": "--optimizer.lr", "clip_flag": "--optimizer.clip_grad_norm"}
+
+
+def resume_keys(flat: dict[str, Any]) -> list[str]:
+    """Config keys that define a run: the model, the loss and its options, the number of epochs."""
+    return [k for k in flat if k.startswith(("model.", "loss.")) or k == "train.epochs"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -234,6 +243,32 @@ def check_beton(path: str, role: str, num_classes: int) -> int:
     return int(reader.num_samples)
 
 
+def beton_classes(path: str) -> list[str] | None:
+    """The class names ``write_imagenet.py`` stored beside a .beton (``<file>.beton.classes.json``), if any."""
+    side = Path(f"{path}.classes.json")
+    if not side.is_file():
+        return None
+    try:
+        classes = json.loads(side.read_text())["classes"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{side} is not a class list written by write_imagenet.py; rewrite the .beton") from None
+    return classes if isinstance(classes, list) else None
+
+
+def check_classes(data: dict[str, Any], num_classes: int, roles: tuple[str, ...]) -> None:
+    """Train and val name the same classes in the same order, and the head has one output per class."""
+    found = {role: beton_classes(data[f"{role}_dataset"]) for role in roles}
+    for role, classes in found.items():
+        if classes is not None and len(classes) != num_classes:
+            raise UserError(f"{data[f'{role}_dataset']} holds {len(classes)} classes but model.num_classes = "
+                            f"{num_classes}; set --model.num_classes={len(classes)}")
+    if found.get("train") is not None and found.get("val") is not None and found["train"] != found["val"]:
+        diff = next(i for i, (a, b) in enumerate(zip(found["train"], found["val"], strict=False)) if a != b)
+        raise UserError(f"the train and val .beton files list different classes (label {diff}: "
+                        f"{found['train'][diff]!r} vs {found['val'][diff]!r}); labels would be shifted, so write both "
+                        f"splits from folders with the same classes")
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 3, H, W) in [0, 255] → float (B, 3, H, W) normalised; mean/std are (1, 3, 1, 1) in [0, 255]."""
     x = (images.float() - mean) / std
@@ -271,8 +306,11 @@ class ImageNetTrainer:
         self.output_dir = Path(cfg["train"]["output_dir"])
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
-        for role in ("val",) if cfg["train"]["eval_only"] else ("train", "val"):  # fail fast, before any JIT work
+        roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
+        for role in roles:  # fail fast, before any JIT work
             check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"])
+        check_classes(d, cfg["model"]["num_classes"], roles)
+        self.partial: dict[str, Any] | None = None
         if not cfg["train"]["eval_only"]:
             self.train_loader, self.decoder = self.create_train_loader()
         self.val_loader = self.create_val_loader()
@@ -329,11 +367,14 @@ class ImageNetTrainer:
         from ffcv.loader import Loader, OrderOption
 
         d = self.cfg["data"]
-        check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
         res = d["val_res"]
         decoder = CenterCropRGBImageDecoder((res, res), ratio=d["val_crop_ratio"])
+        # Rank r reads images r, r + W, ...: every image once at any world size (ffcv's distributed=True pads the
+        # sequential order with duplicates, which would bias accuracy, NLL and ECE).
+        n = check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
+        shard = np.arange(self.dist.rank, n, self.dist.world_size)
         return Loader(d["val_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
-                      order=OrderOption.SEQUENTIAL, drop_last=False, distributed=self.dist.distributed,
+                      order=OrderOption.SEQUENTIAL, drop_last=False, indices=shard,
                       pipelines={"image": [decoder, *self._image_tail()], "label": self._label_pipeline()})
 
     # ---------------------------------------------------------------------------------------------------- model
@@ -378,11 +419,14 @@ class ImageNetTrainer:
     def checkpoint_path(self) -> Path:
         return self.output_dir / "checkpoint.pth"
 
-    def save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
+        """``epoch``: the last completed epoch; ``partial``: progress inside the next one (preemption)."""
+        check_finite_model(self.module, epoch if partial is None else epoch + 1, step, **NONFINITE_HINT)  # all ranks
         if not self.main:
             return
         d, m = self.cfg["data"], self.cfg["model"]
         atomic_save({
+            "trainer": TRAINER,
             "model": self.module.state_dict(),
             "arch": arch_spec(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"]),
             # ffcv's center crop (ratio × short side, resized to val_res) = Resize(val_res / ratio) + CenterCrop.
@@ -394,6 +438,7 @@ class ImageNetTrainer:
             "criterion": self.criterion.state_dict(),
             "rng": rng_state(),
             "metrics": self.last_metrics,
+            **({"partial": partial} if partial else {}),
         }, self.checkpoint_path())
 
     def resume(self) -> None:
@@ -404,16 +449,27 @@ class ImageNetTrainer:
             if self.cfg["train"]["eval_only"]:
                 raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
             return
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
         missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
         if missing:
             raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
+        if self.cfg["train"]["eval_only"]:
+            head = ckpt.get("arch", {}).get("num_classes")
+            if head is not None and head != self.cfg["model"]["num_classes"]:
+                raise UserError(f"{path} has a {head}-class head but model.num_classes = "
+                                f"{self.cfg['model']['num_classes']}; evaluate it with --model.num_classes={head} on "
+                                f"data with {head} classes")
+        else:
+            saved = _flatten(ckpt["args"]) if isinstance(ckpt.get("args"), dict) else {}
+            current = _flatten(self.cfg)
+            check_resume(ckpt, path, TRAINER, saved, current, resume_keys(current), flag=lambda k: f"--{k}")
         load_state_dict_strict(self.module, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.criterion.load_state_dict(ckpt["criterion"])
         set_rng_state(ckpt["rng"])
         self.start_epoch = ckpt["epoch"] + 1
+        self.partial = ckpt.get("partial")
         if not self.cfg["train"]["eval_only"]:
             # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
             self.train_loader.next_epoch = self.start_epoch
@@ -427,20 +483,31 @@ class ImageNetTrainer:
         dtype = PRECISIONS[self.cfg["train"]["precision"]]
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def train_loop(self, epoch: int) -> dict[str, float]:
+    def train_loop(self, epoch: int, preemption: Preemption | None = None) -> dict[str, Any]:
+        """One epoch. Each step ends with :func:`maxsup.reliability.step_guard` (NaN/inf on any rank stops all;
+        a preemption signal returns ``{"preempted": progress}`` at that step boundary). ``self.partial`` (from a
+        preemption checkpoint) skips the steps already done."""
         t = self.cfg["train"]
         self.model.train()
         res = train_resolution(epoch, self.cfg["data"])
         self.decoder.output_size = (res, res)  # progressive resizing (no recompilation needed)
         self.criterion.set_epoch(epoch)
         iters = len(self.train_loader)
-        loss_sum = torch.zeros((), device=self.device)
-        stats: dict[str, float] = {}
-        n_stats = 0
+        partial, self.partial = self.partial or {}, None
+        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
+        stats: dict[str, float] = dict(partial.get("stats", {}))
+        n_stats = partial.get("n_stats", 0)
+        first = partial.get("step", 0)
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.main and t["progress"]))
-        for it, (images, target) in enumerate(bar):
-            if it == 1:  # time from the second batch: the first one includes FFCV's JIT compilation
+        batches = iter(self.train_loader)
+        for _ in range(first):  # FFCV's order is a function of (seed, epoch): skip what was already trained on
+            next(batches)
+        bar = tqdm(batches, total=iters, initial=first, desc=f"epoch {epoch}",
+                   disable=not (self.main and t["progress"]))
+        clip = self.cfg["optimizer"]["clip_grad_norm"]
+        for it, (images, target) in enumerate(bar, start=first):
+            kill_point("step")
+            if it == first + 1:  # time from the second batch: the first one includes FFCV's JIT compilation
                 start = time.perf_counter()
             lr = self.get_lr(epoch + it / iters)
             for group in self.optimizer.param_groups:
@@ -452,6 +519,9 @@ class ImageNetTrainer:
                 loss = self.criterion(output, target)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             loss_sum += loss.detach().float()
@@ -459,11 +529,15 @@ class ImageNetTrainer:
                 for key, value in penalty_stats(output.detach().float(), target).items():
                     stats[key] = stats.get(key, 0.0) + value
                 n_stats += 1
+            stop = preemption is not None and preemption.requested
+            if step_guard(loss, epoch, it, stop_requested=stop, **NONFINITE_HINT) and it + 1 < iters:
+                return {"preempted": {"step": it + 1, "loss_sum": loss_sum.item(), "stats": stats,
+                                      "n_stats": n_stats}}
         elapsed = time.perf_counter() - start
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
         train_loss = all_reduce_sum(loss_sum).item() / (iters * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
-                "img_per_s": max(iters - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
+                "img_per_s": max(iters - first - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
                 **{f"train_{k}": v / max(n_stats, 1) for k, v in stats.items()}}
 
     @torch.no_grad()
@@ -483,9 +557,13 @@ class ImageNetTrainer:
         return {"top_1": out["acc1"], "top_5": out["acc5"], "val_nll": out["nll"], "val_ece": out["ece"],
                 "val_n": out["n"], "val_time": time.perf_counter() - start}
 
-    def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,
+                     before_log: Any = None) -> dict[str, Any]:
+        """Validate, then ``before_log()`` (the checkpoint), then log: a kill never logs an unsaved epoch."""
         stats = self.val_loop()
         self.last_metrics = stats
+        if before_log is not None:
+            before_log()
         self.log({"epoch": epoch, **(extra or {}), **stats})
         return stats
 
@@ -494,10 +572,19 @@ class ImageNetTrainer:
         if self.cfg["train"]["eval_only"]:
             return self.eval_and_log(self.start_epoch - 1, {"eval_only": True})
         stats: dict[str, Any] = dict(self.last_metrics)
-        for epoch in range(self.start_epoch, epochs):
-            train_stats = self.train_loop(epoch)
-            stats = self.eval_and_log(epoch, train_stats)
-            self.save_checkpoint(epoch)
+        with Preemption() as preemption:
+            for epoch in range(self.start_epoch, epochs):
+                train_stats = self.train_loop(epoch, preemption)
+                if "preempted" in train_stats:  # checkpoint at this step boundary, then exit cleanly
+                    step = train_stats["preempted"]["step"]
+                    self.save_checkpoint(epoch - 1, step, train_stats["preempted"])
+                    print(f"preempted: checkpoint written at epoch {epoch}, step {step}; rerun with "
+                          f"--train.resume=auto to continue", flush=True)
+                    break
+                stats = self.eval_and_log(epoch, train_stats,
+                                          lambda e=epoch: self.save_checkpoint(e, len(self.train_loader)))
+                if all_reduce_sum(torch.tensor([float(preemption.requested)], device=self.device)).item():
+                    break
         barrier()
         return stats
 
@@ -510,14 +597,15 @@ class ImageNetTrainer:
         params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
+        if not self.cfg["train"]["eval_only"]:  # drop epochs past the checkpoint (and a torn last line)
+            truncate_log(self.output_dir / "log.jsonl", self.start_epoch - 1)
 
     def log(self, content: dict[str, Any]) -> None:
         if not self.main:
             return
-        line = json.dumps({"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content})
-        print(line, flush=True)
-        with open(self.output_dir / "log.jsonl", "a") as f:
-            f.write(line + "\n")
+        record = {"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content}
+        print(json.dumps(record), flush=True)
+        append_log(self.output_dir / "log.jsonl", record)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
