@@ -84,12 +84,21 @@ def _argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(betons, tmp_path_factory):
-    """One epoch of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64 px ramp)."""
+    """The first of two epochs of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64
+    px ramp). A preemption signal (SIGUSR1 through the test hook) during the epoch's last step (96 images, batch 32)
+    stops the run cleanly after that epoch's checkpoint."""
+    from maxsup import faults
+
     out = tmp_path_factory.mktemp("ffcv_run")
-    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", *RAMP))
-    trainer = ffcv_main.ImageNetTrainer(cfg)
-    _KEEP_ALIVE.append(trainer)
-    stats = trainer.train()
+    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
+    faults.reset()
+    os.environ[faults.KILL_ENV] = "step:3:USR1"
+    try:
+        trainer = ffcv_main.ImageNetTrainer(cfg)
+        _KEEP_ALIVE.append(trainer)
+        stats = trainer.train()
+    finally:
+        del os.environ[faults.KILL_ENV]
     return trainer, stats, out
 
 
@@ -172,7 +181,7 @@ def test_dotted_override_takes_effect(trained):
     assert params["optimizer.lr"] == 0.05 and params["model.kwargs"] == {"width": 8}
     assert params["loader"] == "ffcv.loader.loader.Loader"
     iters = len(trainer.train_loader)
-    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 1)
+    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 2)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)  # the optimizer really used 0.05
     assert trainer.model.layer1[0].conv1.out_channels == 8
 
@@ -207,14 +216,16 @@ def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
 def test_torchrun_two_process_gloo_epoch(betons, tmp_path, repo_root, python_exe):
     """Real DDP: torchrun, 2 CPU processes over gloo, FFCV's distributed loaders, one epoch + validation."""
     out = tmp_path / "ddp"
+    odd = write_imagenet.main(["--data-dir", str(betons["val_dir"]), "--write-path", str(tmp_path / "val31.beton"),
+                               "--subset", "31", "--num-workers", "1"])  # 31 images: ranks get 16 and 15
     cmd = [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(FFCV_DIR / "main.py"), *_argv(betons, out, "--data.num_workers=1")]
+           str(FFCV_DIR / "main.py"), *_argv(betons, out, "--data.num_workers=1"), f"--data.val_dataset={odd}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0]
-    assert log[0]["val_n"] == 32  # each of the 32 val images counted once over the two ranks
+    assert log[0]["val_n"] == 31  # each of the 31 val images counted once over the two ranks (no padding)
     assert json.loads((out / "params.json").read_text())["world_size"] == 2
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
@@ -290,3 +301,34 @@ def test_writer_missing_source_folder_is_one_line(capsys, tmp_path):
                                                    "--write-path", str(tmp_path / "x.beton")])
     assert "source folder not found" in msg and "absent" in msg
     assert not (tmp_path / "x.beton").exists()
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path, capsys):
+    _, _, good = trained
+    (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30"))
+    assert "at epoch 0, step" in msg and "--optimizer.lr" in msg and "--optimizer.clip_grad_norm" in msg, msg
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+    assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
+
+
+def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons, tmp_path, capsys):
+    _, _, good = trained
+    ckpt = good / "checkpoint.pth"
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=0.05", "--train.epochs=2",
+                                                    "--loss.type=ce", f"--train.resume={ckpt}", *RAMP))
+    assert f"cannot resume {ckpt}" in msg and '--loss.type "maxsup" → "ce"' in msg and "--train.epochs" not in msg
+    classes = json.loads(Path(f"{betons['val']}.classes.json").read_text())["classes"]
+    assert classes == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--model.num_classes=5"))
+    assert "holds 4 classes but model.num_classes = 5" in msg
+
+
+def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsys):
+    val = tmp_path / "val.beton"
+    val.write_bytes(betons["val"].read_bytes())
+    Path(f"{val}.classes.json").write_text(json.dumps({"classes": ["c0_fmnist", "c1_fmnist", "c3_photo", "x"]}))
+    msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, tmp_path), f"--data.val_dataset={val}"])
+    assert "label 2: 'c2_fmnist' vs 'c3_photo'" in msg
