@@ -94,6 +94,10 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else _canonical(value)
+
+
 def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, trainer: str, saved: Mapping[str, Any],
                  current: Mapping[str, Any], keys: Iterable[str], flag: Callable[[str], str] | None = None,
                  required: Iterable[str] = ("model", "optimizer", "epoch")) -> None:
@@ -111,7 +115,7 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, trainer: str,
     if missing:
         raise UserError(f"{path} is not a complete {trainer} training checkpoint (missing {', '.join(missing)}); "
                         f"resume needs a checkpoint.pth written by a training run")
-    diffs = [f"{flag(k)} {_canonical(saved[k])} → {_canonical(current[k])}" for k in keys
+    diffs = [f"{flag(k)} {_show(saved[k])} → {_show(current[k])}" for k in keys
              if k in saved and k in current and _canonical(saved[k]) != _canonical(current[k])]
     if diffs:
         raise UserError(f"cannot resume {path}: it was trained with other arguments ({'; '.join(diffs)}); resume "

@@ -347,7 +347,7 @@ def test_resume_refuses_other_arguments_and_other_trainers(one_epoch_run, tmp_pa
     ckpt = str(one_epoch_run / "checkpoint.pth")
     msg = _cli_error_line([*QUICK, "--loss", "ce", "--epochs", "3", "--resume", ckpt, "--output-dir",
                            str(tmp_path)], capsys)
-    assert f"cannot resume {ckpt}" in msg and '--loss "maxsup" → "ce"' in msg and "--epochs 1 → 3" in msg
+    assert f"cannot resume {ckpt}" in msg and '--loss maxsup → ce' in msg and "--epochs 1 → 3" in msg
     assert "--finetune" in msg
     foreign = tmp_path / "deit.pth"
     torch.save({**load_checkpoint(ckpt), "trainer": "Deit/main.py"}, foreign)
