@@ -269,6 +269,78 @@ def check_classes(data: dict[str, Any], num_classes: int, roles: tuple[str, ...]
                         f"splits from folders with the same classes")
 
 
+def seeded_crop_flip_decoder(output_size: tuple[int, int], seed: int):
+    """ffcv's ``RandomResizedCropRGBImageDecoder`` followed by a horizontal flip (p = 0.5), with numba's RNG reseeded
+    for every image from (``seed``, the batch's sample ids, the image's id). FFCV's sample order is a function of
+    (seed, epoch), and the rank picks the shard, so the batch ids stand for (seed, epoch, step, rank), as in ffcv's own
+    mixup (``np.random.seed(indices[-1])``). Seeding per image rather than per batch matters because numba's RNG is
+    per thread and the images of a batch are decoded by ``data.num_workers`` threads: the augmentation of an image
+    then does not depend on which thread decodes it, and a resumed epoch replays exactly."""
+    from ffcv.fields.rgb_image import (
+        IMAGE_MODES,
+        RandomResizedCropRGBImageDecoder,
+        get_random_crop,
+        imdecode,
+        resize_crop,
+    )
+    from ffcv.pipeline.compiler import Compiler
+
+    class SeededRandomResizedCropFlip(RandomResizedCropRGBImageDecoder):
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(get_random_crop)
+            scale, ratio = np.array(self.scale), np.array(self.ratio)
+            base = np.int64(seed % 1_000_003)
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                batch_key = np.int64(0)
+                for k in range(len(batch_indices)):
+                    batch_key = (batch_key * 31 + np.int64(batch_indices[k])) % 1_000_000_007
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    np.random.seed((base * 7_919 + batch_key * 104_729 + np.int64(source_ix)) % 2_147_483_647)
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp_buffer = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                        temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    else:
+                        temp_buffer = image_data.reshape(height, width, 3)
+                    i, j, h, w = get_crop_c(height, width, scale, ratio)
+                    resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                    if np.random.rand() < 0.5:
+                        destination[dst_ix] = destination[dst_ix][:, ::-1].copy()
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return SeededRandomResizedCropFlip(output_size)
+
+
+def make_order_pure(loader) -> None:
+    """ffcv's QUASI_RANDOM order shuffles its page table in place, so epoch e's order depends on how many epochs this
+    process ran before (a resumed run would see other batches). Start every epoch from the pristine table: the order
+    becomes a function of (seed, epoch) only, as RANDOM's already is."""
+    order = loader.traversal_order
+    table = getattr(order, "page_to_samples_array", None)
+    if table is None:
+        return
+    pristine, sample_order = table.copy(), order.sample_order
+
+    def pure_sample_order(epoch: int):
+        table[...] = pristine
+        return sample_order(epoch)
+
+    order.sample_order = pure_sample_order
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 3, H, W) in [0, 255] → float (B, 3, H, W) normalised; mean/std are (1, 3, 1, 1) in [0, 255]."""
     x = (images.float() - mean) / std
@@ -343,9 +415,7 @@ class ImageNetTrainer:
         return [ToTensor(), *dev, ToTorchImage()]
 
     def create_train_loader(self):
-        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import RandomHorizontalFlip
 
         d = self.cfg["data"]
         n = check_beton(d["train_dataset"], "train", self.cfg["model"]["num_classes"])
@@ -353,13 +423,14 @@ class ImageNetTrainer:
             raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
                             f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
         res = train_resolution(self.start_epoch, d)
-        decoder = RandomResizedCropRGBImageDecoder((res, res))
+        decoder = seeded_crop_flip_decoder((res, res), self.cfg["train"]["seed"])
         order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
         loader = Loader(d["train_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
                         order=order, os_cache=d["in_memory"], drop_last=True, distributed=self.dist.distributed,
                         seed=self.cfg["train"]["seed"],
-                        pipelines={"image": [decoder, RandomHorizontalFlip(), *self._image_tail()],
+                        pipelines={"image": [decoder, *self._image_tail()],
                                    "label": self._label_pipeline()})
+        make_order_pure(loader)
         return loader, decoder
 
     def create_val_loader(self):
