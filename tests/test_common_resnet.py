@@ -400,3 +400,24 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, m
     logs = [[{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in (d / "log.txt").open()]
             for d in (tmp_path / "full", out)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
+
+
+def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path):
+    """Conv/common_resnet/run_with_submitit.py through submitit's in-process debug executor."""
+    names = ("run_with_submitit", "train", "presets", "utils", "sampler")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(TRAIN_DIR))
+    try:
+        launcher = importlib.import_module("run_with_submitit")
+        job = launcher.main([*QUICK, "--epochs", "1", "--job_dir", str(tmp_path), "--cluster", "debug",
+                             "--ngpus", "1"])
+        job.result()
+        assert load_checkpoint(tmp_path / "checkpoint.pth")["epoch"] == 0  # --output-dir defaulted to --job_dir
+        task = job.submission().function
+        requeued = task.checkpoint()  # what submitit calls on preemption / timeout
+        assert requeued.function.prepare(True).resume == str(tmp_path / "checkpoint.pth")
+    finally:
+        sys.path.remove(str(TRAIN_DIR))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
