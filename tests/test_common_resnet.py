@@ -421,3 +421,28 @@ def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path):
         for n in names:
             sys.modules.pop(n, None)
         sys.modules.update(saved)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process_at_the_same_global_batch(tmp_path):
+    """DDP averages gradients and OLS all-reduces its soft labels: 2 processes × 12 images equal 1 process × 24.
+
+    No BatchNorm (a 1-block ViT), no augmentation, and one step per epoch over all 24 images, so the sample order
+    cannot differ. Rank 0's OLS matrix after epoch 0 would come from its 12 images alone without the all-reduce."""
+    recipe = ["--dataset", "fmnist", "--classes", "0,1,7", "--limit-per-class", "8", "--model", "vit_tiny_patch16_224",
+              "--model-kwargs", "img_size=28", "patch_size=7", "embed_dim=32", "depth=1", "num_heads=2",
+              "--train-transform", "eval", "--loss", "ols", "--epochs", "3", "--lr", "0.05", "-j", "0",
+              "--print-freq", "1000", "--device", "cpu"]
+    one = _run([*recipe, "-b", "24", "--output-dir", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(TRAIN_PY), *recipe, "-b", "12",
+                          "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, env=SUBPROCESS_ENV,
+                         cwd=TRAIN_DIR, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pth") for d in ("one", "two"))
+    soft = a["criterion"]["soft_labels"]
+    assert not torch.allclose(soft.diagonal(), torch.full((3,), 0.9))  # OLS really replaced its initial matrix
+    assert torch.allclose(b["criterion"]["soft_labels"], soft, atol=1e-5)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5), k

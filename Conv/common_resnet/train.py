@@ -216,6 +216,8 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         train_tf = presets.ClassificationPresetTrain(
             args.train_crop_size or native, mean, std, small_input=small, interpolation=args.interpolation,
             hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
+        if args.train_transform == "eval":
+            train_tf = eval_transform(spec)
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
         check_same_classes(dataset, dataset_test, args.data_path)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
@@ -531,6 +533,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,
                         help="auto-augment policy (default: none)")
     parser.add_argument("--random-erase", default=0.0, type=float, help="random-erasing probability")
+    parser.add_argument("--train-transform", default="standard", choices=["standard", "eval"],
+                        help="eval: train on the evaluation preprocessing, without augmentation (checks, probes)")
     parser.add_argument("--mixup-alpha", default=0.0, type=float, help="MixUp α (0 = off)")
     parser.add_argument("--cutmix-alpha", default=0.0, type=float, help="CutMix α (0 = off)")
     parser.add_argument("--ra-sampler", action="store_true", help="repeated-augmentation sampler (DDP only)")
