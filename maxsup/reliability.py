@@ -114,7 +114,8 @@ def check_resume(ckpt: Mapping[str, Any], path: str | os.PathLike, trainer: str,
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise UserError(f"{path} is not a complete {trainer} training checkpoint (missing {', '.join(missing)}); "
-                        f"resume needs a checkpoint.pth written by a training run")
+                        f"resume needs a checkpoint.pth written by a training run (to start from its weights, use "
+                        f"--finetune)")
     diffs = [f"{flag(k)} {_show(saved[k])} → {_show(current[k])}" for k in keys
              if k in saved and k in current and _canonical(saved[k]) != _canonical(current[k])]
     if diffs:
