@@ -41,16 +41,18 @@ ffcv_main = _load("ffcv_main", FFCV_DIR / "main.py")
 write_imagenet = _load("ffcv_write_imagenet", FFCV_DIR / "write_imagenet.py")
 
 
-@pytest.fixture(autouse=True)
-def _keep_trainers_alive(monkeypatch):
-    """Also keep the trainers that ``main`` builds (and drops on an error) alive, for the numba finaliser above."""
+@pytest.fixture(autouse=True, scope="module")
+def _keep_trainers_alive():
+    """Keep every trainer alive, also those that ``main`` builds and drops on an error (numba finaliser above)."""
     init = ffcv_main.ImageNetTrainer.__init__
 
     def keep(self, *args, **kwargs):
         _KEEP_ALIVE.append(self)
         init(self, *args, **kwargs)
 
-    monkeypatch.setattr(ffcv_main.ImageNetTrainer, "__init__", keep)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ffcv_main.ImageNetTrainer, "__init__", keep)
+        yield
 
 
 def _write_split(root: Path, train: bool, per_class: int, rng: np.random.Generator) -> None:
