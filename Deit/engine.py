@@ -7,7 +7,6 @@ output inside the autocast block of ``train_one_epoch`` (Paper Eq. 8 / Algorithm
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -17,8 +16,10 @@ from torch import Tensor, nn
 
 from maxsup import ClassificationMeter
 from maxsup.distributed import all_reduce_sum
+from maxsup.faults import kill_point
 from maxsup.losses import PenaltyStatsMeter, compute_loss
 from maxsup.models import unwrap_model
+from maxsup.reliability import step_guard
 
 __all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
 
@@ -57,6 +58,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     for step, (samples, targets) in enumerate(data_loader):
         if step == usable:
             break
+        kill_point("step")
         last_micro = (step + 1) % accum_steps == 0
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -75,10 +77,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                 # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8 (compute_loss also feeds Zipf-dense / Adaptive LS)
                 outputs, loss = compute_loss(model, criterion, samples, targets)
 
+            step_guard(loss, epoch, step, lr_flag="--lr", clip_flag="--clip-grad")  # NaN/inf on any rank: all stop
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at epoch {epoch}, step {step}; lower --lr or set --clip-grad")
             scaled = loss / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
 

@@ -45,6 +45,7 @@ from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
 from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
+from maxsup.reliability import append_log, check_finite_model, check_resume, read_log  # noqa: E402
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
     alpha_schedule_of,
@@ -54,6 +55,11 @@ from maxsup.runinfo import (  # noqa: E402
     seed_dir,
     write_run_record,
 )
+
+TRAINER = "Deit/main.py"
+#: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
+RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing")
+RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
@@ -274,10 +280,7 @@ def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[
 
 def rewrite_log(log_path: Path, ckpt: dict[str, Any]) -> None:
     """Make log.txt end exactly at the checkpoint's epoch (a kill may leave it behind or ahead)."""
-    lines = []
-    if log_path.exists():
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-        lines = [ln for ln in lines if json.loads(ln)["epoch"] < ckpt["epoch"]]
+    lines = [json.dumps(r) for r in read_log(log_path) if r["epoch"] < ckpt["epoch"]]  # a torn last line is dropped
     if "log_stats" in ckpt:
         lines.append(json.dumps(ckpt["log_stats"]))
     atomic_write(log_path, "".join(ln + "\n" for ln in lines))
@@ -392,6 +395,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ckpt = load_checkpoint(args.resume)
         if "model" not in ckpt:
             raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
+        if not args.eval:
+            keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
+            check_resume(ckpt, args.resume, TRAINER,
+                         {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")},
+                         {**vars(args), "num_classes": nb_classes}, [*keys, "num_classes"])
         if args.eval and args.eval_ema:
             if ckpt.get("model_ema") is None:
                 raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")
@@ -454,9 +462,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"ls_error_amplification {train_stats['ls_error_amplification']:.4f} "
               f"misclassified {train_stats['misclassified']:.4f} | test acc1 {test_stats['acc1']:.2f}% "
               f"(max {max_accuracy:.2f}%)", flush=True)
+        check_finite_model(model_without_ddp, epoch, len(loader_train), lr_flag="--lr", clip_flag="--clip-grad")
         if output_dir and rank == 0:
             ckpt = {
-                "model": model_without_ddp.state_dict(), "arch": arch, "eval_transform": eval_transform_spec(args),
+                "trainer": TRAINER, "model": model_without_ddp.state_dict(), "arch": arch,
+                "eval_transform": eval_transform_spec(args),
                 "args": vars(args), "epoch": epoch, "optimizer": optimizer.state_dict(),
                 "lr_scheduler": lr_scheduler.state_dict(),
                 "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
@@ -467,8 +477,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if is_best:
                 atomic_save(ckpt, output_dir / "best_checkpoint.pth")
             atomic_save(ckpt, output_dir / "checkpoint.pth")
-            with open(log_path, "a") as f:
-                f.write(json.dumps(log_stats) + "\n")
+            append_log(log_path, log_stats)
         history.append(log_stats)
 
     tb.close()

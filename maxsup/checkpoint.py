@@ -17,37 +17,65 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .faults import kill_point
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
            "set_rng_state"]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:  # e.g. folders cannot be opened on Windows; nothing more can be done there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path in ``path``'s folder that replaces ``path`` (``os.replace``) when the block succeeds and is
-    removed when it fails, so readers never see a partial file. For writers that need a file name (zip, .beton)."""
+    removed when it fails, so readers never see a partial file. For writers that need a file name (zip, .beton).
+
+    The result gets the mode a plain ``open`` would give (0644 under umask 022, not mkstemp's private 0600), its data
+    is fsynced before the rename, and the folder is fsynced after it, so a power loss keeps the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+def _atomic(path: str | os.PathLike, write, kind: str = "write") -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        kill_point(kind)  # test hook: MAXSUP_KILL_AT=save:N dies here, with the new file written but not renamed
     return Path(path)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: readers never see a partial file."""
-    return _atomic(path, lambda f: torch.save(obj, f))
+    return _atomic(path, lambda f: torch.save(obj, f), kind="save")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -101,14 +129,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
+    """Inverse of :func:`rng_state`. Every saved tensor goes through the CPU first (RNG states are CPU byte tensors
+    even for CUDA generators), so a checkpoint loaded with ``map_location="cuda"`` restores too."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def seed_everything(seed: int) -> None:

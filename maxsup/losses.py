@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -297,6 +298,15 @@ class PenaltyStatsMeter:
         self.sums = v if self.sums is None else self.sums + v
         self.count += b
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's running sums (for a mid-epoch checkpoint); :meth:`load_state_dict` restores them."""
+        return {"sums": None if self.sums is None else self.sums.detach().cpu().tolist(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        sums = state.get("sums")
+        self.sums = None if sums is None else torch.tensor(sums, dtype=torch.float64, device=device)
+        self.count = int(state.get("count", 0))
 
     def compute(self) -> dict[str, float]:
         """Means over the measured samples of all ranks (zeros if nothing was measured)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -294,7 +295,16 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
              '{"patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2}' for a in TINY]
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *other, "--epochs", "2",
                       "--resume", str(out / "checkpoint.pth")], capsys)
+    assert '"depth": 1, "num_heads": 2} → {' in msg and "--epochs 1 → 2" in msg and "--finetune" in msg, msg
+    msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *other, "--eval",
+                      "--resume", str(out / "checkpoint.pth")], capsys)
     assert "does not match the model architecture" in msg and "blocks.1." in msg
+
+    before = (out / "checkpoint.pth").read_bytes()
+    msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--lr", "1e30",
+                      "--output_dir", str(out)], capsys)
+    assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad" in msg, msg
+    assert (out / "checkpoint.pth").read_bytes() == before
 
 
 def test_missing_data_path_subprocess_has_no_traceback(tmp_path):
@@ -342,16 +352,18 @@ def test_kill9_mid_epoch_then_resume_is_bit_exact(tmp_path):
     ref = tmp_path / "ref"
     train([*recipe, "--output_dir", str(ref)])  # uninterrupted reference, in process with the same single thread
 
+    # SIGKILL through the trainer's test hook (9 steps per epoch): before a random step after the first checkpoint,
+    # or inside the 2nd checkpoint write
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    kill_at = f"step:{rng.randrange(10, 27)}" if rng.random() < 0.7 else "save:2"
+    print(f"MAXSUP_KILL_AT={kill_at} (seed {seed})")
     run = tmp_path / "run"
-    proc = subprocess.Popen([*base, "--output_dir", str(run), "--print-freq", "1"], stdout=subprocess.PIPE, text=True,
-                            env=ENV)
-    for line in proc.stdout:
-        if line.startswith("Epoch: [1] [4/"):  # mid-epoch 1, after epoch 0's checkpoint
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert [e["epoch"] for e in read_log(run)] == [0]
+    proc = subprocess.run([*base, "--output_dir", str(run)], env={**ENV, "MAXSUP_KILL_AT": kill_at},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    killed_at = torch.load(run / "checkpoint.pth", weights_only=True)["epoch"]
+    assert [e["epoch"] for e in read_log(run)] == list(range(killed_at + 1))
     subprocess.run([*base, "--output_dir", str(run), "--resume", str(run / "checkpoint.pth")], check=True, env=ENV,
                    timeout=300, capture_output=True)
 

@@ -44,6 +44,20 @@ ffcv_main = _load("ffcv_main", FFCV_DIR / "main.py")
 write_imagenet = _load("ffcv_write_imagenet", FFCV_DIR / "write_imagenet.py")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _keep_trainers_alive():
+    """Keep every trainer alive, also those that ``main`` builds and drops on an error (numba finaliser above)."""
+    init = ffcv_main.ImageNetTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        _KEEP_ALIVE.append(self)
+        init(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ffcv_main.ImageNetTrainer, "__init__", keep)
+        yield
+
+
 def _write_split(root: Path, train: bool, per_class: int, rng: np.random.Generator) -> None:
     """ImageFolder of SIZE×SIZE JPEGs: classes 0-2 from Fashion-MNIST, class 3 random crops of skimage photos."""
     import skimage.data
@@ -87,12 +101,21 @@ def _argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(betons, tmp_path_factory):
-    """One epoch of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64 px ramp)."""
+    """The first of two epochs of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64
+    px ramp). A preemption signal (SIGUSR1 through the test hook) during the epoch's last step (96 images, batch 32)
+    stops the run cleanly after that epoch's checkpoint."""
+    from maxsup import faults
+
     out = tmp_path_factory.mktemp("ffcv_run")
-    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", *RAMP))
-    trainer = ffcv_main.ImageNetTrainer(cfg)
-    _KEEP_ALIVE.append(trainer)
-    stats = trainer.train()
+    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
+    faults.reset()
+    os.environ[faults.KILL_ENV] = "step:3:USR1"
+    try:
+        trainer = ffcv_main.ImageNetTrainer(cfg)
+        _KEEP_ALIVE.append(trainer)
+        stats = trainer.train()
+    finally:
+        del os.environ[faults.KILL_ENV]
     return trainer, stats, out
 
 
@@ -175,7 +198,7 @@ def test_dotted_override_takes_effect(trained):
     assert params["optimizer.lr"] == 0.05 and params["model.kwargs"] == {"width": 8}
     assert params["loader"] == "ffcv.loader.loader.Loader"
     iters = len(trainer.train_loader)
-    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 1)
+    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 2)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)  # the optimizer really used 0.05
     assert trainer.model.layer1[0].conv1.out_channels == 8
 
@@ -250,14 +273,16 @@ def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
 def test_torchrun_two_process_gloo_epoch(betons, tmp_path, repo_root, python_exe):
     """Real DDP: torchrun, 2 CPU processes over gloo, FFCV's distributed loaders, one epoch + validation."""
     out = tmp_path / "ddp"
+    odd = write_imagenet.main(["--data-dir", str(betons["val_dir"]), "--write-path", str(tmp_path / "val31.beton"),
+                               "--subset", "31", "--num-workers", "1"])  # 31 images: ranks get 16 and 15
     cmd = [python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(FFCV_DIR / "main.py"), *_argv(betons, out, "--data.num_workers=1")]
+           str(FFCV_DIR / "main.py"), *_argv(betons, out, "--data.num_workers=1"), f"--data.val_dataset={odd}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0]
-    assert log[0]["val_n"] == 32  # each of the 32 val images counted once over the two ranks
+    assert log[0]["val_n"] == 31  # each of the 31 val images counted once over the two ranks (no padding)
     assert json.loads((out / "params.json").read_text())["world_size"] == 2
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
@@ -356,3 +381,108 @@ def test_writer_missing_source_folder_is_one_line(capsys, tmp_path):
                                                    "--write-path", str(tmp_path / "x.beton")])
     assert "source folder not found" in msg and "absent" in msg
     assert not (tmp_path / "x.beton").exists()
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path, capsys):
+    _, _, good = trained
+    (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30"))
+    assert "at epoch 0, step" in msg and "--optimizer.lr" in msg and "--optimizer.clip_grad_norm" in msg, msg
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+    assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
+
+
+def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons, tmp_path, capsys):
+    _, _, good = trained
+    ckpt = good / "checkpoint.pth"
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=0.05", "--train.epochs=2",
+                                                    "--loss.type=ce", f"--train.resume={ckpt}", *RAMP))
+    assert f"cannot resume {ckpt}" in msg and '--loss.type maxsup → ce' in msg and "--train.epochs" not in msg
+    classes = json.loads(Path(f"{betons['val']}.classes.json").read_text())["classes"]
+    assert classes == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--model.num_classes=5"))
+    assert "holds 4 classes but model.num_classes = 5" in msg
+
+
+def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsys):
+    val = tmp_path / "val.beton"
+    val.write_bytes(betons["val"].read_bytes())
+    Path(f"{val}.classes.json").write_text(json.dumps({"classes": ["c0_fmnist", "c1_fmnist", "c3_photo", "x"]}))
+    msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, tmp_path), f"--data.val_dataset={val}"])
+    assert "label 2: 'c2_fmnist' vs 'c3_photo'" in msg
+
+
+@pytest.fixture(scope="module")
+def reference_run(betons, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run with one torch thread (as the OMP_NUM_THREADS=1 subprocesses below)."""
+    out = tmp_path_factory.mktemp("ffcv_reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, out, *EXACT))).train()
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+EXACT = ("--train.epochs=2", "--optimizer.lr=0.05", "--loss.type=ols")
+
+
+def _same_run(ref: Path, out: Path) -> None:
+    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (ref, out))
+    assert a["epoch"] == b["epoch"] == 1 and "partial" not in b
+    for key in ("model", "criterion"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    volatile = ("timestamp", "relative_time", "img_per_s", "val_time")
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in volatile}
+             for line in (d / "log.jsonl").read_text().splitlines()] for d in (ref, out)]
+    assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_kill9_at_a_random_step_then_resume_is_bit_exact(betons, reference_run, tmp_path, repo_root, python_exe):
+    """2 epochs × 3 steps; SIGKILL (test hook) before a random step of epoch 1, or inside the last checkpoint write.
+    Augmentation (per-image reseeded numba RNG) and sample order replay, so the end is bit-identical."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = np.random.default_rng(seed)
+    kill_at = f"step:{rng.integers(4, 7)}" if rng.random() < 0.7 else "save:2"
+    print(f"MAXSUP_KILL_AT={kill_at} (seed {seed})")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+    def run(*extra: str, **env_extra: str) -> subprocess.CompletedProcess:
+        argv = _argv(betons, tmp_path, *EXACT, *extra)
+        return subprocess.run([python_exe, str(FFCV_DIR / "main.py"), *argv], capture_output=True, text=True,
+                              cwd=repo_root, env={**env, **env_extra}, timeout=300)
+
+    killed = run(MAXSUP_KILL_AT=kill_at)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
+    resumed = run("--train.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_run(reference_run, tmp_path)
+
+
+def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
+    """SIGUSR1 during a random step (test hook, in process): checkpoint at the next step boundary, then the resumed
+    run ends bit-identical to an uninterrupted one."""
+    from maxsup import faults
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    step = int(np.random.default_rng(seed).choice([1, 2, 4, 5]))  # not an epoch's last step (3 per epoch)
+    print(f"preemption during step {step} (seed {seed})")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faults.reset()
+    os.environ[faults.KILL_ENV] = f"step:{step}:USR1"
+    try:
+        ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, tmp_path, *EXACT))).train()
+        del os.environ[faults.KILL_ENV]
+        ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+        assert ckpt["partial"]["step"] == step % 3 and ckpt["epoch"] == step // 3 - 1
+        ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, tmp_path, *EXACT, "--train.resume=auto"))).train()
+    finally:
+        os.environ.pop(faults.KILL_ENV, None)
+        torch.set_num_threads(threads)
+    _same_run(reference_run, tmp_path)

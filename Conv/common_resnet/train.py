@@ -25,16 +25,18 @@ import utils
 from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state
+from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.cli import run_cli
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
+from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
+from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
 from maxsup.runinfo import (
     ScalarWriter,
     alpha_schedule_of,
@@ -44,6 +46,13 @@ from maxsup.runinfo import (
     seed_dir,
     write_run_record,
 )
+
+TRAINER = "Conv/common_resnet/train.py"
+#: Arguments that define a run: --resume refuses a checkpoint whose values differ (the loss options by prefix, so
+#: later loss flags are covered too).
+RESUME_KEYS = ("model", "model_kwargs", "dataset", "classes", "epochs", "loss", "label_smoothing")
+RESUME_PREFIXES = ("loss_", "alpha_", "zipf_")
+NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 #: dataset → (native image side, mean, std, small_input)
@@ -65,22 +74,38 @@ def _autocast(device: torch.device, args: argparse.Namespace):
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     data_loader: torch.utils.data.DataLoader, device: torch.device, epoch: int,
                     args: argparse.Namespace, model_ema: torch.optim.swa_utils.AveragedModel | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                    scaler: torch.amp.GradScaler | None = None, preemption: Preemption | None = None,
+                    partial: dict[str, Any] | None = None) -> dict[str, Any]:
     """One pass over ``data_loader``; returns sample-weighted means over all ranks of the loss and of
-    :func:`maxsup.penalty_stats` (no α applied), plus the epoch's lr and α."""
+    :func:`maxsup.penalty_stats` (no α applied), plus the epoch's lr and α.
+
+    Every step ends by checking the loss on all ranks (a NaN/inf stops every rank with ``NonFiniteError``) and
+    whether a preemption signal arrived; then the epoch stops after step i - 1 and the result is ``{"preempted":
+    {"step": i, ...}}`` (with the running sums and RNG state) for a mid-epoch checkpoint. ``partial`` is that entry,
+    from a checkpoint: the first ``step`` batches are drawn and skipped, and the RNG state of that moment is restored,
+    so the epoch continues as if never interrupted."""
     model.train()
     criterion.train()
     criterion.set_epoch(epoch)  # α_e = α_start + (α_end − α_start)·e/(E − 1), per epoch as in the authors' code
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, float] = defaultdict(float, (partial or {}).get("sums", {}))
     penalties = PenaltyStatsMeter(args.stats_every)  # on the device; one sync at the end of the epoch
-    seen, start = 0, time.time()
+    if partial and "penalties" in partial:
+        penalties.load_state_dict(partial["penalties"], device)
+    seen, start = (partial or {}).get("seen", 0), time.time()
     # --accum-steps N: one optimizer step per N batches; the epoch's last len % N batches are skipped so that every
     # step has the full global batch (batch × processes × N)
     accum = args.accum_steps
     usable = len(data_loader) - len(data_loader) % accum
-    for i, (image, target) in enumerate(data_loader):
+    batches = iter(data_loader)
+    first = (partial or {}).get("step", 0)
+    for _ in range(first):  # the same batches as before the interruption (same per-epoch seeds), not trained on
+        next(batches)
+    if partial:
+        set_rng_state(partial["rng"])
+    for i, (image, target) in enumerate(batches, start=first):
         if i == usable:
             break
+        kill_point("step")
         last_micro = (i + 1) % accum == 0
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if args.channels_last:
@@ -115,6 +140,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if i % args.print_freq == 0:
             print(f"Epoch: [{epoch}] [{i}/{len(data_loader)}] loss {loss.item():.4f} "
                   f"lr {optimizer.param_groups[0]['lr']:.5f} img/s {seen / (time.time() - start):.1f}")
+        stop = preemption is not None and preemption.requested
+        # a preemption stops at the end of an accumulation group, so no half-accumulated gradient is lost
+        if step_guard(loss, epoch, i, stop_requested=stop, **NONFINITE_HINT) and last_micro and i + 1 < usable:
+            return {"preempted": {"step": i + 1, "sums": dict(sums), "seen": seen, "rng": rng_state(),
+                                  "penalties": penalties.state_dict()}}
     criterion.on_epoch_end()  # OLS replaces its soft-label matrix here (all-reduced under DDP)
 
     totals = torch.tensor([seen, *sums.values()], dtype=torch.float64, device=device)
@@ -174,6 +204,18 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
     return ds, len(ds.classes)
 
 
+def check_same_classes(train: torch.utils.data.Dataset, val: torch.utils.data.Dataset, where: str | None) -> None:
+    """Train and val must name the same classes in the same order, or every label is silently shifted."""
+    a, b = getattr(train, "classes", None), getattr(val, "classes", None)
+    if a is None or b is None or list(a) == list(b):
+        return
+    only_train, only_val = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    detail = (f"only in train: {', '.join(only_train[:5]) or '-'}; only in val: {', '.join(only_val[:5]) or '-'}"
+              if only_train or only_val else "same names in a different order")
+    raise UserError(f"the class folders of {where}/train ({len(a)}) and {where}/val ({len(b)}) differ ({detail}); "
+                    f"labels would be shifted, so make both splits hold the same class folders")
+
+
 def eval_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation preprocessing stored in checkpoints (``maxsup.data.transforms.transform_spec``)."""
     native, mean, std, small = DATASETS[args.dataset]
@@ -198,7 +240,10 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         train_tf = presets.ClassificationPresetTrain(
             args.train_crop_size or native, mean, std, small_input=small, interpolation=args.interpolation,
             hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
+        if args.train_transform == "eval":
+            train_tf = eval_transform(spec)
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
+        check_same_classes(dataset, dataset_test, args.data_path)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
     print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
           f"{num_classes} classes")
@@ -307,6 +352,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                    pin_memory=device.type == "cuda")
 
     if args.test_only:
+        head = checkpoint.get("arch", {}).get("num_classes")
+        downsampled_val = args.dataset.startswith("imagenet")  # its val labels may not reach the last class
+        if head is not None and head != num_classes and not (downsampled_val and head > num_classes):
+            raise UserError(f"{args.resume} has a {head}-class head but the evaluation data has {num_classes} "
+                            f"classes; evaluate it on the dataset (and --classes) it was trained on")
         model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -362,7 +412,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
         model_ema = utils.exponential_moving_average(model_without_ddp, 1.0 - alpha, device)
 
+    partial = None
     if checkpoint is not None:
+        saved = checkpoint.get("args", {})
+        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
+        check_resume(checkpoint, args.resume, TRAINER,
+                     {**saved, "num_classes": checkpoint.get("arch", {}).get("num_classes")},
+                     {**vars(args), "num_classes": num_classes}, [*keys, "num_classes"],
+                     required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"))
         load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -373,12 +430,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if scaler is not None and "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         args.start_epoch = checkpoint["epoch"] + 1
-        print(f"Resumed from {args.resume} at epoch {args.start_epoch}")
+        partial = checkpoint.get("partial")  # written on preemption: continue inside args.start_epoch
+        where = f", step {partial['step']}" if partial else ""
+        print(f"Resumed from {args.resume} at epoch {args.start_epoch}{where}")
 
     log_path = output_dir / "log.txt" if output_dir else None
     if is_main and output_dir:
         atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
-        utils.truncate_log(log_path, args.start_epoch)
+        truncate_log(log_path, args.start_epoch - 1)
         dataset_name = "imagenet" if args.dataset == "imagefolder" and num_classes == 1000 else args.dataset
         write_run_record(output_dir, trainer="common_resnet", config=resolved_config(args, dist_info.world_size),
                          dataset=dataset_name, model=args.model, loss="ls" if args.label_smoothing else args.loss,
@@ -390,46 +449,68 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
-    for epoch in range(args.start_epoch, args.epochs):
-        seed = utils.epoch_seed(args.seed, epoch, dist_info.rank)
-        utils.seed_everything(seed)
-        loader_generator.manual_seed(seed)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        epoch_start = time.time()
-        train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
-                                      scaler)
-        lr_scheduler.step()
-        metrics = evaluate(model, data_loader_test, device, args)
-        criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
-        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
-                  **{f"test_{k}": v for k, v in metrics.items()}}
+
+    def state(epoch: int) -> dict[str, Any]:
+        ckpt = {
+            "trainer": TRAINER,
+            "model": model_without_ddp.state_dict(),
+            "arch": arch_spec(args.model, num_classes, **model_kwargs),
+            "eval_transform": spec,
+            "args": utils.plain(vars(args)),
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "criterion": criterion.state_dict(),
+            "rng": rng_state(),  # informative at epoch ends (exact resume comes from the per-epoch reseeding)
+        }
         if model_ema is not None:
-            ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
-            record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
-        record["epoch_time_s"] = round(time.time() - epoch_start, 2)
-        tb.log(record, epoch)
+            ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
+            ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
+        if scaler is not None:
+            ckpt["scaler"] = scaler.state_dict()
+        return ckpt
+
+    def save(ckpt: dict[str, Any], epoch: int, step: int, name: str = "checkpoint.pth") -> None:
+        # every rank checks the weights (one all-reduce): a NaN stops all of them before anything is written
+        check_finite_model(model_without_ddp, epoch, step, **NONFINITE_HINT)
         if is_main and output_dir:
-            ckpt = {
-                "model": model_without_ddp.state_dict(),
-                "arch": arch_spec(args.model, num_classes, **model_kwargs),
-                "eval_transform": spec,
-                "args": utils.plain(vars(args)),
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "criterion": criterion.state_dict(),
-                "rng": rng_state(),  # informative; exact resume comes from the per-epoch reseeding above
-            }
+            atomic_save(ckpt, output_dir / name)
+
+    with Preemption() as preemption:
+        for epoch in range(args.start_epoch, args.epochs):
+            seed = utils.epoch_seed(args.seed, epoch, dist_info.rank)
+            utils.seed_everything(seed)
+            loader_generator.manual_seed(seed)
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+            epoch_start = time.time()
+            train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
+                                          scaler, preemption, partial if epoch == args.start_epoch else None)
+            if "preempted" in train_stats:  # SIGTERM/SIGUSR1: checkpoint this step boundary, then exit cleanly
+                step = train_stats["preempted"]["step"]
+                save({**state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
+                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
+                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
+                return metrics
+            lr_scheduler.step()
+            metrics = evaluate(model, data_loader_test, device, args)
+            criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                      **{f"test_{k}": v for k, v in metrics.items()}}
             if model_ema is not None:
-                ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
-                ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
-            if scaler is not None:
-                ckpt["scaler"] = scaler.state_dict()
+                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
+                record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
+            record["epoch_time_s"] = round(time.time() - epoch_start, 2)
+            tb.log(record, epoch)
+            ckpt = state(epoch)
             if args.save_every_epoch:
-                atomic_save(ckpt, output_dir / f"model_{epoch}.pth")
-            atomic_save(ckpt, output_dir / "checkpoint.pth")
-            utils.append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
+                save(ckpt, epoch, len(data_loader), f"model_{epoch}.pth")
+            save(ckpt, epoch, len(data_loader))
+            if is_main and output_dir:
+                append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
+            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
+                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
+                break
 
     tb.close()
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
@@ -516,6 +597,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,
                         help="auto-augment policy (default: none)")
     parser.add_argument("--random-erase", default=0.0, type=float, help="random-erasing probability")
+    parser.add_argument("--train-transform", default="standard", choices=["standard", "eval"],
+                        help="eval: train on the evaluation preprocessing, without augmentation (checks, probes)")
     parser.add_argument("--mixup-alpha", default=0.0, type=float, help="MixUp α (0 = off)")
     parser.add_argument("--cutmix-alpha", default=0.0, type=float, help="CutMix α (0 = off)")
     parser.add_argument("--ra-sampler", action="store_true", help="repeated-augmentation sampler (DDP only)")

@@ -1,10 +1,8 @@
-"""Small helpers for train.py: weight-decay groups, EMA, seeding, key=value flags, JSON-lines logs."""
+"""Small helpers for train.py: weight-decay groups, EMA, seeding, key=value flags (logs: maxsup.reliability)."""
 
 from __future__ import annotations
 
 import ast
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,22 +71,3 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
-
-
-def read_log(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines log (empty if the file does not exist)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_log(path: Path, start_epoch: int) -> None:
-    """Keep only the records of epochs before ``start_epoch`` (a resumed run re-logs the epochs it repeats)."""
-    if path.is_file():
-        kept = [r for r in read_log(path) if r.get("epoch", -1) < start_epoch]
-        atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def append_log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")

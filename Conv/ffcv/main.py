@@ -37,8 +37,10 @@ from maxsup.cli import run_cli
 from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
 from maxsup.errors import UserError
+from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, unwrap_model
+from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
 from maxsup.runinfo import (
     ScalarWriter,
     alpha_schedule_of,
@@ -59,6 +61,13 @@ LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "logitnorm", "focal",
 SCHEDULES = ("triangular", "step", "cosine")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
+TRAINER = "Conv/ffcv/main.py"
+NONFINITE_HINT = {"lr_flag": "--optimizer.lr", "clip_flag": "--optimizer.clip_grad_norm"}
+
+
+def resume_keys(flat: dict[str, Any]) -> list[str]:
+    """Config keys that define a run: the model, the loss and its options, the number of epochs."""
+    return [k for k in flat if k.startswith(("model.", "loss.")) or k == "train.epochs"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -277,6 +286,104 @@ def check_beton(path: str, role: str, num_classes: int) -> int:
     return int(reader.num_samples)
 
 
+def beton_classes(path: str) -> list[str] | None:
+    """The class names ``write_imagenet.py`` stored beside a .beton (``<file>.beton.classes.json``), if any."""
+    side = Path(f"{path}.classes.json")
+    if not side.is_file():
+        return None
+    try:
+        classes = json.loads(side.read_text())["classes"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{side} is not a class list written by write_imagenet.py; rewrite the .beton") from None
+    return classes if isinstance(classes, list) else None
+
+
+def check_classes(data: dict[str, Any], num_classes: int, roles: tuple[str, ...]) -> None:
+    """Train and val name the same classes in the same order, and the head has one output per class."""
+    found = {role: beton_classes(data[f"{role}_dataset"]) for role in roles}
+    for role, classes in found.items():
+        if classes is not None and len(classes) != num_classes:
+            raise UserError(f"{data[f'{role}_dataset']} holds {len(classes)} classes but model.num_classes = "
+                            f"{num_classes}; set --model.num_classes={len(classes)}")
+    if found.get("train") is not None and found.get("val") is not None and found["train"] != found["val"]:
+        diff = next(i for i, (a, b) in enumerate(zip(found["train"], found["val"], strict=False)) if a != b)
+        raise UserError(f"the train and val .beton files list different classes (label {diff}: "
+                        f"{found['train'][diff]!r} vs {found['val'][diff]!r}); labels would be shifted, so write both "
+                        f"splits from folders with the same classes")
+
+
+def seeded_crop_flip_decoder(output_size: tuple[int, int], seed: int):
+    """ffcv's ``RandomResizedCropRGBImageDecoder`` followed by a horizontal flip (p = 0.5), with numba's RNG reseeded
+    for every image from (``seed``, the batch's sample ids, the image's id). FFCV's sample order is a function of
+    (seed, epoch), and the rank picks the shard, so the batch ids stand for (seed, epoch, step, rank), as in ffcv's own
+    mixup (``np.random.seed(indices[-1])``). Seeding per image rather than per batch matters because numba's RNG is
+    per thread and the images of a batch are decoded by ``data.num_workers`` threads: the augmentation of an image
+    then does not depend on which thread decodes it, and a resumed epoch replays exactly."""
+    from ffcv.fields.rgb_image import (
+        IMAGE_MODES,
+        RandomResizedCropRGBImageDecoder,
+        get_random_crop,
+        imdecode,
+        resize_crop,
+    )
+    from ffcv.pipeline.compiler import Compiler
+
+    class SeededRandomResizedCropFlip(RandomResizedCropRGBImageDecoder):
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(get_random_crop)
+            scale, ratio = np.array(self.scale), np.array(self.ratio)
+            base = np.int64(seed % 1_000_003)
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                batch_key = np.int64(0)
+                for k in range(len(batch_indices)):
+                    batch_key = (batch_key * 31 + np.int64(batch_indices[k])) % 1_000_000_007
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    np.random.seed((base * 7_919 + batch_key * 104_729 + np.int64(source_ix)) % 2_147_483_647)
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp_buffer = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                        temp_buffer = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                    else:
+                        temp_buffer = image_data.reshape(height, width, 3)
+                    i, j, h, w = get_crop_c(height, width, scale, ratio)
+                    resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                    if np.random.rand() < 0.5:
+                        destination[dst_ix] = destination[dst_ix][:, ::-1].copy()
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return SeededRandomResizedCropFlip(output_size)
+
+
+def make_order_pure(loader) -> None:
+    """ffcv's QUASI_RANDOM order shuffles its page table in place, so epoch e's order depends on how many epochs this
+    process ran before (a resumed run would see other batches). Start every epoch from the pristine table: the order
+    becomes a function of (seed, epoch) only, as RANDOM's already is."""
+    order = loader.traversal_order
+    table = getattr(order, "page_to_samples_array", None)
+    if table is None:
+        return
+    pristine, sample_order = table.copy(), order.sample_order
+
+    def pure_sample_order(epoch: int):
+        table[...] = pristine
+        return sample_order(epoch)
+
+    order.sample_order = pure_sample_order
+
+
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 3, H, W) in [0, 255] → float (B, 3, H, W) normalised; mean/std are (1, 3, 1, 1) in [0, 255]."""
     x = (images.float() - mean) / std
@@ -314,8 +421,11 @@ class ImageNetTrainer:
         self.output_dir = Path(cfg["train"]["output_dir"])
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
-        for role in ("val",) if cfg["train"]["eval_only"] else ("train", "val"):  # fail fast, before any JIT work
+        roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
+        for role in roles:  # fail fast, before any JIT work
             check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"])
+        check_classes(d, cfg["model"]["num_classes"], roles)
+        self.partial: dict[str, Any] | None = None
         if not cfg["train"]["eval_only"]:
             self.train_loader, self.decoder = self.create_train_loader()
         self.val_loader = self.create_val_loader()
@@ -345,9 +455,7 @@ class ImageNetTrainer:
         return [ToTensor(), *dev, ToTorchImage()]
 
     def create_train_loader(self):
-        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import RandomHorizontalFlip
 
         d = self.cfg["data"]
         n = check_beton(d["train_dataset"], "train", self.cfg["model"]["num_classes"])
@@ -355,13 +463,14 @@ class ImageNetTrainer:
             raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
                             f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
         res = train_resolution(self.start_epoch, d)
-        decoder = RandomResizedCropRGBImageDecoder((res, res))
+        decoder = seeded_crop_flip_decoder((res, res), self.cfg["train"]["seed"])
         order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
         loader = Loader(d["train_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
                         order=order, os_cache=d["in_memory"], drop_last=True, distributed=self.dist.distributed,
                         seed=self.cfg["train"]["seed"],
-                        pipelines={"image": [decoder, RandomHorizontalFlip(), *self._image_tail()],
+                        pipelines={"image": [decoder, *self._image_tail()],
                                    "label": self._label_pipeline()})
+        make_order_pure(loader)
         return loader, decoder
 
     def create_val_loader(self):
@@ -369,11 +478,14 @@ class ImageNetTrainer:
         from ffcv.loader import Loader, OrderOption
 
         d = self.cfg["data"]
-        check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
         res = d["val_res"]
         decoder = CenterCropRGBImageDecoder((res, res), ratio=d["val_crop_ratio"])
+        # Rank r reads images r, r + W, ...: every image once at any world size (ffcv's distributed=True pads the
+        # sequential order with duplicates, which would bias accuracy, NLL and ECE).
+        n = check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
+        shard = np.arange(self.dist.rank, n, self.dist.world_size)
         return Loader(d["val_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
-                      order=OrderOption.SEQUENTIAL, drop_last=False, distributed=self.dist.distributed,
+                      order=OrderOption.SEQUENTIAL, drop_last=False, indices=shard,
                       pipelines={"image": [decoder, *self._image_tail()], "label": self._label_pipeline()})
 
     # ---------------------------------------------------------------------------------------------------- model
@@ -424,11 +536,14 @@ class ImageNetTrainer:
     def checkpoint_path(self) -> Path:
         return self.output_dir / "checkpoint.pth"
 
-    def save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
+        """``epoch``: the last completed epoch; ``partial``: progress inside the next one (preemption)."""
+        check_finite_model(self.module, epoch if partial is None else epoch + 1, step, **NONFINITE_HINT)  # all ranks
         if not self.main:
             return
         d, m = self.cfg["data"], self.cfg["model"]
         atomic_save({
+            "trainer": TRAINER,
             "model": self.module.state_dict(),
             "arch": arch_spec(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"]),
             # ffcv's center crop (ratio × short side, resized to val_res) = Resize(val_res / ratio) + CenterCrop.
@@ -440,6 +555,7 @@ class ImageNetTrainer:
             "criterion": self.criterion.state_dict(),
             "rng": rng_state(),
             "metrics": self.last_metrics,
+            **({"partial": partial} if partial else {}),
         }, self.checkpoint_path())
 
     def resume(self) -> None:
@@ -450,16 +566,27 @@ class ImageNetTrainer:
             if self.cfg["train"]["eval_only"]:
                 raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
             return
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
         missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
         if missing:
             raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
+        if self.cfg["train"]["eval_only"]:
+            head = ckpt.get("arch", {}).get("num_classes")
+            if head is not None and head != self.cfg["model"]["num_classes"]:
+                raise UserError(f"{path} has a {head}-class head but model.num_classes = "
+                                f"{self.cfg['model']['num_classes']}; evaluate it with --model.num_classes={head} on "
+                                f"data with {head} classes")
+        else:
+            saved = _flatten(ckpt["args"]) if isinstance(ckpt.get("args"), dict) else {}
+            current = _flatten(self.cfg)
+            check_resume(ckpt, path, TRAINER, saved, current, resume_keys(current), flag=lambda k: f"--{k}")
         load_state_dict_strict(self.module, ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.criterion.load_state_dict(ckpt["criterion"])
         set_rng_state(ckpt["rng"])
         self.start_epoch = ckpt["epoch"] + 1
+        self.partial = ckpt.get("partial")
         if not self.cfg["train"]["eval_only"]:
             # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
             self.train_loader.next_epoch = self.start_epoch
@@ -473,23 +600,36 @@ class ImageNetTrainer:
         dtype = PRECISIONS[self.cfg["train"]["precision"]]
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def train_loop(self, epoch: int) -> dict[str, float]:
+    def train_loop(self, epoch: int, preemption: Preemption | None = None) -> dict[str, Any]:
+        """One epoch. Each step ends with :func:`maxsup.reliability.step_guard` (NaN/inf on any rank stops all;
+        a preemption signal returns ``{"preempted": progress}`` at that step boundary). ``self.partial`` (from a
+        preemption checkpoint) skips the steps already done."""
         t = self.cfg["train"]
         self.model.train()
         res = train_resolution(epoch, self.cfg["data"])
         self.decoder.output_size = (res, res)  # progressive resizing (no recompilation needed)
         self.criterion.set_epoch(epoch)
         iters = len(self.train_loader)
-        loss_sum = torch.zeros((), device=self.device)
+        partial, self.partial = self.partial or {}, None
+        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
         penalties = PenaltyStatsMeter(t["stats_every"])  # on the device; one sync at the end of the epoch
+        if "penalties" in partial:
+            penalties.load_state_dict(partial["penalties"], self.device)
+        first = partial.get("step", 0)
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, total=iters, desc=f"epoch {epoch}", disable=not (self.main and t["progress"]))
+        batches = iter(self.train_loader)
+        for _ in range(first):  # FFCV's order is a function of (seed, epoch): skip what was already trained on
+            next(batches)
+        bar = tqdm(batches, total=iters, initial=first, desc=f"epoch {epoch}",
+                   disable=not (self.main and t["progress"]))
+        clip = self.cfg["optimizer"]["clip_grad_norm"]
         accum = t["accum_steps"]  # one optimizer step per `accum` batches; a last incomplete group is skipped
         usable = iters - iters % accum
-        for it, (images, target) in enumerate(bar):
+        for it, (images, target) in enumerate(bar, start=first):
             if it == usable:
                 break
-            if it == 1:  # time from the second batch: the first one includes FFCV's JIT compilation
+            kill_point("step")
+            if it == first + 1:  # time from the second batch: the first one includes FFCV's JIT compilation
                 start = time.perf_counter()
             last_micro = (it + 1) % accum == 0
             lr = self.get_lr(epoch + it / iters)
@@ -506,15 +646,23 @@ class ImageNetTrainer:
                     output, loss = compute_loss(self.model, self.criterion, images, target)
                 self.scaler.scale(loss / accum).backward()
             if last_micro:
+                if clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             loss_sum += loss.detach().float()
             penalties.update(it, output, target)
+            stop = preemption is not None and preemption.requested
+            # a preemption stops at the end of an accumulation group, so no half-accumulated gradient is lost
+            if step_guard(loss, epoch, it, stop_requested=stop, **NONFINITE_HINT) and last_micro and it + 1 < usable:
+                return {"preempted": {"step": it + 1, "loss_sum": loss_sum.item(),
+                                      "penalties": penalties.state_dict()}}
         elapsed = time.perf_counter() - start
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
         train_loss = all_reduce_sum(loss_sum).item() / (max(usable, 1) * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
-                "img_per_s": max(iters - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
+                "img_per_s": max(iters - first - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
                 **{f"train_{k}": v for k, v in penalties.compute().items()}}
 
     @torch.no_grad()
@@ -534,11 +682,15 @@ class ImageNetTrainer:
         return {"top_1": out["acc1"], "top_5": out["acc5"], "val_nll": out["nll"], "val_ece": out["ece"],
                 "val_n": out["n"], "val_time": time.perf_counter() - start}
 
-    def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,
+                     before_log: Any = None) -> dict[str, Any]:
+        """Validate, then ``before_log()`` (the checkpoint), then log: a kill never logs an unsaved epoch."""
         stats = self.val_loop()
         if not self.cfg["train"]["eval_only"]:
             self.criterion.on_eval(stats["top_1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         self.last_metrics = stats
+        if before_log is not None:
+            before_log()
         self.log({"epoch": epoch, **(extra or {}), **stats})
         self.tensorboard.log({**(extra or {}), **stats}, epoch)
         return stats
@@ -548,10 +700,19 @@ class ImageNetTrainer:
         if self.cfg["train"]["eval_only"]:
             return self.eval_and_log(self.start_epoch - 1, {"eval_only": True})
         stats: dict[str, Any] = dict(self.last_metrics)
-        for epoch in range(self.start_epoch, epochs):
-            train_stats = self.train_loop(epoch)
-            stats = self.eval_and_log(epoch, train_stats)
-            self.save_checkpoint(epoch)
+        with Preemption() as preemption:
+            for epoch in range(self.start_epoch, epochs):
+                train_stats = self.train_loop(epoch, preemption)
+                if "preempted" in train_stats:  # checkpoint at this step boundary, then exit cleanly
+                    step = train_stats["preempted"]["step"]
+                    self.save_checkpoint(epoch - 1, step, train_stats["preempted"])
+                    print(f"preempted: checkpoint written at epoch {epoch}, step {step}; rerun with "
+                          f"--train.resume=auto to continue", flush=True)
+                    break
+                stats = self.eval_and_log(epoch, train_stats,
+                                          lambda e=epoch: self.save_checkpoint(e, len(self.train_loader)))
+                if all_reduce_sum(torch.tensor([float(preemption.requested)], device=self.device)).item():
+                    break
         barrier()
         self.tensorboard.close()
         return stats
@@ -569,6 +730,7 @@ class ImageNetTrainer:
         m, loss = self.cfg["model"], self.cfg["loss"]
         if self.cfg["train"]["eval_only"]:
             return
+        truncate_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
         write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
                          dataset=dataset_name(self.cfg),
                          model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
@@ -579,10 +741,9 @@ class ImageNetTrainer:
     def log(self, content: dict[str, Any]) -> None:
         if not self.main:
             return
-        line = json.dumps({"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content})
-        print(line, flush=True)
-        with open(self.output_dir / "log.jsonl", "a") as f:
-            f.write(line + "\n")
+        record = {"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content}
+        print(json.dumps(record), flush=True)
+        append_log(self.output_dir / "log.jsonl", record)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
-from maxsup.checkpoint import atomic_path
+from maxsup.checkpoint import atomic_path, atomic_write
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import parse_map
@@ -50,6 +51,12 @@ class ZipMembers(Dataset):
             raise UserError(f"{self.zip_path} is not a readable zip file: {exc}") from None
         if missing:
             raise UserError(f"{map_path} lists {len(missing)} members missing from {zip_path}, e.g. {min(missing)!r}")
+        # class names from the member folders (train/<wnid>/x.JPEG); a flat split (the authors' val.zip) has none
+        names: dict[int, set[str]] = {}
+        for name, label in self.samples:
+            names.setdefault(label, set()).add(Path(name).parent.name)
+        ok = all(len(v) == 1 and "" not in v for v in names.values()) and sorted(names) == list(range(len(names)))
+        self.classes = [names[i].pop() for i in range(len(names))] if ok else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -114,9 +121,11 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
     with atomic_path(write_path) as tmp:
         # DatasetWriter shows its own tqdm progress bar.
         DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(dataset, chunksize=chunk_size)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the temporary file is private (0600); give the result the usual mode
+    # A .beton stores no class names; the trainer compares these lists for train and val (a shifted label set
+    # would otherwise train silently). Written after the .beton (atomic_path gives both mode 0644 and an fsync).
+    source = dataset.dataset if isinstance(dataset, Subset) else dataset
+    classes = getattr(source, "classes", None)
+    atomic_write(f"{write_path}.classes.json", json.dumps({"classes": list(classes) if classes else None}) + "\n")
     return write_path
 
 

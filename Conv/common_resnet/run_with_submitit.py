@@ -1,0 +1,47 @@
+"""Launch Conv/common_resnet/train.py on Slurm through submitit, with automatic requeue and resume.
+
+    python Conv/common_resnet/run_with_submitit.py --nodes 1 --ngpus 8 --partition gpu --job_dir jobs/rn50_maxsup \\
+        --dataset imagefolder --data-path /data/imagenet --model resnet50 --loss maxsup -b 32 --lr 0.1 --epochs 90
+
+Every flag of train.py is accepted. ``--output-dir`` defaults to ``--job_dir``. On preemption or timeout the job is
+requeued with ``--resume <output-dir>/checkpoint.pth``; SIGTERM/SIGUSR1 make train.py checkpoint at the next step
+boundary first (README.md, "Resume").
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train  # noqa: E402
+
+from maxsup.cli import run_cli  # noqa: E402
+from maxsup.launch import RequeueTask, add_slurm_args, submit  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = train._Parser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
+    return add_slurm_args(parser).parse_args(argv)
+
+
+def prepare(args: argparse.Namespace, checkpoint: str, resume: bool) -> argparse.Namespace:
+    if resume:
+        args.resume = checkpoint
+    return args
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    if args.output_dir in ("", ".") and args.job_dir:
+        args.output_dir = args.job_dir
+    checkpoint = str(Path(args.output_dir) / "checkpoint.pth")
+    task = RequeueTask(train.main, functools.partial(prepare, args, checkpoint), checkpoint)
+    return submit(task, args, name=f"common_resnet_{args.loss}")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,44 @@
+"""Launch Conv/ffcv/main.py on Slurm through submitit, with automatic requeue and resume.
+
+    python Conv/ffcv/run_with_submitit.py --nodes 1 --ngpus 8 --partition gpu --job_dir jobs/rn50_maxsup \\
+        --config Conv/ffcv/configs/rn50_paper_200ep.toml --data.train_dataset=/data/ffcv/train.ffcv \\
+        --data.val_dataset=/data/ffcv/val.ffcv --train.output_dir=runs/rn50_maxsup
+
+The launcher's own flags (``--ngpus``, ``--nodes``, ...) come first or anywhere; everything else is the trainer's
+config (``--config`` and dotted overrides). ``--train.output_dir`` defaults to ``--job_dir``. A requeued job continues
+with ``--train.resume=auto``; SIGTERM/SIGUSR1 make the trainer checkpoint at the next step boundary first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+from maxsup.cli import run_cli
+from maxsup.launch import RequeueTask, add_slurm_args, submit
+
+_spec = importlib.util.spec_from_file_location("ffcv_main", Path(__file__).with_name("main.py"))
+ffcv_main = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ffcv_main)
+
+
+def prepare(argv: list[str], resume: bool) -> list[str]:
+    return [*argv, "--train.resume=auto"] if resume else argv
+
+
+def main(argv: list[str] | None = None):
+    parser = add_slurm_args(argparse.ArgumentParser("Submitit for Conv/ffcv + MaxSup"))
+    args, config_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.job_dir and not any(a.startswith("--train.output_dir") for a in config_argv):
+        config_argv = [*config_argv, f"--train.output_dir={args.job_dir}"]
+    cfg = ffcv_main.load_config(config_argv)  # refuse a bad config now, not after the job waited in the queue
+    checkpoint = str(Path(cfg["train"]["output_dir"]) / "checkpoint.pth")
+    task = RequeueTask(ffcv_main.main, functools.partial(prepare, config_argv), checkpoint)
+    return submit(task, args, name=f"ffcv_{cfg['loss']['type']}")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
