@@ -28,7 +28,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float | None = None, model_ema: nn.Module | None = None,
                     mixup_fn: Callable | None = None, target_fn: Callable | None = None,
                     amp_dtype: torch.dtype | None = None, print_freq: int = 50,
-                    set_training_mode: bool = True) -> dict[str, float]:
+                    set_training_mode: bool = True, train_step: Callable | None = None) -> dict[str, float]:
     """One epoch. Returns means over every training sample of all ranks: ``loss``, the ``PENALTY_KEYS``, plus
     ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
 
@@ -36,6 +36,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         data_loader: yields (images (B, 3, H, W), labels (B,)).
         mixup_fn: timm ``Mixup`` (soft (B, K) targets); ``target_fn``: hard → smoothed targets without Mixup.
         amp_dtype: autocast dtype (fp16 on CUDA with ``scaler``, optionally bf16 on CPU) or None for fp32.
+        train_step: SMMix / Token Labeling (``Deit/smmix.py``, ``Deit/token_labeling.py``): ``(model, images,
+            targets, criterion) → (loss, cls_logits, soft_targets)`` replaces the forward and the loss.
     """
     model.train(set_training_mode)
     criterion.train()
@@ -46,15 +48,18 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     start = time.time()
     for step, (samples, targets) in enumerate(data_loader):
         samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True) if isinstance(targets, Tensor) else targets
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         elif target_fn is not None:
             targets = target_fn(targets)
 
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(samples)
-            loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
+            if train_step is not None:  # SMMix / Token Labeling: MaxSup acts on the CLS logits inside
+                loss, outputs, targets = train_step(model, samples, targets, criterion)
+            else:
+                outputs = model(samples)
+                loss = criterion(outputs, targets)  # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8
 
         loss_value = loss.item()
         if not math.isfinite(loss_value):

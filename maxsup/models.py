@@ -12,9 +12,11 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .errors import UserError
+from .vit import LVViT, TokenHeadViT, dense_class_scores, with_token_head  # registers lvvit_* with timm
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dict_strict", "features_and_logits",
-           "classifier_layer", "CifarResNet", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS"]
+           "classifier_layer", "CifarResNet", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS", "LVViT",
+           "TokenHeadViT", "with_token_head", "dense_class_scores"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -95,8 +97,12 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
     * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``, ...).
 
-    ``blurpool=True`` applies :func:`apply_blurpool` afterwards.
+    ``blurpool=True`` applies :func:`apply_blurpool` afterwards. ``token_head="smmix"|"dense"|"mixtoken"`` gives a
+    ViT the SMMix / Token Labeling head and forward (:func:`maxsup.vit.with_token_head`).
     """
+    token_head = kwargs.pop("token_head", None)
+    if token_head is not None:
+        return with_token_head(create_model(name, num_classes, blurpool=blurpool, **kwargs), token_head, name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if name in CIFAR_RESNETS:
