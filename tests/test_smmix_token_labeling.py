@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_deit import DEIT, ENV, TINY, _cli_error, _torchrun, deit_main, image_root, read_log, train  # noqa: F401
+from test_deit import (  # noqa: F401  (fixtures: image_root, _one_thread)
+    DEIT,
+    ENV,
+    TINY,
+    _cli_error,
+    _one_thread,
+    _torchrun,
+    deit_main,
+    image_root,
+    read_log,
+    train,
+)
 
 from maxsup.models import create_model, model_from_checkpoint
 
