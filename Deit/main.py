@@ -51,7 +51,8 @@ from maxsup.vit import patch_grid  # noqa: E402
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
 LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt")
-VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit"]
+#: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
+VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -251,6 +251,21 @@ def test_label_map_crop_and_flip_follow_the_image(input_size):
 # --------------------------------------------------------------------------------------------------------------------
 # LV-ViT and dense scores
 # --------------------------------------------------------------------------------------------------------------------
+def test_lvvit_trains_with_mixtoken_in_the_trainer(image_root, tmp_path, capsys):  # noqa: F811
+    lv = ["--model", "lvvit_t", "--model-kwargs",
+          '{"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_width": 8}']
+    tiny = TINY[TINY.index("--batch-size"):]
+    base = ["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", "--input-size", "28",
+            *lv, *tiny, *MAXSUP, "--epochs", "1"]
+    msg = _cli_error(base, capsys)
+    assert "lvvit_t" in msg and "--token-label" in msg
+    log = train([*base, "--mixtoken", "--output_dir", str(tmp_path)])
+    assert log["train_samples"] == 48 and log["test_n"] == 36
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
+    assert ckpt["arch"]["name"] == "lvvit_t" and ckpt["arch"]["kwargs"]["img_size"] == 28
+    assert "aux_head.weight" in ckpt["model"] and "patch_embed.conv1.weight" in ckpt["model"]
+
+
 def test_lvvit_parameter_counts_and_protocol():
     counts = {n: sum(p.numel() for p in create_model(n, 1000).parameters()) for n in ("lvvit_t", "lvvit_s")}
     assert round(counts["lvvit_s"] / 1e6, 2) == 26.15  # official README: 26.15M
