@@ -12,11 +12,22 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .errors import UserError
-from .vit import LVViT, TokenHeadViT, dense_class_scores, with_token_head  # registers lvvit_* with timm
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dict_strict", "features_and_logits",
-           "classifier_layer", "CifarResNet", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS", "LVViT",
-           "TokenHeadViT", "with_token_head", "dense_class_scores"]
+           "classifier_layer", "CifarResNet", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS"]
+
+
+#: Re-exported from :mod:`maxsup.vit` (``from maxsup.models import LVViT`` works), imported on first use so that
+#: importing this module does not import timm.
+_VIT_EXPORTS = ("LVViT", "TokenHeadViT", "with_token_head", "dense_class_scores")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VIT_EXPORTS:
+        from . import vit
+
+        return getattr(vit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -102,6 +113,8 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     """
     token_head = kwargs.pop("token_head", None)
     if token_head is not None:
+        from .vit import with_token_head
+
         return with_token_head(create_model(name, num_classes, blurpool=blurpool, **kwargs), token_head, name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -116,6 +129,8 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         import timm
+
+        from . import vit  # noqa: F401  (registers lvvit_t/s/m with timm)
 
         if not timm.is_model(name):
             raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, cifar_mobilenet_v2, a "

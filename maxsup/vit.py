@@ -19,8 +19,8 @@
   VisionTransformer with LV-ViT's 4-layer convolutional patch embedding, residual branches divided by ``skip_lam``,
   ``qkv_bias=False``, MLP ratio 3 and the ``aux_head``; same forward protocol (``dense_eval=True``). Its parameter
   names follow the official release (``patch_embed.conv1``, ``blocks.i.attn.qkv``, ``aux_head``), so the official
-  checkpoints should load (not tried: they are not downloadable here); LV-ViT-S has 26.15M parameters, LV-ViT-T 8.53M (the official README's counts; see
-  ``tests/test_smmix_token_labeling.py``).
+  checkpoints should load (not tried: they are not downloadable here). LV-ViT-S has 26.15M parameters and LV-ViT-T
+  8.53M, the official README's counts (checked in ``tests/test_smmix_token_labeling.py``).
 
 * :func:`dense_class_scores`: the classifier applied at every spatial position of any model this project builds
   (ViT patch tokens, CNN feature maps), for ``data/make_token_labels.py``.
