@@ -96,6 +96,8 @@ def main() -> None:
     print(json.dumps({
         "name": "deit_smmix_tl_overhead", "smmix_ratio": median_ratio("smmix"),
         "token_labeling_ratio": median_ratio("token_labeling"),
+        "round_ratios": {name: [round(b_ / t, 3) for b_, t in zip(times["mixup_cutmix"], times[name], strict=True)]
+                         for name in ("smmix", "token_labeling")},
         **{f"{k_}_images_per_s": round(images_per_round / min(v), 2) for k_, v in times.items()},
         "steps": n, "batch_size": b, "rounds": args.rounds, "threads": args.threads, "device": str(device),
         "model": f"deit_tiny_patch16_224 @ {args.img_size}px",
