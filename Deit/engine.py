@@ -32,7 +32,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     max_norm: float | None = None, model_ema: nn.Module | None = None,
                     mixup_fn: Callable | None = None, target_fn: Callable | None = None,
                     amp_dtype: torch.dtype | None = None, print_freq: int = 50,
-                    set_training_mode: bool = True, accum_steps: int = 1, stats_every: int = 10) -> dict[str, float]:
+                    set_training_mode: bool = True, accum_steps: int = 1, stats_every: int = 10,
+                    train_step: Callable | None = None) -> dict[str, float]:
     """One epoch. Returns means over the training samples of all ranks: ``loss`` (every step), the ``PENALTY_KEYS``
     (the steps measured every ``stats_every``), plus
     ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
@@ -45,6 +46,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
             paper on fewer devices); the last ``len(data_loader) % accum_steps`` batches of the epoch are skipped,
             so every step sees the full global batch.
         stats_every: the penalty statistics are measured every N steps, accumulated on the device.
+        train_step: SMMix / Token Labeling (``Deit/smmix.py``, ``Deit/token_labeling.py``): ``(model, images,
+            targets, criterion) → (loss, cls_logits, soft_targets)`` replaces the forward and the loss.
     """
     model.train(set_training_mode)
     criterion.train()
@@ -61,7 +64,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         kill_point("step")
         last_micro = (step + 1) % accum_steps == 0
         samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True) if isinstance(targets, Tensor) else targets
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         elif target_fn is not None:
@@ -74,8 +77,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         with no_sync:
             with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8 (compute_loss also feeds Zipf-dense / Adaptive LS)
-                outputs, loss = compute_loss(model, criterion, samples, targets)
+                if train_step is not None:  # SMMix / Token Labeling: MaxSup acts on the CLS logits inside
+                    loss, outputs, targets = train_step(model, samples, targets, criterion)
+                else:
+                    # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8 (compute_loss also feeds Zipf-dense / Adaptive LS)
+                    outputs, loss = compute_loss(model, criterion, samples, targets)
 
             step_guard(loss, epoch, step, lr_flag="--lr", clip_flag="--clip-grad")  # NaN/inf on any rank: all stop
             loss_value = loss.item()

@@ -27,9 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
-from datasets import build_dataset, eval_transform_spec  # noqa: E402
+from datasets import build_dataset, build_transform, eval_transform_spec  # noqa: E402
 from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
+from smmix import SMMix, SMMixStep  # noqa: E402
+from token_labeling import CropFlipWithBox, TokenLabelDataset, TokenLabelStep  # noqa: E402
 
 from maxsup import CRITERIA, build_criterion  # noqa: E402
 from maxsup.checkpoint import (  # noqa: E402
@@ -55,17 +57,20 @@ from maxsup.runinfo import (  # noqa: E402
     seed_dir,
     write_run_record,
 )
+from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
 #: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
-RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing")
+RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing", "smmix",
+               "token_label", "mixtoken")
 RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
 LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
-VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit"]
+#: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
+VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -134,6 +139,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default: 1.0)")
     g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="mixup→cutmix switch prob (default: 0.5)")
     g.add_argument("--mixup-mode", type=str, default="batch", help="batch, pair or elem (default: batch)")
+
+    g = p.add_argument_group("SMMix / Token Labeling (ViTs; Deit/smmix.py, Deit/token_labeling.py)")
+    g.add_argument("--smmix", action="store_true",
+                   help="SMMix (ICCV 2023): max-min attention region mixing, half the batches (the rest: Mixup with "
+                        "--mixup α; --cutmix is not used)")
+    g.add_argument("--min-side-ratio", type=float, default=0.25, help="SMMix min window/grid side (default: 0.25)")
+    g.add_argument("--max-side-ratio", type=float, default=0.75, help="SMMix max window/grid side (default: 0.75)")
+    g.add_argument("--side", type=int, default=None, help="SMMix token grid side (default: the model's grid)")
+    g.add_argument("--token-label", action="store_true",
+                   help="Token Labeling (LV-ViT): dense aux head + per-token loss; with --mixup 0 --cutmix 0")
+    g.add_argument("--mixtoken", action="store_true", help="MixToken after the patch embedding (implies --token-label)")
+    g.add_argument("--token-label-data", type=str, default="",
+                   help="LABEL_DIR/<class>/<stem>.pt score maps (default: none = one-hot labels on every token)")
+    g.add_argument("--token-label-size", type=int, default=None, help="token label grid side (default: model's grid)")
+    g.add_argument("--dense-weight", type=float, default=1.0, help="Token Labeling dense loss weight (default: 1.0)")
+    g.add_argument("--cls-weight", type=float, default=1.0, help="Token Labeling CLS loss weight (default: 1.0)")
+    g.add_argument("--maxsup-on-tokens", action="store_true",
+                   help="apply --loss (e.g. MaxSup) to the token-head logits too, not only to the CLS logits")
 
     g = p.add_argument_group("loss (MaxSup)")
     g.add_argument("--loss", default="ce", choices=CRITERIA,
@@ -208,6 +231,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
+    args.token_label = args.token_label or args.mixtoken or bool(args.token_label_data)
+    if args.smmix and args.token_label:
+        raise UserError("--smmix and --token-label/--mixtoken both replace the batch's mixing and targets; use one")
+    if args.token_label and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
+        raise UserError("--token-label/--mixtoken mix inside the model (the LV-ViT recipe); pass --mixup 0 --cutmix 0")
+    if args.model.startswith("lvvit") and not args.token_label:
+        raise UserError(f"{args.model} trains with Token Labeling; add --token-label (and --mixtoken for LV-ViT's "
+                        f"recipe)")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
@@ -252,6 +283,36 @@ def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.zipf_dense:
         kw["dense"] = True
     return kw
+
+
+def token_head_mode(args: argparse.Namespace) -> str | None:
+    """The ``token_head`` the model is built with (``maxsup.vit``), or None for a plain classifier."""
+    if args.smmix:
+        return "smmix"
+    if args.token_label:
+        return "mixtoken" if args.mixtoken else "dense"
+    return None
+
+
+def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classes: int):
+    """The engine hook for --smmix / --token-label, checked against the model's token grid."""
+    rows, cols = patch_grid(model.backbone)
+    if args.smmix:
+        side = args.side or rows
+        if rows != cols or side != rows:
+            raise UserError(f"--side {side} does not match {args.model}'s {rows}×{cols} token grid")
+        print(f"SMMix: side {side}, windows {args.min_side_ratio}..{args.max_side_ratio}, Mixup α {args.mixup} on "
+              f"the other half of the batches (--cutmix is not used)")
+        return SMMixStep(SMMix(side, nb_classes, args.min_side_ratio, args.max_side_ratio, args.mixup,
+                               label_smoothing=args.smoothing), args.maxsup_on_tokens)
+    size = args.token_label_size or rows
+    if rows != cols or size != rows:
+        raise UserError(f"--token-label-size {size} does not match {args.model}'s {rows}×{cols} token grid")
+    source = f"label maps from {args.token_label_data}" if args.token_label_data else \
+        "no --token-label-data: MixToken-only mode, the one-hot label on every token (the official fallback)"
+    print(f"Token Labeling: {source}; MixToken {'on' if args.mixtoken else 'off'}; dense weight {args.dense_weight}, "
+          f"cls weight {args.cls_weight}")
+    return TokenLabelStep(nb_classes, size, args.dense_weight, args.cls_weight, args.smoothing, args.maxsup_on_tokens)
 
 
 def torch_names() -> set[str]:
@@ -315,6 +376,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # the zip cache loads one shard per rank; ImageFolder/FMNIST hold everything and shard through the sampler
     dataset_train, nb_classes = build_dataset(True, args, rank, world)
     dataset_val, _ = build_dataset(False, args, rank, world)
+    if args.token_label_data:
+        dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
+                                          CropFlipWithBox(build_transform(True, args)))
     sharded = args.cache and world > 1
     loader_gen = torch.Generator()
     if info.distributed and not sharded:
@@ -350,10 +414,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- model, optimizer, loss ------------------------------------------------------------------------------
     kw = model_kwargs(args)
+    if token_head_mode(args):
+        kw["token_head"] = token_head_mode(args)
+        mixup_fn = target_fn = None  # the train step mixes and builds the targets
     arch = arch_spec(args.model, nb_classes, **kw)
     print(f"Creating model: {args.model} {kw}")
     model = create_model(args.model, nb_classes, **kw).to(device)
     model_without_ddp = model
+    train_step = token_train_step(args, model, nb_classes) if token_head_mode(args) else None
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"number of params: {n_parameters}")
     model_ema = None
@@ -361,7 +429,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                                device=torch.device("cpu") if args.model_ema_force_cpu else None)
     if info.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=args.smmix)  # SMMix's Mixup half skips the token head
         model_without_ddp = model.module
 
     config = resolved_config(args, world)
@@ -440,7 +509,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         lr_scheduler.step(epoch)
         train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
                                       args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
-                                      accum_steps=args.accum_steps, stats_every=args.stats_every)
+                                      accum_steps=args.accum_steps, stats_every=args.stats_every,
+                                      train_step=train_step)
         sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
         test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
         criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher

@@ -18,6 +18,19 @@ __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dic
            "apply_blurpool", "CIFAR_RESNETS"]
 
 
+#: Re-exported from :mod:`maxsup.vit` (``from maxsup.models import LVViT`` works), imported on first use so that
+#: importing this module does not import timm.
+_VIT_EXPORTS = ("LVViT", "TokenHeadViT", "with_token_head", "dense_class_scores")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VIT_EXPORTS:
+        from . import vit
+
+        return getattr(vit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # CIFAR-style ResNet: torchvision's ResNet with a 3×3 stride-1 stem and no max-pool (for 28–64 px inputs)
 # --------------------------------------------------------------------------------------------------------------------
@@ -96,8 +109,14 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
     * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``, ...).
 
-    ``blurpool=True`` applies :func:`apply_blurpool` afterwards.
+    ``blurpool=True`` applies :func:`apply_blurpool` afterwards. ``token_head="smmix"|"dense"|"mixtoken"`` gives a
+    ViT the SMMix / Token Labeling head and forward (:func:`maxsup.vit.with_token_head`).
     """
+    token_head = kwargs.pop("token_head", None)
+    if token_head is not None:
+        from .vit import with_token_head
+
+        return with_token_head(create_model(name, num_classes, blurpool=blurpool, **kwargs), token_head, name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if name in CIFAR_RESNETS:
@@ -111,6 +130,8 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:
         import timm
+
+        from . import vit  # noqa: F401  (registers lvvit_t/s/m with timm)
 
         if not timm.is_model(name):
             raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, cifar_mobilenet_v2, a "
