@@ -91,6 +91,8 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     """Build a classifier by name.
 
     * ``cifar_resnet10/18/34/50/101``: :class:`CifarResNet` (kwargs ``width``, ``in_chans``);
+    * ``resnet32``: :class:`maxsup.lt_models.CifarResNet32` (kwargs ``width``, ``head=linear|causal_norm``, the
+      causal-norm head's ``num_heads, tau, gamma, alpha, momentum``);
     * ``cifar_mobilenet_v2``: torchvision MobileNetV2 with a stride-1 stem;
     * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
     * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``, ...).
@@ -102,6 +104,10 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     if name in CIFAR_RESNETS:
         block, layers = CIFAR_RESNETS[name]
         model = CifarResNet(block, layers, num_classes=num_classes, **kwargs)
+    elif name == "resnet32":
+        from .lt_models import CifarResNet32  # paper Table 7's long-tailed CIFAR backbone (128-d feature)
+
+        model = CifarResNet32(num_classes=num_classes, **kwargs)
     elif name == "cifar_mobilenet_v2":
         # torchvision MobileNetV2 with a stride-1 stem (the usual CIFAR adaptation: 32 px → 4×4 final map)
         model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
@@ -112,7 +118,7 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, cifar_mobilenet_v2, a "
+            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, resnet32, cifar_mobilenet_v2, a "
                              f"torchvision classification model (e.g. resnet50, mobilenet_v2) or a timm model name "
                              f"(e.g. deit_small_patch16_224)")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)

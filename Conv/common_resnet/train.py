@@ -26,20 +26,23 @@ from torch import nn
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state
 from maxsup.cli import run_cli
+from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.losses import CRITERIA, build_criterion, penalty_stats
-from maxsup.metrics import ClassificationMeter
+from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
 from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 #: dataset → (native image side, mean, std, small_input)
 DATASETS = {
     "imagefolder": (224, IMAGENET_MEAN, IMAGENET_STD, False),
     "fmnist": (28, (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3, True),
+    "cifar10": (32, CIFAR10_MEAN, CIFAR10_STD, True),
     "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
     "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
     "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
@@ -112,6 +115,8 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
     """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks)."""
     model.eval()
     meter = ClassificationMeter()
+    train_counts = getattr(args, "train_class_counts", None)  # set by --imb-ratio: many/medium/few-shot accuracy
+    per_class = torch.zeros(2, len(train_counts) if train_counts else 0, dtype=torch.float64)  # correct, total
     with torch.inference_mode():
         for image, target in data_loader:
             image = image.to(device, non_blocking=True)
@@ -120,9 +125,18 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
             with _autocast(device, args):
                 output = model(image)
             meter.update(output.float(), target)
+            if train_counts:
+                hit = (output.argmax(1).cpu() == target).double()
+                per_class[0].index_add_(0, target, hit)
+                per_class[1].index_add_(0, target, torch.ones_like(hit))
     metrics = meter.all_reduce().compute()
     print(f"Test{log_suffix}: acc@1 {metrics['acc1']:.3f} acc@5 {metrics['acc5']:.3f} nll {metrics['nll']:.4f} "
           f"ece {metrics['ece']:.4f} (n={metrics['n']})")
+    if train_counts:
+        per_class = all_reduce_sum(per_class.to(device)).cpu()
+        shots = shot_accuracy_from_class_counts(per_class[0], per_class[1], train_counts)
+        print(f"Test{log_suffix} shots: {format_shot_accuracy(shots)}")
+        metrics.update({f"{k}_shot_acc1": v for k, v in shots.items() if k != "overall"})
     return metrics
 
 
@@ -133,14 +147,17 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
         ds = FashionMNIST(args.data_path, train=train, transform=transform, classes=args.classes,
                           download=args.download, limit_per_class=args.limit_per_class)
         return ds, len(ds.classes)
-    if name == "cifar100":
-        root = Path(args.data_path or "datasets/cifar100")
+    if name in ("cifar10", "cifar100"):
+        root = Path(args.data_path or f"datasets/{name}")
+        cls, archive, folder, k = (
+            (torchvision.datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py", 10) if name == "cifar10"
+            else (torchvision.datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python", 100))
         try:
-            ds = torchvision.datasets.CIFAR100(root, train=train, transform=transform, download=args.download)
+            ds = cls(root, train=train, transform=transform, download=args.download)
         except RuntimeError:
-            raise UserError(f"CIFAR-100 not found in {root}: extract cifar-100-python.tar.gz so that "
-                            f"{root / 'cifar-100-python'}/train exists, or add --download") from None
-        return ds, 100
+            raise UserError(f"{name.upper()} not found in {root}: extract {archive} so that {root / folder} exists, "
+                            f"or add --download") from None
+        return ds, k
     if args.data_path is None:
         raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
     if name in ("imagenet32", "imagenet64"):
@@ -169,6 +186,8 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         raise UserError(f"--classes selects Fashion-MNIST classes; it is not supported with --dataset {args.dataset}")
     if args.limit_per_class is not None and args.dataset != "fmnist":
         raise UserError(f"--limit-per-class is only supported with --dataset fmnist, not {args.dataset}")
+    if args.imb_ratio is not None and args.dataset not in ("fmnist", "cifar10", "cifar100"):
+        raise UserError(f"--imb-ratio is supported with --dataset fmnist, cifar10 or cifar100, not {args.dataset}")
     native, mean, std, small = DATASETS[args.dataset]
     print(f"Loading data ({args.dataset})")
     t0 = time.time()
@@ -180,6 +199,12 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
             hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
+        if args.imb_ratio is not None:  # paper Table 7: exponential long-tail profile, a seeded subset
+            keep, args.train_class_counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed,
+                                                                num_classes)
+            dataset = torch.utils.data.Subset(dataset, keep.tolist())
+            print(f"Long-tailed training split (imbalance ratio {args.imb_ratio:g}, seed {args.seed}): per-class "
+                  f"counts {args.train_class_counts}")
     print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
           f"{num_classes} classes")
 
@@ -210,6 +235,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    if args.imb_ratio is not None and not args.imb_ratio >= 1:
+        raise UserError(f"--imb-ratio must be >= 1 (largest / smallest class size, e.g. 100), got {args.imb_ratio}")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
 
@@ -261,6 +288,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = eval_spec(args)
     if args.test_only and checkpoint.get("eval_transform"):
         spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
+    if args.test_only and checkpoint.get("train_class_counts"):
+        args.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
     dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
     num_classes = args.num_classes or num_classes
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
@@ -371,6 +400,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "criterion": criterion.state_dict(),
                 "rng": rng_state(),  # informative; exact resume comes from the per-epoch reseeding above
             }
+            if getattr(args, "train_class_counts", None):
+                ckpt["train_class_counts"] = list(args.train_class_counts)  # --imb-ratio's long-tailed split
             if model_ema is not None:
                 ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
                 ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
@@ -398,14 +429,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS), help="dataset format")
     parser.add_argument("--data-path", default=None, type=str,
                         help="dataset root (imagefolder: train/ and val/ inside; imagenet32/64: the pickled batches; "
-                             "fmnist: default is the dataset-fashion-mnist Debian package; cifar100: "
-                             "datasets/cifar100)")
-    parser.add_argument("--download", action="store_true", help="download fmnist/cifar100 into --data-path if missing")
+                             "fmnist: default is the dataset-fashion-mnist Debian package; cifar10/100: "
+                             "datasets/cifar10 or datasets/cifar100)")
+    parser.add_argument("--download", action="store_true",
+                        help="download fmnist/cifar10/cifar100 into --data-path if missing")
     parser.add_argument("--classes", default=None, type=class_list,
                         help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
     parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
+    parser.add_argument("--imb-ratio", default=None, type=float,
+                        help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
+                             "images of class c (a seeded subset; paper Table 7 uses 50 and 100); test split untouched")
     # model
     parser.add_argument("--model", default="resnet18", type=str,
                         help="torchvision model (resnet18/50/101, mobilenet_v2, ...) or cifar_resnet10/18/34/50 "
