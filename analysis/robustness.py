@@ -45,6 +45,7 @@ from maxsup.cli import run_cli  # noqa: E402
 from maxsup.corruptions import (  # noqa: E402
     CIFAR10C,
     CorruptedDataset,
+    check_cifar10c,
     imagenet_c_folder,
     parse_corruptions,
     parse_severities,
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns what ``robustness.json`` holds (see the module docstring)."""
     corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
+    if args.precomputed and args.dataset in ("cifar10", "cifar100"):
+        check_cifar10c(args.precomputed, corruptions)
     device = device_from_args(args)
     classes = parse_classes(args.classes)
     loaded = [load_model(name, path, device) for name, path in checkpoints_from_args(args)]

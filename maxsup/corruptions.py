@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from .errors import UserError
 
 __all__ = ["CORRUPTIONS", "parse_corruptions", "parse_severities", "corrupt", "CorruptedDataset", "CIFAR10C",
-           "imagenet_c_folder"]
+           "check_cifar10c", "imagenet_c_folder", "split_eval_transform"]
 
 #: The 15 ImageNet-C benchmark corruptions, in the order of its tables (noise, blur, weather, digital).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -131,6 +131,15 @@ class CorruptedDataset(Dataset):
         return self.to_tensor(img), label
 
 
+def check_cifar10c(root: str | os.PathLike, corruptions: Sequence[str]) -> None:
+    """Fail early, naming the first missing file, if ``root`` lacks ``labels.npy`` or a ``<corruption>.npy``."""
+    root = Path(root)
+    for name in [*corruptions, "labels"]:
+        if not (root / f"{name}.npy").is_file():
+            raise UserError(f"CIFAR-10-C file {root / f'{name}.npy'} is missing: {root} must hold <corruption>.npy for "
+                            f"every corruption evaluated, and labels.npy (the extracted CIFAR-10-C.tar)")
+
+
 class CIFAR10C(Dataset):
     """One (corruption, severity) of the published CIFAR-10-C (Hendrycks & Dietterich 2019).
 
@@ -142,11 +151,8 @@ class CIFAR10C(Dataset):
         root = Path(root)
         parse_corruptions([corruption])
         severity = parse_severities([severity])[0]
+        check_cifar10c(root, [corruption])
         path, labels_path = root / f"{corruption}.npy", root / "labels.npy"
-        for p in (path, labels_path):
-            if not p.is_file():
-                raise UserError(f"CIFAR-10-C file {p} is missing: {root} must hold <corruption>.npy for every "
-                                f"corruption evaluated, and labels.npy (the extracted CIFAR-10-C.tar)")
         images = np.load(path, mmap_mode="r")
         labels = np.load(labels_path)
         if images.ndim != 4 or images.shape[0] % 5 or images.shape[0] != labels.shape[0]:
