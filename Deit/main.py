@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
-from datasets import build_dataset, eval_transform_spec  # noqa: E402
+from datasets import TEST_SETS, build_dataset, eval_transform_spec  # noqa: E402
 from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 
@@ -41,6 +41,7 @@ from maxsup.checkpoint import (  # noqa: E402
     set_rng_state,
 )
 from maxsup.cli import run_cli  # noqa: E402
+from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
@@ -127,8 +128,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", default="", type=str, help="dataset root (FMNIST: optional)")
-    g.add_argument("--data-set", default="IMNET", choices=["IMNET", "FOLDER", "FMNIST"],
-                   help="IMNET (ImageFolder or --cache zip), FOLDER (any ImageFolder), FMNIST (default: IMNET)")
+    g.add_argument("--data-set", default="IMNET", choices=["IMNET", "FOLDER", "FMNIST", *TEST_SETS],
+                   help="IMNET (ImageFolder or --cache zip), FOLDER (any ImageFolder), FMNIST (default: IMNET); "
+                        "with --eval also IMNETV2, IMNET_A, IMNET_R, IMNET_SKETCH (--data-path = the set's folder)")
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
@@ -342,6 +344,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"Resumed from {args.resume} at epoch {start_epoch}")
 
     if args.eval:
+        if getattr(dataset_val, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
+            model = RestrictLogits(model, dataset_val.class_indices).to(device)
         stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
         print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
         return stats

@@ -50,6 +50,7 @@ from maxsup.corruptions import (  # noqa: E402
     parse_corruptions,
     parse_severities,
 )
+from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
 from maxsup.data.transforms import eval_transform  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.metrics import ClassificationMeter  # noqa: E402
@@ -120,8 +121,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         transform = eval_transform(group[0].transform_spec)
         clean = build_dataset(args.dataset, args.data_path, "test", transform, classes, args.max_per_class, args.seed)
         for lm in group:
-            check_head(lm, len(clean.classes), f"{args.dataset} test")
-        models = {lm.name: lm.model for lm in group}
+            check_head(lm, 1000 if clean.class_indices else len(clean.classes), f"{args.dataset} test")
+        keep = clean.class_indices  # ImageNet-A/R: the 200 classes' logits only
+        models = {lm.name: lm.model if keep is None else RestrictLogits(lm.model, keep).to(device) for lm in group}
         for name, m in _evaluate(models, clean, args, device).items():
             results[name]["clean"] = m
         raw = build_dataset(args.dataset, args.data_path, "test", None, classes, args.max_per_class, args.seed)

@@ -29,6 +29,7 @@ from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
+from maxsup.data.imagenet_variants import EVAL_SETS, RestrictLogits, eval_set
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
@@ -46,6 +47,7 @@ DATASETS = {
     "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
     "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
     "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
+    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
 }
 
 
@@ -160,6 +162,11 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
         return ds, k
     if args.data_path is None:
         raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
+    if name in EVAL_SETS:
+        if train:
+            raise UserError(f"--dataset {name} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
+        ds = eval_set(name, args.data_path, transform)
+        return ds, len(ds.classes)
     if name in ("imagenet32", "imagenet64"):
         ds = DownsampledImageNet(args.data_path, size=DATASETS[name][0], train=train, transform=transform)
         return ds, ds.num_classes
@@ -298,11 +305,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.test_only:
         model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
+        if getattr(dataset_test, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
+            model = RestrictLogits(model, dataset_test.class_indices).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         metrics = evaluate(model, data_loader_test, device, args)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
+            if getattr(dataset_test, "subset", False):
+                ema = RestrictLogits(ema, dataset_test.class_indices).to(device)
             metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)")}
         return metrics
 
@@ -426,7 +437,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(description="MaxSup-repo image classification training (torchvision references idiom)",
                      add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
-    parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS), help="dataset format")
+    parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS),
+                        help="dataset format; imagenetv2, imagenet-a, imagenet-r, imagenet-sketch are test sets for "
+                             "--test-only (--data-path = the set's folder)")
     parser.add_argument("--data-path", default=None, type=str,
                         help="dataset root (imagefolder: train/ and val/ inside; imagenet32/64: the pickled batches; "
                              "fmnist: default is the dataset-fashion-mnist Debian package; cifar10/100: "
