@@ -44,7 +44,13 @@ from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
-from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
+from maxsup.models import (  # noqa: E402
+    CIFAR_RESNETS,
+    arch_spec,
+    create_model,
+    load_pretrained_backbone,
+    load_state_dict_strict,
+)
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
@@ -151,6 +157,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
+    g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
+                   "one converted by maxsup.hub convert); the head is replaced when the class count differs")
     g.add_argument("--dist-eval", action="store_true",
                    help="each rank evaluates a disjoint shard; metrics are summed over ranks")
     return p
@@ -294,6 +302,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     arch = arch_spec(args.model, nb_classes, **kw)
     print(f"Creating model: {args.model} {kw}")
     model = create_model(args.model, nb_classes, **kw).to(device)
+    if args.finetune and not args.resume:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
+        info = load_pretrained_backbone(model, args.finetune)
+        print(f"Fine-tuning from {args.finetune}: {info['loaded']} tensors loaded, "
+              f"{'new' if info['head_replaced'] else 'pretrained'} {nb_classes}-class head")
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"number of params: {n_parameters}")

@@ -22,11 +22,12 @@ from torch.utils.data import Dataset
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.imagenet_variants import EVAL_SETS, eval_set
+from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
 
-DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS)
+DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
 CACHE_VERSION = 1
 
 
@@ -50,7 +51,8 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     p.add_argument("--data-path", default=None,
                    help="dataset root (fmnist: IDX folder, default the dataset-fashion-mnist package; imagefolder: "
                         "folder with train/ and val/; cifar10/100: torchvision's extracted folder; imagenetv2, "
-                        "imagenet-a/-r/-sketch: the test set's folder)")
+                        "imagenet-a/-r/-sketch: the test set's folder; flowers102, food101, pets, cars, "
+                        "cub200: the extracted dataset folder)")
     p.add_argument("--classes", default=None,
                    help="comma list of original class indices to keep, relabelled 0..n-1 in that order")
     if split is not None:
@@ -136,6 +138,8 @@ def _base_dataset(name: str, data_path: str | None, train: bool, transform: Any)
         except RuntimeError:
             raise UserError(f"{name.upper()} not found in {root}: pass --data-path to the folder that holds the "
                             f"extracted torchvision files") from None
+    if name in TRANSFER_DATASETS:  # Table 12 / Table 6 targets with their official train/test splits
+        return transfer_dataset(name, data_path, train, transform)
     if name in EVAL_SETS:  # test sets: --data-path is the set's folder, --split is ignored
         if data_path is None:
             raise UserError(f"--dataset {name} needs --data-path (the folder of the test set)")

@@ -14,7 +14,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from .errors import UserError
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dict_strict", "features_and_logits",
-           "classifier_layer", "CifarResNet", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS"]
+           "classifier_layer", "load_pretrained_backbone", "CifarResNet", "BlurPoolConv2d", "apply_blurpool",
+           "CIFAR_RESNETS"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -201,3 +202,42 @@ def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     return captured[-1].flatten(1), logits
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fine-tuning (paper Table 6: CUB / Cars; the recipe is ours, see Conv/common_resnet/README.md)
+# --------------------------------------------------------------------------------------------------------------------
+def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") -> dict[str, Any]:
+    """Initialise ``model`` from a checkpoint for fine-tuning: every weight except the classifier must match; the
+    classifier is kept from the checkpoint when its class count equals the model's, else left freshly initialised.
+
+    ``path``: any checkpoint of this repository, or a released one converted by ``python -m maxsup.hub convert``
+    (a bare state_dict also works). Returns ``{"loaded": n_tensors, "head_replaced": bool}``.
+    """
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"--finetune {path}: no '{key}' state_dict inside (top-level keys: "
+                        f"{', '.join(sorted(map(str, ckpt))[:8])})")
+    state = _strip_prefixes(state)
+    head = classifier_layer(model)
+    head_name = next(name for name, m in model.named_modules() if m is head)
+    head_keys = {f"{head_name}.{k}" for k in head.state_dict()}
+    own = model.state_dict()
+    replace = any(k in state and tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
+    if replace:
+        state = {k: v for k, v in state.items() if k not in head_keys}
+    missing = [k for k in own if k not in state and not (replace and k in head_keys)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+              if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})"] if missing else []
+        parts += [f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})"] if unexpected else []
+        parts += [f"shape mismatches: {'; '.join(shapes[:3])}"] if shapes else []
+        raise UserError(f"--finetune {path} does not fit the model's backbone: {'; '.join(parts)} (same --model and "
+                        f"--model-kwargs as the pretraining run?)")
+    model.load_state_dict(state, strict=not replace)
+    return {"loaded": len(state), "head_replaced": replace}

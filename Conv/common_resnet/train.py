@@ -30,12 +30,19 @@ from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.imagenet_variants import EVAL_SETS, RestrictLogits, eval_set
+from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.losses import CRITERIA, build_criterion, penalty_stats
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
-from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
+from maxsup.models import (
+    arch_spec,
+    create_model,
+    load_pretrained_backbone,
+    load_state_dict_strict,
+    model_from_checkpoint,
+)
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -48,6 +55,7 @@ DATASETS = {
     "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
     "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
     **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
+    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in TRANSFER_DATASETS},  # T6 fine-tuning: cub200, cars
 }
 
 
@@ -162,6 +170,9 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
         return ds, k
     if args.data_path is None:
         raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
+    if name in TRANSFER_DATASETS:
+        ds = transfer_dataset(name, args.data_path, train, transform)
+        return ds, len(ds.classes)
     if name in EVAL_SETS:
         if train:
             raise UserError(f"--dataset {name} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
@@ -330,6 +341,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Creating model {args.model}")
     model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
     model = create_model(args.model, num_classes, **model_kwargs).to(device)
+    if args.finetune and checkpoint is None:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
+        info = load_pretrained_backbone(model, args.finetune)
+        print(f"Fine-tuning from {args.finetune}: {info['loaded']} tensors loaded, "
+              f"{'new' if info['head_replaced'] else 'pretrained'} {num_classes}-class head")
     if dist_info.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
@@ -522,6 +537,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--finetune", default="", type=str,
+                        help="initialise from this checkpoint's backbone (ours, or a released one converted by "
+                             "maxsup.hub convert); the head is replaced when the class count differs")
     parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
     parser.add_argument("--test-only", action="store_true", help="only evaluate --resume: acc@1, acc@5, NLL, ECE")
     return parser
