@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maxsup import CRITERIA
 from maxsup.data.fashion_mnist import HELD_OUT_CLASSES, SOURCE_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,12 @@ DEMO_SEVERITIES = (1, 3, 5)
 # Paired verdicts: MaxSup − LS per seed (same seeds, same data order), mean and 95 % t-interval over seeds.
 PAIRED = (("maxsup", "ls"), ("maxsup", "ce"))
 PAIRED_METRICS = ("acc", "nll", "ece", "corr_error", "corr_ece", "r2_test", "transfer_acc")
+# Table 7 analogue (DEMO_SCALE=full or --long-tail): the ResNet recipe on a long-tailed split of the source classes,
+# 1000, 376, 141, 53, 20 training images (many-shot > 100: 3 classes; medium: 2; few-shot < 20: none at full size).
+LT_RATIO = 50
+LT_LOSSES = tuple(loss for loss in ("ce", "ls", "maxsup", "focal") if loss in CRITERIA)  # focal once it exists
+LT_LABELS = {**LABELS, "focal": "Focal"}
+LT_GROUPS = ("overall", "many", "medium", "few")
 
 # The ResNet recipe is Conv/common_resnet/README.md's "Small CPU recipe" (1,000 images per source class, 8 epochs,
 # RandomCrop(28, pad 4) + flip): about 19 % of the augmented training batches are misclassified in the last epoch,
@@ -55,10 +62,12 @@ class Scale:
     probe_extra: tuple[str, ...] = ()  # analysis/linear_transfer.py flags
     robustness_per_class: int = 200  # test images per class under each corruption and severity
     test_images: str = "the full 5,000-image test split of those classes"
+    long_tail: bool = False  # also train the Table 7 analogue
 
 
 SCALES = {
     "default": Scale((), (), probe_per_class=1000, epochs={"resnet": 8, "vit": 5}),
+    "full": Scale((), (), probe_per_class=1000, epochs={"resnet": 8, "vit": 5}, long_tail=True),
     "smoke": Scale(("--limit-per-class", "40", "--epochs", "2", "--print-freq", "1"),
                    ("--limit-per-class", "40", "--epochs", "2", "--print-freq", "1"),
                    probe_per_class=40, epochs={"resnet": 2, "vit": 2}, probe_extra=("--num-lambdas", "9"),
@@ -76,6 +85,11 @@ def train_command(backbone: str, loss: str, seed: int, out: Path, scale: Scale, 
                 *data, "--loss", loss, "--seed", str(seed), "--output-dir", str(out)]
     return ["bash", str(ROOT / "Deit/train_with_MaxSup.sh"), *VIT_RECIPE, *scale.vit_extra, *data, "--loss", loss,
             "--seed", str(seed), "--output_dir", str(out)]
+
+
+def lt_train_command(loss: str, seed: int, out: Path, scale: Scale, data_path: str | None) -> list[str]:
+    """The ResNet recipe on the ``--imb-ratio LT_RATIO`` split (same seed → same subset for every loss)."""
+    return [*train_command("resnet", loss, seed, out, scale, data_path), "--imb-ratio", str(LT_RATIO)]
 
 
 # A finished run is reused only if neither its command nor these trainer files changed since it was made.

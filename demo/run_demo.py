@@ -42,16 +42,27 @@ from recipe import (  # noqa: E402
     DEMO_SEVERITIES,
     EXTRA_LOSSES,
     LABELS,
+    LT_LOSSES,
     RESNET_RECIPE,
     ROOT,
     SCALES,
     VIT_RECIPE,
     analysis_jobs,
+    lt_train_command,
     run_identity,
     run_is_complete,
     train_command,
 )
-from report import aggregate, ckpt_name, collect_seed, paired_differences, verdicts, write_readme  # noqa: E402
+from report import (  # noqa: E402
+    aggregate,
+    aggregate_long_tail,
+    ckpt_name,
+    collect_long_tail,
+    collect_seed,
+    paired_differences,
+    verdicts,
+    write_readme,
+)
 
 from maxsup.checkpoint import atomic_write  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
@@ -67,7 +78,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", "1")),
                    help="number of seeds 0..N-1 (env SEEDS; default 1)")
     p.add_argument("--scale", choices=tuple(SCALES), default=os.environ.get("DEMO_SCALE", "default"),
-                   help="default (≈15 min on 2 cores for 1 seed) or smoke (< 3 min, CI) (env DEMO_SCALE)")
+                   help="default (≈15 min on 2 cores for 1 seed), full (default + the long-tailed Table 7 "
+                        "analogue) or smoke (< 3 min, CI) (env DEMO_SCALE)")
     p.add_argument("--losses", default=os.environ.get("DEMO_LOSSES", "core"),
                    help="core (ce,ls,maxsup), all (adds ols,zipf,lp) or a comma list (env DEMO_LOSSES)")
     p.add_argument("--backbones", default="resnet,vit", help="comma list of resnet, vit")
@@ -75,6 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=None, help="checkpoints and analysis (default: <out>/runs)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("DEMO_JOBS", "2")),
                    help="subprocesses run at once (env DEMO_JOBS; default 2 = the cores of the reference machine)")
+    p.add_argument("--long-tail", action="store_true", default=os.environ.get("DEMO_LT", "") not in ("", "0"),
+                   help="also train the long-tailed Table 7 analogue (on by default with --scale full; env DEMO_LT)")
     p.add_argument("--fresh", action="store_true", help="retrain even when a finished run with the same command exists")
     return p
 
@@ -154,6 +168,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 (run_dir / "log.txt").unlink(missing_ok=True)  # a stale log would confuse the completeness check
                 atomic_write(run_dir / "demo_cmd.json", json.dumps(identity, indent=1))
                 jobs.append(Job(f"{bb}/{loss} seed {seed}", [cmd], run_dir / "train.out", epochs=scale.epochs[bb]))
+    long_tail = args.long_tail or scale.long_tail
+    if long_tail:  # Table 7 analogue: only the ResNet recipe, on the long-tailed split
+        for seed in seeds:
+            for loss in LT_LOSSES:
+                run_dir = runs / f"seed{seed}" / "lt" / loss
+                cmd = lt_train_command(loss, seed, run_dir, scale, data_path)
+                identity = run_identity("resnet", cmd)
+                if not args.fresh and run_is_complete(run_dir, identity, scale.epochs["resnet"]):
+                    print(f"[train] reuse lt/{loss} seed {seed} ({run_dir})", flush=True)
+                    continue
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "log.txt").unlink(missing_ok=True)
+                atomic_write(run_dir / "demo_cmd.json", json.dumps(identity, indent=1))
+                jobs.append(Job(f"lt/{loss} seed {seed}", [cmd], run_dir / "train.out", epochs=scale.epochs["resnet"]))
     t_train = time.time()
     run_jobs(jobs, args.jobs, "train")
     train_wall = time.time() - t_train
@@ -218,13 +246,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "units": {"acc": "%", "transfer_acc": "%", "ece": "fraction, 15 equal-width bins",
                   "misclassified_train_log": "fraction", "misclassified_train_final": "fraction"},
         "std": "sample std (ddof=1) over seeds; null with one seed",
-        "jobs": args.jobs, "timing": timing,
+        "jobs": args.jobs, "timing": timing, "long_tail": long_tail,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
     summary = {"config": config, "seeds": seeds, "backbones": per_backbone}
     summary["verdicts"] = verdicts(per_backbone)
     summary["paired"] = paired_differences(per_backbone)
+    if long_tail:
+        summary["long_tail"] = aggregate_long_tail([collect_long_tail(runs / f"seed{s}" / "lt", list(LT_LOSSES))
+                                                    for s in seeds])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_readme(out, summary, figures)

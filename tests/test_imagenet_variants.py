@@ -116,3 +116,29 @@ def test_common_resnet_and_hub_evaluate_restrict_imagenet_a(sets, capsys):
     with pytest.raises(SystemExit):
         trainer.run_cli(trainer.cli, ["--dataset", "imagenetv2", "--data-path", str(sets["v2"]), "--epochs", "1"])
     assert "is a test set" in capsys.readouterr().err
+
+
+def test_deit_eval_on_imagenet_a_scores_its_200_logits(sets, tmp_path):
+    deit_dir = Path(__file__).resolve().parents[1] / "Deit"
+    names = ("main", "engine", "datasets", "samplers")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(deit_dir))
+    try:
+        deit_main = importlib.import_module("main")
+    finally:
+        sys.path[:] = [p for p in sys.path if p != str(deit_dir)]
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    kw = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny_patch16_224", 1000, **kw)
+    atomic_save({"model": vit.state_dict()}, tmp_path / "vit.pth")
+    stats = deit_main.run_cli(deit_main.cli, [
+        "--data-set", "IMNET_A", "--data-path", str(sets["a"]), "--eval", "--resume", str(tmp_path / "vit.pth"),
+        "--model", "vit_tiny_patch16_224", "--input-size", "28", "--model-kwargs", json.dumps(kw),
+        "--eval-crop-ratio", "1.0", "--batch-size", "8", "--num_workers", "0", "--output_dir", str(tmp_path / "o")])
+    spec = transform_spec(28, 1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation="bicubic")
+    want = _expected(vit, WnidFolder(sets["a"], eval_transform(spec), subset=True), list(A_INDICES))
+    assert stats["n"] == 12 and stats["nll"] == pytest.approx(want["nll"], rel=1e-4)
+    assert stats["acc1"] == pytest.approx(want["acc1"])
