@@ -116,6 +116,20 @@ def test_common_resnet_and_hub_evaluate_restrict_imagenet_a(sets, capsys):
     with pytest.raises(SystemExit):
         trainer.run_cli(trainer.cli, ["--dataset", "imagenetv2", "--data-path", str(sets["v2"]), "--epochs", "1"])
     assert "is a test set" in capsys.readouterr().err
+    # a training run reports the test sets beside its own val split
+    data = sets["a"].parent / "folder"
+    if not data.exists():
+        data.mkdir()
+        (data / "train").symlink_to(sets["a"])
+        (data / "val").symlink_to(sets["a"])
+    out = sets["a"].parent / "run"
+    trainer.run_cli(trainer.cli, ["--dataset", "imagefolder", "--data-path", str(data), "--num-classes", "1000",
+                                  "--model", "cifar_resnet10", "--model-kwargs", "width=4", "--train-crop-size", "28",
+                                  "--val-crop-size", "28", "--epochs", "1", "-b", "6", "-j", "0", "--print-freq", "100",
+                                  "--extra-val", f"imagenetv2={sets['v2']}", f"imagenet-a={sets['a']}",
+                                  "--output-dir", str(out)])
+    log = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert log["imagenetv2_n"] == 18 and log["imagenet-a_n"] == 12 and 0 <= log["imagenet-a_acc1"] <= 100
 
 
 def test_deit_eval_on_imagenet_a_scores_its_200_logits(sets, tmp_path):

@@ -288,6 +288,23 @@ def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) ->
     return sched.SequentialLR(optimizer, [warmup, main_sched], milestones=[args.lr_warmup_epochs])
 
 
+def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info: DistInfo) -> dict[str, Any]:
+    """``--extra-val NAME=PATH``: test sets evaluated after every epoch beside the main one, as {name: (loader, the
+    1k logits to keep or None)}."""
+    out = {}
+    for item in args.extra_val or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in EVAL_SETS:
+            raise UserError(f"--extra-val expects NAME=PATH with NAME one of {', '.join(EVAL_SETS)}, got {item!r}")
+        ds = eval_set(name, path, eval_transform(spec))
+        sampler = (ShardedEvalSampler(ds, dist_info.world_size, dist_info.rank) if dist_info.distributed
+                   else torch.utils.data.SequentialSampler(ds))
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.eval_batch_size or args.batch_size, sampler=sampler,
+                                             num_workers=args.workers)
+        out[name] = (loader, ds.class_indices if getattr(ds, "subset", False) else None)
+    return out
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
     _check_args(args)
@@ -394,6 +411,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
         utils.truncate_log(log_path, args.start_epoch)
 
+    extra_val = _extra_val_loaders(args, spec, dist_info)
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
@@ -410,6 +428,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         metrics = evaluate(model, data_loader_test, device, args)
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                   **{f"test_{k}": v for k, v in metrics.items()}}
+        for name, (loader, keep) in extra_val.items():  # e.g. ImageNetV2 beside ImageNet val
+            net = model if keep is None else RestrictLogits(model, keep).to(device)
+            record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
         if model_ema is not None:
             ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
             record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
@@ -466,6 +487,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
     parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
+    parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
+                        help="also evaluate after every epoch on these ImageNet test sets (imagenetv2, imagenet-a, "
+                             "imagenet-r, imagenet-sketch), logged as NAME_acc1, ...")
     parser.add_argument("--imb-ratio", default=None, type=float,
                         help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
                              "images of class c (a seeded subset; paper Table 7 uses 50 and 100); test split untouched")
