@@ -224,7 +224,7 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val: Any = None, y_val: Any = None,
                  lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "torch",
-                 max_iter: int = 100) -> dict[str, Any]:
+                 max_iter: int = 100, precision: str = "float32") -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
     If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
@@ -246,13 +246,13 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
                          f"{x_test.shape[1]}; extract all splits with the same checkpoint")
     k = int(max(y_train.max(), y_val.max(), y_test.max()) + 1)
     lambdas = regularization_grid() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter)
+    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter, precision=precision)
     val_acc = sweep_accuracy(w, b, x_val, y_val)
     # Ties go to the strongest regularisation (the simplest model that reaches the best validation accuracy).
     best = int(np.flatnonzero(val_acc == val_acc.max()).max())
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([y_train, y_val])
-    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter)
+    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter, precision=precision)
     test_acc = float(sweep_accuracy(w1, b1, x_test, y_test)[0])
     return {
         "test_acc": 100.0 * test_acc,
