@@ -17,6 +17,7 @@ from torchvision import datasets, transforms
 
 from maxsup.data import parse_classes
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
+from maxsup.data.imagenet_variants import eval_set
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, looks_truncated, parse_map
 from maxsup.errors import UserError
@@ -166,6 +167,11 @@ def _select(ds: Any, nb_classes: int, classes: list[int] | None, limit_per_class
     return TargetSubset(ds, indices, label_map), len(keep)
 
 
+#: --data-set names of the ImageNet test sets under shift (maxsup.data.imagenet_variants)
+TEST_SETS = {"IMNETV2": "imagenetv2", "IMNET_A": "imagenet-a", "IMNET_R": "imagenet-r",
+             "IMNET_SKETCH": "imagenet-sketch"}
+
+
 def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> tuple[Dataset, int]:
     """The train or val dataset for ``--data-set`` and its number of classes (after ``--classes``).
 
@@ -182,6 +188,12 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
         return ds, len(ds.classes)
     if not args.data_path:
         raise UserError(f"--data-set {args.data_set} needs --data-path")
+    if args.data_set in TEST_SETS:  # ImageNetV2/-A/-R/-Sketch: --data-path is the set's folder, evaluation only
+        if not args.eval:
+            raise UserError(f"--data-set {args.data_set} is a test set: evaluate a checkpoint with --eval --resume "
+                            f"CKPT")
+        # the "train" set only sizes the 1000-class head; it is never iterated under --eval
+        return eval_set(TEST_SETS[args.data_set], args.data_path, build_transform(False, args)), 1000
     if not Path(args.data_path).is_dir():
         raise UserError(f"data path not found: {args.data_path}")
     if args.cache:

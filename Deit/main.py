@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
-from datasets import build_dataset, build_transform, eval_transform_spec  # noqa: E402
+from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_spec  # noqa: E402
 from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
@@ -43,10 +43,17 @@ from maxsup.checkpoint import (  # noqa: E402
     set_rng_state,
 )
 from maxsup.cli import run_cli  # noqa: E402
+from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
 from maxsup.distributed import init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
-from maxsup.models import CIFAR_RESNETS, arch_spec, create_model, load_state_dict_strict  # noqa: E402
+from maxsup.models import (  # noqa: E402
+    CIFAR_RESNETS,
+    arch_spec,
+    create_model,
+    load_pretrained_backbone,
+    load_state_dict_strict,
+)
 from maxsup.reliability import append_log, check_finite_model, check_resume, read_log  # noqa: E402
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
@@ -180,8 +187,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data-path", default="", type=str, help="dataset root (FMNIST: optional)")
-    g.add_argument("--data-set", default="IMNET", choices=["IMNET", "FOLDER", "FMNIST"],
-                   help="IMNET (ImageFolder or --cache zip), FOLDER (any ImageFolder), FMNIST (default: IMNET)")
+    g.add_argument("--data-set", default="IMNET", choices=["IMNET", "FOLDER", "FMNIST", *TEST_SETS],
+                   help="IMNET (ImageFolder or --cache zip), FOLDER (any ImageFolder), FMNIST (default: IMNET); "
+                        "with --eval also IMNETV2, IMNET_A, IMNET_R, IMNET_SKETCH (--data-path = the set's folder)")
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
@@ -211,6 +219,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
+    g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
+                   "one converted by maxsup.hub convert); the head is replaced when the class count differs")
     g.add_argument("--dist-eval", action="store_true",
                    help="each rank evaluates a disjoint shard; metrics are summed over ranks")
     return p
@@ -420,6 +430,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     arch = arch_spec(args.model, nb_classes, **kw)
     print(f"Creating model: {args.model} {kw}")
     model = create_model(args.model, nb_classes, **kw).to(device)
+    if args.finetune and not args.resume:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
+        info = load_pretrained_backbone(model, args.finetune)
+        print(f"Fine-tuning from {args.finetune}: {info['loaded']} tensors loaded, "
+              f"{'new' if info['head_replaced'] else 'pretrained'} {nb_classes}-class head")
     model_without_ddp = model
     train_step = token_train_step(args, model, nb_classes) if token_head_mode(args) else None
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -490,6 +504,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"Resumed from {args.resume} at epoch {start_epoch}")
 
     if args.eval:
+        if getattr(dataset_val, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
+            model = RestrictLogits(model, dataset_val.class_indices).to(device)
         stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
         print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
         return stats

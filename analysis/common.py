@@ -21,11 +21,13 @@ from torch.utils.data import Dataset
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
+from maxsup.data.imagenet_variants import EVAL_SETS, eval_set
+from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
 
-DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100")
+DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
 CACHE_VERSION = 1
 
 
@@ -48,7 +50,9 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     p.add_argument("--dataset", choices=DATASETS, default="fmnist", help="dataset to evaluate on")
     p.add_argument("--data-path", default=None,
                    help="dataset root (fmnist: IDX folder, default the dataset-fashion-mnist package; imagefolder: "
-                        "folder with train/ and val/; cifar10/100: torchvision's extracted folder)")
+                        "folder with train/ and val/; cifar10/100: torchvision's extracted folder; imagenetv2, "
+                        "imagenet-a/-r/-sketch: the test set's folder; flowers102, food101, pets, cars, "
+                        "cub200: the extracted dataset folder)")
     p.add_argument("--classes", default=None,
                    help="comma list of original class indices to keep, relabelled 0..n-1 in that order")
     if split is not None:
@@ -108,6 +112,8 @@ class LabeledSubset(Dataset):
 
     def __init__(self, base: Any, indices: np.ndarray, targets: list[int], classes: list[str]):
         self.base, self.indices, self.targets, self.classes = base, [int(i) for i in indices], targets, classes
+        # ImageNet-A/R: the 1k logits to keep (labels are positions in this list); None = use every logit
+        self.class_indices: list[int] | None = base.class_indices if getattr(base, "subset", False) else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -132,6 +138,12 @@ def _base_dataset(name: str, data_path: str | None, train: bool, transform: Any)
         except RuntimeError:
             raise UserError(f"{name.upper()} not found in {root}: pass --data-path to the folder that holds the "
                             f"extracted torchvision files") from None
+    if name in TRANSFER_DATASETS:  # Table 12 / Table 6 targets with their official train/test splits
+        return transfer_dataset(name, data_path, train, transform)
+    if name in EVAL_SETS:  # test sets: --data-path is the set's folder, --split is ignored
+        if data_path is None:
+            raise UserError(f"--dataset {name} needs --data-path (the folder of the test set)")
+        return eval_set(name, data_path, transform)
     if data_path is None:
         raise UserError("--dataset imagefolder needs --data-path (a folder with train/<class>/ and val/<class>/)")
     folder = Path(data_path) / ("train" if train else "val")
@@ -221,7 +233,7 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
                        args.seed)
     desc = f"{dataset} {split}" + (f" classes {','.join(map(str, classes))}" if classes else "")
     if require_head_match:
-        check_head(loaded, len(ds.classes), desc)
+        check_head(loaded, 1000 if ds.class_indices else len(ds.classes), desc)
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
     key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
@@ -231,6 +243,8 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
         arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
                                 device=next(loaded.model.parameters()).device, desc=f"{loaded.name} {desc}",
                                 progress=not args.no_progress)
+        if ds.class_indices is not None:  # ImageNet-A/R: keep the logits of the 200 classes they contain
+            arrays["logits"] = arrays["logits"][:, ds.class_indices]
         atomic_save(arrays, cache)
     return {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
 

@@ -46,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="λ grid bounds (Table 12: 1e-6 1e5; Table 3 used an unstated smaller range)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of the training split")
     p.add_argument("--max-iter", type=int, default=100, help="L-BFGS iterations per λ")
+    p.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="torch solver precision (see bench/linear_probe.py for what each reaches)")
     p.add_argument("--test-max-per-class", type=int, default=None,
                    help="cap the test split per class (default: the whole split; --max-per-class caps train)")
     return p
@@ -57,7 +59,7 @@ def _probe(loaded, args, lambdas, dataset=None, data_path=None, classes="args") 
                          max_per_class=args.test_max_per_class)
     res = linear_probe(train["features"].numpy(), train["labels"].numpy(), test["features"].numpy(),
                        test["labels"].numpy(), lambdas=lambdas, val_fraction=args.val_fraction, seed=args.seed,
-                       solver=args.solver, max_iter=args.max_iter)
+                       solver=args.solver, max_iter=args.max_iter, precision=args.precision)
     res["chance_acc"] = 100.0 / len(train["classes"])
     return res
 

@@ -793,8 +793,11 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------------
 def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, batch_size: int = 64,
-                        workers: int = 4, device: str | None = None, limit: int | None = None) -> dict[str, float]:
-    """Top-1/top-5 (%), NLL and ECE (15 bins) of a converted checkpoint on an ImageFolder (sorted-wnid labels)."""
+                        workers: int = 4, device: str | None = None, limit: int | None = None,
+                        dataset: str = "imagefolder", real: str | bool | None = None) -> dict[str, float]:
+    """Top-1/top-5 (%), NLL and ECE (15 bins) of a converted checkpoint on an ImageFolder (sorted-wnid labels) or
+    on one of ``maxsup.data.imagenet_variants.EVAL_SETS`` (ImageNet-A/R: the 200 classes' logits only).
+    ``real`` (True: timm's bundled ``real.json``, or a path) adds the ReaL top-1 accuracy on ImageNet val."""
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
@@ -806,9 +809,18 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     if not data_path.is_dir():
         raise UserError(f"--data-path {data_path} is not a folder; point it at an ImageFolder such as imagenet/val")
     model = model_from_checkpoint(dict(ckpt))
-    dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]))
     num_classes = ckpt["arch"]["num_classes"]
-    if len(dataset.classes) != num_classes:
+    name = dataset
+    if name != "imagefolder":
+        from .data.imagenet_variants import RestrictLogits, eval_set
+
+        dataset = eval_set(name, data_path, transform=eval_transform(ckpt["eval_transform"]))
+        if getattr(dataset, "subset", False):
+            model = RestrictLogits(model, dataset.class_indices)
+            num_classes = len(dataset.class_indices)
+    else:
+        dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]))
+    if name == "imagefolder" and len(dataset.classes) != num_classes:
         raise UserError(f"{data_path} has {len(dataset.classes)} class folders but the checkpoint predicts "
                         f"{num_classes} classes; point --data-path at the matching val/ folder")
     if limit is not None:
@@ -817,11 +829,21 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     model.to(device).eval()
     meter = ClassificationMeter(num_classes)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.startswith("cuda"))
+    preds = []
     with torch.inference_mode():
         for images, target in loader:
             logits = model(images.to(device, non_blocking=True))
             meter.update(logits.float(), target.to(device))
-    return meter.compute()
+            preds.append(logits.argmax(1).cpu())
+    result = meter.compute()
+    if real:
+        from .data.imagenet_variants import real_accuracy, real_labels
+
+        base = dataset.dataset if isinstance(dataset, Subset) else dataset
+        paths = [base.samples[i][0] for i in (dataset.indices if isinstance(dataset, Subset) else range(len(base)))]
+        r = real_accuracy(torch.cat(preds), paths, real_labels(None if real is True else real))
+        result.update({"real_acc1": r["real_acc1"], "n_real": r["n"]})  # images with an empty ReaL set are left out
+    return result
 
 
 def _resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -894,6 +916,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="data-loading processes")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--dataset", default="imagefolder",
+                   choices=["imagefolder", "imagenetv2", "imagenet-a", "imagenet-r", "imagenet-sketch"],
+                   help="layout of --data-path: an ImageFolder (ImageNet val), ImageNetV2 (folders 0..999), "
+                        "ImageNet-A/-R (200 wnid folders; the 200 logits only) or ImageNet-Sketch")
+    p.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
+                   help="also report ReaL top-1 on ImageNet val (default file: timm's bundled real.json)")
     add_fetch(p)
     add_convert(p)
     return parser
@@ -939,7 +967,8 @@ def _run(argv: list[str] | None = None) -> int:
         print(json.dumps({"checkpoint": str(out), "config": str(cfg) if cfg else None}))
     elif args.command == "evaluate":
         ckpt = _resolve_for_eval(args.checkpoint, args)
-        result = evaluate_checkpoint(ckpt, args.data_path, args.batch_size, args.workers, args.device, args.limit)
+        result = evaluate_checkpoint(ckpt, args.data_path, args.batch_size, args.workers, args.device, args.limit,
+                                     dataset=args.dataset, real=args.real_labels)
         print(json.dumps({"checkpoint": args.checkpoint, **result}))
     return 0
 

@@ -32,9 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe", "SOLVERS"]
+__all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe", "probe_objective", "SOLVERS"]
 
 SOLVERS = ("torch", "sklearn", "torch-batched")
+#: per-λ L-BFGS cap and gradient tolerance of the default sweep (bench/linear_probe.py measures what they reach)
+PROBE_MAX_ITER = 100
+PROBE_TOL = 1e-5
 
 
 def regularization_grid(num: int = 45, low: float = 1e-6, high: float = 1e5) -> np.ndarray:
@@ -80,8 +83,10 @@ def _unrotate(w: torch.Tensor, b: torch.Tensor, v: torch.Tensor, mean: torch.Ten
 
 def _lbfgs(z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, scale: torch.Tensor, w0: torch.Tensor,
            b0: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise Σ_s [mean CE_s + λ_s/2·‖W_s‖²] over W = scale·u with L-BFGS; z (n, r), scale (S, r), w0 (S, r, K)."""
+    """Minimise Σ_s [mean CE_s + λ_s/2·‖W_s‖²] over W = scale·u with L-BFGS; z (n, r), scale (S, r), w0 (S, r, K).
+    Computes in ``z``'s dtype; stops when the largest |gradient| entry in the scaled coordinates is below ``tol``."""
     n, k = len(z), w0.shape[-1]
+    scale, w0, b0, lam = scale.to(z.dtype), w0.to(z.dtype), b0.to(z.dtype), lam.to(z.dtype)
     s_count = len(lam)
     u = (w0 / scale[:, :, None]).requires_grad_(True)
     b = b0.clone().requires_grad_(True)
@@ -103,7 +108,7 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, scale: torch.Ten
 
 
 def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
-               tol: float, batched: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               tol: float, batched: bool = False, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
     """L-BFGS in whitened-by-rotation coordinates; returns W (S, D, K) and b (S, K) for raw features.
 
     Each axis j of problem s is rescaled by 1/√(σ_j²/n + λ_s), its curvature scale, so L-BFGS starts well
@@ -112,6 +117,8 @@ def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: i
     which only pays off on a GPU).
     """
     z, v, curv, mean = _rotate(x)
+    if dtype == torch.float64:  # recompute the projection in float64 too
+        z = (torch.from_numpy(x).double() - mean) @ v
     yt = torch.from_numpy(y)
     lam = torch.as_tensor(lambdas, dtype=torch.float32)
     scale = (curv[None, :] + lam[:, None]).rsqrt()  # (S, r)
@@ -120,8 +127,8 @@ def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: i
         w, b = _lbfgs(z, yt, lam, scale, torch.zeros(len(lam), r, num_classes), torch.zeros(len(lam), num_classes),
                       max_iter, tol)
         return _unrotate(w, b, v, mean)
-    w_all = torch.zeros(len(lam), r, num_classes)
-    b_all = torch.zeros(len(lam), num_classes)
+    w_all = torch.zeros(len(lam), r, num_classes, dtype=dtype)
+    b_all = torch.zeros(len(lam), num_classes, dtype=dtype)
     w_prev, b_prev = torch.zeros(1, r, num_classes), torch.zeros(1, num_classes)
     for i in np.argsort(lambdas)[::-1].tolist():  # strong → weak regularisation: each solve warm-starts the next
         w_prev, b_prev = _lbfgs(z, yt, lam[i:i + 1], scale[i:i + 1], w_prev, b_prev, max_iter, tol)
@@ -156,12 +163,15 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
 
 
 def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, solver: str = "torch",
-              max_iter: int = 100, tol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+              max_iter: int = PROBE_MAX_ITER, tol: float = PROBE_TOL, precision: str = "float32"
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Fit one L2 logistic regression per λ.
 
     Args:
         x: (N, D) features. y: (N,) labels in [0, K). lambdas: (S,) penalty strengths (objective in module doc).
-        solver: ``"torch"`` (batched L-BFGS) or ``"sklearn"`` (warm-started LogisticRegression).
+        solver: ``"torch"`` (warm-started L-BFGS) or ``"sklearn"`` (warm-started LogisticRegression).
+        max_iter, tol: L-BFGS iteration cap and gradient tolerance per λ. precision: ``float32`` (default) or
+            ``float64`` (torch solvers; see bench/linear_probe.py for what each reaches).
     Returns:
         W (S, D, K) and b (S, K) float32, so that logits = x @ W[s] + b[s].
     """
@@ -172,7 +182,27 @@ def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, s
         raise ValueError(f"unknown linear-probe solver {solver!r}; choose one of {SOLVERS}")
     if solver == "sklearn":
         return _fit_sklearn(x, y, lambdas, k, max_iter, tol)
-    return _fit_torch(x, y, lambdas, k, max_iter, tol, batched=solver == "torch-batched")
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be float32 or float64, got {precision!r}")
+    return _fit_torch(x, y, lambdas, k, max_iter, tol, batched=solver == "torch-batched",
+                      dtype=getattr(torch, precision))
+
+
+def probe_objective(w: np.ndarray, b: np.ndarray, x: Any, y: Any, lambdas: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The objective of the module docstring and the norm of its gradient in (W, b), per fitted model, in float64 on
+    the raw features: W (S, D, K), b (S, K), x (N, D), y (N,), lambdas (S,) → (objective (S,), grad_norm (S,)).
+    Solver-independent, so it compares the torch and scikit-learn solutions on equal terms."""
+    x, y = _as_xy(x, y)
+    xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y)
+    objs, norms = [], []
+    for s, lam in enumerate(np.asarray(lambdas, dtype=np.float64).reshape(-1)):
+        ws = torch.from_numpy(np.asarray(w[s], dtype=np.float64)).requires_grad_(True)
+        bs = torch.from_numpy(np.asarray(b[s], dtype=np.float64)).requires_grad_(True)
+        loss = F.cross_entropy(xt @ ws + bs, yt) + 0.5 * lam * ws.pow(2).sum()
+        gw, gb = torch.autograd.grad(loss, (ws, bs))
+        objs.append(loss.item())
+        norms.append(float(torch.sqrt(gw.pow(2).sum() + gb.pow(2).sum())))
+    return np.asarray(objs), np.asarray(norms)
 
 
 def sweep_accuracy(w: np.ndarray, b: np.ndarray, x: Any, y: Any) -> np.ndarray:
@@ -194,7 +224,7 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val: Any = None, y_val: Any = None,
                  lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "torch",
-                 max_iter: int = 100) -> dict[str, Any]:
+                 max_iter: int = 100, precision: str = "float32") -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
     If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
@@ -216,13 +246,13 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
                          f"{x_test.shape[1]}; extract all splits with the same checkpoint")
     k = int(max(y_train.max(), y_val.max(), y_test.max()) + 1)
     lambdas = regularization_grid() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter)
+    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter, precision=precision)
     val_acc = sweep_accuracy(w, b, x_val, y_val)
     # Ties go to the strongest regularisation (the simplest model that reaches the best validation accuracy).
     best = int(np.flatnonzero(val_acc == val_acc.max()).max())
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([y_train, y_val])
-    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter)
+    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter, precision=precision)
     test_acc = float(sweep_accuracy(w1, b1, x_test, y_test)[0])
     return {
         "test_acc": 100.0 * test_acc,

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from .distributed import all_reduce_sum
 
-__all__ = ["topk_accuracy", "ECEAccumulator", "expected_calibration_error", "reliability_bins", "ClassificationMeter"]
+__all__ = ["topk_accuracy", "ECEAccumulator", "expected_calibration_error", "reliability_bins", "ClassificationMeter",
+           "shot_accuracy", "shot_accuracy_from_class_counts", "format_shot_accuracy"]
 
 
 def topk_accuracy(logits: Tensor, target: Tensor, topk: tuple[int, ...] = (1, 5)) -> list[float]:
@@ -130,3 +131,52 @@ class ClassificationMeter:
             return {"acc1": float("nan"), "acc5": float("nan"), "nll": float("nan"), "ece": float("nan"), "n": 0}
         return {"acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "nll": nll / n, "ece": self.ece.compute(),
                 "n": int(n)}
+
+
+def shot_accuracy(preds: Tensor, targets: Tensor, train_counts: list[int] | Tensor, many: int = 100,
+                  few: int = 20) -> dict[str, float | None]:
+    """Overall, many-, medium- and few-shot top-1 accuracy (percent) of a long-tailed classifier (paper Table 7).
+
+    Classes are grouped by their number of *training* images: many-shot > ``many``, few-shot < ``few``, medium-shot
+    in between (the thresholds of Liu et al. 2019 and Tang et al. 2020). A group's accuracy is taken over its test
+    samples. A group with no classes (or no test samples) is ``None``, never 0.0: the paper prints "0.0" for an empty
+    few-shot group (CIFAR-10 at ratio 100 keeps ≥ 50 images per class), which reads as a measured failure.
+
+    Args:
+        preds: (N,) predicted class indices (or (N, K) scores, reduced by argmax). targets: (N,) class indices.
+        train_counts: (K,) training images per class.
+    """
+    preds, targets = torch.as_tensor(preds).cpu(), torch.as_tensor(targets).cpu().long()
+    if preds.dim() == 2:
+        preds = preds.argmax(1)
+    if preds.shape != targets.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ in shape")
+    k = len(train_counts)
+    if targets.numel() and int(targets.max()) >= k:
+        raise ValueError(f"a target is {int(targets.max())} but train_counts has only {k} classes")
+    hit = (preds.long() == targets).double()
+    correct = torch.zeros(k, dtype=torch.float64).index_add_(0, targets, hit)
+    total = torch.zeros(k, dtype=torch.float64).index_add_(0, targets, torch.ones_like(hit))
+    return shot_accuracy_from_class_counts(correct, total, train_counts, many, few)
+
+
+def shot_accuracy_from_class_counts(correct: Tensor, total: Tensor, train_counts: list[int] | Tensor,
+                                    many: int = 100, few: int = 20) -> dict[str, float | None]:
+    """:func:`shot_accuracy` from per-class test tallies (K,) ``correct`` and ``total`` (summable across ranks)."""
+    correct, total = torch.as_tensor(correct, dtype=torch.float64), torch.as_tensor(total, dtype=torch.float64)
+    counts = torch.as_tensor(train_counts, dtype=torch.long).cpu()
+    if not correct.shape == total.shape == counts.shape:
+        raise ValueError(f"correct {tuple(correct.shape)}, total {tuple(total.shape)} and train_counts "
+                         f"{tuple(counts.shape)} must all be (K,)")
+
+    def acc(mask: Tensor) -> float | None:
+        n = float(total[mask].sum())
+        return None if n == 0 else 100.0 * float(correct[mask].sum()) / n
+
+    return {"overall": acc(torch.ones_like(counts, dtype=torch.bool)), "many": acc(counts > many),
+            "medium": acc((counts <= many) & (counts >= few)), "few": acc(counts < few)}
+
+
+def format_shot_accuracy(result: dict[str, float | None], digits: int = 2) -> str:
+    """``overall 81.40 many 82.30 medium 73.40 few n/a``: an empty group prints as "n/a"."""
+    return " ".join(f"{k} {'n/a' if v is None else f'{v:.{digits}f}'}" for k, v in result.items())

@@ -14,8 +14,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from .errors import UserError
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dict_strict", "features_and_logits",
-           "classifier_layer", "logits_and_dense_logits", "unwrap_model", "CifarResNet", "BlurPoolConv2d",
-           "apply_blurpool", "CIFAR_RESNETS"]
+           "classifier_layer", "load_pretrained_backbone", "logits_and_dense_logits", "unwrap_model", "CifarResNet",
+           "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS"]
 
 
 #: Re-exported from :mod:`maxsup.vit` (``from maxsup.models import LVViT`` works), imported on first use so that
@@ -105,6 +105,8 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     """Build a classifier by name.
 
     * ``cifar_resnet10/18/34/50/101``: :class:`CifarResNet` (kwargs ``width``, ``in_chans``);
+    * ``resnet32``: :class:`maxsup.lt_models.CifarResNet32` (kwargs ``width``, ``head=linear|causal_norm``, the
+      causal-norm head's ``num_heads, tau, gamma, alpha, momentum``);
     * ``cifar_mobilenet_v2``: torchvision MobileNetV2 with a stride-1 stem;
     * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
     * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``, ...).
@@ -122,6 +124,10 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
     if name in CIFAR_RESNETS:
         block, layers = CIFAR_RESNETS[name]
         model = CifarResNet(block, layers, num_classes=num_classes, **kwargs)
+    elif name == "resnet32":
+        from .lt_models import CifarResNet32  # paper Table 7's long-tailed CIFAR backbone (128-d feature)
+
+        model = CifarResNet32(num_classes=num_classes, **kwargs)
     elif name == "cifar_mobilenet_v2":
         # torchvision MobileNetV2 with a stride-1 stem (the usual CIFAR adaptation: 32 px → 4×4 final map)
         model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
@@ -134,7 +140,7 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
         from . import vit  # noqa: F401  (registers lvvit_t/s/m with timm)
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, cifar_mobilenet_v2, a "
+            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, resnet32, cifar_mobilenet_v2, a "
                              f"torchvision classification model (e.g. resnet50, mobilenet_v2) or a timm model name "
                              f"(e.g. deit_small_patch16_224)")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -279,3 +285,42 @@ def logits_and_dense_logits(model: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
             if head.bias is not None:
                 dense = dense + head.bias.to(feat.dtype)[None, :, None, None]
     return out, dense
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fine-tuning (paper Table 6: CUB / Cars; the recipe is ours, see Conv/common_resnet/README.md)
+# --------------------------------------------------------------------------------------------------------------------
+def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") -> dict[str, Any]:
+    """Initialise ``model`` from a checkpoint for fine-tuning: every weight except the classifier must match; the
+    classifier is kept from the checkpoint when its class count equals the model's, else left freshly initialised.
+
+    ``path``: any checkpoint of this repository, or a released one converted by ``python -m maxsup.hub convert``
+    (a bare state_dict also works). Returns ``{"loaded": n_tensors, "head_replaced": bool}``.
+    """
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"--finetune {path}: no '{key}' state_dict inside (top-level keys: "
+                        f"{', '.join(sorted(map(str, ckpt))[:8])})")
+    state = _strip_prefixes(state)
+    head = classifier_layer(model)
+    head_name = next(name for name, m in model.named_modules() if m is head)
+    head_keys = {f"{head_name}.{k}" for k in head.state_dict()}
+    own = model.state_dict()
+    replace = any(k in state and tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
+    if replace:
+        state = {k: v for k, v in state.items() if k not in head_keys}
+    missing = [k for k in own if k not in state and not (replace and k in head_keys)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+              if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})"] if missing else []
+        parts += [f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})"] if unexpected else []
+        parts += [f"shape mismatches: {'; '.join(shapes[:3])}"] if shapes else []
+        raise UserError(f"--finetune {path} does not fit the model's backbone: {'; '.join(parts)} (same --model and "
+                        f"--model-kwargs as the pretraining run?)")
+    model.load_state_dict(state, strict=not replace)
+    return {"loaded": len(state), "head_replaced": replace}

@@ -89,6 +89,17 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
         assert f"]({name}.png)" in readme
     assert "Paper vs. miniature" in readme and "SEEDS=3 make demo" in readme
     assert readme.count("**yes**") + readme.count("**no**") == 12
+    # Table 8 analogue (analysis.robustness) and paired MaxSup − LS / − CE differences (1 seed: no interval)
+    assert "## Table 8 analogue: Fashion-MNIST-C" in readme and "| resnet | MaxSup |" in readme
+    summary = json.loads((out / "summary.json").read_text())
+    rob = json.loads((out / "runs" / "seed0" / "analysis" / "robustness.json").read_text())["checkpoints"]
+    assert summary["backbones"]["resnet"]["ls"]["corr_ece"]["mean"] == rob["ResNet-LS"]["mean_corrupted"]["ece"]
+    assert set(rob["ResNet-LS"]["corrupted"]["fog"]) == {"1", "3", "5"}
+    paired = {(r["backbone"], r["a"], r["b"], r["metric"]): r for r in summary["paired"]}
+    row = paired[("resnet", "maxsup", "ls", "acc")]
+    accs = summary["backbones"]["resnet"]
+    assert row["differences"] == [pytest.approx(accs["maxsup"]["acc"]["values"][0] - accs["ls"]["acc"]["values"][0])]
+    assert row["ci95"] is None and "n/a (1 seed)" in readme
     # progress output: which run, its epoch, the ETA
     assert "resnet/maxsup seed 0 epoch" in stdout and "vit/ls seed 0 epoch" in stdout and "ETA" in stdout
 

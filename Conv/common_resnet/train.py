@@ -27,15 +27,24 @@ from torch import nn
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.cli import run_cli
+from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
+from maxsup.data.imagenet_variants import EVAL_SETS, RestrictLogits, eval_set
+from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
-from maxsup.metrics import ClassificationMeter
-from maxsup.models import arch_spec, create_model, load_state_dict_strict, model_from_checkpoint
+from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
+from maxsup.models import (
+    arch_spec,
+    create_model,
+    load_pretrained_backbone,
+    load_state_dict_strict,
+    model_from_checkpoint,
+)
 from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
 from maxsup.runinfo import (
     ScalarWriter,
@@ -55,13 +64,17 @@ RESUME_PREFIXES = ("loss_", "alpha_", "zipf_")
 NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 #: dataset → (native image side, mean, std, small_input)
 DATASETS = {
     "imagefolder": (224, IMAGENET_MEAN, IMAGENET_STD, False),
     "fmnist": (28, (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3, True),
+    "cifar10": (32, CIFAR10_MEAN, CIFAR10_STD, True),
     "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
     "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
     "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
+    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
+    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in TRANSFER_DATASETS},  # T6 fine-tuning: cub200, cars
 }
 
 
@@ -162,6 +175,8 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
     """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks)."""
     model.eval()
     meter = ClassificationMeter()
+    train_counts = getattr(args, "train_class_counts", None)  # set by --imb-ratio: many/medium/few-shot accuracy
+    per_class = torch.zeros(2, len(train_counts) if train_counts else 0, dtype=torch.float64)  # correct, total
     with torch.inference_mode():
         for image, target in data_loader:
             image = image.to(device, non_blocking=True)
@@ -170,9 +185,18 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
             with _autocast(device, args):
                 output = model(image)
             meter.update(output.float(), target)
+            if train_counts:
+                hit = (output.argmax(1).cpu() == target).double()
+                per_class[0].index_add_(0, target, hit)
+                per_class[1].index_add_(0, target, torch.ones_like(hit))
     metrics = meter.all_reduce().compute()
     print(f"Test{log_suffix}: acc@1 {metrics['acc1']:.3f} acc@5 {metrics['acc5']:.3f} nll {metrics['nll']:.4f} "
           f"ece {metrics['ece']:.4f} (n={metrics['n']})")
+    if train_counts:
+        per_class = all_reduce_sum(per_class.to(device)).cpu()
+        shots = shot_accuracy_from_class_counts(per_class[0], per_class[1], train_counts)
+        print(f"Test{log_suffix} shots: {format_shot_accuracy(shots)}")
+        metrics.update({f"{k}_shot_acc1": v for k, v in shots.items() if k != "overall"})
     return metrics
 
 
@@ -183,16 +207,27 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
         ds = FashionMNIST(args.data_path, train=train, transform=transform, classes=args.classes,
                           download=args.download, limit_per_class=args.limit_per_class)
         return ds, len(ds.classes)
-    if name == "cifar100":
-        root = Path(args.data_path or "datasets/cifar100")
+    if name in ("cifar10", "cifar100"):
+        root = Path(args.data_path or f"datasets/{name}")
+        cls, archive, folder, k = (
+            (torchvision.datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py", 10) if name == "cifar10"
+            else (torchvision.datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python", 100))
         try:
-            ds = torchvision.datasets.CIFAR100(root, train=train, transform=transform, download=args.download)
+            ds = cls(root, train=train, transform=transform, download=args.download)
         except RuntimeError:
-            raise UserError(f"CIFAR-100 not found in {root}: extract cifar-100-python.tar.gz so that "
-                            f"{root / 'cifar-100-python'}/train exists, or add --download") from None
-        return ds, 100
+            raise UserError(f"{name.upper()} not found in {root}: extract {archive} so that {root / folder} exists, "
+                            f"or add --download") from None
+        return ds, k
     if args.data_path is None:
         raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
+    if name in TRANSFER_DATASETS:
+        ds = transfer_dataset(name, args.data_path, train, transform)
+        return ds, len(ds.classes)
+    if name in EVAL_SETS:
+        if train:
+            raise UserError(f"--dataset {name} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
+        ds = eval_set(name, args.data_path, transform)
+        return ds, len(ds.classes)
     if name in ("imagenet32", "imagenet64"):
         ds = DownsampledImageNet(args.data_path, size=DATASETS[name][0], train=train, transform=transform)
         return ds, ds.num_classes
@@ -231,6 +266,8 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         raise UserError(f"--classes selects Fashion-MNIST classes; it is not supported with --dataset {args.dataset}")
     if args.limit_per_class is not None and args.dataset != "fmnist":
         raise UserError(f"--limit-per-class is only supported with --dataset fmnist, not {args.dataset}")
+    if args.imb_ratio is not None and args.dataset not in ("fmnist", "cifar10", "cifar100"):
+        raise UserError(f"--imb-ratio is supported with --dataset fmnist, cifar10 or cifar100, not {args.dataset}")
     native, mean, std, small = DATASETS[args.dataset]
     print(f"Loading data ({args.dataset})")
     t0 = time.time()
@@ -245,6 +282,12 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
         check_same_classes(dataset, dataset_test, args.data_path)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
+        if args.imb_ratio is not None:  # paper Table 7: exponential long-tail profile, a seeded subset
+            keep, args.train_class_counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed,
+                                                                num_classes)
+            dataset = torch.utils.data.Subset(dataset, keep.tolist())
+            print(f"Long-tailed training split (imbalance ratio {args.imb_ratio:g}, seed {args.seed}): per-class "
+                  f"counts {args.train_class_counts}")
     print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
           f"{num_classes} classes")
 
@@ -275,6 +318,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    if args.imb_ratio is not None and not args.imb_ratio >= 1:
+        raise UserError(f"--imb-ratio must be >= 1 (largest / smallest class size, e.g. 100), got {args.imb_ratio}")
     if args.epochs < 1 or args.batch_size < 1:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
@@ -327,6 +372,23 @@ def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) ->
     return sched.SequentialLR(optimizer, [warmup, main_sched], milestones=[args.lr_warmup_epochs])
 
 
+def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info: DistInfo) -> dict[str, Any]:
+    """``--extra-val NAME=PATH``: test sets evaluated after every epoch beside the main one, as {name: (loader, the
+    1k logits to keep or None)}."""
+    out = {}
+    for item in args.extra_val or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in EVAL_SETS:
+            raise UserError(f"--extra-val expects NAME=PATH with NAME one of {', '.join(EVAL_SETS)}, got {item!r}")
+        ds = eval_set(name, path, eval_transform(spec))
+        sampler = (ShardedEvalSampler(ds, dist_info.world_size, dist_info.rank) if dist_info.distributed
+                   else torch.utils.data.SequentialSampler(ds))
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.eval_batch_size or args.batch_size, sampler=sampler,
+                                             num_workers=args.workers)
+        out[name] = (loader, ds.class_indices if getattr(ds, "subset", False) else None)
+    return out
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
     _check_args(args)
@@ -345,6 +407,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = eval_spec(args)
     if args.test_only and checkpoint.get("eval_transform"):
         spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
+    if args.test_only and checkpoint.get("train_class_counts"):
+        args.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
     dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
     num_classes = args.num_classes or num_classes
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
@@ -358,11 +422,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"{args.resume} has a {head}-class head but the evaluation data has {num_classes} "
                             f"classes; evaluate it on the dataset (and --classes) it was trained on")
         model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
+        if getattr(dataset_test, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
+            model = RestrictLogits(model, dataset_test.class_indices).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         metrics = evaluate(model, data_loader_test, device, args)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
+            if getattr(dataset_test, "subset", False):
+                ema = RestrictLogits(ema, dataset_test.class_indices).to(device)
             metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)")}
         return metrics
 
@@ -379,6 +447,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Creating model {args.model}")
     model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
     model = create_model(args.model, num_classes, **model_kwargs).to(device)
+    if args.finetune and checkpoint is None:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
+        info = load_pretrained_backbone(model, args.finetune)
+        print(f"Fine-tuning from {args.finetune}: {info['loaded']} tensors loaded, "
+              f"{'new' if info['head_replaced'] else 'pretrained'} {num_classes}-class head")
     if dist_info.distributed and args.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
@@ -446,6 +518,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
     tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
+    extra_val = _extra_val_loaders(args, spec, dist_info)
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
@@ -463,6 +536,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "criterion": criterion.state_dict(),
             "rng": rng_state(),  # informative at epoch ends (exact resume comes from the per-epoch reseeding)
         }
+        if getattr(args, "train_class_counts", None):
+            ckpt["train_class_counts"] = list(args.train_class_counts)  # --imb-ratio's long-tailed split
         if model_ema is not None:
             ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
             ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
@@ -497,6 +572,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                       **{f"test_{k}": v for k, v in metrics.items()}}
+            for name, (loader, keep) in extra_val.items():  # e.g. ImageNetV2 beside ImageNet val
+                net = model if keep is None else RestrictLogits(model, keep).to(device)
+                record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
             if model_ema is not None:
                 ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
                 record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
@@ -527,17 +605,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(description="MaxSup-repo image classification training (torchvision references idiom)",
                      add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
-    parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS), help="dataset format")
+    parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS),
+                        help="dataset format; imagenetv2, imagenet-a, imagenet-r, imagenet-sketch are test sets for "
+                             "--test-only (--data-path = the set's folder)")
     parser.add_argument("--data-path", default=None, type=str,
                         help="dataset root (imagefolder: train/ and val/ inside; imagenet32/64: the pickled batches; "
-                             "fmnist: default is the dataset-fashion-mnist Debian package; cifar100: "
-                             "datasets/cifar100)")
-    parser.add_argument("--download", action="store_true", help="download fmnist/cifar100 into --data-path if missing")
+                             "fmnist: default is the dataset-fashion-mnist Debian package; cifar10/100: "
+                             "datasets/cifar10 or datasets/cifar100)")
+    parser.add_argument("--download", action="store_true",
+                        help="download fmnist/cifar10/cifar100 into --data-path if missing")
     parser.add_argument("--classes", default=None, type=class_list,
                         help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
     parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
+    parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
+                        help="also evaluate after every epoch on these ImageNet test sets (imagenetv2, imagenet-a, "
+                             "imagenet-r, imagenet-sketch), logged as NAME_acc1, ...")
+    parser.add_argument("--imb-ratio", default=None, type=float,
+                        help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
+                             "images of class c (a seeded subset; paper Table 7 uses 50 and 100); test split untouched")
     # model
     parser.add_argument("--model", default="resnet18", type=str,
                         help="torchvision model (resnet18/50/101, mobilenet_v2, ...) or cifar_resnet10/18/34/50 "
@@ -625,6 +712,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--finetune", default="", type=str,
+                        help="initialise from this checkpoint's backbone (ours, or a released one converted by "
+                             "maxsup.hub convert); the head is replaced when the class count differs")
     parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
     parser.add_argument("--test-only", action="store_true", help="only evaluate --resume: acc@1, acc@5, NLL, ECE")
     return parser

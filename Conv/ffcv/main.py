@@ -39,7 +39,7 @@ from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
-from maxsup.models import arch_spec, create_model, load_state_dict_strict, unwrap_model
+from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
 from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
 from maxsup.runinfo import (
     ScalarWriter,
@@ -492,6 +492,10 @@ class ImageNetTrainer:
     def create_model_and_scaler(self):
         m = self.cfg["model"]
         model = create_model(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"])
+        if self.cfg["train"]["finetune"]:  # paper Table 6: a pretrained backbone (a resume overrides it later)
+            info = load_pretrained_backbone(model, self.cfg["train"]["finetune"])
+            print(f"fine-tuning from {self.cfg['train']['finetune']}: {info['loaded']} tensors loaded, head "
+                  f"{'replaced' if info['head_replaced'] else 'kept'}")
         if self.cfg["train"]["sync_bn"] and self.dist.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)

@@ -69,8 +69,10 @@ class ZipMembers(Dataset):
 
 
 def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None,
-                fashion_mnist: str | None = None) -> Dataset:
-    """The split to convert: (PIL RGB image, int label) pairs, labels in ImageFolder (sorted folder) or map order."""
+                fashion_mnist: str | None = None, layout: str = "imagefolder") -> Dataset:
+    """The split to convert: (PIL RGB image, int label) pairs, labels in ImageFolder (sorted folder) or map order;
+    ``layout`` ``imagenetv2`` (folders 0..999, label = int(name)) or ``imagenet-sketch`` (wnid folders, label = the
+    wnid's ImageNet-1k index) for ``data_dir``."""
     if sum(x is not None for x in (data_dir, zip_path, fashion_mnist)) != 1:
         raise UserError("give exactly one source: --data-dir <ImageFolder split>, --zip <file.zip> --map <map.txt>, "
                         "or --fashion-mnist train|test")
@@ -81,6 +83,10 @@ def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None
             raise UserError(f"--zip {zip_path} needs its map file: add --map <train_map.txt|val_map.txt>")
         return ZipMembers(zip_path, map_path)
     root = Path(data_dir)
+    if layout != "imagefolder":
+        from maxsup.data.imagenet_variants import eval_set
+
+        return eval_set(layout, root)
     if not root.is_dir():
         raise UserError(f"source folder not found: {root}; pass an ImageFolder split (<dir>/<class>/<image>)")
     try:
@@ -137,6 +143,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map", default=None, help="map file of --zip (<member>\\t<label> per line)")
     parser.add_argument("--fashion-mnist", default=None, choices=["train", "test"],
                         help="convert this Fashion-MNIST split instead (28 px, for configs/fmnist_cpu.toml)")
+    parser.add_argument("--layout", default="imagefolder", choices=["imagefolder", "imagenetv2", "imagenet-sketch"],
+                        help="labels of --data-dir: sorted class folders, ImageNetV2's int(folder name), or "
+                             "ImageNet-Sketch's wnid → ImageNet-1k index")
     parser.add_argument("--write-path", required=True, help="output .beton file")
     parser.add_argument("--max-resolution", type=int, default=500, help="cap on the longer image side (px)")
     parser.add_argument("--compress-probability", type=float, default=0.5, help="fraction of images stored as JPEG")
@@ -151,7 +160,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Path:
     args = get_args_parser().parse_args(argv)
-    dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist), args.subset)
+    dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist, args.layout),
+                          args.subset)
     path = write_beton(dataset, args.write_path, args.max_resolution, args.compress_probability, args.jpeg_quality,
                        args.num_workers, args.chunk_size, args.write_mode)
     print(f"wrote {len(dataset)} images to {path}")

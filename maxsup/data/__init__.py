@@ -1,6 +1,9 @@
 """Dataset readers shared by the trainers, analysis/ and data/ scripts."""
 
 from ..errors import UserError
+from .long_tail import long_tailed_counts, long_tailed_indices
+
+__all__ = ["parse_classes", "long_tailed_counts", "long_tailed_indices"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:

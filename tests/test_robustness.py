@@ -1,0 +1,170 @@
+"""Corruption robustness (paper Table 8): maxsup.corruptions on real Fashion-MNIST images and analysis.robustness
+on tiny trained models, on the fly and from a CIFAR-10-C-layout folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from analysis import robustness
+from analysis.common import build_dataset
+from maxsup.checkpoint import atomic_save
+from maxsup.cli import run_cli
+from maxsup.corruptions import CIFAR10C, CORRUPTIONS, CorruptedDataset, corrupt, parse_corruptions, parse_severities
+from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
+from maxsup.data.transforms import eval_transform, transform_spec
+from maxsup.errors import UserError
+from maxsup.metrics import ClassificationMeter
+from maxsup.models import arch_spec, create_model
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = transform_spec(28, 1.0, mean=(FMNIST_MEAN,), std=(FMNIST_STD,), grayscale_to_rgb=False)
+ARCH = ("cifar_resnet10", {"width": 4, "in_chans": 1})
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny CIFAR-ResNet-10s trained a few steps on 3 Fashion-MNIST classes (CE, MaxSup)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("rob")
+    ds = FashionMNIST(train=True, classes=(0, 1, 7), limit_per_class=60, transform=eval_transform(SPEC))
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+    from maxsup import build_criterion
+
+    out = {}
+    for name, loss in (("CE", "ce"), ("MaxSup", "maxsup")):
+        torch.manual_seed(0)
+        model = create_model(ARCH[0], 3, **ARCH[1])
+        crit = build_criterion(loss, 3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for epoch in range(2):
+            crit.set_epoch(epoch)
+            for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch)).split(30):
+                opt.zero_grad()
+                crit(model(x[idx]), y[idx]).backward()
+                opt.step()
+        out[name] = atomic_save({"model": model.state_dict(), "arch": arch_spec(ARCH[0], 3, **ARCH[1]),
+                                 "eval_transform": SPEC}, root / f"{name}.pth")
+    torch.set_num_threads(before)
+    return out
+
+
+def test_all_15_corruptions_change_28px_images_deterministically():
+    img = FashionMNIST(train=False, limit_per_class=1)[0][0]  # a real 28×28 'L' image
+    for name in CORRUPTIONS:
+        a, b = corrupt(img, name, 3, seed=7), corrupt(img, name, 3, seed=7)
+        assert a.mode == "L" and a.size == (28, 28), name
+        assert np.array_equal(np.asarray(a), np.asarray(b)), f"{name} is not reproducible for a fixed seed"
+        assert np.abs(np.asarray(a, float) - np.asarray(img, float)).max() >= 1, f"{name} left the image unchanged"
+    # the noises depend on the seed, and severity 5 is stronger than 1
+    noise = [np.asarray(corrupt(img, "impulse_noise", 3, seed=s), float) for s in (1, 2)]
+    assert not np.array_equal(*noise)
+    diff = [np.abs(np.asarray(corrupt(img, "gaussian_noise", s, 0), float) - np.asarray(img, float)).mean()
+            for s in (1, 5)]
+    assert diff[1] > 2 * diff[0]
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    assert corrupt(big, "fog", 5).size == (224, 224) and corrupt(big, "frost", 1).mode == "RGB"
+
+
+def test_corrupted_dataset_is_independent_of_batching_and_workers():
+    raw = FashionMNIST(train=False, limit_per_class=2)
+    ds = CorruptedDataset(raw, "shot_noise", 4, eval_transform(SPEC), seed=3)
+    one = torch.stack([ds[i][0] for i in range(len(ds))])
+    loader = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=2)
+    assert torch.equal(torch.cat([x for x, _ in loader]), one)
+    assert not torch.equal(one, torch.stack([eval_transform(SPEC)(raw[i][0]) for i in range(len(raw))]))
+
+
+def _args(ckpts, out, *extra):
+    return ["--checkpoint", f"CE={ckpts['CE']}", "--checkpoint", f"MaxSup={ckpts['MaxSup']}", "--dataset", "fmnist",
+            "--classes", "0,1,7", "--max-per-class", "20", "--out", str(out), "--no-progress", *extra]
+
+
+def test_robustness_json_schema_clean_metrics_and_outputs(ckpts, tmp_path):
+    res = robustness.main(_args(ckpts, tmp_path, "--corruptions", "gaussian_noise,contrast", "--severities", "1,5"))
+    on_disk = json.loads((tmp_path / "robustness.json").read_text())
+    assert on_disk == json.loads(json.dumps(res)) and list(on_disk) == ["checkpoints"]
+    for name in ("CE", "MaxSup"):
+        r = on_disk["checkpoints"][name]
+        assert set(r) == {"clean", "corrupted", "mean_corrupted"}
+        assert set(r["corrupted"]) == {"gaussian_noise", "contrast"}
+        assert all(set(per) == {"1", "5"} for per in r["corrupted"].values())
+        assert all(set(m) == {"error", "nll", "ece"} for per in r["corrupted"].values() for m in per.values())
+        cells = [m["error"] for per in r["corrupted"].values() for m in per.values()]
+        assert r["mean_corrupted"]["error"] == pytest.approx(np.mean(cells))
+    # the clean entry is the plain evaluation of the same 60 images
+    ds = build_dataset("fmnist", None, "test", eval_transform(SPEC), [0, 1, 7], 20, 0)
+    model = create_model(ARCH[0], 3, **ARCH[1])
+    model.load_state_dict(torch.load(ckpts["CE"], weights_only=True)["model"])
+    meter = ClassificationMeter()
+    with torch.no_grad():
+        x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+        meter.update(model.eval()(x), y)
+    m = meter.compute()
+    assert on_disk["checkpoints"]["CE"]["clean"]["error"] == pytest.approx(1 - m["acc1"] / 100)
+    assert on_disk["checkpoints"]["CE"]["clean"]["nll"] == pytest.approx(m["nll"], rel=1e-5)
+    # contrast 5 washes Fashion-MNIST out: worse than clean for the trained model
+    assert on_disk["checkpoints"]["CE"]["corrupted"]["contrast"]["5"]["nll"] > m["nll"]
+    md = (tmp_path / "robustness.md").read_text()
+    assert "| Metric | CE | MaxSup |" in md and "| Error (Corr) |" in md and "| ECE (Corr) |" in md
+    assert (tmp_path / "robustness.png").stat().st_size > 1000
+
+
+def _write_cifar10c(root: Path, names: tuple[str, ...], n: int = 6) -> np.ndarray:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8)
+    for s in range(5):
+        imgs[s * n:(s + 1) * n, 0, 0, 0] = s  # severity marker
+    for c in names:
+        np.save(root / f"{c}.npy", imgs)
+    np.save(root / "labels.npy", np.tile(np.arange(n) % 3, 5).astype(np.int64))
+    return imgs
+
+
+def test_cifar10c_reader_slices_the_severity(tmp_path):
+    _write_cifar10c(tmp_path, ("fog",))
+    ds = CIFAR10C(tmp_path, "fog", 4)
+    assert len(ds) == 6 and ds.targets == [0, 1, 2, 0, 1, 2]
+    assert all(np.asarray(ds[i][0])[0, 0, 0] == 3 for i in range(6))
+    with pytest.raises(UserError, match=r"snow\.npy is missing"):
+        CIFAR10C(tmp_path, "snow", 1)
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run_cli(robustness.main, argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code != 0 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_bad_corruption_severity_and_missing_cifar10c_file(ckpts, tmp_path, capsys):
+    err = _cli_error(_args(ckpts, tmp_path, "--corruptions", "fog,rain"), capsys)
+    assert "unknown corruption rain" in err and "gaussian_noise" in err and "jpeg_compression" in err
+    err = _cli_error(_args(ckpts, tmp_path, "--severities", "1,6"), capsys)
+    assert "severity 6 is outside 1-5" in err
+    assert parse_severities("5,1,1") == [1, 5] and parse_corruptions(None) == list(CORRUPTIONS)
+    _write_cifar10c(tmp_path / "c10c", ("fog",))
+    err = _cli_error(["--checkpoint", f"CE={ckpts['CE']}", "--dataset", "cifar10", "--data-path", str(tmp_path),
+                      "--precomputed", str(tmp_path / "c10c"), "--corruptions", "fog,snow", "--out", str(tmp_path)],
+                     capsys)
+    assert f"{tmp_path / 'c10c' / 'snow.npy'} is missing" in err
+
+
+def test_subprocess_module_entry_point(ckpts, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "analysis.robustness", *_args(ckpts, tmp_path, "--corruptions",
+                                                                                "snow", "--severities", "9")],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: severity 9 is outside 1-5 (ImageNet-C defines severities 1, 2, 3, 4, 5)"]
