@@ -65,10 +65,17 @@ class RequeueTask:
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
         usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # SIGUSR2 unless $SUBMITIT_PREEMPT_SIGNAL
-        extra = [n for n in os.environ.get(PREEMPT_ENV, "").split(",") if n]
+        before = os.environ.get(PREEMPT_ENV)
+        extra = [n for n in (before or "").split(",") if n]
         os.environ[PREEMPT_ENV] = ",".join(dict.fromkeys([*extra, usr.name]))  # the trainer's Preemption catches it
         Preemption.last = None
-        result = self.run(self.prepare(Path(self.checkpoint_path).is_file()))
+        try:
+            result = self.run(self.prepare(Path(self.checkpoint_path).is_file()))
+        finally:  # (the debug executor runs in the submitting process)
+            if before is None:
+                os.environ.pop(PREEMPT_ENV, None)
+            else:
+                os.environ[PREEMPT_ENV] = before
         preemption = Preemption.last
         if preemption is not None and preemption.did_stop and preemption.signal == usr:
             # the step-boundary checkpoint is written; submitit's handler (restored by Preemption) requeues the job

@@ -456,8 +456,9 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, m
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
 
 
-def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path):
+def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path, monkeypatch):
     """Conv/common_resnet/run_with_submitit.py through submitit's in-process debug executor."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # submit() extends it for the job
     names = ("run_with_submitit", "train", "presets", "utils", "sampler")
     saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
     sys.path.insert(0, str(TRAIN_DIR))
