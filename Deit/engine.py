@@ -10,16 +10,18 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from maxsup import ClassificationMeter
+from maxsup.checkpoint import rng_state, set_rng_state
 from maxsup.distributed import all_reduce_sum
 from maxsup.faults import kill_point
 from maxsup.losses import PenaltyStatsMeter, compute_loss
 from maxsup.models import unwrap_model
-from maxsup.reliability import step_guard
+from maxsup.reliability import Preemption, step_guard
 
 __all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
 
@@ -33,7 +35,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     mixup_fn: Callable | None = None, target_fn: Callable | None = None,
                     amp_dtype: torch.dtype | None = None, print_freq: int = 50,
                     set_training_mode: bool = True, accum_steps: int = 1, stats_every: int = 10,
-                    train_step: Callable | None = None) -> dict[str, float]:
+                    train_step: Callable | None = None, preemption: Preemption | None = None,
+                    partial: dict[str, Any] | None = None) -> dict[str, Any]:
     """One epoch. Returns means over the training samples of all ranks: ``loss`` (every step), the ``PENALTY_KEYS``
     (the steps measured every ``stats_every``), plus
     ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
@@ -48,17 +51,31 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         stats_every: the penalty statistics are measured every N steps, accumulated on the device.
         train_step: SMMix / Token Labeling (``Deit/smmix.py``, ``Deit/token_labeling.py``): ``(model, images,
             targets, criterion) → (loss, cls_logits, soft_targets)`` replaces the forward and the loss.
+        preemption: when its signal arrived (on any rank, shared by ``step_guard``), the epoch stops at the end of
+            the current accumulation group and returns ``{"preempted": {"step": i, ...}}`` (running sums, RNG state)
+            for a mid-epoch checkpoint.
+        partial: that entry, from a checkpoint: the first ``step`` batches are drawn but not trained on, and the RNG
+            state of that moment is restored, so the epoch continues as if never interrupted.
     """
     model.train(set_training_mode)
     criterion.train()
     criterion.set_epoch(epoch)  # α schedule (paper App. F): one value per epoch, as in the authors' DeiT code
-    sums = torch.zeros(1, dtype=torch.float64)
+    partial = partial or {}
+    sums = torch.tensor([partial.get("loss_sum", 0.0)], dtype=torch.float64)
     penalties = PenaltyStatsMeter(stats_every)
-    seen = 0
+    if "penalties" in partial:
+        penalties.load_state_dict(partial["penalties"], device)
+    seen = partial.get("seen", 0)
     n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
     start = time.time()
     usable = n_steps - n_steps % accum_steps if n_steps >= 0 else -1
-    for step, (samples, targets) in enumerate(data_loader):
+    batches = iter(data_loader)
+    first = partial.get("step", 0)
+    for _ in range(first):  # the batches trained on before the interruption (same per-epoch seeds), skipped
+        next(batches)
+    if partial:
+        set_rng_state(partial["rng"])
+    for step, (samples, targets) in enumerate(batches, start=first):
         if step == usable:
             break
         kill_point("step")
@@ -83,7 +100,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     # MaxSup: CE + α·(z_max − mean z), Paper Eq. 8 (compute_loss also feeds Zipf-dense / Adaptive LS)
                     outputs, loss = compute_loss(model, criterion, samples, targets)
 
-            step_guard(loss, epoch, step, lr_flag="--lr", clip_flag="--clip-grad")  # NaN/inf on any rank: all stop
+            # NaN/inf on any rank: all stop; a preemption signal on any rank: all stop after the same step
+            stop = step_guard(loss, epoch, step, stop_requested=preemption is not None and preemption.requested,
+                              lr_flag="--lr", clip_flag="--clip-grad")
             loss_value = loss.item()
             scaled = loss / accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -109,6 +128,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         if print_freq and step % print_freq == 0:
             print(f"Epoch: [{epoch}] [{step}/{n_steps}] loss {loss_value:.4f} lr {optimizer.param_groups[0]['lr']:.3e} "
                   f"({time.time() - start:.1f}s)", flush=True)
+        # a preemption stops at the end of an accumulation group, so no half-accumulated gradient is lost
+        if stop and last_micro and step + 1 != usable:
+            return {"preempted": {"step": step + 1, "loss_sum": sums.item(), "seen": seen, "rng": rng_state(),
+                                  "penalties": penalties.state_dict()}}
 
     criterion.on_epoch_end()  # OLS refreshes its soft labels here (all-reduced under DDP)
     totals = all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)]))

@@ -44,7 +44,7 @@ from maxsup.checkpoint import (  # noqa: E402
 )
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
-from maxsup.distributed import init_distributed  # noqa: E402
+from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
 from maxsup.models import (  # noqa: E402
@@ -54,7 +54,14 @@ from maxsup.models import (  # noqa: E402
     load_pretrained_backbone,
     load_state_dict_strict,
 )
-from maxsup.reliability import append_log, check_finite_model, check_resume, read_log  # noqa: E402
+from maxsup.reliability import (  # noqa: E402
+    Preemption,
+    append_log,
+    check_finite_model,
+    check_resume,
+    read_log,
+    run_seeds,
+)
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
     alpha_schedule_of,
@@ -472,7 +479,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
 
     # --- resume ----------------------------------------------------------------------------------------------
-    start_epoch, max_accuracy = 0, 0.0
+    start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
     if args.resume:
         ckpt = load_checkpoint(args.resume)
@@ -499,9 +506,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             set_rng_state(ckpt["rng"])
             start_epoch = ckpt["epoch"] + 1
             max_accuracy = ckpt.get("max_accuracy", 0.0)
+            partial, last_log = ckpt.get("partial"), ckpt.get("log_stats")  # partial: preempted inside start_epoch
             if log_path is not None and rank == 0:
                 rewrite_log(log_path, ckpt)
-            print(f"Resumed from {args.resume} at epoch {start_epoch}")
+            where = f", step {partial['step']}" if partial else ""
+            print(f"Resumed from {args.resume} at epoch {start_epoch}{where}")
 
     if args.eval:
         if getattr(dataset_val, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
@@ -517,54 +526,77 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     start_time = time.time()
     log_stats: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
-    for epoch in range(start_epoch, args.epochs):
-        seed_everything(epoch_seed(args, epoch, rank))
-        loader_gen.manual_seed(epoch_seed(args, epoch, rank))
-        if hasattr(sampler_train, "set_epoch"):
-            sampler_train.set_epoch(epoch)
-        lr_scheduler.step(epoch)
-        train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
-                                      args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
-                                      accum_steps=args.accum_steps, stats_every=args.stats_every,
-                                      train_step=train_step)
-        sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
-        test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
-        criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
-        is_best = test_stats["acc1"] > max_accuracy
-        max_accuracy = max(max_accuracy, test_stats["acc1"])
-        log_stats = {
-            "train_loss": train_stats["loss"], "train_lr": train_stats["lr"], "train_samples": train_stats["samples"],
-            "alpha": train_stats["alpha"], **{k: train_stats[k] for k in PENALTY_KEYS},
-            **{f"test_{k}": v for k, v in test_stats.items()}, "epoch": epoch, "n_parameters": n_parameters,
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "trainer": TRAINER, "model": model_without_ddp.state_dict(), "arch": arch,
+            "eval_transform": eval_transform_spec(args),
+            "args": vars(args), "epoch": epoch, "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None, "criterion": criterion.state_dict(),
+            "rng": rng_state(), "max_accuracy": max_accuracy,
+            **({"log_stats": last_log} if last_log is not None else {}),  # the record of `epoch` (for the log)
         }
-        if model_ema is not None:  # DeiT keeps the EMA; evaluate it too, on the same images
-            ema_device = next(model_ema.module.parameters()).device  # --model-ema-force-cpu keeps it on the CPU
-            ema_stats = evaluate(loader_val, model_ema.module, ema_device, amp_dtype if ema_device == device else None,
-                                 gather=gather_eval)
-            log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
-        tb.log(log_stats, epoch)
-        print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
-              f"ls_regularization {train_stats['ls_regularization']:.4f} "
-              f"ls_error_amplification {train_stats['ls_error_amplification']:.4f} "
-              f"misclassified {train_stats['misclassified']:.4f} | test acc1 {test_stats['acc1']:.2f}% "
-              f"(max {max_accuracy:.2f}%)", flush=True)
-        check_finite_model(model_without_ddp, epoch, len(loader_train), lr_flag="--lr", clip_flag="--clip-grad")
-        if output_dir and rank == 0:
-            ckpt = {
-                "trainer": TRAINER, "model": model_without_ddp.state_dict(), "arch": arch,
-                "eval_transform": eval_transform_spec(args),
-                "args": vars(args), "epoch": epoch, "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None, "criterion": criterion.state_dict(),
-                "rng": rng_state(), "max_accuracy": max_accuracy, "log_stats": log_stats,
+
+    with Preemption() as preemption:
+        for epoch in range(start_epoch, args.epochs):
+            seed_everything(epoch_seed(args, epoch, rank))
+            loader_gen.manual_seed(epoch_seed(args, epoch, rank))
+            if hasattr(sampler_train, "set_epoch"):
+                sampler_train.set_epoch(epoch)
+            lr_scheduler.step(epoch)
+            train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
+                                          args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
+                                          accum_steps=args.accum_steps, stats_every=args.stats_every,
+                                          train_step=train_step, preemption=preemption,
+                                          partial=partial if epoch == start_epoch else None)
+            if "preempted" in train_stats:  # SIGTERM/SIGUSR1: checkpoint this step boundary, then exit cleanly
+                step = train_stats["preempted"]["step"]
+                check_finite_model(model_without_ddp, epoch, step, lr_flag="--lr", clip_flag="--clip-grad")
+                if output_dir and rank == 0:
+                    atomic_save({**checkpoint_state(epoch - 1), "partial": train_stats["preempted"]},
+                                output_dir / "checkpoint.pth")
+                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
+                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
+                preemption.stopped()
+                break
+            sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
+            test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+            criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
+            is_best = test_stats["acc1"] > max_accuracy
+            max_accuracy = max(max_accuracy, test_stats["acc1"])
+            log_stats = {
+                "train_loss": train_stats["loss"], "train_lr": train_stats["lr"],
+                "train_samples": train_stats["samples"],
+                "alpha": train_stats["alpha"], **{k: train_stats[k] for k in PENALTY_KEYS},
+                **{f"test_{k}": v for k, v in test_stats.items()}, "epoch": epoch, "n_parameters": n_parameters,
             }
-            # best first, then checkpoint.pth, then the log: a kill between any two leaves a resumable state
-            if is_best:
-                atomic_save(ckpt, output_dir / "best_checkpoint.pth")
-            atomic_save(ckpt, output_dir / "checkpoint.pth")
-            append_log(log_path, log_stats)
-        history.append(log_stats)
+            if model_ema is not None:  # DeiT keeps the EMA; evaluate it too, on the same images
+                ema_device = next(model_ema.module.parameters()).device  # --model-ema-force-cpu keeps it on the CPU
+                ema_stats = evaluate(loader_val, model_ema.module, ema_device,
+                                     amp_dtype if ema_device == device else None, gather=gather_eval)
+                log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
+            tb.log(log_stats, epoch)
+            print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
+                  f"ls_regularization {train_stats['ls_regularization']:.4f} "
+                  f"ls_error_amplification {train_stats['ls_error_amplification']:.4f} "
+                  f"misclassified {train_stats['misclassified']:.4f} | test acc1 {test_stats['acc1']:.2f}% "
+                  f"(max {max_accuracy:.2f}%)", flush=True)
+            check_finite_model(model_without_ddp, epoch, len(loader_train), lr_flag="--lr", clip_flag="--clip-grad")
+            if output_dir and rank == 0:
+                last_log = log_stats
+                ckpt = checkpoint_state(epoch)
+                # best first, then checkpoint.pth, then the log: a kill between any two leaves a resumable state
+                if is_best:
+                    atomic_save(ckpt, output_dir / "best_checkpoint.pth")
+                atomic_save(ckpt, output_dir / "checkpoint.pth")
+                append_log(log_path, log_stats)
+            history.append(log_stats)
+            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
+                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
+                if epoch + 1 < args.epochs:
+                    preemption.stopped()
+                break
 
     tb.close()
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
@@ -590,13 +622,9 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.eval:  # --eval evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    results = {}
-    for seed in seeds:
-        run = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
-                                    "output_dir": seed_dir(args.output_dir, seed),
-                                    "tensorboard": seed_dir(args.tensorboard, seed)})
-        results[f"seed{seed}"] = main(run)
-    return results
+    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
+        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
+        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python Deit/run_with_submitit.py --nodes 1 --ngpus 4 --partition gpu --job_dir ./jobs/deit_maxsup \\
         --data-path /data/imagenet --loss maxsup --mixup 0 --cutmix 0 --smoothing 0 --batch-size 256
 
-On preemption or timeout, submitit calls ``RequeueTask.checkpoint`` (``maxsup.launch``), which requeues the job with
-``--resume <output_dir>/checkpoint.pth`` (written atomically at every epoch end).
+On preemption or timeout, submitit's SIGUSR2 first makes main.py write ``<output_dir>/checkpoint.pth`` at the end of the
+current accumulation group; then submitit calls ``RequeueTask.checkpoint`` (``maxsup.launch``), which requeues the job
+with ``--resume`` pointing at it (see ``maxsup/launch.py``).
 """
 
 from __future__ import annotations

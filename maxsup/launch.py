@@ -1,22 +1,32 @@
 """Slurm launching through submitit, shared by the trainers' ``run_with_submitit.py`` scripts.
 
 A :class:`RequeueTask` runs one trainer entry point on every Slurm task, with torchrun's environment variables set
-from submitit's job environment (``maxsup.distributed.init_distributed`` reads them). On preemption or timeout
-submitit calls :meth:`RequeueTask.checkpoint`, which requeues the same task; the trainer then resumes from
-``checkpoint.pth`` in its output folder (written atomically at every epoch end, and at a step boundary when the
-trainer receives SIGTERM/SIGUSR1).
+from submitit's job environment (``maxsup.distributed.init_distributed`` reads them).
+
+Preemption and time limit: Slurm sends submitit's signal (SIGUSR2, ``--signal=USR2@<--signal_delay_s>``) ahead of the
+time limit, and on preemption. Inside the training loop :class:`RequeueTask` makes that signal the trainer's
+:class:`maxsup.reliability.Preemption` flag (``$MAXSUP_PREEMPT_SIGNALS``), so the trainer finishes its current step (or
+accumulation group), writes a mid-epoch ``checkpoint.pth`` and returns; then the signal is handed back to submitit's own
+handler, which calls :meth:`RequeueTask.checkpoint` and requeues the job, and the requeued job resumes from that
+checkpoint. Outside the loop (data loading, final evaluation) submitit handles the signal directly, and the job resumes
+from the last epoch checkpoint. SIGTERM / SIGUSR1 also checkpoint at a step boundary, then the job ends without a
+requeue (Slurm requeues a preempted job itself when the partition's PreemptMode is REQUEUE).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import signal
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .reliability import PREEMPT_ENV, Preemption
 
 __all__ = ["add_slurm_args", "RequeueTask", "submit"]
 
@@ -30,6 +40,10 @@ def add_slurm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--job_dir", default="", type=str, help="submitit logs; also the default output folder")
     g.add_argument("--partition", default="", type=str, help="Slurm partition (default: cluster default)")
     g.add_argument("--comment", default="", type=str, help="Slurm comment")
+    g.add_argument("--signal_delay_s", default=180, type=int,
+                   help="seconds before the time limit at which Slurm signals the job, which then checkpoints at the "
+                        "next step boundary; allow one step (accumulation group) plus a checkpoint write "
+                        "(default: 180)")
     g.add_argument("--cluster", default=None, choices=["slurm", "local", "debug"],
                    help="submitit executor (default: slurm when available, else local; debug runs in this process)")
     return parser
@@ -50,7 +64,24 @@ class RequeueTask:
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=os.environ.get("MASTER_PORT", "29500"))
-        return self.run(self.prepare(Path(self.checkpoint_path).is_file()))
+        usr = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # SIGUSR2 unless $SUBMITIT_PREEMPT_SIGNAL
+        before = os.environ.get(PREEMPT_ENV)
+        extra = [n for n in (before or "").split(",") if n]
+        os.environ[PREEMPT_ENV] = ",".join(dict.fromkeys([*extra, usr.name]))  # the trainer's Preemption catches it
+        Preemption.last = None
+        try:
+            result = self.run(self.prepare(Path(self.checkpoint_path).is_file()))
+        finally:  # (the debug executor runs in the submitting process)
+            if before is None:
+                os.environ.pop(PREEMPT_ENV, None)
+            else:
+                os.environ[PREEMPT_ENV] = before
+        preemption = Preemption.last
+        if preemption is not None and preemption.did_stop and preemption.signal == usr:
+            # the step-boundary checkpoint is written; submitit's handler (restored by Preemption) requeues the job
+            print(f"{usr.name}: checkpoint written, handing over to submitit to requeue", file=sys.stderr, flush=True)
+            signal.raise_signal(usr)
+        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -72,8 +103,13 @@ def submit(task: RequeueTask, args: argparse.Namespace, name: str) -> Any:
         kwargs["slurm_comment"] = args.comment
     executor.update_parameters(mem_gb=40 * args.ngpus, gpus_per_node=args.ngpus, tasks_per_node=args.ngpus,
                                cpus_per_task=10, nodes=args.nodes, timeout_min=args.timeout,
-                               slurm_signal_delay_s=120, name=name, **kwargs)
+                               slurm_signal_delay_s=args.signal_delay_s, name=name, **kwargs)
     os.environ.setdefault("MASTER_PORT", str(29500 + uuid.uuid4().int % 1000))
+    # the job unpickles the task by reference: the trainer's folder (its modules) and the repository must be importable
+    # there (Slurm and the local executor pass this environment on)
+    folders = [str(Path(inspect.getfile(task.run)).resolve().parent), str(Path(__file__).resolve().parents[1])]
+    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*folders, *old]))
     job = executor.submit(task)
     print(f"Submitted job {job.job_id}; logs in {args.job_dir}")
     return job

@@ -10,6 +10,8 @@
 * :func:`read_log` / :func:`truncate_log` / :func:`append_log` — JSON-lines logs that survive a kill: appended after
   the checkpoint, and cut back to the checkpoint's epoch (and past any torn last line) on resume.
 * :class:`Preemption` — SIGTERM / SIGUSR1 (Slurm's warning signals) set a flag that :func:`step_guard` shares.
+  ``$MAXSUP_PREEMPT_SIGNALS`` adds signals (``maxsup.launch`` adds submitit's preemption signal, SIGUSR2).
+* :func:`run_seeds` — a seed sweep that stops after a preempted run instead of starting the next seed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .distributed import all_reduce_sum
 from .errors import UserError
 
 __all__ = ["NonFiniteError", "step_guard", "check_finite_model", "checkpoint_trainer", "check_resume", "read_log",
-           "truncate_log", "append_log", "Preemption", "PREEMPT_SIGNALS"]
+           "truncate_log", "append_log", "Preemption", "PREEMPT_SIGNALS", "PREEMPT_ENV", "preempt_signals",
+           "run_seeds"]
 
 
 class NonFiniteError(UserError):
@@ -167,23 +170,50 @@ def append_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
 PREEMPT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
+#: Extra preemption signals, comma-separated names such as ``USR2`` (set by ``maxsup.launch`` under submitit).
+PREEMPT_ENV = "MAXSUP_PREEMPT_SIGNALS"
+
+
+def preempt_signals() -> tuple[int, ...]:
+    """SIGTERM, SIGUSR1 and the signals named in ``$MAXSUP_PREEMPT_SIGNALS``."""
+    extra = []
+    for name in filter(None, (n.strip().upper() for n in os.environ.get(PREEMPT_ENV, "").split(","))):
+        sig = getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
+        if sig is None:
+            raise UserError(f"{PREEMPT_ENV}={os.environ[PREEMPT_ENV]!r}: no signal named {name} on this system")
+        extra.append(sig)
+    return tuple(dict.fromkeys((*PREEMPT_SIGNALS, *extra)))
+
+
 class Preemption:
     """Remembers that SIGTERM or SIGUSR1 arrived; the training loop checks :attr:`requested` at each step boundary
-    (through :func:`step_guard`, so every rank stops at the same step), writes a checkpoint and returns.
+    (through :func:`step_guard`, so every rank stops at the same step), writes a checkpoint, calls :meth:`stopped`
+    and returns.
 
-    Use as a context manager around training; the previous handlers are restored on exit."""
+    Use as a context manager around training; the previous handlers are restored on exit. :attr:`last` is the most
+    recent instance entered (``maxsup.launch`` and :func:`run_seeds` read it after the trainer returned)."""
 
-    def __init__(self, signals: Iterable[int] = PREEMPT_SIGNALS):
-        self.signals = tuple(signals)
+    last: Preemption | None = None
+
+    def __init__(self, signals: Iterable[int] | None = None):
+        self.signals = tuple(signals) if signals is not None else preempt_signals()
         self.requested = False
+        self.signal: int | None = None  # the first signal received
+        self.did_stop = False  # the trainer stopped early because of it (the same on every rank)
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signal = self.signal or signum
         print(f"received {signal.Signals(signum).name}: writing a checkpoint at the next step boundary, then exiting",
               file=sys.stderr, flush=True)
 
+    def stopped(self) -> None:
+        """The trainer calls this (on every rank) when it stops early on the signal, after its checkpoint."""
+        self.did_stop = True
+
     def __enter__(self) -> Preemption:
+        Preemption.last = self
         for s in self.signals:
             try:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -195,3 +225,19 @@ class Preemption:
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: set outside Python
         self._previous.clear()
+
+
+def run_seeds(seeds: Iterable[int], run: Callable[[int], Any], where: Callable[[int], Any]) -> dict[str, Any]:
+    """``{"seed<S>": run(S)}`` for each seed in turn; after a run that stopped on a preemption signal, the sweep
+    stops too, saying so in one line (``where(S)``: that run's output folder, to resume it)."""
+    seeds, results = list(seeds), {}
+    for i, seed in enumerate(seeds):
+        Preemption.last = None
+        results[f"seed{seed}"] = run(seed)
+        if Preemption.last is not None and Preemption.last.did_stop:
+            rest = ",".join(map(str, seeds[i + 1:]))
+            print(f"preempted: seed sweep stopped during seed {seed} (checkpoint in {where(seed)}); resume it with "
+                  f"--resume{f', then run the remaining seeds with --seeds {rest}' if rest else ''}", file=sys.stderr,
+                  flush=True)
+            break
+    return results

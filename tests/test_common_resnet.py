@@ -456,8 +456,9 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, m
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
 
 
-def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path):
+def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path, monkeypatch):
     """Conv/common_resnet/run_with_submitit.py through submitit's in-process debug executor."""
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # submit() extends it for the job
     names = ("run_with_submitit", "train", "presets", "utils", "sampler")
     saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
     sys.path.insert(0, str(TRAIN_DIR))
@@ -475,6 +476,37 @@ def test_submitit_launcher_trains_and_requeues_with_resume(tmp_path):
         for n in names:
             sys.modules.pop(n, None)
         sys.modules.update(saved)
+
+
+def test_submitit_preemption_signal_checkpoints_at_a_step_and_requeued_job_resumes_exactly(tmp_path, monkeypatch):
+    """submitit's local executor (real job processes, submitit's own SIGUSR2 handler and requeue): SIGUSR2, sent by
+    the test hook before the 5th step of a job process, makes the trainer checkpoint at that step boundary; submitit
+    then requeues and the next process resumes from it mid-epoch. The result equals an uninterrupted run."""
+    recipe = [*QUICK, "--epochs", "2"]  # 4 steps per epoch: stops after step 1 of epoch 1; the 2nd process ends it
+    _cli([*recipe, "--output-dir", str(tmp_path / "ref")])
+    names = ("run_with_submitit", "train", "presets", "utils", "sampler")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(TRAIN_DIR))
+    for key, value in {"MAXSUP_KILL_AT": "step:5:USR2", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                       "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)  # the job processes inherit them; submit() extends PYTHONPATH
+    try:
+        launcher = importlib.import_module("run_with_submitit")
+        job = launcher.main([*recipe, "--job_dir", str(tmp_path / "job"), "--cluster", "local", "--ngpus", "1",
+                             "--timeout", "20"])
+        job.result()
+    finally:
+        sys.path.remove(str(TRAIN_DIR))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    out = job.stdout() + job.stderr()
+    assert out.count("received SIGUSR2") == 1 and out.count("handing over to submitit to requeue") == 1, out[-3000:]
+    assert "Preempted: checkpoint written at epoch 1, step 1" in out and "at epoch 1, step 1" in out, out[-3000:]
+    ref, job_dir = tmp_path / "ref", tmp_path / "job"
+    _same_state(load_checkpoint(ref / "checkpoint.pth"), load_checkpoint(job_dir / "checkpoint.pth"))
+    logs = [[{k: v for k, v in r.items() if k != "epoch_time_s"} for r in trainer_log(d)] for d in (ref, job_dir)]
+    assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from maxsup import faults
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.errors import UserError
 from maxsup.reliability import (
+    PREEMPT_ENV,
     NonFiniteError,
     Preemption,
     append_log,
@@ -161,3 +162,21 @@ def test_fault_hook_counts_steps(monkeypatch):
         faults.kill_point("step")
         assert p.requested
     faults.reset()
+
+
+def test_extra_preemption_signal_from_the_environment(monkeypatch):
+    """maxsup.launch adds submitit's SIGUSR2 this way: it then sets the flag instead of submitit's handler running."""
+    sentinel = []
+    previous = signal.signal(signal.SIGUSR2, lambda *a: sentinel.append("outer"))
+    try:
+        monkeypatch.setenv(PREEMPT_ENV, "USR2")
+        with Preemption() as p:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert p.requested and p.signal == signal.SIGUSR2 and not sentinel
+        os.kill(os.getpid(), signal.SIGUSR2)  # the outer handler is back
+        assert sentinel == ["outer"]
+        monkeypatch.setenv(PREEMPT_ENV, "USR9")
+        with pytest.raises(UserError, match="no signal named USR9"):
+            Preemption()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

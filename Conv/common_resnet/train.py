@@ -45,7 +45,15 @@ from maxsup.models import (
     load_state_dict_strict,
     model_from_checkpoint,
 )
-from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
+from maxsup.reliability import (
+    Preemption,
+    append_log,
+    check_finite_model,
+    check_resume,
+    run_seeds,
+    step_guard,
+    truncate_log,
+)
 from maxsup.runinfo import (
     ScalarWriter,
     alpha_schedule_of,
@@ -566,6 +574,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 save({**state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
                 print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
                       f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
+                preemption.stopped()
                 return metrics
             lr_scheduler.step()
             metrics = evaluate(model, data_loader_test, device, args)
@@ -588,6 +597,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
             if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
                 print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
+                if epoch + 1 < args.epochs:
+                    preemption.stopped()
                 break
 
     tb.close()
@@ -739,10 +750,9 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.test_only:  # --test-only evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    return {f"seed{seed}": main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
-                                                     "output_dir": seed_dir(args.output_dir, seed),
-                                                     "tensorboard": seed_dir(args.tensorboard, seed)}))
-            for seed in seeds}
+    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
+        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
+        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,15 @@ from maxsup.errors import UserError
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
-from maxsup.reliability import Preemption, append_log, check_finite_model, check_resume, step_guard, truncate_log
+from maxsup.reliability import (
+    Preemption,
+    append_log,
+    check_finite_model,
+    check_resume,
+    run_seeds,
+    step_guard,
+    truncate_log,
+)
 from maxsup.runinfo import (
     ScalarWriter,
     alpha_schedule_of,
@@ -712,10 +720,13 @@ class ImageNetTrainer:
                     self.save_checkpoint(epoch - 1, step, train_stats["preempted"])
                     print(f"preempted: checkpoint written at epoch {epoch}, step {step}; rerun with "
                           f"--train.resume=auto to continue", flush=True)
+                    preemption.stopped()
                     break
                 stats = self.eval_and_log(epoch, train_stats,
                                           lambda e=epoch: self.save_checkpoint(e, len(self.train_loader)))
                 if all_reduce_sum(torch.tensor([float(preemption.requested)], device=self.device)).item():
+                    if epoch + 1 < epochs:
+                        preemption.stopped()
                     break
         barrier()
         self.tensorboard.close()
@@ -774,14 +785,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
     if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
         return ImageNetTrainer(cfg).train()
-    results = {}
-    for seed in seeds:  # one run folder (and TensorBoard folder) per seed, one after the other
-        run = copy.deepcopy(cfg)
-        run["train"]["seed"] = seed
-        run["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
-        run["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
-        results[f"seed{seed}"] = ImageNetTrainer(run).train()
-    return results
+
+    def run(seed: int) -> dict[str, Any]:  # one run folder (and TensorBoard folder) per seed, one after the other
+        cfg_seed = copy.deepcopy(cfg)
+        cfg_seed["train"]["seed"] = seed
+        cfg_seed["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
+        cfg_seed["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
+        return ImageNetTrainer(cfg_seed).train()
+
+    return run_seeds(seeds, run, lambda seed: seed_dir(cfg["train"]["output_dir"], seed))
 
 
 if __name__ == "__main__":
