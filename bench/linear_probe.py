@@ -28,6 +28,7 @@ import numpy as np
 
 from maxsup.linear_probe import (
     PROBE_MAX_ITER,
+    PROBE_TOL,
     SOLVERS,
     fit_sweep,
     probe_objective,
@@ -55,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=2048, help="feature dimension (ResNet-50 avgpool: 2048)")
     p.add_argument("--classes", type=int, default=10, help="number of classes")
     p.add_argument("--max-iter", type=int, default=PROBE_MAX_ITER, help="torch L-BFGS iterations per λ")
+    p.add_argument("--tol", type=float, default=PROBE_TOL,
+                   help="torch stopping rule: norm of the raw gradient of mean CE + λ/2·‖W‖² in (W, b)")
     p.add_argument("--precision", default="float32", choices=["float32", "float64"], help="torch solver precision")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="scikit-learn L-BFGS iterations per λ")
     p.add_argument("--solvers", default="torch,sklearn", help=f"comma list from {', '.join(SOLVERS)}")
@@ -81,17 +84,23 @@ def main(argv: list[str] | None = None) -> dict:
                  "num_lambdas": len(lambdas), "max_iter": args.max_iter,
                  "threads": args.threads, "load_avg_1min": round(os.getloadavg()[0], 2)}
     val, picks, objs = {}, {}, {}
-    out["precision"] = args.precision
+    out["precision"], out["tol"] = args.precision, args.tol
     for solver in solvers:
         pick = np.arange(0, len(lambdas), args.sklearn_stride if solver == "sklearn" else 1)
         kw = ({"max_iter": args.sklearn_max_iter, "tol": 1e-8} if solver == "sklearn" else
-              {"max_iter": args.max_iter, "precision": args.precision})
+              {"max_iter": args.max_iter, "precision": args.precision, "tol": args.tol})
+        stats: dict = {}
         t0 = time.perf_counter()
-        w, b = fit_sweep(x_tr, y_tr, lambdas[pick], args.classes, solver=solver, **kw)
+        w, b = fit_sweep(x_tr, y_tr, lambdas[pick], args.classes, solver=solver, stats=stats, **kw)
         seconds = time.perf_counter() - t0
         objs[solver], grad_norm = probe_objective(w, b, x_tr, y_tr, lambdas[pick])
-        out[f"{solver}_per_lambda"] = [{"lambda": float(lam), "objective": float(o), "grad_norm": float(g)}
-                                       for lam, o, g in zip(lambdas[pick], objs[solver], grad_norm, strict=True)]
+        its = stats.get("iterations", [None] * len(pick))
+        out[f"{solver}_per_lambda"] = [{"lambda": float(lam), "objective": float(o), "grad_norm": float(g),
+                                        "iterations": it}
+                                       for lam, o, g, it in zip(lambdas[pick], objs[solver], grad_norm, its,
+                                                                strict=True)]
+        if "iterations" in stats:
+            out[f"{solver}_iterations"] = int(sum(its))
         val[solver], picks[solver] = sweep_accuracy(w, b, x_va, y_va), pick
         out[f"{solver}_s"] = round(seconds, 2)
         out[f"{solver}_num_lambdas"] = len(pick)
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         gap = (objs["torch"][common] - objs["sklearn"]) / np.abs(objs["sklearn"])
         out["rel_objective_gap"] = [float(g) for g in gap]
         out["max_rel_objective_gap"] = float(gap.max())
+        out["max_abs_rel_objective_gap"] = float(np.abs(gap).max())
         sel_t, sel_s = int(val["torch"][common].argmax()), int(val["sklearn"].argmax())
         out["selected_acc_diff"] = round(100 * float(val["torch"][common][sel_t] - val["sklearn"][sel_s]), 2)
         out["same_selected_lambda"] = sel_t == sel_s

@@ -161,7 +161,7 @@ def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: i
 
 
 def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
-                 tol: float) -> tuple[np.ndarray, np.ndarray]:
+                 tol: float, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Warm-started scikit-learn sweep from strong to weak regularisation; same outputs as :func:`_fit_torch`."""
     import warnings
 
@@ -176,6 +176,7 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
     w_out = np.zeros((len(lambdas), d, num_classes), np.float32)
     b_out = np.zeros((len(lambdas), num_classes), np.float32)
     clf = LogisticRegression(solver="lbfgs", warm_start=True, max_iter=max_iter, tol=tol)
+    iters = [0] * len(lambdas)
     for i in np.argsort(lambdas)[::-1]:
         clf.set_params(C=1.0 / (float(lambdas[i]) * n))
         with warnings.catch_warnings():
@@ -183,6 +184,9 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
             clf.fit(xc, y)
         w_out[i] = clf.coef_.T
         b_out[i] = clf.intercept_ - mean @ clf.coef_.T
+        iters[i] = int(np.max(clf.n_iter_))
+    if stats is not None:
+        stats["iterations"] = iters
     return w_out, b_out
 
 
@@ -194,8 +198,10 @@ def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, s
     Args:
         x: (N, D) features. y: (N,) labels in [0, K). lambdas: (S,) penalty strengths (objective in module doc).
         solver: ``"torch"`` (warm-started L-BFGS) or ``"sklearn"`` (warm-started LogisticRegression).
-        max_iter, tol: L-BFGS iteration cap and gradient tolerance per λ. precision: ``float32`` (default) or
-            ``float64`` (torch solvers; see bench/linear_probe.py for what each reaches).
+        max_iter, tol: iteration cap and stopping tolerance per λ. For the torch solvers ``tol`` bounds the norm
+            of the raw gradient of the objective in (W, b); for sklearn it is scikit-learn's ``tol``.
+        precision: ``float32`` (default) or ``float64`` (torch solvers; see bench/linear_probe.py).
+        stats: if a dict is given, ``stats["iterations"]`` receives the iterations run per λ.
     Returns:
         W (S, D, K) and b (S, K) float32, so that logits = x @ W[s] + b[s].
     """
@@ -205,7 +211,7 @@ def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, s
     if solver not in SOLVERS:
         raise ValueError(f"unknown linear-probe solver {solver!r}; choose one of {SOLVERS}")
     if solver == "sklearn":
-        return _fit_sklearn(x, y, lambdas, k, max_iter, tol)
+        return _fit_sklearn(x, y, lambdas, k, max_iter, tol, stats)
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision must be float32 or float64, got {precision!r}")
     return _fit_torch(x, y, lambdas, k, max_iter, tol, batched=solver == "torch-batched",
@@ -248,7 +254,7 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val: Any = None, y_val: Any = None,
                  lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "torch",
-                 max_iter: int = 100, precision: str = "float32") -> dict[str, Any]:
+                 max_iter: int = PROBE_MAX_ITER, precision: str = "float32") -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
     If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
