@@ -36,8 +36,10 @@ __all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe",
 
 SOLVERS = ("torch", "sklearn", "torch-batched")
 #: per-λ L-BFGS cap and gradient tolerance of the default sweep (bench/linear_probe.py measures what they reach)
-PROBE_MAX_ITER = 100
+PROBE_MAX_ITER = 300
 PROBE_TOL = 1e-5
+#: default torch precision: float32 cannot push the raw gradient norm to PROBE_TOL at the weak end of the sweep
+PROBE_PRECISION = "float64"
 
 
 def regularization_grid(num: int = 45, low: float = 1e-6, high: float = 1e5) -> np.ndarray:
@@ -191,7 +193,7 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
 
 
 def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, solver: str = "torch",
-              max_iter: int = PROBE_MAX_ITER, tol: float = PROBE_TOL, precision: str = "float32",
+              max_iter: int = PROBE_MAX_ITER, tol: float = PROBE_TOL, precision: str = PROBE_PRECISION,
               stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit one L2 logistic regression per λ.
 
@@ -200,7 +202,7 @@ def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, s
         solver: ``"torch"`` (warm-started L-BFGS) or ``"sklearn"`` (warm-started LogisticRegression).
         max_iter, tol: iteration cap and stopping tolerance per λ. For the torch solvers ``tol`` bounds the norm
             of the raw gradient of the objective in (W, b); for sklearn it is scikit-learn's ``tol``.
-        precision: ``float32`` (default) or ``float64`` (torch solvers; see bench/linear_probe.py).
+        precision: ``float64`` (default) or ``float32`` (torch solvers; see bench/linear_probe.py).
         stats: if a dict is given, ``stats["iterations"]`` receives the iterations run per λ.
     Returns:
         W (S, D, K) and b (S, K) float32, so that logits = x @ W[s] + b[s].
@@ -254,7 +256,7 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val: Any = None, y_val: Any = None,
                  lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "torch",
-                 max_iter: int = PROBE_MAX_ITER, precision: str = "float32") -> dict[str, Any]:
+                 max_iter: int = PROBE_MAX_ITER, precision: str = PROBE_PRECISION) -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
     If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
