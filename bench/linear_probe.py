@@ -59,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=PROBE_MAX_ITER, help="torch L-BFGS iterations per λ")
     p.add_argument("--tol", type=float, default=PROBE_TOL,
                    help="torch stopping rule: norm of the raw gradient of mean CE + λ/2·‖W‖² in (W, b)")
-    p.add_argument("--precision", default=PROBE_PRECISION, choices=["float32", "float64"], help="torch solver precision")
+    p.add_argument("--precision", default=PROBE_PRECISION, choices=["float32", "float64"],
+                   help="torch solver precision")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="scikit-learn L-BFGS iterations per λ")
     p.add_argument("--solvers", default="torch,sklearn", help=f"comma list from {', '.join(SOLVERS)}")
     p.add_argument("--sklearn-stride", type=int, default=5, help="sklearn fits every k-th λ (1 = the full sweep)")
