@@ -36,7 +36,7 @@ __all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe",
 
 SOLVERS = ("torch", "sklearn", "torch-batched")
 #: per-λ L-BFGS cap and gradient tolerance of the default sweep (bench/linear_probe.py measures what they reach)
-PROBE_MAX_ITER = 300
+PROBE_MAX_ITER = 1000
 PROBE_TOL = 1e-5
 #: default torch precision: float32 cannot push the raw gradient norm to PROBE_TOL at the weak end of the sweep
 PROBE_PRECISION = "float64"
@@ -127,7 +127,7 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, scale: torch.Ten
         # ∂L/∂W = ∂L/∂u / scale; ‖·‖ is rotation-invariant, so this is the raw-feature gradient norm (up to the
         # centring term mean·∂L/∂bᵀ, which vanishes with ∂L/∂b).
         raw = (gu / scale[:, :, None]).pow(2).sum((1, 2)) + gb.pow(2).sum(1)
-        if float(raw.max()) <= min(tol * tol, 2.0 * float(lam.min()) * PROBE_GAP * float(f) / s_count):
+        if float(raw.max()) <= min(tol * tol, 2.0 * float(lam.min()) * PROBE_GAP * f.item() / s_count):
             break
     return (u * scale[:, :, None]).detach(), b.detach(), done
 
