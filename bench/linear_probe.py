@@ -11,9 +11,9 @@ Runs the full Kornblith sweep (45 log-spaced λ in [1e-6, 1e5], Paper Table 12) 
 fits every 5th λ of the grid (still warm-started, including the weakest, 1e-6) and ``ratio`` compares seconds per λ;
 ``--sklearn-stride 1`` runs its full sweep too. The torch solver stops on the raw gradient norm (``--tol``) and
 reports its iterations per λ; with that rule it is no longer faster than scikit-learn (see analysis/README.md).
-Features are a seeded
-synthetic stand-in for ResNet-50 ``avgpool`` outputs (non-negative, low-rank class structure plus noise), so the
-benchmark needs no checkpoint. Ends with one JSON line; ``ratio`` = sklearn seconds per λ / torch seconds per λ.
+Features are a seeded synthetic stand-in for ResNet-50 ``avgpool`` outputs (non-negative, low-rank class structure
+plus noise), so the benchmark needs no checkpoint.
+Ends with one JSON line; ``ratio`` = sklearn seconds per λ / torch seconds per λ.
 
     python bench/linear_probe.py                       # defaults: n=10000, dim=2048, classes=10
     python bench/linear_probe.py --solvers torch,sklearn,torch-batched
