@@ -92,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="number of seeds 0..N-1 (env SEEDS; default 1)")
     p.add_argument("--scale", choices=tuple(SCALES), default=os.environ.get("DEMO_SCALE", "default"),
                    help="default (≈15 min on 2 cores for 1 seed), full (default + the long-tailed Table 7 "
-                        "analogue) or smoke (< 3 min, CI) (env DEMO_SCALE)")
+                        "analogue + the SMMix / Token Labeling runs) or smoke (< 3 min, CI) (env DEMO_SCALE)")
     p.add_argument("--losses", default=os.environ.get("DEMO_LOSSES", "core"),
                    help="core (ce,ls,maxsup), all (adds ols,zipf,lp) or a comma list (env DEMO_LOSSES)")
     p.add_argument("--backbones", default="resnet,vit", help="comma list of resnet, vit")
