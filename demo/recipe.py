@@ -15,6 +15,7 @@ from typing import Any
 
 from maxsup import CRITERIA
 from maxsup.data.fashion_mnist import HELD_OUT_CLASSES, SOURCE_CLASSES
+from maxsup.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ",".join(map(str, SOURCE_CLASSES))
@@ -63,11 +64,12 @@ class Scale:
     robustness_per_class: int = 200  # test images per class under each corruption and severity
     test_images: str = "the full 5,000-image test split of those classes"
     long_tail: bool = False  # also train the Table 7 analogue
+    aug: bool = False  # also train the SMMix / Token Labeling ViTs (DEMO_AUG)
 
 
 SCALES = {
     "default": Scale((), (), probe_per_class=1000, epochs={"resnet": 8, "vit": 5}),
-    "full": Scale((), (), probe_per_class=1000, epochs={"resnet": 8, "vit": 5}, long_tail=True),
+    "full": Scale((), (), probe_per_class=1000, epochs={"resnet": 8, "vit": 5}, long_tail=True, aug=True),
     "smoke": Scale(("--limit-per-class", "40", "--epochs", "2", "--print-freq", "1"),
                    ("--limit-per-class", "40", "--epochs", "2", "--print-freq", "1"),
                    probe_per_class=40, epochs={"resnet": 2, "vit": 2}, probe_extra=("--num-lambdas", "9"),
@@ -87,6 +89,50 @@ def train_command(backbone: str, loss: str, seed: int, out: Path, scale: Scale, 
             "--seed", str(seed), "--output_dir", str(out)]
 
 
+# SMMix / Token Labeling (DEMO_AUG, on with DEMO_SCALE=full): the ViT recipe again, same seeds, plus each method's
+# flags. Not in the paper: an extension of ours. SMMix uses the official switch (half the batches SMMix, half Mixup
+# α 0.8). Token Labeling needs an image folder (the trainer reads label maps per image file), so those runs read
+# data/prepare_fashion_mnist.py's folder of the source classes (already relabelled 0..4, hence --classes ''), with
+# MixToken and the label maps data/make_token_labels.py makes with the same seed's CE ViT as the teacher.
+AUG_METHODS = ("smmix", "tokenlabel")
+AUG_LABELS = {"smmix": "SMMix", "tokenlabel": "MixToken + token labels"}
+AUG_SHORT = {"smmix": "SMMix", "tokenlabel": "TL"}
+AUG_TEACHER = ("vit", "ce")  # the run whose checkpoint labels the tokens
+TOKEN_LABEL_TOPK = 5  # all five source classes
+
+
+def resolve_aug(text: str) -> list[str]:
+    """``DEMO_AUG``: empty or ``0`` → none, ``all`` or ``1`` → both, else a comma list of :data:`AUG_METHODS`."""
+    text = text.strip()
+    if text in ("", "0", "none"):
+        return []
+    if text in ("1", "all"):
+        return list(AUG_METHODS)
+    methods = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in methods if x not in AUG_METHODS]
+    if bad or not methods:
+        raise UserError(f"--aug/DEMO_AUG must be empty, all, or a comma list of {','.join(AUG_METHODS)}; got {text!r}")
+    return list(dict.fromkeys(methods))
+
+
+def aug_train_command(method: str, loss: str, seed: int, out: Path, scale: Scale, data_path: str | None,
+                      folder: Path, labels: Path) -> list[str]:
+    """The ViT recipe (:func:`train_command`) with the method's flags appended (the trainer's last flag wins)."""
+    if method == "smmix":
+        extra = ["--smmix", "--mixup", "0.8"]
+    else:
+        extra = ["--mixtoken", "--data-set", "FOLDER", "--data-path", str(folder), "--classes", "",
+                 "--token-label-data", str(labels)]
+    return [*train_command("vit", loss, seed, out, scale, data_path), *extra]
+
+
+def token_label_command(teacher: Path, folder: Path, labels: Path) -> list[str]:
+    """``data/make_token_labels.py``: the teacher's top-k logits at every patch token of every training image."""
+    return [sys.executable, str(ROOT / "data/make_token_labels.py"), "--checkpoint", str(teacher), "--data-path",
+            str(folder / "train"), "--out", str(labels), "--topk", str(TOKEN_LABEL_TOPK), "--batch-size", "256",
+            "--num-workers", "1", "--device", "cpu"]
+
+
 def lt_train_command(loss: str, seed: int, out: Path, scale: Scale, data_path: str | None) -> list[str]:
     """The ResNet recipe on the ``--imb-ratio LT_RATIO`` split (same seed → same subset for every loss)."""
     return [*train_command("resnet", loss, seed, out, scale, data_path), "--imb-ratio", str(LT_RATIO)]
@@ -95,6 +141,7 @@ def lt_train_command(loss: str, seed: int, out: Path, scale: Scale, data_path: s
 # A finished run is reused only if neither its command nor these trainer files changed since it was made.
 TRAINER_FILES = {"resnet": ("Conv/common_resnet/train.py", "Conv/common_resnet/presets.py"),
                  "vit": ("Deit/train_with_MaxSup.sh", "Deit/main.py", "Deit/engine.py", "Deit/datasets.py")}
+TRAINER_FILES["vit_aug"] = (*TRAINER_FILES["vit"], "Deit/smmix.py", "Deit/token_labeling.py", "maxsup/vit.py")
 
 
 def run_identity(backbone: str, cmd: list[str]) -> dict[str, Any]:
@@ -141,3 +188,14 @@ def analysis_jobs(ckpts: dict[str, Path], out: Path, scale: Scale, data_args: li
                        script("projection", "--classes", SOURCE, "--proj-classes", "0,1,2"),
                        script("gradcam", "--classes", SOURCE, "--num-images", str(len(SOURCE_CLASSES)))])
     return extract, chains
+
+
+def aug_analysis_jobs(ckpts: dict[str, Path], out: Path, scale: Scale, data_args: list[str]) -> list[list[str]]:
+    """The SMMix / Token Labeling runs' analysis (one chain): test logits, accuracy/ECE, d̄_within."""
+    py = sys.executable
+    common = [*data_args, "--out", str(out), "--cache-dir", str(out / "features"), "--seed", "0", "--no-progress"]
+    ck = [a for name, p in ckpts.items() for a in ("--checkpoint", f"{name}={p}")]
+    return [[py, "-m", f"analysis.{name}", *ck, *common, *args] for name, args in (
+        ("extract", ["--classes", SOURCE, "--split", "test"]),
+        ("calibration", ["--classes", SOURCE, "--split", "test"]),
+        ("feature_metrics", ["--classes", SOURCE, "--max-per-class", str(scale.probe_per_class)]))]

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from recipe import (
+    AUG_LABELS,
+    AUG_SHORT,
+    AUG_TEACHER,
     BACKBONE_LABELS,
     DEMO_CORRUPTIONS,
     DEMO_SEVERITIES,
@@ -103,12 +106,37 @@ def aggregate_long_tail(per_seed: list[dict[str, dict[str, float | None]]]) -> d
     return result
 
 
-def aggregate(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, Any]]]:
+def aug_ckpt_name(method: str, loss: str) -> str:
+    """Row label of a SMMix / Token Labeling run in the analysis outputs, e.g. ``ViT-SMMix-MaxSup``."""
+    return f"{BACKBONE_LABELS['vit']}-{AUG_SHORT[method]}-{LABELS[loss]}"
+
+
+AUG_METRICS = ("acc", "nll", "ece", "d_within_train", "d_within_test")
+
+
+def collect_aug(seed_dir: Path, methods: list[str], losses: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{method: {loss: metrics}} of one seed's SMMix / Token Labeling runs (``<seed>/analysis_aug``), with the plain
+    CE ViT (the token-label teacher) under ``"plain"`` as the reference row."""
+    a = seed_dir / "analysis_aug"
+    calib, feats = _read_json(a / "calibration.json")["rows"], _read_json(a / "feature_metrics.json")["rows"]
+
+    def row(name: str) -> dict[str, float]:
+        return {"acc": calib[name]["acc1"], "nll": calib[name]["nll"], "ece": calib[name]["ece_15"],
+                "d_within_train": feats[name]["train"]["d_within"], "d_within_test": feats[name]["val"]["d_within"]}
+
+    out = {"plain": {AUG_TEACHER[1]: row(ckpt_name(*AUG_TEACHER))}}
+    for m in methods:
+        out[m] = {loss: row(aug_ckpt_name(m, loss)) for loss in losses}
+    return out
+
+
+def aggregate(per_seed: list[dict[str, dict[str, float]]], metrics: tuple[str, ...] = METRICS
+              ) -> dict[str, dict[str, dict[str, Any]]]:
     """{loss: {metric: {mean, std, values}}}; std is the sample std (ddof=1) over seeds, null for one seed."""
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for loss in per_seed[0]:
         result[loss] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = [float(s[loss][metric]) for s in per_seed]
             std = float(np.std(values, ddof=1)) if len(values) > 1 else None
             result[loss][metric] = {"mean": float(np.mean(values)), "std": std, "values": values}
@@ -195,6 +223,36 @@ def _pm(stat: dict[str, Any], digits: int) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+AUG_TITLE = "## SMMix / Token Labeling (extension, not in the paper)\n"
+
+
+def aug_section(aug: dict[str, Any], seeds: list[int], heading: str = AUG_TITLE) -> list[str]:
+    """Markdown of the SMMix / Token Labeling runs: accuracy, ECE and d̄_within per method and loss."""
+    n = len(seeds)
+    rows = [[AUG_LABELS.get(m, "plain (no mixing; the token-label teacher)"), LABELS[loss], _pm(s["acc"], 2),
+             _pm(s["nll"], 3), _pm(s["ece"], 4), _pm(s["d_within_train"], 3), _pm(s["d_within_test"], 3)]
+            for m, losses in aug["results"].items() for loss, s in losses.items()]
+    return [heading,
+            f"The ViT recipe above again, same seeds ({seeds}; "
+            + ("mean ± sample std" if n > 1 else "one seed, no ± and no verdict") + "), with a ViT training system "
+            "the paper does not combine with MaxSup: **an extension of ours, not a claim of the paper.** "
+            f"Test split of the source classes; d̄_within on {aug['probe_per_class']} training images per class and "
+            "the test split.\n",
+            "- **SMMix** (Chen et al., ICCV 2023): `… --smmix --mixup 0.8` (the official switch: half of the batches "
+            "SMMix on the 4×4 token grid, half Mixup α 0.8).",
+            "- **MixToken + token labels** (Token Labeling, Jiang et al., NeurIPS 2021): `… --mixtoken --data-set "
+            "FOLDER --data-path <source-class image folder> --classes '' --token-label-data <maps>`, with `--mixup 0 "
+            "--cutmix 0` as the recipe already has. The image folder is `data/prepare_fashion_mnist.py --classes 0 2 "
+            "4 6 8` (the same images as PNGs; the trainer normalises folder images with ImageNet's mean/std instead of "
+            "Fashion-MNIST's, and the folder's sampling order differs from the IDX dataset's). The maps are "
+            "`data/make_token_labels.py --checkpoint <the same seed's plain CE ViT> --topk 5`: **the teacher is the "
+            "demo's own CE ViT**, applied to every patch token (`maxsup.vit.dense_class_scores`) of the training "
+            "images it was trained on, so its maps are much more confident than the paper's NFNet-F6 maps on held-out "
+            "ImageNet images. Evaluation uses `x_cls + 0.5 · max over tokens of x_aux`, as LV-ViT.\n",
+            _table(["System", "Loss", "test acc (%)", "NLL", "ECE (15 bins)", "d̄_within train", "d̄_within test"],
+                   rows)]
 
 
 def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) -> None:
@@ -322,6 +380,8 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
               "standard deviation over seeds; where it does not, the ordering is not resolved by this many seeds. "
               "A disagreement is a finding of this miniature (small models, a few epochs, 5 classes of 28×28 "
               "images), not evidence about ImageNet; the recipe was not tuned per method.\n")
+    if "aug" in summary:
+        md.extend(aug_section(summary["aug"], summary["seeds"]))
     md.append("## Files\n")
     md.append("- `summary.json`: config, seeds, and per backbone/method each metric's mean, std and per-seed values "
               "(accuracies in %, ECE in [0, 1], misclassified as fractions), plus the verdicts above.\n"

@@ -4,6 +4,8 @@
     SEEDS=3 python demo/run_demo.py               # the committed version (results/demo/README.md)
     DEMO_SCALE=smoke python demo/run_demo.py      # < 3 minutes, run by tests/test_demo.py
     DEMO_LOSSES=all python demo/run_demo.py       # adds OLS, Zipf-LS and Logit Penalty
+    DEMO_AUG=smmix,tokenlabel python demo/run_demo.py  # adds the ViT with SMMix / MixToken + token labels (extension)
+    DEMO_AUG=all python demo/run_demo.py --aug-only --out results/demo/aug  # only those (+ the CE ViT teacher)
 
 Steps, all through the repository's command-line tools (one subprocess each), the same recipe and seed per method:
 1. ``data/prepare_fashion_mnist.py`` checks (or, without the Debian package, downloads) Fashion-MNIST;
@@ -20,6 +22,7 @@ A finished run (same command, complete log) is reused, so an interrupted demo re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipe / orchestrati
 
 from orchestration import Job, _child_env, _fmt_time, run_jobs  # noqa: E402
 from recipe import (  # noqa: E402
+    AUG_METHODS,
+    AUG_TEACHER,
     BACKBONES,
     CORE_LOSSES,
     DEMO_CORRUPTIONS,
@@ -48,15 +53,23 @@ from recipe import (  # noqa: E402
     SCALES,
     VIT_RECIPE,
     analysis_jobs,
+    aug_analysis_jobs,
+    aug_train_command,
     lt_train_command,
+    resolve_aug,
     run_identity,
     run_is_complete,
+    token_label_command,
     train_command,
 )
 from report import (  # noqa: E402
+    AUG_METRICS,
     aggregate,
     aggregate_long_tail,
+    aug_ckpt_name,
+    aug_section,
     ckpt_name,
+    collect_aug,
     collect_long_tail,
     collect_seed,
     paired_differences,
@@ -79,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="number of seeds 0..N-1 (env SEEDS; default 1)")
     p.add_argument("--scale", choices=tuple(SCALES), default=os.environ.get("DEMO_SCALE", "default"),
                    help="default (≈15 min on 2 cores for 1 seed), full (default + the long-tailed Table 7 "
-                        "analogue) or smoke (< 3 min, CI) (env DEMO_SCALE)")
+                        "analogue + the SMMix / Token Labeling runs) or smoke (< 3 min, CI) (env DEMO_SCALE)")
     p.add_argument("--losses", default=os.environ.get("DEMO_LOSSES", "core"),
                    help="core (ce,ls,maxsup), all (adds ols,zipf,lp) or a comma list (env DEMO_LOSSES)")
     p.add_argument("--backbones", default="resnet,vit", help="comma list of resnet, vit")
@@ -89,6 +102,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="subprocesses run at once (env DEMO_JOBS; default 2 = the cores of the reference machine)")
     p.add_argument("--long-tail", action="store_true", default=os.environ.get("DEMO_LT", "") not in ("", "0"),
                    help="also train the long-tailed Table 7 analogue (on by default with --scale full; env DEMO_LT)")
+    p.add_argument("--aug", default=os.environ.get("DEMO_AUG", ""),
+                   help="also train the ViT with SMMix and/or MixToken + token labels under CE/LS/MaxSup: all, or a "
+                        "comma list of smmix,tokenlabel (an extension, not in the paper; on with --scale full; env "
+                        "DEMO_AUG)")
+    p.add_argument("--aug-only", action="store_true",
+                   help="train and analyse only the --aug runs and their teacher (the CE ViT); writes "
+                        "<out>/summary.json and <out>/README.md with their table only")
     p.add_argument("--fresh", action="store_true", help="retrain even when a finished run with the same command exists")
     return p
 
@@ -135,6 +155,113 @@ def prepare_data(runs: Path, scale_name: str) -> tuple[str | None, list[str]]:
     return data_path, ["--dataset", "fmnist", *(["--data-path", data_path] if data_path else [])]
 
 
+def prepare_source_folder(runs: Path, data_path: str | None, scale_name: str) -> Path:
+    """The source classes as an image folder (relabelled 0..4) for the Token Labeling runs, written once by
+    ``data/prepare_fashion_mnist.py`` (reused while its command is unchanged)."""
+    folder = runs / "data" / "source"
+    cmd = [sys.executable, str(ROOT / "data/prepare_fashion_mnist.py"), "--out", str(folder), "--formats",
+           "imagefolder", "--classes", *SOURCE_STR]
+    if scale_name == "smoke":
+        cmd += ["--limit-per-class", "40"]
+    if data_path:
+        cmd += ["--root", data_path, "--download"]
+    stamp = folder / "demo_cmd.json"
+    try:
+        if json.loads(stamp.read_text()) == cmd[1:]:
+            return folder / "imagefolder"
+    except (OSError, ValueError):
+        pass
+    proc = subprocess.run(cmd, cwd=ROOT, env=_child_env({}), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"writing the source-class image folder failed: "
+                        f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    atomic_write(stamp, json.dumps(cmd[1:]))
+    print(f"[data] source-class image folder for Token Labeling: {folder / 'imagefolder'} {proc.stdout.strip()}",
+          flush=True)
+    return folder / "imagefolder"
+
+
+SOURCE_STR = [str(c) for c in SOURCE_CLASSES]
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _queue_run(jobs: list[Job], name: str, run_dir: Path, cmd: list[str], identity: dict[str, Any], epochs: int,
+               fresh: bool) -> None:
+    """Queue a training run unless a finished one with the same identity exists."""
+    if not fresh and run_is_complete(run_dir, identity, epochs):
+        print(f"[train] reuse {name} ({run_dir})", flush=True)
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "log.txt").unlink(missing_ok=True)  # a stale log would confuse the completeness check
+    atomic_write(run_dir / "demo_cmd.json", json.dumps(identity, indent=1))
+    jobs.append(Job(name, [cmd], run_dir / "train.out", epochs=epochs))
+
+
+def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Path, scale: Any,
+            data_path: str | None, analysis_data: list[str]) -> dict[str, Any]:
+    """SMMix / Token Labeling: label maps from each seed's CE ViT, the runs, their analysis; returns the summary
+    entry ``{"methods", "losses", "probe_per_class", "results": {method: {loss: {metric: stats}}}}``."""
+    folder = prepare_source_folder(runs, data_path, args.scale) if "tokenlabel" in aug else runs / "data"
+    label_jobs = []
+    for seed in seeds:
+        if "tokenlabel" not in aug:
+            break
+        teacher = runs / f"seed{seed}" / AUG_TEACHER[0] / AUG_TEACHER[1] / "checkpoint.pth"
+        labels = runs / f"seed{seed}" / "token_labels"
+        stamp = {"teacher_sha1": _sha1(teacher), "cmd": token_label_command(teacher, folder, labels)[1:]}
+        try:
+            done = json.loads((labels / "demo_labels.json").read_text()) == stamp
+        except (OSError, ValueError):
+            done = False
+        if done:
+            print(f"[labels] reuse {labels}", flush=True)
+            continue
+        shutil.rmtree(labels, ignore_errors=True)  # maps of another teacher must not be resumed
+        cmds = [token_label_command(teacher, folder, labels),
+                [sys.executable, "-c", "import json, sys; from maxsup.checkpoint import atomic_write; "
+                 "atomic_write(sys.argv[1], sys.argv[2])", str(labels / "demo_labels.json"), json.dumps(stamp)]]
+        label_jobs.append(Job(f"token labels seed {seed}", cmds, runs / f"seed{seed}" / "logs" / "token_labels.out"))
+    run_jobs(label_jobs, args.jobs, "labels")
+
+    jobs: list[Job] = []
+    for seed in seeds:
+        teacher = runs / f"seed{seed}" / AUG_TEACHER[0] / AUG_TEACHER[1] / "checkpoint.pth"
+        for method in aug:
+            for loss in CORE_LOSSES:
+                run_dir = runs / f"seed{seed}" / f"vit_{method}" / loss
+                cmd = aug_train_command(method, loss, seed, run_dir, scale, data_path, folder,
+                                        runs / f"seed{seed}" / "token_labels")
+                identity = run_identity("vit_aug", cmd)
+                if method == "tokenlabel":
+                    identity["teacher_sha1"] = _sha1(teacher)
+                _queue_run(jobs, f"vit+{method}/{loss} seed {seed}", run_dir, cmd, identity, scale.epochs["vit"],
+                           args.fresh)
+    run_jobs(jobs, args.jobs, "train-aug")
+
+    chain_jobs = []
+    for seed in seeds:
+        sdir = runs / f"seed{seed}"
+        ckpts = {aug_ckpt_name(m, loss): sdir / f"vit_{m}" / loss / "checkpoint.pth" for m in aug
+                 for loss in CORE_LOSSES}
+        ckpts = {ckpt_name(*AUG_TEACHER): sdir / AUG_TEACHER[0] / AUG_TEACHER[1] / "checkpoint.pth", **ckpts}
+        shutil.rmtree(sdir / "analysis_aug", ignore_errors=True)
+        chain = aug_analysis_jobs(ckpts, sdir / "analysis_aug", scale, analysis_data)
+        chain_jobs.append(Job(f"aug analysis seed {seed}", chain, sdir / "logs" / "analysis_aug.out",
+                              weight=len(chain)))
+    run_jobs(chain_jobs, args.jobs, "analysis-aug")
+    per_seed = [collect_aug(runs / f"seed{s}", aug, list(CORE_LOSSES)) for s in seeds]
+    results = {m: aggregate([p[m] for p in per_seed], AUG_METRICS) for m in per_seed[0]}
+    return {"methods": aug, "losses": list(CORE_LOSSES), "probe_per_class": scale.probe_per_class,
+            "timing_min": {"train_runs_trained_now": len(jobs),
+                           "train_cpu_min_sum": sum(j.cpu_s for j in jobs) / 60,
+                           "labels_cpu_min": sum(j.cpu_s for j in label_jobs) / 60,
+                           "analysis_cpu_min": sum(j.cpu_s for j in chain_jobs) / 60},
+            "results": results}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     if args.seeds < 1:
@@ -142,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.jobs < 1:
         raise UserError(f"--jobs/DEMO_JOBS must be at least 1, got {args.jobs}")
     losses, scale = resolve_losses(args.losses), SCALES[args.scale]
+    aug = resolve_aug(args.aug) or (list(AUG_METHODS) if scale.aug else [])
+    if args.aug_only and not aug:
+        raise UserError("--aug-only needs --aug/DEMO_AUG (all, or a comma list of smmix,tokenlabel)")
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not backbones or any(b not in BACKBONES for b in backbones):
         raise UserError(f"--backbones must be a comma list of {', '.join(BACKBONES)}, got {args.backbones!r}")
@@ -152,6 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[demo] scale {args.scale}, seeds {seeds}, losses {','.join(losses)}, backbones {','.join(backbones)}, "
           f"{args.jobs} parallel jobs; outputs in {out}", flush=True)
     data_path, analysis_data = prepare_data(runs, args.scale)
+    if args.aug_only:
+        return main_aug_only(args, aug, seeds, runs, out, scale, data_path, analysis_data, t0)
 
     # Step 2: training, every (seed, backbone, loss); finished runs with the same command are reused.
     jobs = []
@@ -169,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 atomic_write(run_dir / "demo_cmd.json", json.dumps(identity, indent=1))
                 jobs.append(Job(f"{bb}/{loss} seed {seed}", [cmd], run_dir / "train.out", epochs=scale.epochs[bb]))
     long_tail = args.long_tail or scale.long_tail
+    if aug and not ("vit" in backbones and AUG_TEACHER[1] in losses):
+        raise UserError("--aug/DEMO_AUG needs the vit backbone (its CE run labels the tokens)")
     if long_tail:  # Table 7 analogue: only the ResNet recipe, on the long-tailed split
         for seed in seeds:
             for loss in LT_LOSSES:
@@ -202,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_jobs(extract_jobs, args.jobs, "extract")
     run_jobs(chain_jobs, args.jobs, "analysis")
     analysis_wall, analysis_cpu = time.time() - t_analysis, sum(j.cpu_s for j in extract_jobs + chain_jobs)
+    aug_summary = run_aug(args, aug, seeds, runs, scale, data_path, analysis_data) if aug else None
 
     # Step 4: summary.json, figures, README.md.
     per_seed = [collect_seed(runs / f"seed{s}", backbones, losses) for s in seeds]
@@ -231,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "analysis_wall_min": analysis_wall / 60, "analysis_cpu_min": analysis_cpu / 60, "runs": run_times,
     }
     env_cmd = " ".join(f"{k}={v}" for k, v in (("SEEDS", args.seeds), ("DEMO_SCALE", args.scale),
-                                                  ("DEMO_LOSSES", args.losses)))
+                                                  ("DEMO_LOSSES", args.losses))) + (f" DEMO_AUG={args.aug}" if args.aug
+                                                                                    else "")
     config = {
         "command": f"{env_cmd} make demo", "scale": args.scale, "losses": losses, "backbones": backbones,
         "source_classes": list(SOURCE_CLASSES), "held_out_classes": list(HELD_OUT_CLASSES),
@@ -253,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {"config": config, "seeds": seeds, "backbones": per_backbone}
     summary["verdicts"] = verdicts(per_backbone)
     summary["paired"] = paired_differences(per_backbone)
+    if aug_summary is not None:
+        summary["aug"] = aug_summary
     if long_tail:
         summary["long_tail"] = aggregate_long_tail([collect_long_tail(runs / f"seed{s}" / "lt", list(LT_LOSSES))
                                                     for s in seeds])
@@ -267,6 +405,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{LABELS[m]} acc {s['acc']['mean']:.2f} ece {s['ece']['mean']:.3f} "
             f"d_within {s['d_within_test']['mean']:.3f} R² {s['r2_test']['mean']:.3f} "
             f"transfer {s['transfer_acc']['mean']:.2f}" for m, s in methods.items()))
+    return summary
+
+
+def main_aug_only(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Path, out: Path, scale: Any,
+                  data_path: str | None, analysis_data: list[str], t0: float) -> dict[str, Any]:
+    """``--aug-only``: the teacher (the CE ViT, reused when finished), the SMMix / Token Labeling runs, their
+    analysis; ``<out>/summary.json`` and ``<out>/README.md`` hold only their table."""
+    jobs: list[Job] = []
+    for seed in seeds:
+        bb, loss = AUG_TEACHER
+        run_dir = runs / f"seed{seed}" / bb / loss
+        cmd = train_command(bb, loss, seed, run_dir, scale, data_path)
+        _queue_run(jobs, f"{bb}/{loss} seed {seed}", run_dir, cmd, run_identity(bb, cmd), scale.epochs[bb],
+                   args.fresh)
+    run_jobs(jobs, args.jobs, "train")
+    summary = {"config": {"command": f"SEEDS={args.seeds} DEMO_SCALE={args.scale} DEMO_AUG={args.aug} "
+                                     f"python demo/run_demo.py --aug-only", "scale": args.scale,
+                          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                          "date": time.strftime("%Y-%m-%d"), "jobs": args.jobs,
+                          "invocation_wall_min": None},
+               "seeds": seeds, "aug": run_aug(args, aug, seeds, runs, scale, data_path, analysis_data)}
+    summary["config"]["invocation_wall_min"] = (time.time() - t0) / 60
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    md = ["# `make demo` SMMix / Token Labeling runs only\n",
+          f"Generated by `{summary['config']['command']}` on {summary['config']['date']} on "
+          f"{summary['config']['machine']} ({summary['config']['invocation_wall_min']:.1f} min wall).\n",
+          *aug_section(summary["aug"], seeds)]
+    atomic_write(out / "README.md", "\n".join(md))
+    print(f"[demo] aug runs done in {_fmt_time(time.time() - t0)}: {out / 'summary.json'}, {out / 'README.md'}",
+          flush=True)
     return summary
 
 

@@ -23,7 +23,8 @@ METRICS = ("acc", "nll", "ece", "d_within_train", "d_within_test", "r2_train", "
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "DEMO_SCALE", "DEMO_LOSSES", "DEMO_JOBS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SEEDS", "DEMO_SCALE", "DEMO_LOSSES", "DEMO_JOBS", "DEMO_AUG")}
     env.update(extra)
     return env
 
@@ -110,3 +111,50 @@ def test_bad_losses_is_one_error_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "focal" in lines[0], proc.stderr
+
+
+def _recipe():
+    sys.path.insert(0, str(ROOT / "demo"))
+    import recipe
+
+    return recipe
+
+
+@pytest.mark.parametrize("method", ["smmix", "tokenlabel"])
+def test_aug_commands_resolve_to_the_vit_recipe_plus_the_method(method, tmp_path):
+    """DEMO_AUG's training command, as the trainer resolves it (--print-config reads no data): the demo's ViT recipe
+    and seed, plus SMMix, or MixToken with label maps on the source-class image folder and no image-level mixing."""
+    recipe = _recipe()
+    cmd = recipe.aug_train_command(method, "maxsup", 3, tmp_path / "run", recipe.SCALES["default"], None,
+                                   tmp_path / "folder", tmp_path / "labels")
+    env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("DATA_PATH", None)
+    proc = subprocess.run([*cmd, "--print-config"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = json.loads(proc.stdout.strip().splitlines()[-1])
+    plain = json.loads(subprocess.run([*recipe.train_command("vit", "maxsup", 3, tmp_path / "run",
+                                                             recipe.SCALES["default"], None), "--print-config"],
+                                      cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+                                      ).stdout.strip().splitlines()[-1])
+    changed = {k for k in cfg if cfg[k] != plain.get(k)}
+    assert cfg["seed"] == 3 and cfg["loss"] == "maxsup" and cfg["epochs"] == 5 and cfg["input_size"] == 28
+    if method == "smmix":
+        assert cfg["smmix"] and not cfg["mixtoken"] and cfg["mixup"] == 0.8
+        assert changed <= {"smmix", "mixup"}
+    else:
+        assert cfg["mixtoken"] and not cfg["smmix"] and cfg["mixup"] == 0 and cfg["cutmix"] == 0
+        assert cfg["data_set"] == "FOLDER" and cfg["data_path"] == str(tmp_path / "folder") and cfg["classes"] == ""
+        assert cfg["token_label_data"] == str(tmp_path / "labels")
+        assert changed <= {"mixtoken", "token_label", "data_set", "data_path", "classes", "token_label_data"}
+
+
+def test_demo_aug_parsing_and_bad_value_is_one_error_line():
+    recipe = _recipe()
+    assert recipe.resolve_aug("") == [] and recipe.resolve_aug("all") == ["smmix", "tokenlabel"]
+    assert recipe.resolve_aug("tokenlabel, smmix") == ["tokenlabel", "smmix"]
+    assert recipe.SCALES["full"].aug and not recipe.SCALES["default"].aug  # default make demo unchanged
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
+                          capture_output=True, text=True, env=_env(DEMO_AUG="smmix,cutout"), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cutout" in lines[0], proc.stderr
