@@ -353,10 +353,16 @@ def test_kill9_mid_epoch_then_resume_is_bit_exact(tmp_path):
     train([*recipe, "--output_dir", str(ref)])  # uninterrupted reference, in process with the same single thread
 
     # SIGKILL through the trainer's test hook (9 steps per epoch): before a random step after the first checkpoint,
-    # or inside the 2nd checkpoint write
+    # or inside the 2nd write of checkpoint.pth
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
-    kill_at = f"step:{rng.randrange(10, 27)}" if rng.random() < 0.7 else "save:2"
+    # each epoch writes best_checkpoint.pth (when it improves) then checkpoint.pth: find epoch 1's checkpoint.pth write
+    saves, best, second = 0, 0.0, 0
+    for epoch, line in enumerate(read_log(ref)):
+        saves += 2 if line["test_acc1"] > best else 1
+        best = max(best, line["test_acc1"])
+        second = saves if epoch == 1 else second
+    kill_at = f"step:{rng.randrange(10, 27)}" if rng.random() < 0.7 else f"save:{second}"
     print(f"MAXSUP_KILL_AT={kill_at} (seed {seed})")
     run = tmp_path / "run"
     proc = subprocess.run([*base, "--output_dir", str(run)], env={**ENV, "MAXSUP_KILL_AT": kill_at},
