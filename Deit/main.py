@@ -64,6 +64,7 @@ from maxsup.reliability import (  # noqa: E402
 )
 from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
+    add_run_args,
     alpha_schedule_of,
     launcher_world_size,
     parse_seeds,
@@ -216,13 +217,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=["auto", "fp16", "bf16", "off"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
-    g.add_argument("--seeds", default=None, type=str,
-                   help="seed sweep, e.g. 0,3,7: one run per seed in <output_dir>/seed<S> (default: env SEEDS=N "
-                        "for seeds 0..N-1, else --seed)")
-    g.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration as one JSON object and exit (reads no data)")
-    g.add_argument("--tensorboard", default="", type=str,
-                   help="write each epoch's logged scalars to this TensorBoard folder (default: off)")
+    add_run_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")

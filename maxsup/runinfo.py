@@ -24,8 +24,9 @@ from typing import Any
 from .checkpoint import atomic_write
 from .errors import UserError
 
-__all__ = ["NOT_RECIPE", "RUN_RECORD", "ScalarWriter", "alpha_schedule_of", "is_launcher_main", "launcher_world_size",
-           "parse_seeds", "print_config", "provenance", "recipe_fingerprint", "seed_dir", "write_run_record"]
+__all__ = ["NOT_RECIPE", "RUN_RECORD", "ScalarWriter", "add_run_args", "alpha_schedule_of", "is_launcher_main",
+           "launcher_world_size", "parse_seeds", "print_config", "provenance", "recipe_fingerprint", "seed_dir",
+           "write_run_record"]
 
 RUN_RECORD = "run.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,18 @@ def recipe_fingerprint(config: Mapping[str, Any]) -> str:
     kept = {k: v for k, v in sorted(_flat(config).items())
             if k not in NOT_RECIPE and k.rpartition(".")[2] not in NOT_RECIPE}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def add_run_args(parser: Any) -> None:
+    """The run-level flags every argparse trainer shares: ``--seeds``, ``--print-config``, ``--tensorboard``
+    (``parser``: an ``ArgumentParser`` or one of its argument groups)."""
+    parser.add_argument("--seeds", default=None, type=str,
+                        help="seed sweep, e.g. 0,3,7: one run per seed in <output dir>/seed<S> "
+                             "(default: env SEEDS=N for seeds 0..N-1, else --seed)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as one JSON object and exit (reads no data)")
+    parser.add_argument("--tensorboard", default="", type=str,
+                        help="write each epoch's logged scalars to this TensorBoard folder (default: off)")
 
 
 def alpha_schedule_of(criterion: Any) -> tuple[float, float] | None:

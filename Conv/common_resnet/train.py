@@ -56,6 +56,7 @@ from maxsup.reliability import (
 )
 from maxsup.runinfo import (
     ScalarWriter,
+    add_run_args,
     alpha_schedule_of,
     launcher_world_size,
     parse_seeds,
@@ -710,13 +711,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
     parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
-    parser.add_argument("--seeds", default=None, type=str,
-                        help="seed sweep, e.g. 0,3,7: one run per seed in <output-dir>/seed<S> "
-                             "(default: env SEEDS=N for seeds 0..N-1, else --seed)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved configuration as one JSON object and exit (reads no data)")
-    parser.add_argument("--tensorboard", default="", type=str,
-                        help="write each epoch's logged scalars to this TensorBoard folder (default: off)")
+    add_run_args(parser)
     parser.add_argument("--use-deterministic-algorithms", action="store_true",
                         help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
