@@ -28,7 +28,7 @@ from analysis.common import (
     write_results,
 )
 from maxsup.cli import run_cli
-from maxsup.linear_probe import PROBE_MAX_ITER, PROBE_PRECISION, SOLVERS, linear_probe, regularization_grid
+from maxsup.linear_probe import PROBE_MAX_ITER, SOLVERS, linear_probe, regularization_grid
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,16 +38,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also probe the source (training) dataset for reference")
     p.add_argument("--source-data-path", default=None, help="root of --source-dataset")
     p.add_argument("--source-classes", default=None, help="class subset of --source-dataset")
-    p.add_argument("--solver", choices=SOLVERS, default="torch",
-                   help="torch: L-BFGS warm-started along the sweep; sklearn: LogisticRegression(warm_start=True) "
-                        "(see bench/linear_probe.py)")
+    p.add_argument("--solver", choices=SOLVERS, default="scipy",
+                   help="scipy: preconditioned L-BFGS-B warm-started along the sweep; sklearn: "
+                        "LogisticRegression(warm_start=True) (see bench/linear_probe.py)")
     p.add_argument("--num-lambdas", type=int, default=45, help="size of the log-spaced λ grid")
     p.add_argument("--lambda-range", type=float, nargs=2, default=(1e-6, 1e5), metavar=("LOW", "HIGH"),
                    help="λ grid bounds (Table 12: 1e-6 1e5; Table 3 used an unstated smaller range)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of the training split")
     p.add_argument("--max-iter", type=int, default=PROBE_MAX_ITER, help="L-BFGS iteration cap per λ")
-    p.add_argument("--precision", choices=("float32", "float64"), default=PROBE_PRECISION,
-                   help="torch solver precision (see bench/linear_probe.py for what each reaches)")
     p.add_argument("--test-max-per-class", type=int, default=None,
                    help="cap the test split per class (default: the whole split; --max-per-class caps train)")
     return p
@@ -59,7 +57,7 @@ def _probe(loaded, args, lambdas, dataset=None, data_path=None, classes="args") 
                          max_per_class=args.test_max_per_class)
     res = linear_probe(train["features"].numpy(), train["labels"].numpy(), test["features"].numpy(),
                        test["labels"].numpy(), lambdas=lambdas, val_fraction=args.val_fraction, seed=args.seed,
-                       solver=args.solver, max_iter=args.max_iter, precision=args.precision)
+                       solver=args.solver, max_iter=args.max_iter)
     res["chance_acc"] = 100.0 / len(train["classes"])
     return res
 

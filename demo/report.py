@@ -170,7 +170,8 @@ def check_relation(a: dict[str, Any], b: dict[str, Any], rel: str) -> bool:
     return {">": diff > 0, "≥": diff > -tol, "≈": abs(diff) <= tol}[rel]
 
 
-def paired_differences(backbones: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def paired_differences(backbones: dict[str, dict[str, Any]], metrics: tuple[str, ...] = PAIRED_METRICS
+                       ) -> list[dict[str, Any]]:
     """A − B per seed for each pair in :data:`PAIRED` and metric in :data:`PAIRED_METRICS`: every method saw the same
     seeds and data order, so the per-seed difference removes the seed-to-seed variation the methods share. Returns
     rows with the differences, their mean and a two-sided 95 % Student-t interval (None with one seed)."""
@@ -181,7 +182,7 @@ def paired_differences(backbones: dict[str, dict[str, Any]]) -> list[dict[str, A
         for a, b in PAIRED:
             if a not in methods or b not in methods:
                 continue
-            for metric in PAIRED_METRICS:
+            for metric in metrics:
                 diff = np.subtract(methods[a][metric]["values"], methods[b][metric]["values"])
                 mean, n = float(diff.mean()), len(diff)
                 half = None if n < 2 else float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n))
@@ -230,29 +231,47 @@ AUG_TITLE = "## SMMix / Token Labeling (extension, not in the paper)\n"
 
 def aug_section(aug: dict[str, Any], seeds: list[int], heading: str = AUG_TITLE) -> list[str]:
     """Markdown of the SMMix / Token Labeling runs: accuracy, ECE and d̄_within per method and loss."""
+    seeds = aug.get("seeds", seeds)
     n = len(seeds)
     rows = [[AUG_LABELS.get(m, "plain (no mixing; the token-label teacher)"), LABELS[loss], _pm(s["acc"], 2),
              _pm(s["nll"], 3), _pm(s["ece"], 4), _pm(s["d_within_train"], 3), _pm(s["d_within_test"], 3)]
             for m, losses in aug["results"].items() for loss, s in losses.items()]
-    return [heading,
-            f"The ViT recipe above again, same seeds ({seeds}; "
-            + ("mean ± sample std" if n > 1 else "one seed, no ± and no verdict") + "), with a ViT training system "
-            "the paper does not combine with MaxSup: **an extension of ours, not a claim of the paper.** "
-            f"Test split of the source classes; d̄_within on {aug['probe_per_class']} training images per class and "
-            "the test split.\n",
-            "- **SMMix** (Chen et al., ICCV 2023): `… --smmix --mixup 0.8` (the official switch: half of the batches "
-            "SMMix on the 4×4 token grid, half Mixup α 0.8).",
-            "- **MixToken + token labels** (Token Labeling, Jiang et al., NeurIPS 2021): `… --mixtoken --data-set "
-            "FOLDER --data-path <source-class image folder> --classes '' --token-label-data <maps>`, with `--mixup 0 "
-            "--cutmix 0` as the recipe already has. The image folder is `data/prepare_fashion_mnist.py --classes 0 2 "
-            "4 6 8` (the same images as PNGs; the trainer normalises folder images with ImageNet's mean/std instead of "
-            "Fashion-MNIST's, and the folder's sampling order differs from the IDX dataset's). The maps are "
-            "`data/make_token_labels.py --checkpoint <the same seed's plain CE ViT> --topk 5`: **the teacher is the "
-            "demo's own CE ViT**, applied to every patch token (`maxsup.vit.dense_class_scores`) of the training "
-            "images it was trained on, so its maps are much more confident than the paper's NFNet-F6 maps on held-out "
-            "ImageNet images. Evaluation uses `x_cls + 0.5 · max over tokens of x_aux`, as LV-ViT.\n",
-            _table(["System", "Loss", "test acc (%)", "NLL", "ECE (15 bins)", "d̄_within train", "d̄_within test"],
-                   rows)]
+    out = [heading,
+           f"The ViT recipe above again, same seeds ({seeds}; "
+           + ("mean ± sample std" if n > 1 else "one seed, no ± and no verdict") + "), with a ViT training system "
+           "the paper does not combine with MaxSup: **an extension of ours, not a claim of the paper.** "
+           f"Test split of the source classes; d̄_within on {aug['probe_per_class']} training images per class and "
+           "the test split.\n",
+           "- **SMMix** (Chen et al., ICCV 2023): `… --smmix --mixup 0.8` (the official switch: half of the batches "
+           "SMMix on the 4×4 token grid, half Mixup α 0.8).",
+           "- **MixToken + token labels** (Token Labeling, Jiang et al., NeurIPS 2021): `… --mixtoken --data-set "
+           "FOLDER --data-path <source-class image folder> --classes '' --token-label-data <maps>`, with `--mixup 0 "
+           "--cutmix 0` as the recipe already has. The image folder is `data/prepare_fashion_mnist.py --classes 0 2 "
+           "4 6 8` (the same images as PNGs; the trainer normalises folder images with ImageNet's mean/std instead of "
+           "Fashion-MNIST's, and the folder's sampling order differs from the IDX dataset's). The maps are "
+           "`data/make_token_labels.py --checkpoint <the same seed's plain CE ViT> --topk 5`: **the teacher is the "
+           "demo's own CE ViT**, applied to every patch token (`maxsup.vit.dense_class_scores`) of the training "
+           "images it was trained on, so its maps are much more confident than the paper's NFNet-F6 maps on held-out "
+           "ImageNet images. Evaluation uses `x_cls + 0.5 · max over tokens of x_aux`, as LV-ViT.\n",
+           _table(["System", "Loss", "test acc (%)", "NLL", "ECE (15 bins)", "d̄_within train", "d̄_within test"],
+                  rows)]
+    if aug.get("paired") and n > 1:
+        out += [f"Paired differences within each system (same seeds; 95 % Student-t interval over {n} seeds):\n",
+                _paired_table(aug["paired"], "System", AUG_LABELS)]
+    return out
+
+
+def _paired_table(paired: list[dict[str, Any]], group: str, group_labels: dict[str, str] | None = None) -> str:
+    """Markdown of :func:`paired_differences` rows: per-seed differences, their mean, 95 % interval, resolved."""
+    rows = []
+    for r in paired:
+        digits = 2 if r["metric"] in ("acc", "transfer_acc") else 4
+        ci = "n/a (1 seed)" if r["ci95"] is None else f"[{r['ci95'][0]:+.{digits}f}, {r['ci95'][1]:+.{digits}f}]"
+        res = {None: "n/a", True: "yes", False: "no"}[r["resolved"]]
+        rows.append([(group_labels or {}).get(r["backbone"], r["backbone"]), f"{LABELS[r['a']]} − {LABELS[r['b']]}",
+                     r["metric"], ", ".join(f"{d:+.{digits}f}" for d in r["differences"]),
+                     f"{r['mean']:+.{digits}f}", ci, res])
+    return _table([group, "Pair", "metric", "per seed", "mean", "95 % interval", "resolved"], rows)
 
 
 def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) -> None:
@@ -345,14 +364,7 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
               "seed*, with the mean and a 95 % Student-t interval over seeds. A rerun of seed 0 on a fresh machine "
               "moved ResNet accuracies by up to 0.6 points, as much as the method gaps, so one seed settles nothing: "
               "`SEEDS=5 make demo` is the setting for a verdict. `resolved` = the interval excludes 0.\n")
-    prow = []
-    for r in summary["paired"]:
-        digits = 2 if r["metric"] in ("acc", "transfer_acc") else 4
-        ci = "n/a (1 seed)" if r["ci95"] is None else f"[{r['ci95'][0]:+.{digits}f}, {r['ci95'][1]:+.{digits}f}]"
-        res = {None: "n/a", True: "yes", False: "no"}[r["resolved"]]
-        prow.append([r["backbone"], f"{LABELS[r['a']]} − {LABELS[r['b']]}", r["metric"],
-                     ", ".join(f"{d:+.{digits}f}" for d in r["differences"]), f"{r['mean']:+.{digits}f}", ci, res])
-    md.append(_table(["Backbone", "Pair", "metric", "per seed", "mean", "95 % interval", "resolved"], prow))
+    md.append(_paired_table(summary["paired"], "Backbone"))
     md.append(f"## Figures (seed {summary['seeds'][0]}, test images of the source classes)\n")
     for key, title in (("gradcam", "Grad-CAM for the true class; row 1 the inputs, then one row per backbone and "
                                    "method (Figure 2 analogue)"),

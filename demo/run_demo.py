@@ -106,6 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also train the ViT with SMMix and/or MixToken + token labels under CE/LS/MaxSup: all, or a "
                         "comma list of smmix,tokenlabel (an extension, not in the paper; on with --scale full; env "
                         "DEMO_AUG)")
+    p.add_argument("--aug-seeds", type=int, default=int(os.environ.get("DEMO_AUG_SEEDS", "0")),
+                   help="train the --aug runs for the first N seeds only (0 = every seed; env DEMO_AUG_SEEDS): they "
+                        "cost about twice the core ViT runs")
     p.add_argument("--aug-only", action="store_true",
                    help="train and analyse only the --aug runs and their teacher (the CE ViT); writes "
                         "<out>/summary.json and <out>/README.md with their table only")
@@ -254,7 +257,8 @@ def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Pa
     run_jobs(chain_jobs, args.jobs, "analysis-aug")
     per_seed = [collect_aug(runs / f"seed{s}", aug, list(CORE_LOSSES)) for s in seeds]
     results = {m: aggregate([p[m] for p in per_seed], AUG_METRICS) for m in per_seed[0]}
-    return {"methods": aug, "losses": list(CORE_LOSSES), "probe_per_class": scale.probe_per_class,
+    return {"methods": aug, "losses": list(CORE_LOSSES), "seeds": seeds, "probe_per_class": scale.probe_per_class,
+            "paired": paired_differences(results, AUG_METRICS),
             "timing_min": {"train_runs_trained_now": len(jobs),
                            "train_cpu_min_sum": sum(j.cpu_s for j in jobs) / 60,
                            "labels_cpu_min": sum(j.cpu_s for j in label_jobs) / 60,
@@ -272,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     aug = resolve_aug(args.aug) or (list(AUG_METHODS) if scale.aug else [])
     if args.aug_only and not aug:
         raise UserError("--aug-only needs --aug/DEMO_AUG (all, or a comma list of smmix,tokenlabel)")
+    if not 0 <= args.aug_seeds <= args.seeds:
+        raise UserError(f"--aug-seeds/DEMO_AUG_SEEDS must be between 0 (every seed) and --seeds/SEEDS "
+                        f"({args.seeds}), got {args.aug_seeds}")
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not backbones or any(b not in BACKBONES for b in backbones):
         raise UserError(f"--backbones must be a comma list of {', '.join(BACKBONES)}, got {args.backbones!r}")
@@ -336,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_jobs(extract_jobs, args.jobs, "extract")
     run_jobs(chain_jobs, args.jobs, "analysis")
     analysis_wall, analysis_cpu = time.time() - t_analysis, sum(j.cpu_s for j in extract_jobs + chain_jobs)
-    aug_summary = run_aug(args, aug, seeds, runs, scale, data_path, analysis_data) if aug else None
+    aug_seeds = seeds[:args.aug_seeds or len(seeds)]
+    aug_summary = run_aug(args, aug, aug_seeds, runs, scale, data_path, analysis_data) if aug else None
 
     # Step 4: summary.json, figures, README.md.
     per_seed = [collect_seed(runs / f"seed{s}", backbones, losses) for s in seeds]
@@ -368,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env_cmd = " ".join(f"{k}={v}" for k, v in (("SEEDS", args.seeds), ("DEMO_SCALE", args.scale),
                                                   ("DEMO_LOSSES", args.losses))) + (f" DEMO_AUG={args.aug}" if args.aug
                                                                                     else "")
+    env_cmd += f" DEMO_AUG_SEEDS={args.aug_seeds}" if aug and args.aug_seeds else ""
+    env_cmd += " DEMO_LT=1" if args.long_tail and not scale.long_tail else ""
     config = {
         "command": f"{env_cmd} make demo", "scale": args.scale, "losses": losses, "backbones": backbones,
         "source_classes": list(SOURCE_CLASSES), "held_out_classes": list(HELD_OUT_CLASSES),

@@ -13,14 +13,19 @@ use that mapping, so λ means the same thing whichever runs.
 
 Solvers, compared side by side in ``bench/linear_probe.py``:
 
-* ``"torch"`` (default): L-BFGS on each λ from the strongest to the weakest, each warm-started from the previous
-  solution. Before solving, features are centred (exact, because the bias is free) and rotated onto their principal
-  axes (exact, because ‖V·W̃‖ = ‖W̃‖; axes with numerically zero variance are dropped). Every axis j is then rescaled
-  by 1/√(σ_j²/n + λ), its curvature scale, so L-BFGS starts well conditioned for every λ.
-* ``"torch-batched"``: the same, but all λ solved jointly in one (S, r, K) tensor. It does S× the work per step, which
-  pays off only on a GPU.
+* ``"scipy"`` (default): scipy's L-BFGS-B on each λ from the strongest to the weakest, each warm-started from the
+  previous solution, with a hand-written float64 gradient (two (N, r)·(r, K) products per evaluation). Before
+  solving, features are centred (exact, because the bias is free) and rotated onto their principal axes (exact,
+  because ‖V·W̃‖ = ‖W̃‖; axes with numerically zero variance are dropped). Every axis j is then rescaled by
+  1/√(σ_j²/n + λ), its curvature scale, so L-BFGS starts well conditioned for every λ.
 * ``"sklearn"``: ``LogisticRegression(solver="lbfgs", warm_start=True)`` on centred features, from the largest λ to
-  the smallest.
+  the smallest: the unpreconditioned reference.
+
+Stopping rule of ``"scipy"``: the objective is λ-strongly convex in W, so the W-part of the gap f − f* is at most
+‖∇_W f‖² / (2λ); a solve stops at the first point with ‖∇_W f‖² ≤ 2·λ·``gap``·f (a relative gap of at most
+``gap``, :data:`PROBE_GAP`) and ‖∇_b f‖ ≤ :data:`PROBE_BIAS_TOL` (the bias is not penalised, hence not strongly
+convex; ∂f/∂b_k is the mean predicted probability of class k minus its frequency), plus ‖∇f‖ ≤ ``tol`` if given;
+or after ``max_iter`` iterations. The gradients are those in the raw (W, b), not in the preconditioned variables.
 """
 
 from __future__ import annotations
@@ -32,17 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe", "probe_objective", "SOLVERS"]
+__all__ = ["regularization_grid", "fit_sweep", "sweep_accuracy", "linear_probe", "probe_objective", "SOLVERS",
+           "PROBE_GAP", "PROBE_MAX_ITER"]
 
-SOLVERS = ("torch", "sklearn", "torch-batched")
-#: per-λ L-BFGS cap and gradient tolerance of the default sweep (bench/linear_probe.py measures what they reach)
+SOLVERS = ("scipy", "sklearn")
+#: per-λ L-BFGS iteration cap of the default sweep (bench/linear_probe.py measures what it reaches)
 PROBE_MAX_ITER = 1000
-PROBE_TOL = 1e-5
-#: default torch precision: float32 cannot push the raw gradient norm to PROBE_TOL at the weak end of the sweep
-PROBE_PRECISION = "float64"
-#: certified relative objective gap: the objective is λ-strongly convex, so f − f* ≤ ‖∇f‖² / (2λ); stopping once
-#: ‖∇f‖² ≤ 2·λ·PROBE_GAP·f bounds the relative gap to the optimum by PROBE_GAP at every λ
-PROBE_GAP = 1e-3
+#: certified relative objective gap per λ of the default sweep (see the stopping rule above)
+PROBE_GAP = 1e-4
+#: bias gradient bound of the stopping rule: ∂f/∂b_k = mean predicted probability of class k − its frequency
+PROBE_BIAS_TOL = 1e-5
 
 
 def regularization_grid(num: int = 45, low: float = 1e-6, high: float = 1e5) -> np.ndarray:
@@ -62,106 +66,96 @@ def _as_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _rotate(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rotate(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre x (N, D) and rotate it onto its principal axes, dropping axes without variance.
 
-    Returns z (N, r) float32, the axes v (D, r) float64, the per-axis second moment σ²/N (r,) and the mean (D,).
+    Returns z (N, r), the axes v (D, r), the per-axis second moment σ²/N (r,) and the mean (D,), all float64.
     Both steps are exact for this objective: the bias is free (absorbs the centring) and ‖V·W̃‖ = ‖W̃‖.
     """
-    xt = torch.from_numpy(x)
-    mean = xt.double().mean(0)
-    xc = xt - mean.float()
+    mean = x.mean(0, dtype=np.float64)
+    xc = x.astype(np.float64) - mean
     # Eigen-decomposition of the (D, D) scatter matrix: N·D² + D³ work instead of an (N, D) SVD's ~4·N·D².
-    # float32 products are enough: V only needs to be orthonormal, and z = X·V uses the very V that maps W back.
-    evals, evecs = torch.linalg.eigh((xc.T @ xc).double())
-    keep = evals > evals.max().clamp_min(0) * 1e-7 if evals.numel() else evals.bool()
-    v = evecs[:, keep].flip(1)  # (D, r), largest variance first
-    return xc @ v.float(), v, (evals[keep].flip(0) / len(x)).float(), mean
+    # A float32 scatter is enough: V only needs to be orthonormal, and z = X·V uses the very V that maps W back.
+    xc32 = xc.astype(np.float32)
+    evals, evecs = np.linalg.eigh((xc32.T @ xc32).astype(np.float64))
+    keep = evals > max(evals.max(initial=0.0), 0.0) * 1e-7
+    v = np.ascontiguousarray(evecs[:, keep][:, ::-1])  # (D, r), largest variance first
+    return xc @ v, v, evals[keep][::-1] / len(x), mean
 
 
-def _unrotate(w: torch.Tensor, b: torch.Tensor, v: torch.Tensor, mean: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _unrotate(w: np.ndarray, b: np.ndarray, v: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map (S, r, K) / (S, K) solutions in rotated, centred coordinates back to raw features."""
-    w_full = torch.einsum("dr,srk->sdk", v, w.double())
-    bias = b.double() - torch.einsum("d,sdk->sk", mean, w_full)
-    return w_full.float().numpy(), bias.float().numpy()
+    w_full = np.einsum("dr,srk->sdk", v, w)
+    return w_full, b - np.einsum("d,sdk->sk", mean, w_full)
 
 
-def _lbfgs(z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, scale: torch.Tensor, w0: torch.Tensor,
-           b0: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Minimise Σ_s [mean CE_s + λ_s/2·‖W_s‖²] over W = scale·u with L-BFGS; z (n, r), scale (S, r), w0 (S, r, K).
+class _Converged(Exception):
+    """Raised from inside the objective once an evaluated point meets the stopping rule (carries that point)."""
 
-    Computes in ``z``'s dtype. Stops when the norm g of the gradient of the true objective f in (W, b) (not of the
-    preconditioned u) is at most ``tol`` AND g² ≤ 2·λ·PROBE_GAP·f (which bounds (f − f*)/f by PROBE_GAP, since f is
-    λ-strongly convex in W), checked every few iterations, or after ``max_iter`` iterations. Returns W, b and the
-    number of L-BFGS iterations run."""
-    n, k = len(z), w0.shape[-1]
-    scale, w0, b0, lam = scale.to(z.dtype), w0.to(z.dtype), b0.to(z.dtype), lam.to(z.dtype)
-    s_count = len(lam)
-    u = (w0 / scale[:, :, None]).requires_grad_(True)
-    b = b0.clone().requires_grad_(True)
-    y_rep = y.repeat(s_count) if s_count > 1 else y
-    chunk = 5
-    # Only our raw-gradient rule (below) and the iteration cap stop it; torch's own rules would act on u.
-    opt = torch.optim.LBFGS([u, b], lr=1.0, max_iter=chunk, history_size=20, tolerance_grad=0.0,
-                            tolerance_change=0.0, line_search_fn="strong_wolfe")
-
-    def objective() -> torch.Tensor:
-        w = u * scale[:, :, None]
-        logits = torch.einsum("nr,srk->snk", z, w) + b[:, None, :]  # (S, n, K)
-        ce = F.cross_entropy(logits.reshape(s_count * n, k), y_rep, reduction="sum") / n
-        return ce + 0.5 * (lam * w.pow(2).sum((1, 2))).sum()
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    done = 0
-    while done < max_iter:
-        opt.param_groups[0]["max_iter"] = min(chunk, max_iter - done)
-        opt.step(closure)
-        done = opt.state[opt._params[0]]["n_iter"]
-        f = objective()
-        gu, gb = torch.autograd.grad(f, (u, b))
-        # ∂L/∂W = ∂L/∂u / scale; ‖·‖ is rotation-invariant, so this is the raw-feature gradient norm (up to the
-        # centring term mean·∂L/∂bᵀ, which vanishes with ∂L/∂b).
-        raw = (gu / scale[:, :, None]).pow(2).sum((1, 2)) + gb.pow(2).sum(1)
-        if float(raw.max()) <= min(tol * tol, 2.0 * float(lam.min()) * PROBE_GAP * f.item() / s_count):
-            break
-    return (u * scale[:, :, None]).detach(), b.detach(), done
+    def __init__(self, params: np.ndarray) -> None:
+        super().__init__()
+        self.params = params
 
 
-def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
-               tol: float, batched: bool = False, dtype: torch.dtype = torch.float32,
-               stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """L-BFGS in whitened-by-rotation coordinates; returns W (S, D, K) and b (S, K) for raw features.
+def _lbfgs(z: np.ndarray, y: np.ndarray, lam: float, scale: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+           max_iter: int, tol: float | None, gap: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Minimise mean CE + λ/2·‖W‖² over W = scale·u (z (n, r), scale (r,), w0 (r, K), b0 (K,), float64) with
+    scipy's L-BFGS-B and a hand-written gradient: two (n, r)·(r, K) products per evaluation.
 
-    Each axis j of problem s is rescaled by 1/√(σ_j²/n + λ_s), its curvature scale, so L-BFGS starts well
-    conditioned. ``batched=False`` (default, faster on CPU) solves λ from strongest to weakest, each warm-started from
-    the previous solution; ``batched=True`` solves all λ jointly in one (S, r, K) tensor (45× the work per step,
-    which only pays off on a GPU).
-    """
+    Stops at the first evaluated point meeting the module's stopping rule (computed on the raw gradient in (W, b)),
+    or after ``max_iter`` iterations; scipy's own tests are off. Returns W, b and the iterations run."""
+    from scipy.optimize import minimize
+
+    n, k = z.shape[0], w0.shape[1]
+    rows, sc = np.arange(n), scale[:, None]
+    limit = np.inf if tol is None else tol * tol
+
+    def fun(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = params[:-k].reshape(-1, k) * sc, params[-k:]
+        logits = z @ w
+        logits += b
+        logits -= logits.max(1, keepdims=True)
+        picked = logits[rows, y]
+        np.exp(logits, out=logits)
+        total = logits.sum(1)
+        f = float((np.log(total) - picked).mean() + 0.5 * lam * (w * w).sum())
+        grad = logits  # softmax − one-hot, over n, computed in place
+        grad /= total[:, None] * n
+        grad[rows, y] -= 1.0 / n
+        gw, gb = z.T @ grad, grad.sum(0)
+        gw += lam * w
+        gw2, gb2 = (gw * gw).sum(), (gb * gb).sum()
+        if gw2 <= 2.0 * lam * gap * f and gb2 <= PROBE_BIAS_TOL**2 and gw2 + gb2 <= limit:
+            raise _Converged(params.copy())
+        gw *= sc
+        return f, np.concatenate([gw.ravel(), gb])
+
+    iters = [0]
+
+    def count(*_: Any) -> None:
+        iters[0] += 1
+
+    try:
+        params = minimize(fun, np.concatenate([(w0 / sc).ravel(), b0]), jac=True, method="L-BFGS-B", callback=count,
+                          options={"maxiter": max_iter, "maxcor": 20, "ftol": 0.0, "gtol": 0.0}).x
+    except _Converged as stop:
+        params = stop.params
+    return params[:-k].reshape(-1, k) * sc, params[-k:], iters[0]
+
+
+def _fit_scipy(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
+               tol: float | None, gap: float, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate, then solve each λ with :func:`_lbfgs` in its curvature-scaled coordinates, from the strongest to the
+    weakest λ, each warm-started from the previous solution. Returns W (S, D, K) and b (S, K) for raw features."""
     z, v, curv, mean = _rotate(x)
-    if dtype == torch.float64:  # recompute the projection in float64 too
-        z = (torch.from_numpy(x).double() - mean) @ v
-    yt = torch.from_numpy(y)
-    lam = torch.as_tensor(lambdas, dtype=dtype)
-    scale = (curv[None, :].to(dtype) + lam[:, None]).rsqrt()  # (S, r)
     r = z.shape[1]
-    if batched:
-        w, b, it = _lbfgs(z, yt, lam, scale, torch.zeros(len(lam), r, num_classes, dtype=dtype),
-                          torch.zeros(len(lam), num_classes, dtype=dtype), max_iter, tol)
-        if stats is not None:
-            stats["iterations"] = [it] * len(lam)
-        return _unrotate(w, b, v, mean)
-    w_all = torch.zeros(len(lam), r, num_classes, dtype=dtype)
-    b_all = torch.zeros(len(lam), num_classes, dtype=dtype)
-    w_prev, b_prev = torch.zeros(1, r, num_classes), torch.zeros(1, num_classes)
-    iters = [0] * len(lam)
+    w_all, b_all = np.zeros((len(lambdas), r, num_classes)), np.zeros((len(lambdas), num_classes))
+    w, b = np.zeros((r, num_classes)), np.zeros(num_classes)
+    iters = [0] * len(lambdas)
     for i in np.argsort(lambdas)[::-1].tolist():  # strong → weak regularisation: each solve warm-starts the next
-        w_prev, b_prev, iters[i] = _lbfgs(z, yt, lam[i:i + 1], scale[i:i + 1], w_prev, b_prev, max_iter, tol)
-        w_all[i], b_all[i] = w_prev[0], b_prev[0]
+        lam = float(lambdas[i])
+        w, b, iters[i] = _lbfgs(z, y, lam, 1.0 / np.sqrt(curv + lam), w, b, max_iter, tol, gap)
+        w_all[i], b_all[i] = w, b
     if stats is not None:
         stats["iterations"] = iters
     return _unrotate(w_all, b_all, v, mean)
@@ -169,7 +163,7 @@ def _fit_torch(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: i
 
 def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
                  tol: float, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Warm-started scikit-learn sweep from strong to weak regularisation; same outputs as :func:`_fit_torch`."""
+    """Warm-started scikit-learn sweep from strong to weak regularisation; same outputs as :func:`_fit_scipy`."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -180,8 +174,8 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
     n, d = x.shape
     mean = x.mean(0)
     xc = (x - mean).astype(np.float64)  # centring is exact (free bias) and helps L-BFGS
-    w_out = np.zeros((len(lambdas), d, num_classes), np.float32)
-    b_out = np.zeros((len(lambdas), num_classes), np.float32)
+    w_out = np.zeros((len(lambdas), d, num_classes))
+    b_out = np.zeros((len(lambdas), num_classes))
     clf = LogisticRegression(solver="lbfgs", warm_start=True, max_iter=max_iter, tol=tol)
     iters = [0] * len(lambdas)
     for i in np.argsort(lambdas)[::-1]:
@@ -197,20 +191,21 @@ def _fit_sklearn(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes:
     return w_out, b_out
 
 
-def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, solver: str = "torch",
-              max_iter: int = PROBE_MAX_ITER, tol: float = PROBE_TOL, precision: str = PROBE_PRECISION,
+def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, solver: str = "scipy",
+              max_iter: int = PROBE_MAX_ITER, tol: float | None = None, gap: float = PROBE_GAP,
               stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit one L2 logistic regression per λ.
 
     Args:
         x: (N, D) features. y: (N,) labels in [0, K). lambdas: (S,) penalty strengths (objective in module doc).
-        solver: ``"torch"`` (warm-started L-BFGS) or ``"sklearn"`` (warm-started LogisticRegression).
-        max_iter, tol: iteration cap and stopping tolerance per λ. For the torch solvers ``tol`` bounds the norm
-            of the raw gradient of the objective in (W, b); for sklearn it is scikit-learn's ``tol``.
-        precision: ``float64`` (default) or ``float32`` (torch solvers; see bench/linear_probe.py).
+        solver: ``"scipy"`` (preconditioned, warm-started L-BFGS-B) or ``"sklearn"`` (warm-started
+            LogisticRegression).
+        max_iter: iteration cap per λ.
+        tol, gap: the stopping rule (module doc) of ``"scipy"``; for ``"sklearn"``, ``tol`` is scikit-learn's
+            (default 1e-6) and ``gap`` is unused.
         stats: if a dict is given, ``stats["iterations"]`` receives the iterations run per λ.
     Returns:
-        W (S, D, K) and b (S, K) float32, so that logits = x @ W[s] + b[s].
+        W (S, D, K) and b (S, K) float64, so that logits = x @ W[s] + b[s].
     """
     x, y = _as_xy(x, y)
     k = int(num_classes if num_classes is not None else y.max() + 1)
@@ -218,17 +213,16 @@ def fit_sweep(x: Any, y: Any, lambdas: Any, num_classes: int | None = None, *, s
     if solver not in SOLVERS:
         raise ValueError(f"unknown linear-probe solver {solver!r}; choose one of {SOLVERS}")
     if solver == "sklearn":
-        return _fit_sklearn(x, y, lambdas, k, max_iter, tol, stats)
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision must be float32 or float64, got {precision!r}")
-    return _fit_torch(x, y, lambdas, k, max_iter, tol, batched=solver == "torch-batched",
-                      dtype=getattr(torch, precision), stats=stats)
+        return _fit_sklearn(x, y, lambdas, k, max_iter, 1e-6 if tol is None else tol, stats)
+    if not 0 < gap < 1:
+        raise ValueError(f"gap must be in (0, 1), got {gap}")
+    return _fit_scipy(x, y, lambdas, k, max_iter, tol, gap, stats)
 
 
 def probe_objective(w: np.ndarray, b: np.ndarray, x: Any, y: Any, lambdas: Any) -> tuple[np.ndarray, np.ndarray]:
     """The objective of the module docstring and the norm of its gradient in (W, b), per fitted model, in float64 on
     the raw features: W (S, D, K), b (S, K), x (N, D), y (N,), lambdas (S,) → (objective (S,), grad_norm (S,)).
-    Solver-independent, so it compares the torch and scikit-learn solutions on equal terms."""
+    Solver-independent, so it compares the scipy and scikit-learn solutions on equal terms."""
     x, y = _as_xy(x, y)
     xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y)
     objs, norms = [], []
@@ -260,8 +254,8 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
 
 
 def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val: Any = None, y_val: Any = None,
-                 lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "torch",
-                 max_iter: int = PROBE_MAX_ITER, precision: str = PROBE_PRECISION) -> dict[str, Any]:
+                 lambdas: Any = None, val_fraction: float = 0.2, seed: int = 0, solver: str = "scipy",
+                 max_iter: int = PROBE_MAX_ITER) -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
     If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
@@ -283,13 +277,13 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
                          f"{x_test.shape[1]}; extract all splits with the same checkpoint")
     k = int(max(y_train.max(), y_val.max(), y_test.max()) + 1)
     lambdas = regularization_grid() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
-    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter, precision=precision)
+    w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter)
     val_acc = sweep_accuracy(w, b, x_val, y_val)
     # Ties go to the strongest regularisation (the simplest model that reaches the best validation accuracy).
     best = int(np.flatnonzero(val_acc == val_acc.max()).max())
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([y_train, y_val])
-    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter, precision=precision)
+    w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter)
     test_acc = float(sweep_accuracy(w1, b1, x_test, y_test)[0])
     return {
         "test_acc": 100.0 * test_acc,

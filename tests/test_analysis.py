@@ -140,19 +140,19 @@ def test_linear_transfer_to_held_out_classes(ckpts, tmp_path):
     assert (tmp_path / "linear_transfer.md").is_file()
 
 
-def test_linear_probe_torch_and_sklearn_solve_the_same_problem():
+def test_linear_probe_scipy_and_sklearn_solve_the_same_problem():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 20)) * 1.5
     y = rng.integers(0, 4, 600)
     x = np.maximum(centers[y] + rng.normal(size=(600, 20)), 0).astype(np.float32)
     lam = regularization_grid(9, 1e-4, 1e1)
     accs, weights = {}, {}
-    for solver in ("torch", "sklearn"):
+    for solver in ("scipy", "sklearn"):
         w, b = fit_sweep(x[:400], y[:400], lam, 4, solver=solver, max_iter=500)
         accs[solver], weights[solver] = sweep_accuracy(w, b, x[400:], y[400:]), w
-    np.testing.assert_allclose(accs["torch"], accs["sklearn"], atol=0.015)
+    np.testing.assert_allclose(accs["scipy"], accs["sklearn"], atol=0.015)
     # strongly regularised problems converge fully in both: same weights
-    np.testing.assert_allclose(weights["torch"][-3:], weights["sklearn"][-3:], rtol=0, atol=5e-4)
+    np.testing.assert_allclose(weights["scipy"][-3:], weights["sklearn"][-3:], rtol=0, atol=5e-4)
     res = linear_probe(x[:400], y[:400], x[400:], y[400:], lambdas=lam)
     assert res["test_acc"] > 60 and len(res["val_acc"]) == 9
 

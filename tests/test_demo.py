@@ -158,3 +158,12 @@ def test_demo_aug_parsing_and_bad_value_is_one_error_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "cutout" in lines[0], proc.stderr
+
+
+def test_demo_aug_seeds_beyond_seeds_is_one_error_line():
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
+                          capture_output=True, text=True, env=_env(SEEDS="2", DEMO_AUG="all", DEMO_AUG_SEEDS="3"),
+                          timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "DEMO_AUG_SEEDS" in lines[0], proc.stderr
