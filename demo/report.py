@@ -288,8 +288,7 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
           f"({tm['runs_trained_now']} runs trained, {tm['runs_reused']} reused"
           + (f", {tm['train_runs_without_record']} of them without a timing record" if tm["train_runs_without_record"]
              else "") + ").\n",
-          "**Regenerate the committed 3-seed version:** `SEEDS=3 make demo` "
-          "(equivalently `.venv/bin/python demo/run_demo.py --seeds 3`).\n",
+          f"**Regenerate this version:** `{cfg['command']}` (finished runs in `results/demo/runs/` are reused).\n",
           "## Headline (test split of the source classes; transfer = linear probe on the held-out classes)\n",
           _table(["Backbone", "Method", "acc (%)", "ECE", "d̄_within test", "R² test", "transfer acc (%)"],
                  [[bb, LABELS[m], _pm(s["acc"], 2), _pm(s["ece"], 3), _pm(s["d_within_test"], 3),

@@ -1,7 +1,7 @@
 """`make demo`: the paper's CE / LS / MaxSup comparison in miniature on Fashion-MNIST, on a CPU, in minutes.
 
     python demo/run_demo.py                       # 1 seed, default scale (≈ 15 CPU-minutes of work on 2 cores)
-    SEEDS=3 python demo/run_demo.py               # the committed version (results/demo/README.md)
+    SEEDS=5 DEMO_LT=1 DEMO_AUG=all DEMO_AUG_SEEDS=1 python demo/run_demo.py  # the committed results/demo/README.md
     DEMO_SCALE=smoke python demo/run_demo.py      # < 3 minutes, run by tests/test_demo.py
     DEMO_LOSSES=all python demo/run_demo.py       # adds OLS, Zipf-LS and Logit Penalty
     DEMO_AUG=smmix,tokenlabel python demo/run_demo.py  # adds the ViT with SMMix / MixToken + token labels (extension)
