@@ -35,7 +35,7 @@ from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint  # noqa
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
-from maxsup.models import model_from_checkpoint  # noqa: E402
+from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
 from maxsup.vit import dense_class_scores  # noqa: E402
 
 #: float16 holds every integer up to 2048 exactly; the official layout stores class indices in it.
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     todo = [(img, dst) for img, dst in items if not dst.exists()]
     model, info = load_teacher(args.checkpoint, args.ema)
     num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if not num_classes:  # torchvision / CIFAR ResNets and MobileNetV2 keep it only in their last linear layer
+        try:
+            num_classes = int(classifier_layer(model).out_features)
+        except (ValueError, AttributeError):
+            num_classes = 0
     if not 1 <= args.topk <= max(num_classes, 1):
         raise UserError(f"--topk {args.topk} must be between 1 and the teacher's {num_classes} classes")
     if num_classes > MAX_CLASSES:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from recipe import ROOT
 
+from maxsup.checkpoint import atomic_write
 from maxsup.errors import UserError
 
 
@@ -149,6 +150,8 @@ def _drive(jobs: list[Job], pending: list[Job], running: list, parallel: int, ph
                     print(f"[{phase}] {job.name} {job.status}; last lines of {job.log}:\n{tail}", file=sys.stderr)
                     raise UserError(f"{phase} step {job.name} {job.status}; its full output is in {job.log}")
                 print(f"[{phase}] done {job.name} ({_fmt_time(time.time() - start)} into the phase)", flush=True)
+                if job.epochs:  # a training run: its timing record, kept even if a later job fails or is killed
+                    atomic_write(job.log.parent / "demo_time.json", f'{{"wall_s": {job.wall_s}, "cpu_s": {job.cpu_s}}}')
         now = time.time()
         if now - last_print >= every and running:
             last_print = now

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipe / orchestrati
 
 from orchestration import Job, _child_env, _fmt_time, run_jobs  # noqa: E402
 from recipe import (  # noqa: E402
+    AUG_BASELINE,
     AUG_METHODS,
     AUG_TEACHER,
     BACKBONES,
@@ -205,7 +206,7 @@ def _queue_run(jobs: list[Job], name: str, run_dir: Path, cmd: list[str], identi
 
 def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Path, scale: Any,
             data_path: str | None, analysis_data: list[str]) -> dict[str, Any]:
-    """SMMix / Token Labeling: label maps from each seed's CE ViT, the runs, their analysis; returns the summary
+    """SMMix / Token Labeling: label maps from each seed's CE ResNet, the runs, their analysis; returns the summary
     entry ``{"methods", "losses", "probe_per_class", "results": {method: {loss: {metric: stats}}}}``."""
     folder = prepare_source_folder(runs, data_path, args.scale) if "tokenlabel" in aug else runs / "data"
     label_jobs = []
@@ -249,7 +250,7 @@ def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Pa
         sdir = runs / f"seed{seed}"
         ckpts = {aug_ckpt_name(m, loss): sdir / f"vit_{m}" / loss / "checkpoint.pth" for m in aug
                  for loss in CORE_LOSSES}
-        ckpts = {ckpt_name(*AUG_TEACHER): sdir / AUG_TEACHER[0] / AUG_TEACHER[1] / "checkpoint.pth", **ckpts}
+        ckpts = {ckpt_name(*AUG_BASELINE): sdir / AUG_BASELINE[0] / AUG_BASELINE[1] / "checkpoint.pth", **ckpts}
         shutil.rmtree(sdir / "analysis_aug", ignore_errors=True)
         chain = aug_analysis_jobs(ckpts, sdir / "analysis_aug", scale, analysis_data)
         chain_jobs.append(Job(f"aug analysis seed {seed}", chain, sdir / "logs" / "analysis_aug.out",
@@ -264,6 +265,25 @@ def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Pa
                            "labels_cpu_min": sum(j.cpu_s for j in label_jobs) / 60,
                            "analysis_cpu_min": sum(j.cpu_s for j in chain_jobs) / 60},
             "results": results}
+
+
+def run_timing(runs: Path, seeds: list[int], runs_of_seed: list[tuple[str, str]], trained_now: int
+               ) -> dict[str, Any]:
+    """Timing records (``demo_time.json``, written when a run finishes in this or an earlier invocation) of every
+    training run in the report: counts, summed CPU and wall minutes over the runs that have one, and per run."""
+    run_times = {}
+    for seed in seeds:
+        for group, loss in runs_of_seed:
+            try:
+                t = json.loads((runs / f"seed{seed}" / group / loss / "demo_time.json").read_text())
+            except (OSError, ValueError):
+                t = None  # reused run whose invocation was interrupted before it wrote its timing
+            run_times[f"{group}/{loss}/seed{seed}"] = t
+    known = [t for t in run_times.values() if t]
+    return {"runs_trained_now": trained_now, "runs_reused": len(run_times) - trained_now,
+            "train_cpu_min_sum": sum(t["cpu_s"] for t in known) / 60,
+            "train_wall_min_sum": sum(t["wall_s"] for t in known) / 60,
+            "train_runs_without_record": len(run_times) - len(known), "runs": run_times}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -308,8 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 atomic_write(run_dir / "demo_cmd.json", json.dumps(identity, indent=1))
                 jobs.append(Job(f"{bb}/{loss} seed {seed}", [cmd], run_dir / "train.out", epochs=scale.epochs[bb]))
     long_tail = args.long_tail or scale.long_tail
-    if aug and not ("vit" in backbones and AUG_TEACHER[1] in losses):
-        raise UserError("--aug/DEMO_AUG needs the vit backbone (its CE run labels the tokens)")
+    needed = {AUG_BASELINE[0]} | ({AUG_TEACHER[0]} if "tokenlabel" in aug else set())
+    if aug and not needed <= set(backbones):
+        raise UserError("--aug/DEMO_AUG needs the vit backbone (the baseline) and, for tokenlabel, the resnet one (its "
+                        "CE run labels the tokens)")
     if long_tail:  # Table 7 analogue: only the ResNet recipe, on the long-tailed split
         for seed in seeds:
             for loss in LT_LOSSES:
@@ -326,8 +348,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_train = time.time()
     run_jobs(jobs, args.jobs, "train")
     train_wall = time.time() - t_train
-    for job in jobs:
-        atomic_write(job.log.parent / "demo_time.json", json.dumps({"wall_s": job.wall_s, "cpu_s": job.cpu_s}))
 
     # Step 3: analysis, one feature extraction per seed, then independent chains over the shared cache.
     extract_jobs, chain_jobs = [], []
@@ -355,24 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if src.is_file():
             atomic_write(out / f"{key}.png", src.read_bytes())
             figures[key] = f"{key}.png"
-    run_times = {}
-    for seed in seeds:
-        for bb in backbones:
-            for loss in losses:
-                try:
-                    t = json.loads((runs / f"seed{seed}" / bb / loss / "demo_time.json").read_text())
-                except (OSError, ValueError):
-                    t = None  # reused run made before timing records existed
-                run_times[f"{bb}/{loss}/seed{seed}"] = t
-    known = [t for t in run_times.values() if t]
-    timing = {
-        "invocation_wall_min": (time.time() - t0) / 60, "train_phase_wall_min": train_wall / 60,
-        "runs_trained_now": len(jobs), "runs_reused": len(run_times) - len(jobs),
-        "train_cpu_min_sum": sum(t["cpu_s"] for t in known) / 60,
-        "train_wall_min_sum": sum(t["wall_s"] for t in known) / 60,
-        "train_runs_without_record": sum(t is None for t in run_times.values()),
-        "analysis_wall_min": analysis_wall / 60, "analysis_cpu_min": analysis_cpu / 60, "runs": run_times,
-    }
+    timing = {"invocation_wall_min": (time.time() - t0) / 60, "train_phase_wall_min": train_wall / 60,
+              **run_timing(runs, seeds, [(bb, loss) for bb in backbones for loss in losses]
+                           + ([("lt", loss) for loss in LT_LOSSES] if long_tail else []), len(jobs)),
+              "analysis_wall_min": analysis_wall / 60, "analysis_cpu_min": analysis_cpu / 60}
     env_cmd = " ".join(f"{k}={v}" for k, v in (("SEEDS", args.seeds), ("DEMO_SCALE", args.scale),
                                                   ("DEMO_LOSSES", args.losses))) + (f" DEMO_AUG={args.aug}" if args.aug
                                                                                     else "")
@@ -420,15 +426,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main_aug_only(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Path, out: Path, scale: Any,
                   data_path: str | None, analysis_data: list[str], t0: float) -> dict[str, Any]:
-    """``--aug-only``: the teacher (the CE ViT, reused when finished), the SMMix / Token Labeling runs, their
-    analysis; ``<out>/summary.json`` and ``<out>/README.md`` hold only their table."""
+    """``--aug-only``: the baseline (the CE ViT) and the teacher (the CE ResNet), reused when finished, the SMMix /
+    Token Labeling runs and their analysis; ``<out>/summary.json`` and ``<out>/README.md`` hold only their table."""
     jobs: list[Job] = []
     for seed in seeds:
-        bb, loss = AUG_TEACHER
-        run_dir = runs / f"seed{seed}" / bb / loss
-        cmd = train_command(bb, loss, seed, run_dir, scale, data_path)
-        _queue_run(jobs, f"{bb}/{loss} seed {seed}", run_dir, cmd, run_identity(bb, cmd), scale.epochs[bb],
-                   args.fresh)
+        for bb, loss in dict.fromkeys([AUG_BASELINE] + [AUG_TEACHER] * ("tokenlabel" in aug)):
+            run_dir = runs / f"seed{seed}" / bb / loss
+            cmd = train_command(bb, loss, seed, run_dir, scale, data_path)
+            _queue_run(jobs, f"{bb}/{loss} seed {seed}", run_dir, cmd, run_identity(bb, cmd), scale.epochs[bb],
+                       args.fresh)
     run_jobs(jobs, args.jobs, "train")
     summary = {"config": {"command": f"SEEDS={args.seeds} DEMO_SCALE={args.scale} DEMO_AUG={args.aug} "
                                      f"python demo/run_demo.py --aug-only", "scale": args.scale,

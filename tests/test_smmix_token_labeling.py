@@ -429,3 +429,31 @@ def test_torchrun_two_processes_gloo(mode, image_root, labels, tmp_path):  # noq
     assert "[rank 1] epoch 0: trained on 32 images" in proc.stdout
     log = read_log(out)[0]
     assert log["train_samples"] == 64 and log["maxsup_penalty"] > 0
+
+
+def test_make_token_labels_with_a_cnn_teacher(image_root, tmp_path):  # noqa: F811
+    """A CIFAR ResNet checkpoint (the demo's Token Labeling teacher) keeps its class count only in ``fc``: the maps
+    are the classifier at every position of the last feature map, pooled to the 4×4 grid, and their mean over
+    positions ranks the classes like the model's own logits (global average pooling is linear)."""
+    from PIL import Image
+
+    from maxsup.data.transforms import eval_transform, transform_spec
+    from maxsup.models import arch_spec
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet10", 3, width=8).eval()
+    spec = transform_spec(28, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    ckpt = tmp_path / "resnet.pth"
+    torch.save({"model": model.state_dict(), "arch": arch_spec("cifar_resnet10", 3, width=8), "eval_transform": spec},
+               ckpt)
+    out = tmp_path / "maps"
+    summary = make_token_labels.main(["--checkpoint", str(ckpt), "--data-path", str(image_root / "train"), "--out",
+                                      str(out), "--topk", "3", "--num-workers", "0"])
+    assert summary["num_classes"] == 3 and summary["written"] == 96
+    first = sorted((out / "pullover").glob("*.pt"))[0]
+    m = torch.load(first, weights_only=True).float()
+    dense = torch.zeros(3, *m.shape[-2:]).scatter_(0, m[1].long(), m[0])  # top-3 of 3 classes = every score
+    x = eval_transform(spec)(Image.open(image_root / "train" / "pullover" / f"{first.stem}.jpg"))
+    with torch.no_grad():
+        logits = model(x[None])[0]
+    torch.testing.assert_close(dense.mean((1, 2)), logits, atol=3e-2, rtol=1e-2)
