@@ -116,7 +116,7 @@ AUG_METRICS = ("acc", "nll", "ece", "d_within_train", "d_within_test")
 
 def collect_aug(seed_dir: Path, methods: list[str], losses: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """{method: {loss: metrics}} of one seed's SMMix / Token Labeling runs (``<seed>/analysis_aug``), with the plain
-    CE ViT (the token-label teacher) under ``"plain"`` as the reference row."""
+    CE ViT (the baseline) under ``"plain"`` as the reference row."""
     a = seed_dir / "analysis_aug"
     calib, feats = _read_json(a / "calibration.json")["rows"], _read_json(a / "feature_metrics.json")["rows"]
 

@@ -88,11 +88,12 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
         assert img.shape[0] > 100 and img.shape[1] > 100
         assert img.std() > 0.05, f"{name}.png looks blank (pixel std {img.std():.4f})"
         assert f"]({name}.png)" in readme
-    assert "Paper vs. miniature" in readme and "SEEDS=3 make demo" in readme
+    summary = json.loads((out / "summary.json").read_text())
+    assert "Paper vs. miniature" in readme and "DEMO_SCALE=smoke" in summary["config"]["command"]
+    assert f"**Regenerate this version:** `{summary['config']['command']}`" in readme
     assert readme.count("**yes**") + readme.count("**no**") == 12
     # Table 8 analogue (analysis.robustness) and paired MaxSup − LS / − CE differences (1 seed: no interval)
     assert "## Table 8 analogue: Fashion-MNIST-C" in readme and "| resnet | MaxSup |" in readme
-    summary = json.loads((out / "summary.json").read_text())
     rob = json.loads((out / "runs" / "seed0" / "analysis" / "robustness.json").read_text())["checkpoints"]
     assert summary["backbones"]["resnet"]["ls"]["corr_ece"]["mean"] == rob["ResNet-LS"]["mean_corrupted"]["ece"]
     assert set(rob["ResNet-LS"]["corrupted"]["fog"]) == {"1", "3", "5"}
