@@ -103,7 +103,8 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
     assert row["differences"] == [pytest.approx(accs["maxsup"]["acc"]["values"][0] - accs["ls"]["acc"]["values"][0])]
     assert row["ci95"] is None and "n/a (1 seed)" in readme
     # progress output: which run, its epoch, the ETA
-    assert "resnet/maxsup seed 0 epoch" in stdout and "vit/ls seed 0 epoch" in stdout and "ETA" in stdout
+    # (the per-run lines: the periodic phase lines may not fall inside a short smoke run on a fast machine)
+    assert "[resnet/maxsup seed 0] epoch" in stdout and "[vit/ls seed 0] epoch" in stdout and "run ETA" in stdout
 
 
 def test_bad_losses_is_one_error_line():
