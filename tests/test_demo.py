@@ -107,12 +107,17 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
     assert "[resnet/maxsup seed 0] epoch" in stdout and "[vit/ls seed 0] epoch" in stdout and "run ETA" in stdout
 
 
-def test_bad_losses_is_one_error_line():
+def _demo_error_lines(**env: str) -> list[str]:
+    """stderr lines of run_demo.py under ``env``, which must exit 2 (a UserError) without writing its --out."""
     proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
-                          capture_output=True, text=True, env=_env(DEMO_LOSSES="ce,focal"), timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "focal" in lines[0], proc.stderr
+                          capture_output=True, text=True, env=_env(**env), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr.strip().splitlines()
+
+
+def test_bad_losses_is_one_error_line():
+    lines = _demo_error_lines(DEMO_LOSSES="ce,focal")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "focal" in lines[0], lines
 
 
 def _recipe():
@@ -155,17 +160,10 @@ def test_demo_aug_parsing_and_bad_value_is_one_error_line():
     assert recipe.resolve_aug("") == [] and recipe.resolve_aug("all") == ["smmix", "tokenlabel"]
     assert recipe.resolve_aug("tokenlabel, smmix") == ["tokenlabel", "smmix"]
     assert recipe.SCALES["full"].aug and not recipe.SCALES["default"].aug  # default make demo unchanged
-    proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
-                          capture_output=True, text=True, env=_env(DEMO_AUG="smmix,cutout"), timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "cutout" in lines[0], proc.stderr
+    lines = _demo_error_lines(DEMO_AUG="smmix,cutout")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cutout" in lines[0], lines
 
 
 def test_demo_aug_seeds_beyond_seeds_is_one_error_line():
-    proc = subprocess.run([sys.executable, str(DEMO), "--out", "/nonexistent/never-written"], cwd=ROOT,
-                          capture_output=True, text=True, env=_env(SEEDS="2", DEMO_AUG="all", DEMO_AUG_SEEDS="3"),
-                          timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "DEMO_AUG_SEEDS" in lines[0], proc.stderr
+    lines = _demo_error_lines(SEEDS="2", DEMO_AUG="all", DEMO_AUG_SEEDS="3")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "DEMO_AUG_SEEDS" in lines[0], lines
