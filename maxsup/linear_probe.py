@@ -13,8 +13,10 @@ use that mapping, so λ means the same thing whichever runs.
 
 Solvers, compared side by side in ``bench/linear_probe.py``:
 
-* ``"scipy"`` (default): scipy's L-BFGS-B on each λ from the strongest to the weakest, each warm-started from the
-  previous solution, with a hand-written float64 gradient (two (N, r)·(r, K) products per evaluation). Before
+* ``"scipy"`` (default): scipy's L-BFGS-B on each λ from the strongest to the weakest, with a hand-written float64
+  gradient (two (N, r)·(r, K) products per evaluation). Each solve starts from the linear extrapolation, in log λ,
+  of the two previous solutions along the regularisation path (from the previous solution alone for the second λ):
+  at 10,000 × 2048 this cut the sweep from 1,693 to 591 iterations (analysis/README.md). Before
   solving, features are centred (exact, because the bias is free) and rotated onto their principal axes (exact,
   because ‖V·W̃‖ = ‖W̃‖; axes with numerically zero variance are dropped). Every axis j is then rescaled by
   1/√(σ_j²/n + λ), its curvature scale, so L-BFGS starts well conditioned for every λ.
@@ -104,15 +106,20 @@ def _lbfgs(z: np.ndarray, y: np.ndarray, lam: float, scale: np.ndarray, w0: np.n
 
     Stops at the first evaluated point meeting the module's stopping rule (computed on the raw gradient in (W, b)),
     or after ``max_iter`` iterations; scipy's own tests are off. Returns W, b and the iterations run."""
+    from scipy.linalg.blas import dgemm
     from scipy.optimize import minimize
 
     n, k = z.shape[0], w0.shape[1]
     rows, sc = np.arange(n), scale[:, None]
+    # The products go through scipy's BLAS, the library L-BFGS-B itself calls, not numpy's: numpy and scipy wheels
+    # each bundle an OpenBLAS, and alternating between the two made their thread pools spin against each other
+    # (36 → 73 ms per evaluation at 10,000 × 2048 on 2 cores). zt is a Fortran-ordered view, so nothing is copied.
+    zt = z.T
     limit = np.inf if tol is None else tol * tol
 
     def fun(params: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = params[:-k].reshape(-1, k) * sc, params[-k:]
-        logits = z @ w
+        logits = np.ascontiguousarray(dgemm(1.0, zt, w, trans_a=True))  # z @ w
         logits += b
         logits -= logits.max(1, keepdims=True)
         picked = logits[rows, y]
@@ -122,7 +129,7 @@ def _lbfgs(z: np.ndarray, y: np.ndarray, lam: float, scale: np.ndarray, w0: np.n
         grad = logits  # softmax − one-hot, over n, computed in place
         grad /= total[:, None] * n
         grad[rows, y] -= 1.0 / n
-        gw, gb = z.T @ grad, grad.sum(0)
+        gw, gb = dgemm(1.0, zt, grad), grad.sum(0)
         gw += lam * w
         gw2, gb2 = (gw * gw).sum(), (gb * gb).sum()
         if gw2 <= 2.0 * lam * gap * f and gb2 <= PROBE_BIAS_TOL**2 and gw2 + gb2 <= limit:
@@ -143,18 +150,35 @@ def _lbfgs(z: np.ndarray, y: np.ndarray, lam: float, scale: np.ndarray, w0: np.n
     return params[:-k].reshape(-1, k) * sc, params[-k:], iters[0]
 
 
+def _path_start(path: list[tuple[float, np.ndarray, np.ndarray]], log_lam: float, r: int,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Starting point for the solve at log λ: zeros first, then the previous solution, then the straight line in
+    log λ through the last two solutions (the previous one alone if they share a λ)."""
+    if not path:
+        return np.zeros((r, k)), np.zeros(k)
+    t1, w1, b1 = path[-1]
+    if len(path) == 1 or path[-2][0] == t1:
+        return w1, b1
+    t2, w2, b2 = path[-2]
+    step = (log_lam - t1) / (t1 - t2)
+    return w1 + step * (w1 - w2), b1 + step * (b1 - b2)
+
+
 def _fit_scipy(x: np.ndarray, y: np.ndarray, lambdas: np.ndarray, num_classes: int, max_iter: int,
                tol: float | None, gap: float, stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rotate, then solve each λ with :func:`_lbfgs` in its curvature-scaled coordinates, from the strongest to the
-    weakest λ, each warm-started from the previous solution. Returns W (S, D, K) and b (S, K) for raw features."""
+    weakest λ, each started from the path extrapolated through the two previous solutions (module doc).
+    Returns W (S, D, K) and b (S, K) for raw features."""
     z, v, curv, mean = _rotate(x)
     r = z.shape[1]
     w_all, b_all = np.zeros((len(lambdas), r, num_classes)), np.zeros((len(lambdas), num_classes))
-    w, b = np.zeros((r, num_classes)), np.zeros(num_classes)
+    path: list[tuple[float, np.ndarray, np.ndarray]] = []  # (log λ, W, b) of the solves so far
     iters = [0] * len(lambdas)
-    for i in np.argsort(lambdas)[::-1].tolist():  # strong → weak regularisation: each solve warm-starts the next
+    for i in np.argsort(lambdas)[::-1].tolist():  # strong → weak regularisation
         lam = float(lambdas[i])
+        w, b = _path_start(path, math.log(lam), r, num_classes)
         w, b, iters[i] = _lbfgs(z, y, lam, 1.0 / np.sqrt(curv + lam), w, b, max_iter, tol, gap)
+        path.append((math.log(lam), w, b))
         w_all[i], b_all[i] = w, b
     if stats is not None:
         stats["iterations"] = iters

@@ -43,3 +43,19 @@ def test_default_sweep_converges_at_the_weak_end_on_real_digits():
     gap = (obj - ref) / ref
     assert (gap <= PROBE_GAP).all() and (gap >= -1e-6).all(), gap  # ours is never (meaningfully) below the optimum
     assert obj[0] < 0.05 < obj[-1]  # near-interpolation at the weak end, strongly regularised at the other
+
+
+def test_path_warm_starts_do_not_change_the_solutions():
+    """Each solve starts from the path extrapolated through the previous two solutions. On an unsorted, unevenly
+    spaced grid with a repeated λ, every λ must still reach the objective of a solve of that λ alone from zero."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 240)
+    x = (rng.standard_normal((240, 12)) + 1.2 * np.eye(3, 12)[y]).astype(np.float32)
+    grid = np.array([1e-2, 1.0, 1e-2, 3e-3, 10.0, 1e-5])
+    stats: dict = {}
+    w, b = fit_sweep(x, y, grid, 3, stats=stats)
+    obj, _ = probe_objective(w, b, x, y, grid)
+    alone = np.array([probe_objective(*fit_sweep(x, y, [lam], 3), x, y, [lam])[0][0] for lam in grid])
+    np.testing.assert_allclose(obj, alone, rtol=2 * PROBE_GAP)
+    assert obj[0] == obj[2] or abs(obj[0] - obj[2]) <= PROBE_GAP * obj[0]
+    assert max(stats["iterations"]) < 1000 and obj[-1] < obj[3] < obj[0] < obj[1] < obj[4]
