@@ -160,29 +160,49 @@ CLAIMS = [
      "CIFAR-10 probe: 81.4 ≈ 81.0 > 74.6"),
     ("Accuracy: MaxSup ≥ LS > CE", "acc", [("maxsup", "≥"), ("ls", ">"), ("ce", "")],
      "ResNet-50 ImageNet (T4) 77.69 ≥ 76.91 > 76.41; DeiT-S (T5) 76.49 ≥ 76.08 > 74.39"),
+    ("T8 ECE (Corr): CE > LS > MaxSup", "corr_ece", [("ce", ">"), ("ls", ">"), ("maxsup", "")],
+     "ResNet-50 CIFAR-10-C: 0.260 > 0.158 > 0.145"),
+    ("T8 NLL (Corr): CE > MaxSup > LS", "corr_nll", [("ce", ">"), ("maxsup", ">"), ("ls", "")],
+     "ResNet-50 CIFAR-10-C: 1.819 > 1.770 > 1.476"),
+    ("T8 error (Corr): MaxSup ≈ LS ≈ CE", "corr_error", [("maxsup", "≈"), ("ls", "≈"), ("ce", "")],
+     "ResNet-50 CIFAR-10-C: 0.362 ≈ 0.359 ≈ 0.354"),
 ]
+# Table 7 at the demo's imbalance ratio (LT_RATIO = 50), test split; the metrics are summary["long_tail"]'s groups.
+LT_CLAIMS = [
+    ("T7 overall: MaxSup > LS > Focal", "overall", [("maxsup", ">"), ("ls", ">"), ("focal", "")],
+     "ResNet-32 CIFAR-10-LT, ratio 50: 81.4 > 80.5 > 76.8"),
+    ("T7 many-shot: MaxSup > LS > Focal", "many", [("maxsup", ">"), ("ls", ">"), ("focal", "")],
+     "ResNet-32 CIFAR-10-LT, ratio 50: 82.3 > 81.1 > 75.3"),
+    ("T7 medium-shot: Focal > LS > MaxSup", "medium", [("focal", ">"), ("ls", ">"), ("maxsup", "")],
+     "ResNet-32 CIFAR-10-LT, ratio 50: 90.4 > 75.4 > 73.4"),
+]
+LT_PAIRED = (*PAIRED, ("maxsup", "focal"))
 APPROX_PP = 0.5  # "≈" for accuracies: within 0.5 percentage points, or within the summed seed std if larger
+FRACTION_METRICS = ("corr_error",)  # errors as fractions: "≈" is within 0.005, the same 0.5 points
 
 
-def check_relation(a: dict[str, Any], b: dict[str, Any], rel: str) -> bool:
-    tol = max(APPROX_PP, (a["std"] or 0.0) + (b["std"] or 0.0))
+def check_relation(a: dict[str, Any], b: dict[str, Any], rel: str, approx: float = APPROX_PP) -> bool:
+    tol = max(approx, (a["std"] or 0.0) + (b["std"] or 0.0))
     diff = a["mean"] - b["mean"]
     return {">": diff > 0, "≥": diff > -tol, "≈": abs(diff) <= tol}[rel]
 
 
-def paired_differences(backbones: dict[str, dict[str, Any]], metrics: tuple[str, ...] = PAIRED_METRICS
-                       ) -> list[dict[str, Any]]:
-    """A − B per seed for each pair in :data:`PAIRED` and metric in :data:`PAIRED_METRICS`: every method saw the same
-    seeds and data order, so the per-seed difference removes the seed-to-seed variation the methods share. Returns
-    rows with the differences, their mean and a two-sided 95 % Student-t interval (None with one seed)."""
+def paired_differences(backbones: dict[str, dict[str, Any]], metrics: tuple[str, ...] = PAIRED_METRICS,
+                       pairs: tuple[tuple[str, str], ...] = PAIRED) -> list[dict[str, Any]]:
+    """A − B per seed for each pair in ``pairs`` and each metric: every method saw the same seeds and data order, so
+    the per-seed difference removes the seed-to-seed variation the methods share. Returns rows with the differences,
+    their mean and a two-sided 95 % Student-t interval (None with one seed). A metric that is None for either method
+    (an empty long-tail group) has no row."""
     from scipy import stats
 
     rows = []
     for bb, methods in backbones.items():
-        for a, b in PAIRED:
+        for a, b in pairs:
             if a not in methods or b not in methods:
                 continue
             for metric in metrics:
+                if methods[a][metric] is None or methods[b][metric] is None:
+                    continue
                 diff = np.subtract(methods[a][metric]["values"], methods[b][metric]["values"])
                 mean, n = float(diff.mean()), len(diff)
                 half = None if n < 2 else float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n))
@@ -193,24 +213,36 @@ def paired_differences(backbones: dict[str, dict[str, Any]], metrics: tuple[str,
     return rows
 
 
-def verdicts(backbones: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def verdicts(backbones: dict[str, dict[str, Any]], claims: list[tuple] = CLAIMS) -> list[dict[str, Any]]:
+    """One row per claim and backbone; a claim whose metric is missing for a method (None) is left out."""
     rows = []
-    for claim, metric, order, paper in CLAIMS:
+    for claim, metric, order, paper in claims:
+        approx = APPROX_PP / 100 if metric in FRACTION_METRICS else APPROX_PP
         for bb, methods in backbones.items():
             stats = {loss: methods[loss][metric] for loss, _ in order}
-            agrees = all(check_relation(stats[l1], stats[l2], rel)
+            if any(v is None for v in stats.values()):
+                continue
+            agrees = all(check_relation(stats[l1], stats[l2], rel, approx)
                          for (l1, rel), (l2, _) in zip(order, order[1:], strict=False))
             observed = sorted(stats, key=lambda k: -stats[k]["mean"])
-            # with several seeds: is every adjacent gap in the claim larger than the two methods' summed std?
-            pairs = list(zip(order, order[1:], strict=False))
-            separated = None if stats[order[0][0]]["std"] is None else all(
-                abs(stats[a]["mean"] - stats[b]["mean"]) > stats[a]["std"] + stats[b]["std"]
-                for (a, _), (b, _) in pairs)
+            # with several seeds: is every strict gap (">", "≥") in the claim larger than the two methods' summed
+            # std? None with one seed, or when the claim has only "≈" gaps
+            pairs = [(a, b) for (a, rel), (b, _) in zip(order, order[1:], strict=False) if rel != "≈"]
+            separated = None if stats[order[0][0]]["std"] is None or not pairs else all(
+                abs(stats[a]["mean"] - stats[b]["mean"]) > stats[a]["std"] + stats[b]["std"] for a, b in pairs)
             rows.append({"claim": claim, "backbone": bb, "metric": metric, "paper": paper, "agrees": agrees,
                          "gaps_exceed_seed_std": separated,
                          "values": {k: v["mean"] for k, v in stats.items()},
-                         "observed_order": " > ".join(LABELS[k] for k in observed)})
+                         "observed_order": " > ".join(LT_LABELS[k] for k in observed)})
     return rows
+
+
+def add_long_tail_verdicts(summary: dict[str, Any]) -> None:
+    """Add the Table 7 claims to ``summary["verdicts"]`` and the paired differences of the long-tailed runs as
+    ``summary["long_tail_paired"]`` (split label "resnet LT")."""
+    split = {"resnet LT": summary["long_tail"]}
+    summary["verdicts"] += verdicts(split, LT_CLAIMS)
+    summary["long_tail_paired"] = paired_differences(split, LT_GROUPS, LT_PAIRED)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -268,10 +300,11 @@ def _paired_table(paired: list[dict[str, Any]], group: str, group_labels: dict[s
     """Markdown of :func:`paired_differences` rows: per-seed differences, their mean, 95 % interval, resolved."""
     rows = []
     for r in paired:
-        digits = 2 if r["metric"] in ("acc", "transfer_acc") else 4
+        digits = 2 if r["metric"] in ("acc", "transfer_acc", *LT_GROUPS) else 4
         ci = "n/a (1 seed)" if r["ci95"] is None else f"[{r['ci95'][0]:+.{digits}f}, {r['ci95'][1]:+.{digits}f}]"
         res = {None: "n/a", True: "yes", False: "no"}[r["resolved"]]
-        rows.append([(group_labels or {}).get(r["backbone"], r["backbone"]), f"{LABELS[r['a']]} − {LABELS[r['b']]}",
+        rows.append([(group_labels or {}).get(r["backbone"], r["backbone"]),
+                     f"{LT_LABELS[r['a']]} − {LT_LABELS[r['b']]}",
                      r["metric"], ", ".join(f"{d:+.{digits}f}" for d in r["differences"]),
                      f"{r['mean']:+.{digits}f}", ci, res])
     return _table([group, "Pair", "metric", "per seed", "mean", "95 % interval", "resolved"], rows)
@@ -358,11 +391,14 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
         md.append(f"## Table 7 analogue: long-tailed source classes (imbalance ratio {LT_RATIO})\n")
         md.append(f"The resnet recipe with `--imb-ratio {LT_RATIO}` (a seeded subset, the same for every loss), "
                   "evaluated on the balanced test split. Many-shot: > 100 training images, few-shot: < 20, "
-                  "`n/a` = no class in the group. Paper (CIFAR-10-LT, ResNet-32, ratio 100, test): Focal 74.7, "
-                  "LS 76.4, MaxSup 76.4 overall.\n")
+                  "`n/a` = no class in the group. Paper (CIFAR-10-LT, ResNet-32, ratio 50, test): Focal 76.8, "
+                  "LS 80.5, MaxSup 81.4 overall.\n")
         md.append(_table(["Method", "overall acc (%)", "many (%)", "medium (%)", "few (%)"],
                          [[LT_LABELS[m]] + ["n/a" if s[g] is None else _pm(s[g], 2) for g in LT_GROUPS]
                           for m, s in summary["long_tail"].items()]))
+        md.append("\nPaired differences per seed (same seeds and subset for every loss; groups with no class are "
+                  "left out):\n")
+        md.append(_paired_table(summary.get("long_tail_paired", []), "Split"))
     md.append("## Paired differences (the verdict to trust)\n")
     md.append("Every method sees the same seeds and data order, so methods are compared by their difference *per "
               "seed*, with the mean and a 95 % Student-t interval over seeds. A rerun of seed 0 on a fresh machine "
@@ -379,23 +415,24 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
         if key in figures:
             md.append(f"**{title}**\n\n![{key}]({figures[key]})\n")
     md.append("## Paper vs. miniature\n")
-    md.append(f"`>` compares means; `≈` means within {APPROX_PP} percentage points (or the summed seed std if "
-              "larger), `≥` means `>` or `≈`. Values are means over seeds.\n")
+    md.append(f"`>` compares means; `≈` means within {APPROX_PP} percentage points ({APPROX_PP / 100} for errors "
+              "given as fractions), or the summed seed std if larger; `≥` means `>` or `≈`. Values are means over "
+              "seeds. T8 rows use the Fashion-MNIST-C table above, T7 rows the long-tailed runs (`resnet LT`).\n")
     rows = []
     for v in summary["verdicts"]:
-        digits = 2 if v["metric"] in ("acc", "transfer_acc") else 3
-        nums = ", ".join(f"{LABELS[k]} {x:.{digits}f}" for k, x in v["values"].items())
-        sep = {None: "n/a (1 seed)", True: "yes", False: "no"}[v["gaps_exceed_seed_std"]]
+        digits = 2 if v["metric"] in ("acc", "transfer_acc", *LT_GROUPS) else 3
+        nums = ", ".join(f"{LT_LABELS[k]} {x:.{digits}f}" for k, x in v["values"].items())
+        sep = {None: "n/a (1 seed)" if n == 1 else "n/a (≈ only)", True: "yes", False: "no"}[v["gaps_exceed_seed_std"]]
         rows.append([v["claim"], v["paper"], v["backbone"], nums, v["observed_order"],
                      "**yes**" if v["agrees"] else "**no**", sep])
     md.append(_table(["Paper claim", "paper numbers", "backbone", "miniature", "miniature order", "agrees",
                       "gaps > seed std"], rows))
     n_yes = sum(v["agrees"] for v in summary["verdicts"])
     md.append(f"\n{n_yes} of {len(summary['verdicts'])} claim/backbone pairs agree with the paper's ordering. "
-              "`gaps > seed std` says whether every gap the claim relies on exceeds the two methods' summed "
-              "standard deviation over seeds; where it does not, the ordering is not resolved by this many seeds. "
-              "A disagreement is a finding of this miniature (small models, a few epochs, 5 classes of 28×28 "
-              "images), not evidence about ImageNet; the recipe was not tuned per method.\n")
+              "`gaps > seed std` says whether every strict gap (`>`, `≥`) the claim relies on exceeds the two "
+              "methods' summed standard deviation over seeds; where it does not, the ordering is not resolved by "
+              "this many seeds. A disagreement is a finding of this miniature (small models, a few epochs, "
+              "5 classes of 28×28 images), not evidence about ImageNet; the recipe was not tuned per method.\n")
     if "aug" in summary:
         md.extend(aug_section(summary["aug"], summary["seeds"]))
     md.append("## Files\n")

@@ -65,6 +65,7 @@ from recipe import (  # noqa: E402
 )
 from report import (  # noqa: E402
     AUG_METRICS,
+    add_long_tail_verdicts,
     aggregate,
     aggregate_long_tail,
     aug_ckpt_name,
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if long_tail:
         summary["long_tail"] = aggregate_long_tail([collect_long_tail(runs / f"seed{s}" / "lt", list(LT_LOSSES))
                                                     for s in seeds])
+        add_long_tail_verdicts(summary)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_readme(out, summary, figures)

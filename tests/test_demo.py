@@ -57,9 +57,13 @@ def test_summary_structure_and_finite_metrics(smoke):
             assert 0 <= stats["acc"]["mean"] <= 100 and 0 <= stats["ece"]["mean"] <= 1
             assert 0 < stats["transfer_acc"]["mean"] <= 100
             assert 0 <= stats["misclassified_train_log"]["mean"] <= 1
-    # the four paper claims, once per backbone and (for Table 2) per split
-    assert len(summary["verdicts"]) == 12
+    # the paper's claims, once per backbone: four (Table 2 per split) on clean data, three on Fashion-MNIST-C (T8)
+    assert len(summary["verdicts"]) == 18
     assert all(isinstance(v["agrees"], bool) for v in summary["verdicts"])
+    t8 = {v["backbone"]: v for v in summary["verdicts"] if v["metric"] == "corr_ece"}
+    for bb, v in t8.items():
+        ece = {k: summary["backbones"][bb][k]["corr_ece"]["mean"] for k in ("ce", "ls", "maxsup")}
+        assert v["values"] == ece and v["agrees"] == (ece["ce"] > ece["ls"] > ece["maxsup"])
 
 
 @pytest.mark.slow
@@ -91,7 +95,7 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
     summary = json.loads((out / "summary.json").read_text())
     assert "Paper vs. miniature" in readme and "DEMO_SCALE=smoke" in summary["config"]["command"]
     assert f"**Regenerate this version:** `{summary['config']['command']}`" in readme
-    assert readme.count("**yes**") + readme.count("**no**") == 12
+    assert readme.count("**yes**") + readme.count("**no**") == 18
     # Table 8 analogue (analysis.robustness) and paired MaxSup − LS / − CE differences (1 seed: no interval)
     assert "## Table 8 analogue: Fashion-MNIST-C" in readme and "| resnet | MaxSup |" in readme
     rob = json.loads((out / "runs" / "seed0" / "analysis" / "robustness.json").read_text())["checkpoints"]
@@ -167,3 +171,45 @@ def test_demo_aug_parsing_and_bad_value_is_one_error_line():
 def test_demo_aug_seeds_beyond_seeds_is_one_error_line():
     lines = _demo_error_lines(SEEDS="2", DEMO_AUG="all", DEMO_AUG_SEEDS="3")
     assert len(lines) == 1 and lines[0].startswith("error: ") and "DEMO_AUG_SEEDS" in lines[0], lines
+
+
+def _report():
+    sys.path.insert(0, str(ROOT / "demo"))
+    import report
+
+    return report
+
+
+def test_long_tail_verdicts_paired_differences_and_fraction_tolerance():
+    """Table 7 rows from the long-tailed runs: paired MaxSup − X per seed with a Student-t interval, no row for an
+    empty shot group, and the claims checked on the group means. "≈" on errors given as fractions is 0.005."""
+    report = _report()
+
+    def seed(ms: float, ls: float, ce: float, focal: float) -> dict:
+        return {k: {"overall": v, "many": v + 20, "medium": v - 30, "few": None}
+                for k, v in (("maxsup", ms), ("ls", ls), ("ce", ce), ("focal", focal))}
+
+    summary = {"long_tail": report.aggregate_long_tail([seed(52.0, 50.0, 49.0, 49.0), seed(55.0, 51.0, 50.5, 50.0)]),
+               "verdicts": []}
+    report.add_long_tail_verdicts(summary)
+    rows = {(r["a"], r["b"], r["metric"]): r for r in summary["long_tail_paired"]}
+    assert {m for _, _, m in rows} == {"overall", "many", "medium"}  # the empty few-shot group has no row
+    r = rows[("maxsup", "focal", "overall")]
+    assert r["differences"] == [3.0, 5.0] and r["mean"] == 4.0
+    half = 12.706204736 * np.std([3.0, 5.0], ddof=1) / np.sqrt(2)  # t(0.975, 1 dof)
+    assert r["ci95"] == pytest.approx([4.0 - half, 4.0 + half]) and r["resolved"] is False
+    verdict = {v["metric"]: v for v in summary["verdicts"]}
+    assert set(verdict) == {"overall", "many", "medium"} and verdict["overall"]["backbone"] == "resnet LT"
+    assert verdict["overall"]["agrees"] and verdict["overall"]["values"]["ls"] == 50.5  # MaxSup > LS > Focal
+    assert not verdict["medium"]["agrees"]  # the paper has Focal first on medium-shot
+    assert verdict["overall"]["gaps_exceed_seed_std"] is False  # LS − Focal = 1.0 < the summed std 1.41
+
+    def stat(v: float) -> dict:
+        return {"mean": v, "std": None, "values": [v]}
+
+    def error_claim(ms: float) -> bool:
+        bb = {"resnet": {k: {"corr_error": stat(v)} for k, v in (("maxsup", ms), ("ls", 0.359), ("ce", 0.356))}}
+        claim = [c for c in report.CLAIMS if c[1] == "corr_error"]
+        return report.verdicts(bb, claim)[0]["agrees"]
+
+    assert error_claim(0.362) and not error_claim(0.37)  # 0.003 apart is ≈, 0.011 apart is not
