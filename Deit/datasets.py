@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
@@ -143,9 +143,13 @@ def _zip_cache(is_train: bool, args: argparse.Namespace, rank: int, world_size: 
     root = Path(args.data_path)
     split = "train" if is_train else "val"
     # K is the number of classes in the training map, so a val label the training set never had is an error
-    nb_classes = len({label for _, label in parse_map(root / "train_map.txt")})
+    train_map = parse_map(root / "train_map.txt")
+    nb_classes = len({label for _, label in train_map})
     ds = ZipCacheDataset(root / f"{split}.zip", root / f"{split}_map.txt", transform=build_transform(is_train, args),
                          rank=rank, world_size=world_size, skip_corrupt=args.skip_corrupt, num_classes=nb_classes)
+    # the class folder (wnid) of each label, from the train members <wnid>/<file>, as ImageFolder names its classes:
+    # the val map has flat file names only, and --real-labels maps predictions to ImageNet indices through the wnids
+    ds.class_to_idx = {PurePosixPath(name).parent.name: label for name, label in train_map}
     return ds, nb_classes
 
 
@@ -176,7 +180,8 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
     """The train or val dataset for ``--data-set`` and its number of classes (after ``--classes``).
 
     * ``IMNET``: ``<data-path>/{train,val}`` ImageFolders, or with ``--cache`` the zip cache
-      ``<data-path>/{train,val}.zip`` + ``{train,val}_map.txt`` (only this rank's shard is loaded);
+      ``<data-path>/{train,val}.zip`` + ``{train,val}_map.txt`` (only this rank's shard is loaded; ``class_to_idx``
+      from the train map's class folders);
     * ``FOLDER``: ``<data-path>/{train,val}`` ImageFolders with any number of classes;
     * ``FMNIST``: Fashion-MNIST from the Debian package (or ``<data-path>``, downloaded there if missing).
     """

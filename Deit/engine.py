@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from maxsup import ClassificationMeter
 from maxsup.checkpoint import rng_state, set_rng_state
+from maxsup.data.imagenet_variants import RealScorer
 from maxsup.distributed import all_reduce_sum
 from maxsup.faults import kill_point
 from maxsup.losses import PenaltyStatsMeter, compute_loss
@@ -144,24 +146,37 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
 
 
 @torch.no_grad()
-def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None,
-             gather: bool = False) -> dict[str, float]:
+def evaluate(data_loader: DataLoader, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None,
+             gather: bool = False, real: RealScorer | None = None) -> dict[str, float]:
     """acc1/acc5 (%), NLL (nats) and whole-dataset ECE (15 bins, ``maxsup.ClassificationMeter``).
 
     ``gather=True`` sums the statistics over ranks (each rank evaluated a disjoint shard); ``n`` is the number of
-    images the metrics cover.
+    images the metrics cover. ``real`` (the loader's dataset's ``RealScorer``) adds ReaL top-1 ``real_acc1`` over
+    ``n_real`` images: the top-1 predictions are matched to file names in the order of the loader's sampler, which
+    must be deterministic (sequential, or ``ShardSampler``'s rank shard), and the counts are summed like the rest.
     """
     model.eval()
     meter = ClassificationMeter(n_bins=15)
+    preds = []
     for images, target in data_loader:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             output = model(images)
         logits: Tensor = output[0] if isinstance(output, (tuple, list)) else output
         meter.update(logits.float(), target)
+        if real is not None:
+            preds.append(logits.argmax(1).cpu())
     if gather:
         meter.all_reduce()
     stats = meter.compute()
-    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} NLL {stats['nll']:.4f} ECE {stats['ece']:.4f} "
-          f"(n={stats['n']})", file=sys.stdout, flush=True)
+    line = (f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} NLL {stats['nll']:.4f} ECE {stats['ece']:.4f} "
+            f"(n={stats['n']})")
+    if real is not None:
+        preds_all = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        counts = torch.tensor(real.counts(preds_all, data_loader.sampler), dtype=torch.float64)
+        if gather:
+            all_reduce_sum(counts)
+        stats.update(RealScorer.result(*counts.tolist()))
+        line += f" ReaL@1 {stats['real_acc1']:.3f} (n={stats['n_real']})"
+    print(line, file=sys.stdout, flush=True)
     return stats

@@ -43,7 +43,7 @@ from maxsup.checkpoint import (  # noqa: E402
     set_rng_state,
 )
 from maxsup.cli import run_cli  # noqa: E402
-from maxsup.data.imagenet_variants import RestrictLogits  # noqa: E402
+from maxsup.data.imagenet_variants import RealScorer, RestrictLogits, real_labels  # noqa: E402
 from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
@@ -201,6 +201,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
+                   help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, whose "
+                        "files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json (default "
+                        "without a value: timm's bundled copy) (default: off)")
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
     g.add_argument("--limit-per-class", default=None, type=int,
@@ -255,6 +259,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
         raise UserError(f"--accum-steps must be >= 1, got {args.accum_steps}")
+    if args.real_labels and args.data_set not in ("IMNET", "FOLDER"):
+        raise UserError(f"--real-labels scores ImageNet val (--data-set IMNET or FOLDER), not --data-set "
+                        f"{args.data_set}")
 
 
 def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
@@ -411,6 +418,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               num_workers=args.num_workers, pin_memory=pin, drop_last=True, generator=loader_gen)
     loader_val = DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
                             num_workers=args.num_workers, pin_memory=pin, drop_last=False)
+    # ReaL: file names and class wnids are checked here, before training; under --dist-eval or the sharded zip
+    # cache each rank scores its own shard (its sampler's order) and the counts are summed, which is exact
+    real = None
+    if args.real_labels:
+        real = RealScorer.from_dataset(dataset_val, real_labels(None if args.real_labels is True else args.real_labels))
     if len(loader_train) < args.accum_steps and not args.eval:
         raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
                         f"{args.batch_size} × --accum-steps {args.accum_steps}; lower one of them")
@@ -510,7 +522,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.eval:
         if getattr(dataset_val, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
             model = RestrictLogits(model, dataset_val.class_indices).to(device)
-        stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+        stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval, real=real)
         print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
         return stats
 
@@ -556,7 +568,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 preemption.stopped()
                 break
             sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
-            test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval)
+            test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval, real=real)
             criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             is_best = test_stats["acc1"] > max_accuracy
             max_accuracy = max(max_accuracy, test_stats["acc1"])
@@ -569,7 +581,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if model_ema is not None:  # DeiT keeps the EMA; evaluate it too, on the same images
                 ema_device = next(model_ema.module.parameters()).device  # --model-ema-force-cpu keeps it on the CPU
                 ema_stats = evaluate(loader_val, model_ema.module, ema_device,
-                                     amp_dtype if ema_device == device else None, gather=gather_eval)
+                                     amp_dtype if ema_device == device else None, gather=gather_eval, real=real)
                 log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
             tb.log(log_stats, epoch)
             print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "

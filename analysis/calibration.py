@@ -33,20 +33,22 @@ from maxsup.metrics import ClassificationMeter, expected_calibration_error, reli
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
+    add_common_args(p, split="test", real_labels=True)
     p.add_argument("--diagram-bins", type=int, default=15, help="bins of the reliability diagram")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Returns ``calibration.json``: rows[name] = {acc1, nll, ece_15, ece_10, n, reliability: {...}}."""
+    """Returns ``calibration.json``: rows[name] = {acc1, nll, ece_15, ece_10, n, reliability: {...}}, plus
+    real_acc1 and n_real (ReaL top-1 on ImageNet val) with ``--real-labels``."""
     plt = pyplot()
     device = device_from_args(args)
     ckpts = checkpoints_from_args(args)
     fig, axes = plt.subplots(1, len(ckpts), figsize=(4 * len(ckpts), 4), squeeze=False)
     rows: dict[str, Any] = {}
     for ax, (name, path) in zip(axes[0], ckpts, strict=True):
-        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True)
+        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True,
+                          real=args.real_labels)
         meter = ClassificationMeter(n_bins=15)
         meter.update(a["logits"], a["labels"])
         m = meter.compute()
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows[name] = {"acc1": m["acc1"], "nll": m["nll"], "ece_15": m["ece"],
                       "ece_10": expected_calibration_error(a["logits"], a["labels"], n_bins=10), "n": m["n"],
                       "reliability": bins}
+        if args.real_labels:
+            rows[name].update(real_acc1=a["real_acc1"], n_real=a["n_real"])
         edges = np.asarray(bins["edges"])
         acc = np.nan_to_num(np.asarray(bins["accuracy"], dtype=float))
         ax.bar(edges[:-1], acc, width=np.diff(edges), align="edge", edgecolor="k", alpha=0.7, label="accuracy")
@@ -65,8 +69,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     png = save_figure(fig, Path(args.out) / "calibration.png")
     result = {"script": "calibration", "png": str(png), "panels": len(ckpts), "dataset": args.dataset,
               "split": args.split, "rows": rows}
-    md = markdown_table(["Method", "acc@1 (%)", "NLL", "ECE 15 bins", "ECE 10 bins"],
-                        [[k, r["acc1"], r["nll"], r["ece_15"], r["ece_10"]] for k, r in rows.items()])
+    real = ["ReaL acc@1 (%)"] if args.real_labels else []
+    md = markdown_table(["Method", "acc@1 (%)", *real, "NLL", "ECE 15 bins", "ECE 10 bins"],
+                        [[k, r["acc1"], *([r["real_acc1"]] if real else []), r["nll"], r["ece_15"], r["ece_10"]]
+                         for k, r in rows.items()])
     write_results(args.out, "calibration", result, f"# Calibration, {args.dataset} {args.split}\n\n{md}")
     return result
 

@@ -7,6 +7,7 @@ the architecture and the evaluation preprocessing come from the checkpoint, neve
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
-from maxsup.data.imagenet_variants import EVAL_SETS, eval_set
+from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, eval_set, real_labels
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -42,8 +43,10 @@ def parse_checkpoint_arg(text: str) -> tuple[str, Path]:
     return name.strip(), Path(path.strip())
 
 
-def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", checkpoints: bool = True) -> None:
-    """Flags every analysis script shares (checkpoints, dataset, output, extraction)."""
+def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", checkpoints: bool = True,
+                    real_labels: bool = False) -> None:
+    """Flags every analysis script shares (checkpoints, dataset, output, extraction); ``real_labels=True`` adds
+    ``--real-labels`` for scripts that report top-1 accuracy (pass it on as ``cached_arrays(..., real=...)``)."""
     if checkpoints:
         p.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH",
                        help="checkpoint to analyse, labelled NAME in tables and figures (repeatable)")
@@ -57,6 +60,11 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
                    help="comma list of original class indices to keep, relabelled 0..n-1 in that order")
     if split is not None:
         p.add_argument("--split", choices=("train", "test"), default=split, help="dataset split")
+    if real_labels:
+        p.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
+                       help="also report ReaL top-1 per checkpoint on ImageNet val (--dataset imagefolder --split "
+                            "test; files named ILSVRC2012_val_XXXXXXXX); JSON: the ReaL real.json (without a value: "
+                            "timm's bundled copy)")
     p.add_argument("--max-per-class", type=int, default=None,
                    help="use at most this many samples per class (seeded random subset) to bound the cost")
     p.add_argument("--out", required=True, help="output folder for the .json/.md/.png results")
@@ -218,15 +226,19 @@ def _cache_key(path: Path, dataset: str, data_path: str | None, split: str, clas
 
 def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, dataset: str | None = None,
                   data_path: str | None = None, classes: list[int] | None | str = "args",
-                  max_per_class: int | None | str = "args", require_head_match: bool = False
-                  ) -> dict[str, Any]:
+                  max_per_class: int | None | str = "args", require_head_match: bool = False,
+                  real: str | bool | None = None) -> dict[str, Any]:
     """Features/logits/labels of one checkpoint on one split, extracted once and cached under ``--cache-dir``.
 
     The cache key covers the checkpoint file (path, size, mtime), the dataset, split, class subset, per-class cap and
-    seed; a changed checkpoint is re-extracted. Returns the arrays plus ``classes`` (names) and ``cache`` (path).
+    seed; a changed checkpoint is re-extracted. Returns the arrays plus ``classes`` (names) and ``cache`` (path);
+    with ``real`` (``--real-labels``: True or a real.json path) also ``real_acc1`` and ``n_real`` (ReaL top-1).
     """
     if dataset is None:  # the script's own --dataset/--data-path
         dataset, data_path = args.dataset, args.data_path
+    if real and (dataset != "imagefolder" or split != "test"):
+        raise UserError(f"--real-labels scores ImageNet val: use --dataset imagefolder --split test, not --dataset "
+                        f"{dataset} --split {split}")
     classes = parse_classes(args.classes) if classes == "args" else classes
     max_per_class = args.max_per_class if max_per_class == "args" else max_per_class
     ds = build_dataset(dataset, data_path, split, eval_transform(loaded.transform_spec), classes, max_per_class,
@@ -234,6 +246,7 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     desc = f"{dataset} {split}" + (f" classes {','.join(map(str, classes))}" if classes else "")
     if require_head_match:
         check_head(loaded, 1000 if ds.class_indices else len(ds.classes), desc)
+    scorer = real_scorer(loaded, ds, real) if real else None  # bad names fail before the extraction
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
     key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
@@ -246,7 +259,31 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
         if ds.class_indices is not None:  # ImageNet-A/R: keep the logits of the 200 classes they contain
             arrays["logits"] = arrays["logits"][:, ds.class_indices]
         atomic_save(arrays, cache)
-    return {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
+    out = {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
+    if scorer is not None:
+        out.update(scorer.result(*scorer.counts(arrays["logits"].argmax(1))))
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _real_labels(path: str | None) -> list[list[int]]:
+    return real_labels(path)  # read once for all checkpoints
+
+
+def real_scorer(loaded: LoadedModel, ds: LabeledSubset, real: str | bool) -> RealScorer:
+    """ReaL scorer of ``ds`` (an ImageFolder of ImageNet val, optionally a ``--classes`` / ``--max-per-class``
+    subset) for ``loaded``'s head: its outputs are the selected classes (a head trained on them) or all class folders
+    (an ImageNet head)."""
+    base_classes = list(ds.base.classes)
+    if loaded.num_classes == len(ds.classes):
+        outputs = list(ds.classes)
+    elif loaded.num_classes == len(base_classes):
+        outputs = base_classes
+    else:
+        raise UserError(f"--real-labels: checkpoint {loaded.name} has a {loaded.num_classes}-class head, which "
+                        f"matches neither the {len(ds.classes)} selected nor the {len(base_classes)} class folders")
+    paths = [ds.base.samples[i][0] for i in ds.indices]
+    return RealScorer(paths, outputs, _real_labels(None if real is True else str(real)))
 
 
 # --------------------------------------------------------------------------------------------------------------------

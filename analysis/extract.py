@@ -24,7 +24,7 @@ from maxsup.cli import run_cli
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
+    add_common_args(p, split="test", real_labels=True)
     return p
 
 
@@ -34,17 +34,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name, path in checkpoints_from_args(args):
         loaded = load_model(name, path, device)
-        a = cached_arrays(loaded, args, args.split)
+        a = cached_arrays(loaded, args, args.split, real=args.real_labels)
         same_head = a["logits"].shape[1] == len(a["classes"])
         acc = float((a["logits"].argmax(1) == a["labels"]).float().mean() * 100) if same_head else None
         rows[name] = {"checkpoint": str(path), "arch": loaded.arch["name"], "n": int(a["labels"].numel()),
                       "feature_dim": int(a["features"].shape[1]), "num_classes": int(a["logits"].shape[1]),
                       "acc1": acc, "cache": a["cache"]}
+        if args.real_labels:
+            rows[name].update(real_acc1=a["real_acc1"], n_real=a["n_real"])
     result = {"script": "extract", "dataset": args.dataset, "split": args.split, "classes": args.classes,
               "rows": rows}
-    md = markdown_table(["Method", "arch", "n", "feature dim", "classes", "acc@1 (%)"],
+    real = ["ReaL acc@1 (%)"] if args.real_labels else []
+    md = markdown_table(["Method", "arch", "n", "feature dim", "classes", "acc@1 (%)", *real],
                         [[k, r["arch"], r["n"], r["feature_dim"], r["num_classes"],
-                          r["acc1"] if r["acc1"] is not None else "n/a"] for k, r in rows.items()], digits=2)
+                          r["acc1"] if r["acc1"] is not None else "n/a", *([r["real_acc1"]] if real else [])]
+                         for k, r in rows.items()], digits=2)
     write_results(args.out, "extract", result, f"# Extracted features ({args.dataset}, {args.split})\n\n{md}")
     return result
 

@@ -825,6 +825,11 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
                         f"{num_classes} classes; point --data-path at the matching val/ folder")
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
+    scorer = None
+    if real:  # file names and class wnids are checked before the evaluation
+        from .data.imagenet_variants import RealScorer, real_labels
+
+        scorer = RealScorer.from_dataset(dataset, real_labels(None if real is True else real))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     meter = ClassificationMeter(num_classes)
@@ -836,13 +841,8 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
             meter.update(logits.float(), target.to(device))
             preds.append(logits.argmax(1).cpu())
     result = meter.compute()
-    if real:
-        from .data.imagenet_variants import real_accuracy, real_labels
-
-        base = dataset.dataset if isinstance(dataset, Subset) else dataset
-        paths = [base.samples[i][0] for i in (dataset.indices if isinstance(dataset, Subset) else range(len(base)))]
-        r = real_accuracy(torch.cat(preds), paths, real_labels(None if real is True else real))
-        result.update({"real_acc1": r["real_acc1"], "n_real": r["n"]})  # images with an empty ReaL set are left out
+    if scorer is not None:  # images with an empty ReaL set are left out of n_real
+        result.update(scorer.result(*scorer.counts(torch.cat(preds))))
     return result
 
 

@@ -30,7 +30,7 @@ from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
-from maxsup.data.imagenet_variants import EVAL_SETS, RestrictLogits, eval_set
+from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, RestrictLogits, eval_set, real_labels
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
@@ -180,10 +180,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device,
-             args: argparse.Namespace, log_suffix: str = "") -> dict[str, float]:
-    """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks)."""
+             args: argparse.Namespace, log_suffix: str = "", real: RealScorer | None = None) -> dict[str, float]:
+    """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks).
+
+    ``real`` (``--real-labels``) adds ReaL top-1 ``real_acc1`` over ``n_real`` images: each rank matches its top-1
+    predictions to file names in its sampler's order (sequential, or the rank's ``ShardedEvalSampler`` shard) and
+    the counts are summed over ranks."""
     model.eval()
     meter = ClassificationMeter()
+    preds = []
     train_counts = getattr(args, "train_class_counts", None)  # set by --imb-ratio: many/medium/few-shot accuracy
     per_class = torch.zeros(2, len(train_counts) if train_counts else 0, dtype=torch.float64)  # correct, total
     with torch.inference_mode():
@@ -194,6 +199,8 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
             with _autocast(device, args):
                 output = model(image)
             meter.update(output.float(), target)
+            if real is not None:
+                preds.append(output.argmax(1).cpu())
             if train_counts:
                 hit = (output.argmax(1).cpu() == target).double()
                 per_class[0].index_add_(0, target, hit)
@@ -201,6 +208,11 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
     metrics = meter.all_reduce().compute()
     print(f"Test{log_suffix}: acc@1 {metrics['acc1']:.3f} acc@5 {metrics['acc5']:.3f} nll {metrics['nll']:.4f} "
           f"ece {metrics['ece']:.4f} (n={metrics['n']})")
+    if real is not None:
+        preds_all = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        counts = torch.tensor(real.counts(preds_all, data_loader.sampler), dtype=torch.float64, device=device)
+        metrics.update(RealScorer.result(*all_reduce_sum(counts).tolist()))
+        print(f"Test{log_suffix} ReaL: acc@1 {metrics['real_acc1']:.3f} (n={metrics['n_real']})")
     if train_counts:
         per_class = all_reduce_sum(per_class.to(device)).cpu()
         shots = shot_accuracy_from_class_counts(per_class[0], per_class[1], train_counts)
@@ -337,6 +349,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
+    if args.real_labels and args.dataset != "imagefolder":
+        raise UserError(f"--real-labels scores ImageNet val (--dataset imagefolder), not --dataset {args.dataset}")
 
 
 def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
@@ -423,6 +437,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
                                                    sampler=test_sampler, num_workers=args.workers,
                                                    pin_memory=device.type == "cuda")
+    real = None  # file names and class wnids are checked here, before any training or evaluation
+    if args.real_labels:
+        labels = real_labels(None if args.real_labels is True else args.real_labels)
+        real = RealScorer.from_dataset(dataset_test, labels)
 
     if args.test_only:
         head = checkpoint.get("arch", {}).get("num_classes")
@@ -435,12 +453,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             model = RestrictLogits(model, dataset_test.class_indices).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        metrics = evaluate(model, data_loader_test, device, args)
+        metrics = evaluate(model, data_loader_test, device, args, real=real)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
             if getattr(dataset_test, "subset", False):
                 ema = RestrictLogits(ema, dataset_test.class_indices).to(device)
-            metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)")}
+            metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real)}
         return metrics
 
     # Seeded per epoch (utils.epoch_seed): shuffling and the workers' augmentation randomness.
@@ -578,7 +596,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 preemption.stopped()
                 return metrics
             lr_scheduler.step()
-            metrics = evaluate(model, data_loader_test, device, args)
+            metrics = evaluate(model, data_loader_test, device, args, real=real)
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                       **{f"test_{k}": v for k, v in metrics.items()}}
@@ -586,7 +604,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 net = model if keep is None else RestrictLogits(model, keep).to(device)
                 record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
             if model_ema is not None:
-                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)")
+                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real)
                 record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
             record["epoch_time_s"] = round(time.time() - epoch_start, 2)
             tb.log(record, epoch)
@@ -634,6 +652,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
                         help="also evaluate after every epoch on these ImageNet test sets (imagenetv2, imagenet-a, "
                              "imagenet-r, imagenet-sketch), logged as NAME_acc1, ...")
+    parser.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
+                        help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, "
+                             "whose files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json "
+                             "(without a value: timm's bundled copy)")
     parser.add_argument("--imb-ratio", default=None, type=float,
                         help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
                              "images of class c (a seeded subset; paper Table 7 uses 50 and 100); test split untouched")

@@ -9,7 +9,8 @@
 * ImageNet-Sketch (Wang et al. 2019) and ImageNet val: 1000 wnid folders (:class:`WnidFolder` labels by wnid, so a
   missing folder cannot shift the others).
 * ReaL labels (Beyer et al. 2020): :func:`real_labels` reads the published ``real.json`` (one list of valid labels
-  per val image ``ILSVRC2012_val_%08d``, empty = excluded); :func:`real_accuracy` scores top-1 predictions.
+  per val image ``ILSVRC2012_val_%08d``, empty = excluded); :class:`RealScorer` scores top-1 predictions of any
+  ImageNet val folder (or subset, zip cache, DDP shard) by file name, :func:`real_accuracy` of 1k-index predictions.
 
 The 1000 wnids in index order and the ReaL JSON come from timm's bundled copies (``timm.data._info``).
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +33,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from ..errors import UserError
 
-__all__ = ["ImageNetV2Folder", "WnidFolder", "RestrictLogits", "imagenet_wnids", "real_labels", "real_accuracy",
-           "EVAL_SETS", "eval_set"]
+__all__ = ["ImageNetV2Folder", "WnidFolder", "RestrictLogits", "imagenet_wnids", "real_labels", "real_index",
+           "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set"]
 
 #: evaluation-only ImageNet test sets (the ``--dataset`` names; Deit's ``--data-set`` uses IMNETV2, IMNET_A, ...)
 EVAL_SETS = ("imagenetv2", "imagenet-a", "imagenet-r", "imagenet-sketch")
@@ -120,8 +122,15 @@ class RestrictLogits(nn.Module):
         return out.index_select(-1, self.class_indices)
 
 
+#: ImageNet val images, ILSVRC2012_val_00000001 … ILSVRC2012_val_00050000
+N_VAL = 50000
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(\.\w+)?")
+
+
 def real_labels(path: str | os.PathLike | None = None) -> list[list[int]]:
-    """The ReaL relabels of ImageNet val (``real.json``; default: timm's bundled copy): 50,000 lists."""
+    """The ReaL relabels of ImageNet val (``real.json``; default: timm's bundled copy): 50,000 lists of ImageNet-1k
+    indices, entry i for ``ILSVRC2012_val_%08d`` (i + 1); an empty list means the image is left out."""
+    where = path or "timm's real.json"
     try:
         if path is None:
             text = resources.files("timm.data._info").joinpath("imagenet_real_labels.json").read_text()
@@ -129,26 +138,120 @@ def real_labels(path: str | os.PathLike | None = None) -> list[list[int]]:
             text = Path(path).read_text()
         labels = json.loads(text)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the ReaL labels {path}: {exc}") from None
-    if not isinstance(labels, list) or len(labels) != 50000:
-        raise UserError(f"{path or 'real.json'} must be a JSON list of 50000 label lists (one per val image)")
+        raise UserError(f"cannot read the ReaL labels {where}: {exc}") from None
+    if not isinstance(labels, list) or len(labels) != N_VAL:
+        got = f"{len(labels)} entries" if isinstance(labels, list) else f"a JSON {type(labels).__name__}"
+        raise UserError(f"{where} must be a JSON list of {N_VAL} label lists (one per ImageNet val image), not {got}")
+    for i, entry in enumerate(labels):
+        if not isinstance(entry, list) or not all(type(c) is int and 0 <= c < 1000 for c in entry):
+            raise UserError(f"{where}: entry {i} (ILSVRC2012_val_{i + 1:08d}) is {json.dumps(entry)[:40]}, not a "
+                            f"list of class indices 0..999")
     return labels
 
 
-_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
+def real_index(path: str | os.PathLike) -> int:
+    """Position in ``real.json`` (0-based) of the val image ``path``, whose file name is
+    ``ILSVRC2012_val_%08d.<ext>`` with a 1-based index ≤ 50,000."""
+    m = _VAL_NAME.fullmatch(os.path.basename(str(path)))
+    if m is None or not 1 <= int(m.group(1)) <= N_VAL:
+        raise UserError(f"{path} is not an ImageNet val file name (ILSVRC2012_val_00000001.JPEG … "
+                        f"ILSVRC2012_val_00050000.JPEG); ReaL labels are matched to images by that name")
+    return int(m.group(1)) - 1
+
+
+def _files_and_classes(dataset: Any) -> tuple[list[str], list[str | None]]:
+    """The file name of each sample of ``dataset`` (index order) and the class name of each label."""
+    if hasattr(dataset, "dataset") and hasattr(dataset, "indices"):  # torch Subset, Deit's TargetSubset
+        paths, classes = _files_and_classes(dataset.dataset)
+        label_map = getattr(dataset, "label_map", None)  # old label → new label
+        if label_map:
+            relabelled: list[str | None] = [None] * (max(label_map.values()) + 1)
+            for old, new in label_map.items():
+                relabelled[new] = classes[old] if old < len(classes) else None
+            classes = relabelled
+        return [paths[i] for i in dataset.indices], classes
+    samples, class_to_idx = getattr(dataset, "samples", None), getattr(dataset, "class_to_idx", None)
+    if samples is None or class_to_idx is None:
+        raise UserError(f"ReaL labels are matched by the val images' original file names (ILSVRC2012_val_XXXXXXXX), "
+                        f"which a {type(dataset).__name__} does not keep; evaluate an ImageNet val folder instead")
+    classes = [None] * (max(class_to_idx.values(), default=-1) + 1)
+    for name, k in class_to_idx.items():
+        if classes[k] is not None:
+            raise UserError(f"classes {classes[k]} and {name} share label {k}; ReaL needs one wnid per label")
+        classes[k] = name
+    return [str(p) for p, _ in samples], classes
+
+
+class RealScorer:
+    """ReaL top-1 (Beyer et al. 2020) of a classifier on ImageNet val, or on a part of it, in any class layout.
+
+    Everything is resolved up front, so a bad folder fails before any evaluation: each sample's ``real.json`` entry
+    from its file name, and each model output's ImageNet-1k index from its class name (a wnid). A prediction is a hit
+    when its class is in the image's ReaL set. Images with an empty set are left out (``n_real`` counts the rest); an
+    image whose ReaL classes all lie outside the evaluated classes still counts, as a miss.
+
+    Args:
+        paths: (N,) file names (or paths) of the samples, in dataset index order.
+        classes: (K,) the wnid of model output k (an ImageFolder's ``classes``); None for an output with no class.
+        labels: :func:`real_labels`.
+    """
+
+    def __init__(self, paths: Sequence[str], classes: Sequence[str | None], labels: list[list[int]]):
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        unknown = [c for c in classes if c is not None and c not in index]
+        if unknown:
+            raise UserError(f"ReaL labels need class folders named by ImageNet wnids like n01440764, found "
+                            f"{unknown[:3]}; evaluate an ImageNet val folder")
+        output_of = {index[c]: k for k, c in enumerate(classes) if c is not None}  # 1k index → model output
+        first: dict[int, str] = {}
+        #: per sample: the model outputs that count as correct, or None (empty ReaL set: not scored)
+        self.valid: list[frozenset[int] | None] = []
+        for path in paths:
+            i = real_index(path)
+            if i in first:
+                raise UserError(f"{path} and {first[i]} are the same ImageNet val image; ReaL scores each image once, "
+                                f"so remove the copy")
+            if i >= len(labels):
+                raise UserError(f"{path}: the ReaL labels cover only {len(labels)} images")
+            first[i] = str(path)
+            entry = labels[i]
+            self.valid.append(frozenset(output_of[c] for c in entry if c in output_of) if entry else None)
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, labels: list[list[int]]) -> RealScorer:
+        """For a torchvision ``DatasetFolder`` (any dataset with ``samples`` and ``class_to_idx``, e.g. the zip
+        cache with its train map's classes) or a subset of one (``dataset`` + ``indices``, torch ``Subset``; an
+        optional ``label_map`` {old: new label}): model output k is the dataset's label k."""
+        return cls(*_files_and_classes(dataset), labels)
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def counts(self, preds: Tensor, order: Iterable[int] | None = None) -> tuple[int, int]:
+        """(hits, scored images) of ``preds`` (M,) top-1 model outputs for the samples ``order`` (M dataset indices,
+        e.g. an evaluation sampler's; default 0..M-1). Counts add up over disjoint shards (ranks)."""
+        preds = torch.as_tensor(preds).reshape(-1).tolist()
+        order = range(len(preds)) if order is None else list(order)
+        if len(order) != len(preds):
+            raise ValueError(f"{len(preds)} predictions for {len(order)} samples")
+        hits = n = 0
+        for p, i in zip(preds, order, strict=True):
+            valid = self.valid[i]
+            if valid is not None:
+                n += 1
+                hits += p in valid
+        return hits, n
+
+    @staticmethod
+    def result(hits: float, n: float) -> dict[str, float]:
+        """``{"real_acc1": %, "n_real": scored images}`` (NaN accuracy when nothing was scored)."""
+        return {"real_acc1": 100.0 * hits / n if n else float("nan"), "n_real": int(n)}
 
 
 def real_accuracy(preds: Tensor, paths: Sequence[str], labels: list[list[int]] | None = None) -> dict[str, float]:
-    """ReaL top-1 accuracy (%) of predictions ``preds`` (N,) for the val images ``paths`` (file names carry the
-    1-based ``ILSVRC2012_val_%08d`` index). Images whose ReaL set is empty are left out (``n`` counts the rest)."""
-    labels = labels if labels is not None else real_labels()
-    hit = n = 0
-    for p, path in zip(preds.tolist(), paths, strict=True):
-        m = _VAL_NAME.search(str(path))
-        if m is None:
-            raise UserError(f"{path} is not an ImageNet val file name (ILSVRC2012_val_XXXXXXXX.JPEG)")
-        valid = labels[int(m.group(1)) - 1]
-        if valid:
-            n += 1
-            hit += int(p in valid)
-    return {"real_acc1": 100.0 * hit / n if n else float("nan"), "n": n}
+    """ReaL top-1 accuracy (%) of ImageNet-1k predictions ``preds`` (N,) for the val images ``paths`` (file names
+    carry the 1-based ``ILSVRC2012_val_%08d`` index). Images whose ReaL set is empty are left out (``n`` counts the
+    rest). See :class:`RealScorer` for other class layouts."""
+    scorer = RealScorer(paths, imagenet_wnids(), labels if labels is not None else real_labels())
+    hits, n = scorer.counts(preds)
+    return {"real_acc1": RealScorer.result(hits, n)["real_acc1"], "n": n}
