@@ -43,7 +43,13 @@ from maxsup.checkpoint import (  # noqa: E402
     set_rng_state,
 )
 from maxsup.cli import run_cli  # noqa: E402
-from maxsup.data.imagenet_variants import RealScorer, RestrictLogits, real_labels  # noqa: E402
+from maxsup.data.imagenet_variants import (  # noqa: E402
+    RealScorer,
+    RestrictLogits,
+    extra_val_sets,
+    real_labels,
+    scored_logits,
+)
 from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
@@ -201,6 +207,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
+                   help="ImageNet test sets scored after every epoch beside the val split and logged as NAME_acc1, "
+                        "...: NAME one of imagenetv2, imagenet-a, imagenet-r, imagenet-sketch (1000-class models)")
     g.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
                    help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, whose "
                         "files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json (default "
@@ -418,6 +427,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               num_workers=args.num_workers, pin_memory=pin, drop_last=True, generator=loader_gen)
     loader_val = DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
                             num_workers=args.num_workers, pin_memory=pin, drop_last=False)
+    # --extra-val: ImageNet test sets beside the val split, sharded like it under DDP (the statistics are summed)
+    extra_val = {name: DataLoader(ds, sampler=ShardSampler(ds, world, rank) if info.distributed
+                                  else SequentialSampler(ds), batch_size=int(1.5 * args.batch_size),
+                                  num_workers=args.num_workers, pin_memory=pin)
+                 for name, ds in extra_val_sets(args.extra_val, build_transform(False, args), nb_classes).items()}
     # ReaL: file names and class wnids are checked here, before training; under --dist-eval or the sharded zip
     # cache each rank scores its own shard (its sampler's order) and the counts are summed, which is exact
     real = None
@@ -445,9 +459,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Creating model: {args.model} {kw}")
     model = create_model(args.model, nb_classes, **kw).to(device)
     if args.finetune and not args.resume:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
-        info = load_pretrained_backbone(model, args.finetune)
-        print(f"Fine-tuning from {args.finetune}: {info['loaded']} tensors loaded, "
-              f"{'new' if info['head_replaced'] else 'pretrained'} {nb_classes}-class head")
+        loaded = load_pretrained_backbone(model, args.finetune)
+        print(f"Fine-tuning from {args.finetune}: {loaded['loaded']} tensors loaded, "
+              f"{'new' if loaded['head_replaced'] else 'pretrained'} {nb_classes}-class head")
     model_without_ddp = model
     train_step = token_train_step(args, model, nb_classes) if token_head_mode(args) else None
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -578,6 +592,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "alpha": train_stats["alpha"], **{k: train_stats[k] for k in PENALTY_KEYS},
                 **{f"test_{k}": v for k, v in test_stats.items()}, "epoch": epoch, "n_parameters": n_parameters,
             }
+            for name, loader in extra_val.items():  # e.g. ImageNetV2 beside ImageNet val
+                stats = evaluate(loader, scored_logits(model, loader.dataset), device, amp_dtype,
+                                 gather=info.distributed)
+                log_stats.update({f"{name}_{k}": v for k, v in stats.items()})
             if model_ema is not None:  # DeiT keeps the EMA; evaluate it too, on the same images
                 ema_device = next(model_ema.module.parameters()).device  # --model-ema-force-cpu keeps it on the CPU
                 ema_stats = evaluate(loader_val, model_ema.module, ema_device,

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from maxsup import CRITERIA
+from maxsup.checkpoint import load_checkpoint
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
@@ -286,6 +287,23 @@ def test_bad_data_inputs(image_root, zip_root, tmp_path, capsys):
     (badlabel / "val_map.txt").write_text("\n".join(lines) + "\n")
     msg = _cli_error(["--data-path", str(badlabel), "--cache", *TINY], capsys)
     assert "val_map.txt:10: label 3 is >= the number of classes (3)" in msg
+
+
+def test_finetune_keeps_the_backbone_and_replaces_the_head(image_root, tmp_path, capsys):
+    """--finetune (Table 6): a 3-class run's backbone starts a 2-class run with a new head; at lr 0 the backbone is
+    still the pretrained one after an epoch."""
+    src = tmp_path / "src"
+    train(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--output_dir", str(src)])
+    out = tmp_path / "ft"
+    capsys.readouterr()
+    train(["--data-set", "FMNIST", "--classes", "8,0", "--limit-per-class", "8", *TINY, "--epochs", "1", "--lr", "0",
+           "--finetune", str(src / "checkpoint.pth"), "--output_dir", str(out)])
+    assert "new 2-class head" in capsys.readouterr().out
+    before = load_checkpoint(src / "checkpoint.pth")["model"]
+    after = load_checkpoint(out / "checkpoint.pth")["model"]
+    assert before["head.weight"].shape[0] == 3 and after["head.weight"].shape[0] == 2
+    for key in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "pos_embed"):
+        assert torch.equal(after[key], before[key]), key
 
 
 def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys):

@@ -187,6 +187,53 @@ def test_common_resnet_and_hub_evaluate_restrict_imagenet_a(sets, capsys):
     assert log["imagenetv2_n"] == 18 and log["imagenet-a_n"] == 12 and 0 <= log["imagenet-a_acc1"] <= 100
 
 
+def test_deit_training_reports_extra_val_sets(sets, tmp_path):
+    """--extra-val in Deit: a 1000-class run (one image per ImageNet wnid) logs ImageNetV2 and ImageNet-A beside its
+    val split after every epoch; ImageNet-A is scored on its classes' logits, as a hand computation from the saved
+    checkpoint gives."""
+    data = FashionMNIST(train=False, limit_per_class=3).data
+    root = tmp_path / "imnet1k"
+    for i, wnid in enumerate(imagenet_wnids()):
+        (root / "train" / wnid).mkdir(parents=True)
+        Image.fromarray(data[i % len(data)]).convert("RGB").save(root / "train" / wnid / "x.png")
+    (root / "val").symlink_to(root / "train")
+    deit_main = _load_deit()
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    deit_main.run_cli(deit_main.cli, ["--data-set", "IMNET", "--data-path", str(root), *DEIT_TINY, "--batch-size",
+                                      "125", "--epochs", "1", "--extra-val", f"imagenetv2={sets['v2']}",
+                                      f"imagenet-a={sets['a']}", "--output_dir", str(out)])
+    log = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert log["test_n"] == 1000 and log["imagenetv2_n"] == 18 and log["imagenet-a_n"] == 12
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    model = model_from_checkpoint(ckpt)
+    spec = ckpt["eval_transform"]
+    want = _expected(model, WnidFolder(sets["a"], eval_transform(spec), subset=True), list(A_INDICES))
+    assert log["imagenet-a_acc1"] == pytest.approx(want["acc1"]) and log["imagenet-a_nll"] == pytest.approx(
+        want["nll"], rel=1e-4)
+    want = _expected(model, ImageNetV2Folder(sets["v2"], eval_transform(spec)))
+    assert log["imagenetv2_nll"] == pytest.approx(want["nll"], rel=1e-4)
+
+
+@pytest.mark.parametrize("cli", ["deit", "common_resnet"])
+def test_extra_val_needs_a_1000_class_model_and_a_known_set(cli, sets, capsys):
+    """One error line: the test sets are labelled in ImageNet-1k's index space, and NAME must be one of them."""
+    for extra, message in ((f"imagenetv2={sets['v2']}", "needs a 1000-class model; this run trains 3 classes"),
+                           (f"imagenet-c={sets['v2']}", "--extra-val expects NAME=PATH with NAME one of")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            if cli == "deit":
+                deit_main = _load_deit()
+                deit_main.run_cli(deit_main.cli, ["--data-set", "IMNET", "--data-path", str(sets["imnet"]),
+                                                  *DEIT_TINY, "--epochs", "1", "--extra-val", extra])
+            else:
+                trainer = _load_common_resnet()
+                trainer.run_cli(trainer.cli, ["--dataset", "imagefolder", "--data-path", str(sets["imnet"]),
+                                              *CR_TINY, "--epochs", "1", "--extra-val", extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
 def test_deit_eval_on_imagenet_a_scores_its_200_logits(sets, tmp_path):
     deit_main = _load_deit()
     kw = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}

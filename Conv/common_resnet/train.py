@@ -30,7 +30,15 @@ from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
-from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, RestrictLogits, eval_set, real_labels
+from maxsup.data.imagenet_variants import (
+    EVAL_SETS,
+    RealScorer,
+    RestrictLogits,
+    eval_set,
+    extra_val_sets,
+    real_labels,
+    scored_logits,
+)
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
@@ -395,20 +403,15 @@ def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) ->
     return sched.SequentialLR(optimizer, [warmup, main_sched], milestones=[args.lr_warmup_epochs])
 
 
-def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info: DistInfo) -> dict[str, Any]:
-    """``--extra-val NAME=PATH``: test sets evaluated after every epoch beside the main one, as {name: (loader, the
-    1k logits to keep or None)}."""
+def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info: DistInfo,
+                       num_classes: int) -> dict[str, Any]:
+    """``--extra-val NAME=PATH``: {name: loader} of the test sets evaluated after every epoch beside the main one."""
     out = {}
-    for item in args.extra_val or []:
-        name, sep, path = item.partition("=")
-        if not sep or name not in EVAL_SETS:
-            raise UserError(f"--extra-val expects NAME=PATH with NAME one of {', '.join(EVAL_SETS)}, got {item!r}")
-        ds = eval_set(name, path, eval_transform(spec))
+    for name, ds in extra_val_sets(args.extra_val, eval_transform(spec), num_classes).items():
         sampler = (ShardedEvalSampler(ds, dist_info.world_size, dist_info.rank) if dist_info.distributed
                    else torch.utils.data.SequentialSampler(ds))
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.eval_batch_size or args.batch_size, sampler=sampler,
-                                             num_workers=args.workers)
-        out[name] = (loader, ds.class_indices if getattr(ds, "subset", False) else None)
+        out[name] = torch.utils.data.DataLoader(ds, batch_size=args.eval_batch_size or args.batch_size,
+                                                sampler=sampler, num_workers=args.workers)
     return out
 
 
@@ -545,7 +548,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
     tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
-    extra_val = _extra_val_loaders(args, spec, dist_info)
+    extra_val = _extra_val_loaders(args, spec, dist_info, num_classes)
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
@@ -600,8 +603,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                       **{f"test_{k}": v for k, v in metrics.items()}}
-            for name, (loader, keep) in extra_val.items():  # e.g. ImageNetV2 beside ImageNet val
-                net = model if keep is None else RestrictLogits(model, keep).to(device)
+            for name, loader in extra_val.items():  # e.g. ImageNetV2 beside ImageNet val
+                net = scored_logits(model, loader.dataset)
                 record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
             if model_ema is not None:
                 ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real)

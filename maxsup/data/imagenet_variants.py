@@ -34,7 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from ..errors import UserError
 
 __all__ = ["ImageNetV2Folder", "WnidFolder", "RestrictLogits", "imagenet_wnids", "real_labels", "real_index",
-           "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set"]
+           "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set", "extra_val_sets", "scored_logits"]
 
 #: evaluation-only ImageNet test sets (the ``--dataset`` names; Deit's ``--data-set`` uses IMNETV2, IMNET_A, ...)
 EVAL_SETS = ("imagenetv2", "imagenet-a", "imagenet-r", "imagenet-sketch")
@@ -104,6 +104,30 @@ def eval_set(name: str, root: str | os.PathLike, transform: Callable | None = No
     if name == "imagenet-sketch":
         return WnidFolder(root, transform, what=name)
     raise UserError(f"unknown ImageNet test set {name!r}; choose {', '.join(EVAL_SETS)}")
+
+
+def extra_val_sets(items: Sequence[str] | None, transform: Callable | None, num_classes: int
+                   ) -> dict[str, DatasetFolder]:
+    """The trainers' ``--extra-val NAME=PATH ...``: {NAME: reader} of test sets scored after every epoch beside the
+    run's own val split (logged as ``NAME_acc1``, ...). They are labelled in ImageNet-1k's index space, so the model
+    must have 1000 classes."""
+    out: dict[str, DatasetFolder] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in EVAL_SETS:
+            raise UserError(f"--extra-val expects NAME=PATH with NAME one of {', '.join(EVAL_SETS)}, got {item!r}")
+        out[name] = eval_set(name, path, transform)
+    if out and num_classes != 1000:
+        raise UserError(f"--extra-val scores ImageNet-1k test sets and needs a 1000-class model; this run trains "
+                        f"{num_classes} classes")
+    return out
+
+
+def scored_logits(model: nn.Module, dataset: Any) -> nn.Module:
+    """``model`` as it is scored on ``dataset``: restricted to the 200 classes of ImageNet-A/R, unchanged otherwise."""
+    if getattr(dataset, "subset", False):
+        return RestrictLogits(model, dataset.class_indices).to(next(model.parameters()).device)
+    return model
 
 
 class RestrictLogits(nn.Module):
