@@ -46,6 +46,7 @@ from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
     RestrictLogits,
+    add_test_set_args,
     extra_val_sets,
     real_labels,
     scored_logits,
@@ -207,13 +208,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
-    g.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
-                   help="ImageNet test sets scored after every epoch beside the val split and logged as NAME_acc1, "
-                        "...: NAME one of imagenetv2, imagenet-a, imagenet-r, imagenet-sketch (1000-class models)")
-    g.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
-                   help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, whose "
-                        "files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json (default "
-                        "without a value: timm's bundled copy) (default: off)")
+    add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
     g.add_argument("--limit-per-class", default=None, type=int,

@@ -34,6 +34,7 @@ from maxsup.data.imagenet_variants import (
     EVAL_SETS,
     RealScorer,
     RestrictLogits,
+    add_test_set_args,
     eval_set,
     extra_val_sets,
     real_labels,
@@ -652,13 +653,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
     parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
-    parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
-                        help="also evaluate after every epoch on these ImageNet test sets (imagenetv2, imagenet-a, "
-                             "imagenet-r, imagenet-sketch), logged as NAME_acc1, ...")
-    parser.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
-                        help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, "
-                             "whose files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json "
-                             "(without a value: timm's bundled copy)")
+    add_test_set_args(parser)
     parser.add_argument("--imb-ratio", default=None, type=float,
                         help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
                              "images of class c (a seeded subset; paper Table 7 uses 50 and 100); test split untouched")

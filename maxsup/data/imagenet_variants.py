@@ -34,7 +34,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from ..errors import UserError
 
 __all__ = ["ImageNetV2Folder", "WnidFolder", "RestrictLogits", "imagenet_wnids", "real_labels", "real_index",
-           "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set", "extra_val_sets", "scored_logits"]
+           "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set", "extra_val_sets", "scored_logits",
+           "add_test_set_args"]
 
 #: evaluation-only ImageNet test sets (the ``--dataset`` names; Deit's ``--data-set`` uses IMNETV2, IMNET_A, ...)
 EVAL_SETS = ("imagenetv2", "imagenet-a", "imagenet-r", "imagenet-sketch")
@@ -104,6 +105,17 @@ def eval_set(name: str, root: str | os.PathLike, transform: Callable | None = No
     if name == "imagenet-sketch":
         return WnidFolder(root, transform, what=name)
     raise UserError(f"unknown ImageNet test set {name!r}; choose {', '.join(EVAL_SETS)}")
+
+
+def add_test_set_args(parser: Any) -> None:
+    """The trainers' ``--extra-val NAME=PATH ...`` and ``--real-labels [JSON]`` (argparse parser or group)."""
+    parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
+                        help="ImageNet test sets scored after every epoch beside the val split, logged as NAME_acc1, "
+                             f"...: NAME one of {', '.join(EVAL_SETS)} (1000-class models)")
+    parser.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
+                        help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, "
+                             "whose files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json "
+                             "(without a value: timm's bundled copy)")
 
 
 def extra_val_sets(items: Sequence[str] | None, transform: Callable | None, num_classes: int
