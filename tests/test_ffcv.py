@@ -288,6 +288,213 @@ def test_torchrun_two_process_gloo_epoch(betons, tmp_path, repo_root, python_exe
     assert not any(k.startswith("module.") for k in ckpt["model"])
 
 
+# ------------------------------------------------------------------------------------------------ test sets, ReaL
+A_INDICES = (6, 11, 13, 309)  # ImageNet-1k indices of four of ImageNet-A's 200 classes
+REAL_INDICES = (7, 100, 420, 999)  # the wnids of the ReaL val folder's four classes (model output k → REAL_INDICES[k])
+KEEP = (7, 8, 6, 8)  # images per class copied from the val split: 29 in all
+
+
+def _copy_split(src: Path, dst: Path, indices: tuple[int, ...], names) -> None:
+    """The val split's class folders (sorted) as ImageNet wnid folders ``imagenet_wnids()[indices[k]]``, file ``i``
+    of the whole copy named ``names(i)``."""
+    from maxsup.data.imagenet_variants import imagenet_wnids
+
+    i = 0
+    for k, folder in enumerate(sorted(d for d in src.iterdir() if d.is_dir())):
+        out = dst / imagenet_wnids()[indices[k]]
+        out.mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:KEEP[k]]:
+            (out / names(i)).write_bytes(f.read_bytes())
+            i += 1
+
+
+@pytest.fixture(scope="module")
+def test_sets(betons, tmp_path_factory) -> dict[str, Path]:
+    """An ImageNet-A-like folder written with --layout imagenet-a, and an ImageNet val-like folder (wnid folders of
+    ILSVRC2012_val_%08d.JPEG files, numbers in random order) written as usual. All images stored raw, so the pixels
+    FFCV decodes are PIL's."""
+    root = tmp_path_factory.mktemp("ffcv_test_sets")
+    _copy_split(betons["val_dir"], root / "a", A_INDICES, lambda i: f"{i:04d}.jpg")
+    numbers = np.random.default_rng(1).choice(np.arange(1, 50001), size=sum(KEEP), replace=False)
+    _copy_split(betons["val_dir"], root / "val", REAL_INDICES, lambda i: f"ILSVRC2012_val_{numbers[i]:08d}.JPEG")
+    common = ["--compress-probability", "0", "--num-workers", "2"]
+    return {"a_dir": root / "a", "val_dir": root / "val",
+            "a": write_imagenet.main(["--layout", "imagenet-a", "--data-dir", str(root / "a"),
+                                      "--write-path", str(root / "a.beton"), *common]),
+            "val": write_imagenet.main(["--data-dir", str(root / "val"), "--write-path", str(root / "val.beton"),
+                                        *common])}
+
+
+def _torch_logits(ckpt: Path | dict, folder: Path, cfg: dict,
+                  features: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The checkpoint's logits (or penultimate ``features``) on PIL's decode of ``folder`` (ImageFolder order), in
+    torch without FFCV: (logits, ImageFolder targets, file names)."""
+    from torchvision.datasets import ImageFolder
+
+    from maxsup.models import model_from_checkpoint
+
+    ds = ImageFolder(str(folder))
+    x = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img, _ in ds]).float()
+    mean, std = (torch.tensor(cfg["data"][k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    model = model_from_checkpoint(ckpt if isinstance(ckpt, dict) else torch.load(ckpt, weights_only=True)).eval()
+    if features:
+        model.fc = torch.nn.Identity()
+    with torch.no_grad():
+        logits = model((x - mean) / std)
+    return logits, torch.tensor(ds.targets), [Path(p).name for p, _ in ds.samples]
+
+
+@pytest.fixture(scope="module")
+def eval_ckpts(trained, betons, test_sets, tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints to evaluate: the module's one-epoch run with its head replaced by the class means of its centred
+    features on the 29 images (a nearest-class-mean classifier, so the predictions vary whatever one epoch
+    learned): ``real`` with 4 outputs, ``a`` with 1000 (the four rows at A_INDICES, and a distractor class 500 that
+    wins every unrestricted argmax)."""
+    _, _, out = trained
+    root = tmp_path_factory.mktemp("ffcv_eval_ckpts")
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    cfg = ffcv_main.load_config(_argv(betons, root))
+    feats, targets, _ = _torch_logits(ckpt, test_sets["val_dir"], cfg, features=True)
+    mu = feats.mean(0)
+    weight = torch.stack([(feats[targets == k] - mu).mean(0) for k in range(4)])
+    ckpt["model"].update({"fc.weight": weight, "fc.bias": -weight @ mu})
+    torch.save(ckpt, root / "real.pth")
+    wide, bias = torch.zeros(1000, weight.shape[1]), torch.zeros(1000)
+    wide[list(A_INDICES)], bias[list(A_INDICES)] = weight, -weight @ mu
+    bias[500] = 1e3
+    ckpt["model"].update({"fc.weight": wide, "fc.bias": bias})
+    ckpt["arch"] = {**ckpt["arch"], "num_classes": 1000}
+    ckpt["optimizer"]["state"] = {}  # the 4-class head's momentum
+    torch.save(ckpt, root / "a.pth")
+    return {"real": root / "real.pth", "a": root / "a.pth"}
+
+
+def test_imagenet_a_beton_scores_the_logits_of_its_classes(betons, test_sets, eval_ckpts, tmp_path):
+    """--layout imagenet-a: labels 0..3 with the 1k class_indices in the sidecar; eval_only of a 1000-class model
+    scores its logits at those indices, as computed here in torch."""
+    from ffcv.reader import Reader
+
+    side = json.loads(Path(f"{test_sets['a']}.classes.json").read_text())
+    assert side["layout"] == "imagenet-a" and side["class_indices"] == list(A_INDICES) and "files" not in side
+    assert Reader(str(test_sets["a"])).metadata["f1"].tolist() == [k for k, n in enumerate(KEEP) for _ in range(n)]
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--train.eval_only=true", "--model.num_classes=1000",
+                                      f"--train.resume={eval_ckpts['a']}",
+                                      f"--data.val_dataset={test_sets['a']}"))
+    trainer = ffcv_main.ImageNetTrainer(cfg)
+    _KEEP_ALIVE.append(trainer)
+    stats = trainer.train()
+
+    logits, targets, _ = _torch_logits(eval_ckpts["a"], test_sets["a_dir"], cfg)
+    restricted = logits[:, list(A_INDICES)]
+    want = 100.0 * (restricted.argmax(1) == targets).double().mean().item()
+    assert (logits.argmax(1) == 500).all()  # unrestricted, every image would be wrong
+    assert want > 0 and stats["val_n"] == sum(KEEP)
+    assert stats["top_1"] == pytest.approx(want)
+    nll = torch.nn.functional.cross_entropy(restricted.double(), targets).item()
+    assert stats["val_nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def _write_relabels(path: Path, files: list[str], logits: torch.Tensor) -> tuple[int, int]:
+    """A real.json (50,000 entries) in which image i of ``files`` (with top-1 output logits.argmax(1)[i]) is left
+    out, hit, missed, hit for i % 4 = 0, 1, 2, 3. Returns (hits, scored images)."""
+    pred = [REAL_INDICES[p] for p in logits.argmax(1).tolist()]  # ImageNet-1k index of each prediction
+    assert len(set(pred)) > 1
+    real: list[list[int]] = [[] for _ in range(50000)]
+    for i, (name, p) in enumerate(zip(files, pred, strict=True)):
+        other = REAL_INDICES[(REAL_INDICES.index(p) + 1) % 4]
+        real[int(name[15:23]) - 1] = [[], [p], [other], [other, p]][i % 4]
+    path.write_text(json.dumps(real))
+    return sum(i % 4 in (1, 3) for i in range(len(files))), sum(i % 4 > 0 for i in range(len(files)))
+
+
+def test_real_top1_on_a_val_beton_matches_the_relabels(betons, test_sets, eval_ckpts, tmp_path):
+    """data.real_labels: the sidecar keeps the val file names in .beton order; ReaL sets (written here from the
+    model's own predictions, computed in torch) make a known number of hits, misses and left-out images."""
+    from maxsup.data.imagenet_variants import imagenet_wnids
+
+    side = json.loads(Path(f"{test_sets['val']}.classes.json").read_text())
+    assert side["classes"] == [imagenet_wnids()[i] for i in REAL_INDICES]
+    ckpt = eval_ckpts["real"]
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--train.eval_only=true", f"--train.resume={ckpt}",
+                                      f"--data.val_dataset={test_sets['val']}"))
+    logits, targets, files = _torch_logits(ckpt, test_sets["val_dir"], cfg)
+    assert side["files"] == files
+    hits, n = _write_relabels(tmp_path / "real.json", files, logits)
+    cfg["data"]["real_labels"] = str(tmp_path / "real.json")
+    trainer = ffcv_main.ImageNetTrainer(cfg)
+    _KEEP_ALIVE.append(trainer)
+    stats = trainer.train()
+    assert (stats["test_n_real"], n) == (sum(KEEP) - 8, sum(KEEP) - 8)
+    assert stats["test_real_acc1"] == pytest.approx(100.0 * hits / n)
+    want = 100.0 * (logits.argmax(1) == targets).double().mean().item()
+    assert stats["top_1"] == pytest.approx(want)
+    log = json.loads((tmp_path / "eval" / "log.jsonl").read_text())
+    assert (log["test_real_acc1"], log["test_n_real"]) == (stats["test_real_acc1"], n)
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_real_top1_gathers_predictions_in_order(betons, test_sets, eval_ckpts, tmp_path,
+                                                                      repo_root, python_exe):
+    """Two gloo ranks read images r, r + 2, ... of the 29-image val .beton; ReaL matches file names in .beton order,
+    so each rank's predictions are put back in that order before scoring (same numbers as one process)."""
+    ckpt = eval_ckpts["real"]
+    argv = _argv(betons, tmp_path / "ddp", "--train.eval_only=true", f"--train.resume={ckpt}",
+                 f"--data.val_dataset={test_sets['val']}", f"--data.real_labels={tmp_path / 'real.json'}",
+                 "--data.num_workers=1")
+    cfg = ffcv_main.load_config(argv)
+    logits, _, files = _torch_logits(ckpt, test_sets["val_dir"], cfg)
+    hits, n = _write_relabels(tmp_path / "real.json", files, logits)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([python_exe, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(FFCV_DIR / "main.py"), *argv], capture_output=True, text=True, cwd=repo_root, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = json.loads((tmp_path / "ddp" / "log.jsonl").read_text())
+    assert (log["val_n"], log["test_n_real"]) == (sum(KEEP), n)
+    assert log["test_real_acc1"] == pytest.approx(100.0 * hits / n)
+
+
+def _edit_sidecar(beton: Path, tmp_path: Path, edit) -> Path:
+    copy_ = tmp_path / beton.name
+    copy_.write_bytes(beton.read_bytes())
+    side = Path(f"{beton}.classes.json").read_text()
+    Path(f"{copy_}.classes.json").write_text(edit(json.loads(side)) if callable(edit) else edit)
+    return copy_
+
+
+@pytest.mark.parametrize("case", ["too_few_class_indices", "unreadable", "stale", "real_without_files"])
+def test_bad_sidecar_or_real_request_is_one_line(case, betons, test_sets, eval_ckpts, tmp_path, capsys):
+    edits = {"too_few_class_indices": ("a", lambda s: json.dumps({**s, "class_indices": s["class_indices"][:3],
+                                                                    "classes": s["classes"][:3]}),
+                                       "has labels up to 3 but"),
+             "unreadable": ("a", '{"classes": [', "is not a sidecar written by write_imagenet.py"),
+             "stale": ("val", lambda s: json.dumps({**s, "num_samples": 50}), "describes 50 samples but"),
+             # as an older write_imagenet.py wrote it: class names only
+             "real_without_files": ("val", lambda s: json.dumps({"classes": s["classes"]}),
+                                    "rewrite it from the val folder with this version of Conv/ffcv/write_imagenet.py")}
+    which, edit, expected = edits[case]
+    beton = _edit_sidecar(test_sets[which], tmp_path, edit)
+    ckpt, extra = (eval_ckpts["a"], "--model.num_classes=1000") if which == "a" else \
+        (eval_ckpts["real"], "--data.real_labels=true")
+    argv = _argv(betons, tmp_path / "eval", "--train.eval_only=true", f"--train.resume={ckpt}",
+                 f"--data.val_dataset={beton}", extra)
+    msg = _cli_error(capsys, ffcv_main.main, argv)
+    assert expected in msg and str(beton) in msg, msg
+
+
+def test_imagenet_a_val_is_checked_against_the_train_classes():
+    """Per-epoch validation on an ImageNet-A .beton: its class names must be the train classes at class_indices."""
+    from maxsup.data.imagenet_variants import imagenet_wnids
+
+    wnids = list(imagenet_wnids())
+    train = ffcv_main.Beton("train.beton", 5000, wnids)
+    val = ffcv_main.Beton("a.beton", 29, [wnids[i] for i in A_INDICES], "imagenet-a", list(A_INDICES))
+    ffcv_main.check_classes({"train": train, "val": val}, 1000)
+    shifted = val._replace(class_indices=[i + 1 for i in A_INDICES])
+    with pytest.raises(UserError, match=f"label 0: '{wnids[7]}' vs '{wnids[6]}'"):
+        ffcv_main.check_classes({"train": train, "val": shifted}, 1000)
+
+
 # ------------------------------------------------------------------------------------------------ pure functions
 def test_adaptive_ls_teacher_is_checkpointed(betons, tmp_path):
     out = tmp_path / "als"

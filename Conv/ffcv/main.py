@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import hashlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,8 +36,9 @@ from tqdm import tqdm
 from maxsup import ClassificationMeter, build_criterion
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.cli import run_cli
+from maxsup.data.imagenet_variants import real_accuracy
 from maxsup.data.transforms import transform_spec
-from maxsup.distributed import all_reduce_sum, barrier, init_distributed, world_size
+from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
@@ -268,9 +271,59 @@ def train_resolution(epoch: int, data: dict[str, Any]) -> int:
     return int(round(res / data["res_step"])) * data["res_step"]
 
 
-def check_beton(path: str, role: str, num_classes: int) -> int:
+class Beton(NamedTuple):
+    """A checked .beton and what ``write_imagenet.py``'s sidecar ``<file>.classes.json`` adds to it."""
+
+    path: str
+    num_samples: int
+    classes: list[str] | None = None  # the name of label k
+    layout: str = "imagefolder"
+    class_indices: list[int] | None = None  # ImageNet-A/R: label k is model output class_indices[k]
+    files: list[str] | None = None  # ImageNet val: each sample's ILSVRC2012_val_%08d file name, in .beton order
+
+
+def read_sidecar(path: str, labels: np.ndarray) -> dict[str, Any]:
+    """``<path>.classes.json`` checked against the .beton's label column ``labels`` (N,); {} if there is none. A
+    sidecar from an older writer holds only ``classes``."""
+    side = Path(f"{path}.classes.json")
+    if not side.is_file():
+        return {}
+    rewrite = "rewrite the .beton with Conv/ffcv/write_imagenet.py"
+    try:
+        info = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{side} is not a sidecar written by write_imagenet.py ({exc}); {rewrite}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("classes", 0), (list, type(None))):
+        raise UserError(f"{side} is not a sidecar written by write_imagenet.py (no 'classes' list); {rewrite}")
+    n = len(labels)
+    if info.get("num_samples", n) != n:
+        raise UserError(f"{side} describes {info['num_samples']} samples but {path} holds {n} (an interrupted "
+                        f"write?); {rewrite}")
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
+    if info.get("labels_sha256", digest) != digest:
+        raise UserError(f"{side} was written for other labels than those in {path} (an interrupted write?); {rewrite}")
+    keep = info.get("class_indices")
+    if keep is not None:
+        if not (isinstance(keep, list) and keep and all(type(i) is int and i >= 0 for i in keep)
+                and len(set(keep)) == len(keep)):
+            raise UserError(f"{side}: class_indices must be a list of distinct class indices; {rewrite}")
+        if n and labels.max() >= len(keep):
+            raise UserError(f"{path} has labels up to {labels.max()} but {side} lists {len(keep)} class_indices; "
+                            f"{rewrite}")
+        if info.get("classes") is not None and len(info["classes"]) != len(keep):
+            raise UserError(f"{side} names {len(info['classes'])} classes but lists {len(keep)} class_indices; "
+                            f"{rewrite}")
+    files = info.get("files")
+    if files is not None and not (isinstance(files, list) and len(files) == n
+                                  and all(isinstance(f, str) for f in files)):
+        raise UserError(f"{side} must list one file name per sample of {path} ({n}); {rewrite}")
+    return info
+
+
+def check_beton(path: str, role: str, num_classes: int) -> Beton:
     """Raise a one-line UserError unless ``path`` is a .beton with an RGB ``image`` and an int ``label`` field whose
-    labels lie in [0, num_classes). Returns the number of samples."""
+    labels lie in [0, num_classes), or, for an ImageNet-A/R .beton, index its sidecar's ``class_indices``, which lie
+    in [0, num_classes)."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
@@ -289,35 +342,82 @@ def check_beton(path: str, role: str, num_classes: int) -> int:
         raise UserError(f"{path} has fields {fields}, expected 'image' (RGBImageField) and 'label' (IntField); "
                         f"write it with write_imagenet.py")
     labels = reader.metadata[f"f{reader.field_names.index('label')}"]
+    info = read_sidecar(path, labels)
+    keep = info.get("class_indices")
+    if keep is not None:
+        if role == "train":
+            raise UserError(f"{path} is an {info.get('layout', 'ImageNet-A/R')} test set (its labels index "
+                            f"{len(keep)} of the model's classes); pass it as --data.val_dataset")
+        if max(keep) >= num_classes:
+            raise UserError(f"{path} selects classes up to {max(keep)} of the model's outputs but model.num_classes "
+                            f"= {num_classes}; evaluate an ImageNet-1k model (--model.num_classes=1000) on it")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{path} has labels in [{labels.min()}, {labels.max()}] but model.num_classes = {num_classes}")
-    return int(reader.num_samples)
+    return Beton(path, int(reader.num_samples), info.get("classes"), info.get("layout", "imagefolder"), keep,
+                 info.get("files"))
 
 
-def beton_classes(path: str) -> list[str] | None:
-    """The class names ``write_imagenet.py`` stored beside a .beton (``<file>.beton.classes.json``), if any."""
-    side = Path(f"{path}.classes.json")
-    if not side.is_file():
-        return None
-    try:
-        classes = json.loads(side.read_text())["classes"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{side} is not a class list written by write_imagenet.py; rewrite the .beton") from None
-    return classes if isinstance(classes, list) else None
-
-
-def check_classes(data: dict[str, Any], num_classes: int, roles: tuple[str, ...]) -> None:
-    """Train and val name the same classes in the same order, and the head has one output per class."""
-    found = {role: beton_classes(data[f"{role}_dataset"]) for role in roles}
-    for role, classes in found.items():
-        if classes is not None and len(classes) != num_classes:
-            raise UserError(f"{data[f'{role}_dataset']} holds {len(classes)} classes but model.num_classes = "
-                            f"{num_classes}; set --model.num_classes={len(classes)}")
-    if found.get("train") is not None and found.get("val") is not None and found["train"] != found["val"]:
-        diff = next(i for i, (a, b) in enumerate(zip(found["train"], found["val"], strict=False)) if a != b)
+def check_classes(betons: dict[str, Beton], num_classes: int) -> None:
+    """Train and val name the same classes in the same order (an ImageNet-A/R val names those at its
+    ``class_indices``), and the head has one output per class."""
+    for b in betons.values():
+        if b.classes is not None and b.class_indices is None and len(b.classes) != num_classes:
+            raise UserError(f"{b.path} holds {len(b.classes)} classes but model.num_classes = {num_classes}; set "
+                            f"--model.num_classes={len(b.classes)}")
+    train, val = betons.get("train"), betons.get("val")
+    if train is None or val is None or train.classes is None or val.classes is None:
+        return
+    expected = train.classes if val.class_indices is None else [train.classes[i] for i in val.class_indices]
+    if expected != val.classes:
+        diff = next(i for i, (a, b) in enumerate(zip(expected, val.classes, strict=False)) if a != b)
         raise UserError(f"the train and val .beton files list different classes (label {diff}: "
-                        f"{found['train'][diff]!r} vs {found['val'][diff]!r}); labels would be shifted, so write both "
+                        f"{expected[diff]!r} vs {val.classes[diff]!r}); labels would be shifted, so write both "
                         f"splits from folders with the same classes")
+
+
+class RealLabels(NamedTuple):
+    """ReaL top-1 (Beyer et al. 2020) on an ImageNet val .beton: its file names, the ImageNet-1k index of each model
+    output, and the ReaL label sets."""
+
+    files: list[str]
+    to_1k: torch.Tensor  # (num_classes,) long
+    labels: list[list[int]]
+
+
+def load_real_labels(val: Beton, source: str) -> RealLabels:
+    """``data.real_labels`` (a real.json path, or "true" for timm's bundled copy) for the val .beton ``val``."""
+    from maxsup.data.imagenet_variants import imagenet_wnids, real_labels
+
+    if val.class_indices is not None:
+        raise UserError(f"data.real_labels scores ImageNet val, but {val.path} is an {val.layout} .beton")
+    if val.files is None:
+        raise UserError(f"data.real_labels matches images by their ImageNet val file names (ILSVRC2012_val_XXXXXXXX) "
+                        f"and {val.path} records none; rewrite it from the val folder with this version of "
+                        f"Conv/ffcv/write_imagenet.py")
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    unknown = [c for c in val.classes or [] if c not in index]
+    if unknown or not val.classes:
+        names = f"names {unknown[:3]}" if unknown else "names no classes"
+        raise UserError(f"data.real_labels needs the ImageNet wnid of each label, but {val.path}'s sidecar {names}; "
+                        f"write the .beton from a val folder of wnid class folders")
+    labels = real_labels(None if source == "true" else source)
+    numbers = [re.search(r"_(\d{8})\.", f) for f in val.files]
+    bad = [f for f, m in zip(val.files, numbers, strict=True) if m is None or not 1 <= int(m.group(1)) <= len(labels)]
+    if bad:
+        raise UserError(f"{val.path}'s sidecar lists {bad[0]!r}, not an ImageNet val file ILSVRC2012_val_00000001 … "
+                        f"{len(labels):08d}; rewrite the .beton from the val folder")
+    return RealLabels(val.files, torch.tensor([index[c] for c in val.classes]), labels)
+
+
+def gather_in_order(local: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) per-sample predictions in .beton order from each rank's ``local`` ones: rank r holds samples r, r + W, …
+    (``create_val_loader``). The shards are scattered into one tensor and summed over ranks."""
+    full = torch.zeros(n, dtype=torch.long)
+    full[rank()::world_size()] = local.long().cpu() + 1  # 0 = not predicted
+    full = all_reduce_sum(full)
+    if (full == 0).any():
+        raise RuntimeError(f"{int((full == 0).sum())} of {n} validation samples got no prediction")
+    return full - 1
 
 
 def seeded_crop_flip_decoder(output_size: tuple[int, int], seed: int):
@@ -430,9 +530,10 @@ class ImageNetTrainer:
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
         roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
-        for role in roles:  # fail fast, before any JIT work
-            check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"])
-        check_classes(d, cfg["model"]["num_classes"], roles)
+        # fail fast, before any JIT work
+        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"]) for role in roles}
+        check_classes(self.betons, cfg["model"]["num_classes"])
+        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if d["real_labels"] else None
         self.partial: dict[str, Any] | None = None
         if not cfg["train"]["eval_only"]:
             self.train_loader, self.decoder = self.create_train_loader()
@@ -466,7 +567,7 @@ class ImageNetTrainer:
         from ffcv.loader import Loader, OrderOption
 
         d = self.cfg["data"]
-        n = check_beton(d["train_dataset"], "train", self.cfg["model"]["num_classes"])
+        n = self.betons["train"].num_samples
         if n < self.per_process_batch * self.dist.world_size:
             raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
                             f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
@@ -490,7 +591,7 @@ class ImageNetTrainer:
         decoder = CenterCropRGBImageDecoder((res, res), ratio=d["val_crop_ratio"])
         # Rank r reads images r, r + W, ...: every image once at any world size (ffcv's distributed=True pads the
         # sequential order with duplicates, which would bias accuracy, NLL and ECE).
-        n = check_beton(d["val_dataset"], "val", self.cfg["model"]["num_classes"])
+        n = self.betons["val"].num_samples
         shard = np.arange(self.dist.rank, n, self.dist.world_size)
         return Loader(d["val_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
                       order=OrderOption.SEQUENTIAL, drop_last=False, indices=shard,
@@ -679,8 +780,14 @@ class ImageNetTrainer:
 
     @torch.no_grad()
     def val_loop(self) -> dict[str, float]:
+        """top-1/5, NLL and ECE over the val .beton; for ImageNet-A/R over the logits of its ``class_indices`` only
+        (the standard protocol), and with ``data.real_labels`` the ReaL top-1 (``test_real_acc1`` over
+        ``test_n_real`` images with a non-empty ReaL set)."""
         self.model.eval()
-        meter = ClassificationMeter(self.cfg["model"]["num_classes"])
+        keep = self.betons["val"].class_indices
+        keep_idx = None if keep is None else torch.tensor(keep, device=self.device)
+        meter = ClassificationMeter(self.cfg["model"]["num_classes"] if keep is None else len(keep))
+        preds = []
         start = time.perf_counter()
         for images, target in self.val_loader:
             images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std,
@@ -689,10 +796,20 @@ class ImageNetTrainer:
                 logits = self.model(images).float()
                 if self.cfg["data"]["flip_tta"]:  # ffcv-imagenet's lr_tta; averaged so NLL/ECE stay meaningful
                     logits = (logits + self.model(torch.flip(images, dims=[3])).float()) / 2
+            if keep_idx is not None:
+                logits = logits.index_select(1, keep_idx)
             meter.update(logits, target.to(self.device).long())
+            if self.real is not None:
+                preds.append(logits.argmax(1).cpu())
         out = reduce_meter(meter, self.device).compute()
-        return {"top_1": out["acc1"], "top_5": out["acc5"], "val_nll": out["nll"], "val_ece": out["ece"],
-                "val_n": out["n"], "val_time": time.perf_counter() - start}
+        stats = {"top_1": out["acc1"], "top_5": out["acc5"], "val_nll": out["nll"], "val_ece": out["ece"],
+                 "val_n": out["n"]}
+        if self.real is not None:
+            local = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+            pred = gather_in_order(local, self.betons["val"].num_samples)
+            real = real_accuracy(self.real.to_1k[pred], self.real.files, self.real.labels)
+            stats.update(test_real_acc1=real["real_acc1"], test_n_real=real["n"])
+        return {**stats, "val_time": time.perf_counter() - start}
 
     def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,
                      before_log: Any = None) -> dict[str, Any]:

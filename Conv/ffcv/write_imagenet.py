@@ -7,14 +7,22 @@ the images stored as JPEG at quality 90, the rest raw; ``./write_imagenet.sh 500
     python Conv/ffcv/write_imagenet.py --data-dir /data/imagenet/train --write-path /data/ffcv/train_500_0.50_90.ffcv
     python Conv/ffcv/write_imagenet.py --zip /data/imagenet/val.zip --map /data/imagenet/val_map.txt \\
         --write-path /data/ffcv/val_500_0.50_90.ffcv
+
+Beside each ``.beton`` goes a JSON sidecar ``<write-path>.classes.json``, written before the ``.beton`` is renamed
+into place: ``classes`` (the name of each label, or null), ``layout`` (``--layout``, or ``zip`` / ``fashion-mnist``),
+``num_samples`` and ``labels_sha256`` (so the trainer can tell a sidecar from an earlier write), for ImageNet-A/R
+``class_indices`` (label k is ImageNet-1k class ``class_indices[k]``), and for ImageNet val ``files`` (each
+sample's ``ILSVRC2012_val_%08d`` file name, in ``.beton`` order, which ReaL labels are matched by).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -71,11 +79,14 @@ class ZipMembers(Dataset):
 def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None,
                 fashion_mnist: str | None = None, layout: str = "imagefolder") -> Dataset:
     """The split to convert: (PIL RGB image, int label) pairs, labels in ImageFolder (sorted folder) or map order;
-    ``layout`` ``imagenetv2`` (folders 0..999, label = int(name)) or ``imagenet-sketch`` (wnid folders, label = the
-    wnid's ImageNet-1k index) for ``data_dir``."""
+    ``layout`` for ``data_dir``: ``imagenetv2`` (folders 0..999, label = int(name)), ``imagenet-sketch`` (wnid
+    folders, label = the wnid's ImageNet-1k index) or ``imagenet-a`` / ``imagenet-r`` (wnid folders, label = position
+    in the sorted 1k indices of the wnids present, ``class_indices``)."""
     if sum(x is not None for x in (data_dir, zip_path, fashion_mnist)) != 1:
         raise UserError("give exactly one source: --data-dir <ImageFolder split>, --zip <file.zip> --map <map.txt>, "
                         "or --fashion-mnist train|test")
+    if layout != "imagefolder" and data_dir is None:
+        raise UserError(f"--layout {layout} describes the folders of --data-dir; use it with --data-dir")
     if fashion_mnist is not None:  # the tiny CPU recipe (configs/fmnist_cpu.toml), from the Debian package files
         return FashionMNIST(train=fashion_mnist == "train", transform=_to_rgb)
     if zip_path is not None:
@@ -103,15 +114,46 @@ def take_subset(dataset: Dataset, subset: int) -> Dataset:
     return Subset(dataset, np.linspace(0, len(dataset) - 1, subset).round().astype(int).tolist())
 
 
+VAL_FILE = re.compile(r"ILSVRC2012_val_\d{8}\.\w+")
+
+
+def labels_sha256(labels: np.ndarray) -> str:
+    """Digest of a .beton's label column (int64, little-endian), as the trainer recomputes it."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
+
+
+def sidecar(dataset: Dataset, labels: np.ndarray, layout: str = "imagefolder") -> dict:
+    """What a .beton does not store: see the module docstring. ``labels``: the written label column."""
+    from maxsup.data.imagenet_variants import imagenet_wnids
+
+    source, order = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else \
+        (dataset, range(len(dataset)))
+    classes = getattr(source, "classes", None)
+    if layout in ("imagenetv2", "imagenet-sketch"):  # labels are 1k indices, also when a class folder is missing
+        classes = imagenet_wnids()
+    info = {"classes": list(classes) if classes else None, "layout": layout, "num_samples": len(labels),
+            "labels_sha256": labels_sha256(labels)}
+    if getattr(source, "subset", False):  # ImageNet-A/R
+        info["class_indices"] = [int(i) for i in source.class_indices]
+    samples = getattr(source, "samples", None)  # (path or zip member, label) of an ImageFolder / zip cache
+    if samples is not None:
+        files = [os.path.basename(samples[i][0]) for i in order]
+        if files and all(VAL_FILE.fullmatch(f) for f in files):  # ImageNet val: ReaL labels go by file name
+            info["files"] = files
+    return info
+
+
 def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 500, compress_probability: float = 0.5,
                 jpeg_quality: int = 90, num_workers: int = 16, chunk_size: int = 100,
-                write_mode: str = "proportion") -> Path:
-    """Write ``dataset`` to ``write_path`` atomically (temporary file in the same folder, then ``os.replace``).
+                write_mode: str = "proportion", layout: str = "imagefolder") -> Path:
+    """Write ``dataset`` to ``write_path`` and its sidecar to ``<write_path>.classes.json``, each atomically
+    (temporary file in the same folder, then ``os.replace``).
 
     ``write_mode='proportion'`` stores a random ``compress_probability`` fraction of images as JPEG and the rest as
     raw pixels (ffcv-imagenet's mode); every image's longer side is first capped at ``max_resolution``.
     """
     from ffcv.fields import IntField, RGBImageField
+    from ffcv.reader import Reader
     from ffcv.writer import DatasetWriter
 
     if not 0.0 <= compress_probability <= 1.0:
@@ -127,11 +169,12 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
     with atomic_path(write_path) as tmp:
         # DatasetWriter shows its own tqdm progress bar.
         DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(dataset, chunksize=chunk_size)
-    # A .beton stores no class names; the trainer compares these lists for train and val (a shifted label set
-    # would otherwise train silently). Written after the .beton (atomic_path gives both mode 0644 and an fsync).
-    source = dataset.dataset if isinstance(dataset, Subset) else dataset
-    classes = getattr(source, "classes", None)
-    atomic_write(f"{write_path}.classes.json", json.dumps({"classes": list(classes) if classes else None}) + "\n")
+        labels = Reader(str(tmp)).metadata["f1"]
+        # A .beton stores no class names; the trainer compares these lists for train and val (a shifted label set
+        # would otherwise train silently), and reads class_indices / files from here. The sidecar is replaced before
+        # the .beton: a write killed in between leaves a sidecar whose num_samples / labels_sha256 do not match the
+        # old .beton, which the trainer refuses, rather than a new .beton beside a stale sidecar from an older writer.
+        atomic_write(f"{write_path}.classes.json", json.dumps(sidecar(dataset, labels, layout)) + "\n")
     return write_path
 
 
@@ -143,9 +186,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map", default=None, help="map file of --zip (<member>\\t<label> per line)")
     parser.add_argument("--fashion-mnist", default=None, choices=["train", "test"],
                         help="convert this Fashion-MNIST split instead (28 px, for configs/fmnist_cpu.toml)")
-    parser.add_argument("--layout", default="imagefolder", choices=["imagefolder", "imagenetv2", "imagenet-sketch"],
-                        help="labels of --data-dir: sorted class folders, ImageNetV2's int(folder name), or "
-                             "ImageNet-Sketch's wnid → ImageNet-1k index")
+    parser.add_argument("--layout", default="imagefolder",
+                        choices=["imagefolder", "imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r"],
+                        help="labels of --data-dir: sorted class folders, ImageNetV2's int(folder name), "
+                             "ImageNet-Sketch's wnid → ImageNet-1k index, or ImageNet-A/R's position among the 200 "
+                             "classes present (their 1k indices go to the sidecar as class_indices)")
     parser.add_argument("--write-path", required=True, help="output .beton file")
     parser.add_argument("--max-resolution", type=int, default=500, help="cap on the longer image side (px)")
     parser.add_argument("--compress-probability", type=float, default=0.5, help="fraction of images stored as JPEG")
@@ -162,8 +207,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = get_args_parser().parse_args(argv)
     dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist, args.layout),
                           args.subset)
+    layout = args.layout if args.data_dir is not None else "zip" if args.zip is not None else "fashion-mnist"
     path = write_beton(dataset, args.write_path, args.max_resolution, args.compress_probability, args.jpeg_quality,
-                       args.num_workers, args.chunk_size, args.write_mode)
+                       args.num_workers, args.chunk_size, args.write_mode, layout)
     print(f"wrote {len(dataset)} images to {path}")
     return path
 
