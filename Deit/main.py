@@ -392,7 +392,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir and rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
     seed_everything(args.seed)
 
     # --- data ------------------------------------------------------------------------------------------------
@@ -487,6 +486,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 model=model_without_ddp, **loss_kwargs(args)).to(device)
     if args.compile:
         model = torch.compile(model)
+    if output_dir and rank == 0:  # after the data, flags and model are checked: a refused run overwrites nothing
+        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
     if output_dir and rank == 0 and not args.eval:
         write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,

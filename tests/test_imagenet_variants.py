@@ -216,8 +216,10 @@ def test_deit_training_reports_extra_val_sets(sets, tmp_path):
 
 
 @pytest.mark.parametrize("cli", ["deit", "common_resnet"])
-def test_extra_val_needs_a_1000_class_model_and_a_known_set(cli, sets, capsys):
-    """One error line: the test sets are labelled in ImageNet-1k's index space, and NAME must be one of them."""
+def test_extra_val_needs_a_1000_class_model_and_a_known_set(cli, sets, tmp_path, capsys):
+    """One error line: the test sets are labelled in ImageNet-1k's index space, and NAME must be one of them; the
+    run writes nothing before it refuses."""
+    out = tmp_path / "run"
     for extra, message in ((f"imagenetv2={sets['v2']}", "needs a 1000-class model; this run trains 3 classes"),
                            (f"imagenet-c={sets['v2']}", "--extra-val expects NAME=PATH with NAME one of")):
         capsys.readouterr()
@@ -225,13 +227,16 @@ def test_extra_val_needs_a_1000_class_model_and_a_known_set(cli, sets, capsys):
             if cli == "deit":
                 deit_main = _load_deit()
                 deit_main.run_cli(deit_main.cli, ["--data-set", "IMNET", "--data-path", str(sets["imnet"]),
-                                                  *DEIT_TINY, "--epochs", "1", "--extra-val", extra])
+                                                  *DEIT_TINY, "--epochs", "1", "--extra-val", extra,
+                                                  "--output_dir", str(out)])
             else:
                 trainer = _load_common_resnet()
                 trainer.run_cli(trainer.cli, ["--dataset", "imagefolder", "--data-path", str(sets["imnet"]),
-                                              *CR_TINY, "--epochs", "1", "--extra-val", extra])
+                                              *CR_TINY, "--epochs", "1", "--extra-val", extra, "--output-dir",
+                                              str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
 def test_deit_eval_on_imagenet_a_scores_its_200_logits(sets, tmp_path):

@@ -441,6 +441,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
                                                    sampler=test_sampler, num_workers=args.workers,
                                                    pin_memory=device.type == "cuda")
+    extra_val = _extra_val_loaders(args, spec, dist_info, num_classes)  # checked before anything is written
     real = None  # file names and class wnids are checked here, before any training or evaluation
     if args.real_labels:
         labels = real_labels(None if args.real_labels is True else args.real_labels)
@@ -549,7 +550,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
     tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
-    extra_val = _extra_val_loaders(args, spec, dist_info, num_classes)
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
