@@ -45,7 +45,6 @@ from maxsup.checkpoint import (  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
-    RestrictLogits,
     add_test_set_args,
     extra_val_sets,
     real_labels,
@@ -530,8 +529,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"Resumed from {args.resume} at epoch {start_epoch}{where}")
 
     if args.eval:
-        if getattr(dataset_val, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
-            model = RestrictLogits(model, dataset_val.class_indices).to(device)
+        model = scored_logits(model, dataset_val)  # ImageNet-A/R: score only the 200 classes they contain
         stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval, real=real)
         print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
         return stats

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
-from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, eval_set, real_labels
+from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, eval_set, real_labels
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -61,10 +61,7 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     if split is not None:
         p.add_argument("--split", choices=("train", "test"), default=split, help="dataset split")
     if real_labels:
-        p.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
-                       help="also report ReaL top-1 per checkpoint on ImageNet val (--dataset imagefolder --split "
-                            "test; files named ILSVRC2012_val_XXXXXXXX); JSON: the ReaL real.json (without a value: "
-                            "timm's bundled copy)")
+        add_real_labels_arg(p, "per checkpoint (--dataset imagefolder --split test)")
     p.add_argument("--max-per-class", type=int, default=None,
                    help="use at most this many samples per class (seeded random subset) to bound the cost")
     p.add_argument("--out", required=True, help="output folder for the .json/.md/.png results")

@@ -33,7 +33,6 @@ from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.imagenet_variants import (
     EVAL_SETS,
     RealScorer,
-    RestrictLogits,
     add_test_set_args,
     eval_set,
     extra_val_sets,
@@ -454,15 +453,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"{args.resume} has a {head}-class head but the evaluation data has {num_classes} "
                             f"classes; evaluate it on the dataset (and --classes) it was trained on")
         model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
-        if getattr(dataset_test, "subset", False):  # ImageNet-A/R: score only the 200 classes they contain
-            model = RestrictLogits(model, dataset_test.class_indices).to(device)
+        model = scored_logits(model, dataset_test)  # ImageNet-A/R: score only the 200 classes they contain
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         metrics = evaluate(model, data_loader_test, device, args, real=real)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
-            if getattr(dataset_test, "subset", False):
-                ema = RestrictLogits(ema, dataset_test.class_indices).to(device)
+            ema = scored_logits(ema, dataset_test)
             metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real)}
         return metrics
 

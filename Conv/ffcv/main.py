@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from maxsup import ClassificationMeter, build_criterion
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.cli import run_cli
-from maxsup.data.imagenet_variants import real_accuracy
+from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
@@ -375,38 +374,19 @@ def check_classes(betons: dict[str, Beton], num_classes: int) -> None:
                         f"splits from folders with the same classes")
 
 
-class RealLabels(NamedTuple):
-    """ReaL top-1 (Beyer et al. 2020) on an ImageNet val .beton: its file names, the ImageNet-1k index of each model
-    output, and the ReaL label sets."""
-
-    files: list[str]
-    to_1k: torch.Tensor  # (num_classes,) long
-    labels: list[list[int]]
-
-
-def load_real_labels(val: Beton, source: str) -> RealLabels:
-    """``data.real_labels`` (a real.json path, or "true" for timm's bundled copy) for the val .beton ``val``."""
-    from maxsup.data.imagenet_variants import imagenet_wnids, real_labels
-
+def load_real_labels(val: Beton, source: str) -> RealScorer:
+    """The ReaL scorer (``data.real_labels``: a real.json path, or "true" for timm's bundled copy) of the val .beton
+    ``val``: its sidecar's file names, in .beton order, and the wnid of each label."""
     if val.class_indices is not None:
         raise UserError(f"data.real_labels scores ImageNet val, but {val.path} is an {val.layout} .beton")
     if val.files is None:
         raise UserError(f"data.real_labels matches images by their ImageNet val file names (ILSVRC2012_val_XXXXXXXX) "
                         f"and {val.path} records none; rewrite it from the val folder with this version of "
                         f"Conv/ffcv/write_imagenet.py")
-    index = {w: i for i, w in enumerate(imagenet_wnids())}
-    unknown = [c for c in val.classes or [] if c not in index]
-    if unknown or not val.classes:
-        names = f"names {unknown[:3]}" if unknown else "names no classes"
-        raise UserError(f"data.real_labels needs the ImageNet wnid of each label, but {val.path}'s sidecar {names}; "
-                        f"write the .beton from a val folder of wnid class folders")
-    labels = real_labels(None if source == "true" else source)
-    numbers = [re.search(r"_(\d{8})\.", f) for f in val.files]
-    bad = [f for f, m in zip(val.files, numbers, strict=True) if m is None or not 1 <= int(m.group(1)) <= len(labels)]
-    if bad:
-        raise UserError(f"{val.path}'s sidecar lists {bad[0]!r}, not an ImageNet val file ILSVRC2012_val_00000001 … "
-                        f"{len(labels):08d}; rewrite the .beton from the val folder")
-    return RealLabels(val.files, torch.tensor([index[c] for c in val.classes]), labels)
+    if not val.classes:
+        raise UserError(f"data.real_labels needs the ImageNet wnid of each label, but {val.path}'s sidecar names no "
+                        f"classes; write the .beton from a val folder of wnid class folders")
+    return RealScorer(val.files, val.classes, real_labels(None if source == "true" else source))
 
 
 def gather_in_order(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -807,8 +787,8 @@ class ImageNetTrainer:
         if self.real is not None:
             local = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
             pred = gather_in_order(local, self.betons["val"].num_samples)
-            real = real_accuracy(self.real.to_1k[pred], self.real.files, self.real.labels)
-            stats.update(test_real_acc1=real["real_acc1"], test_n_real=real["n"])
+            real = RealScorer.result(*self.real.counts(pred))
+            stats.update(test_real_acc1=real["real_acc1"], test_n_real=real["n_real"])
         return {**stats, "val_time": time.perf_counter() - start}
 
     def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,

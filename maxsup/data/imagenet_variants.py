@@ -35,7 +35,7 @@ from ..errors import UserError
 
 __all__ = ["ImageNetV2Folder", "WnidFolder", "RestrictLogits", "imagenet_wnids", "real_labels", "real_index",
            "real_accuracy", "RealScorer", "EVAL_SETS", "eval_set", "extra_val_sets", "scored_logits",
-           "add_test_set_args"]
+           "add_test_set_args", "add_real_labels_arg"]
 
 #: evaluation-only ImageNet test sets (the ``--dataset`` names; Deit's ``--data-set`` uses IMNETV2, IMNET_A, ...)
 EVAL_SETS = ("imagenetv2", "imagenet-a", "imagenet-r", "imagenet-sketch")
@@ -112,10 +112,15 @@ def add_test_set_args(parser: Any) -> None:
     parser.add_argument("--extra-val", nargs="*", default=None, metavar="NAME=PATH",
                         help="ImageNet test sets scored after every epoch beside the val split, logged as NAME_acc1, "
                              f"...: NAME one of {', '.join(EVAL_SETS)} (1000-class models)")
+    add_real_labels_arg(parser, "(test_real_acc1, over test_n_real images)")
+
+
+def add_real_labels_arg(parser: Any, what: str = "") -> None:
+    """``--real-labels [JSON]`` (True without a value: timm's bundled real.json); ``what``: the keys it adds."""
     parser.add_argument("--real-labels", nargs="?", const=True, default=None, metavar="JSON",
-                        help="also report ReaL top-1 (test_real_acc1, over test_n_real images) on ImageNet val, "
-                             "whose files must keep their names ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json "
-                             "(without a value: timm's bundled copy)")
+                        help=f"also report ReaL top-1 {what} on ImageNet val, whose files must keep their names "
+                             "ILSVRC2012_val_XXXXXXXX; JSON: the ReaL real.json (without a value: timm's bundled "
+                             "copy)")
 
 
 def extra_val_sets(items: Sequence[str] | None, transform: Callable | None, num_classes: int
