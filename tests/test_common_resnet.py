@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 from PIL import Image
 
 from maxsup.checkpoint import load_checkpoint
@@ -34,16 +35,7 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": 
 def _load_trainer():
     """Import train.py with its sibling modules (presets, utils, sampler) without leaving them in sys.modules, where
     they could shadow other subprojects' ``utils``."""
-    names = ("train", "presets", "utils", "sampler")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(TRAIN_DIR))
-    try:
-        return importlib.import_module("train")
-    finally:
-        sys.path.remove(str(TRAIN_DIR))
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    return load_flat(TRAIN_DIR, "train", ("presets", "utils", "sampler"))
 
 
 trainer = _load_trainer()

@@ -6,7 +6,6 @@ a few minutes on 2 CPU cores. Deit/ is a flat script folder (DeiT's layout), so 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import random
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flat_import import load_flat_modules
 
 from maxsup import CRITERIA
 from maxsup.checkpoint import load_checkpoint
@@ -38,16 +38,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH
 
 def _load_deit():
     """Import Deit/main.py and its siblings under their DeiT names without clobbering other subprojects' modules."""
-    names = ("main", "engine", "datasets", "samplers")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(DEIT))
-    try:
-        return {n: importlib.import_module(n) for n in names}
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(DEIT)]  # main.py inserts its folder too
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    return load_flat_modules(DEIT, ("main", "engine", "datasets", "samplers"))
 
 
 DEIT_MODULES = _load_deit()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 from PIL import Image
 
 from maxsup.checkpoint import atomic_save, load_checkpoint
@@ -49,16 +48,7 @@ def test_backbone_loads_and_head_is_replaced_only_when_classes_differ(tmp_path):
 
 def test_common_resnet_finetune_flag(tmp_path, capsys):
     src = _pretrained(tmp_path / "p.pth")
-    names = ("train", "presets", "utils", "sampler")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(TRAIN_DIR))
-    try:
-        trainer = importlib.import_module("train")
-    finally:
-        sys.path.remove(str(TRAIN_DIR))
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    trainer = load_flat(TRAIN_DIR, "train", ("presets", "utils", "sampler"))
     torch.set_num_threads(1)
     out = tmp_path / "ft"
     trainer.run_cli(trainer.cli, ["--dataset", "fmnist", "--classes", "0,1,2", "--limit-per-class", "10",

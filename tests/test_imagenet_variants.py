@@ -5,7 +5,6 @@ files written here."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
@@ -52,27 +52,12 @@ REAL_SETS = {50000: [W0], 17: [W1], 4321: [W2, W0], 5: [], 25000: [W1, 500], 99:
              9999: [W2], 123: [W2, W1], 1000: [], 49999: [W0], 256: [W1]}
 
 
-def _import_flat(folder: Path, module: str, siblings: tuple[str, ...]):
-    """Import a subproject's flat script ``module`` with its sibling modules, without leaving them in sys.modules
-    (Deit's and common_resnet's ``utils``/``datasets`` would shadow each other)."""
-    names = (module, *siblings)
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(folder))
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(folder)]  # Deit/main.py inserts its folder too
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
-
-
 def _load_common_resnet():
-    return _import_flat(TRAIN_DIR, "train", ("presets", "utils", "sampler"))
+    return load_flat(TRAIN_DIR, "train", ("presets", "utils", "sampler"))
 
 
 def _load_deit():
-    return _import_flat(DEIT_DIR, "main", ("engine", "datasets", "samplers"))
+    return load_flat(DEIT_DIR, "main", ("engine", "datasets", "samplers"))
 
 
 def _write_real(path: Path, sets: dict[int, list[int]]) -> Path:
@@ -318,7 +303,7 @@ def test_real_scorer_maps_folder_labels_subsets_and_shards(sets):
     assert (shards[0][0] + shards[1][0], shards[0][1] + shards[1][1]) == (hits, 10)
     assert scorer.counts(preds[1::2], range(0, 12, 2)) != shards[0]  # a shard matched to the wrong files differs
     # Deit's --classes 2,0: labels are relabelled, so model output 0 is wnid W2 and output 1 is W0
-    target_subset = _import_flat(DEIT_DIR, "datasets", ()).TargetSubset
+    target_subset = load_flat(DEIT_DIR, "datasets", ()).TargetSubset
     keep = [i for i, t in enumerate(folder.targets) if t in (0, 2)]
     subset = target_subset(folder, keep, {2: 0, 0: 1})
     sub_preds = torch.tensor([0, 1] * 4)

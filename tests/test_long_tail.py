@@ -3,13 +3,12 @@ causal-norm head, and ``--imb-ratio`` in Conv/common_resnet/train.py on real Fas
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 
 from maxsup.checkpoint import load_checkpoint
 from maxsup.data import long_tailed_counts, long_tailed_indices
@@ -80,16 +79,7 @@ def test_resnet32_has_a_128d_feature_and_causal_norm_tde():
 
 
 def _load_trainer():
-    names = ("train", "presets", "utils", "sampler")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(TRAIN_DIR))
-    try:
-        return importlib.import_module("train")
-    finally:
-        sys.path.remove(str(TRAIN_DIR))
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    return load_flat(TRAIN_DIR, "train", ("presets", "utils", "sampler"))
 
 
 def test_imb_ratio_training_stores_counts_and_reports_shots(tmp_path, capsys):

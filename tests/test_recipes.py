@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from flat_import import load_flat
 
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
@@ -31,21 +32,6 @@ READMES = tuple(str(p.relative_to(ROOT)) for pattern in ("README.md", "*/README.
 FENCE = re.compile(r"^```(\S*)([^\n]*)\n(.*?)^```", re.M | re.S)
 
 
-def _load_flat(folder: Path, entry: str, siblings: tuple[str, ...]):
-    """Import ``folder/entry.py`` of a flat script folder (DeiT / torchvision-references layout) without leaving its
-    sibling modules (``engine``, ``utils``, ...) in ``sys.modules`` for other subprojects."""
-    names = (entry, *siblings)
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(folder))
-    try:
-        return importlib.import_module(entry)
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(folder)]
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
-
-
 def _load_path(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -53,8 +39,8 @@ def _load_path(path: Path, name: str):
     return module
 
 
-DEIT = _load_flat(ROOT / "Deit", "main", ("engine", "datasets", "samplers"))
-COMMON = _load_flat(ROOT / "Conv/common_resnet", "train", ("presets", "utils", "sampler"))
+DEIT = load_flat(ROOT / "Deit", "main", ("engine", "datasets", "samplers"))
+COMMON = load_flat(ROOT / "Conv/common_resnet", "train", ("presets", "utils", "sampler"))
 FFCV = _load_path(ROOT / "Conv/ffcv/main.py", "ffcv_trainer_main")
 ENTRY: dict[str, Callable] = {"Deit/main.py": DEIT.cli, "Conv/common_resnet/train.py": COMMON.cli,
                               "Conv/ffcv/main.py": FFCV.main}

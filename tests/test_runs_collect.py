@@ -6,15 +6,14 @@ Real runs use the Deit trainer (a one-block ViT on 32 Fashion-MNIST images), in 
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from flat_import import load_flat
 
 from analysis import collect
 from maxsup.cli import run_cli
@@ -30,16 +29,7 @@ TINY = ["--data-set", "FMNIST", "--classes", "0,1", "--limit-per-class", "16", "
 
 
 def _load_deit():
-    names = ("main", "engine", "datasets", "samplers")
-    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
-    sys.path.insert(0, str(ROOT / "Deit"))
-    try:
-        return importlib.import_module("main")
-    finally:
-        sys.path[:] = [p for p in sys.path if p != str(ROOT / "Deit")]
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    return load_flat(ROOT / "Deit", "main", ("engine", "datasets", "samplers"))
 
 
 DEIT = _load_deit()
