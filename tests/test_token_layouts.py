@@ -63,7 +63,7 @@ def _outputs(x: dict[str, Tensor]) -> dict[str, Tensor]:
         out[f"mix{lam}.tokens"] = mixed
         out[f"mix{lam}.bbox"] = torch.tensor(bbox if bbox is not None else (-1, -1, -1, -1))
         if bbox is not None:
-            out[f"mix{lam}.unmixed_aux"] = vit._unmix(x["aux"], GRID, bbox)
+            out[f"mix{lam}.unmixed_aux"] = vit._swap_box(x["aux"], GRID, bbox)
     out["grid_logits"] = vit._grid_logits(x["aux"], GRID)
     for s in (0.0, 0.1):
         step = token_labeling.TokenLabelStep(num_classes=7, size=3, smoothing=s)
@@ -95,7 +95,7 @@ def test_mix_tokens_swaps_the_box_with_the_flipped_batch_and_unmix_undoes_it():
                 for col in range(c0, c1):
                     expect[i, row * GRID[1] + col] = tokens[4 - i, row * GRID[1] + col]
         assert torch.equal(mixed, expect)
-        assert torch.equal(vit._unmix(mixed, GRID, bbox), tokens)
+        assert torch.equal(vit._swap_box(mixed, GRID, bbox), tokens)
 
 
 def test_grid_logits_put_token_row_major_on_the_grid():
