@@ -41,7 +41,7 @@ demo: install
 	$(PY) demo/run_demo.py
 
 bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check .

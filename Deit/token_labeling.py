@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from einops import rearrange, repeat
 from timm.data.mixup import mixup_target
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torch import Tensor, nn
@@ -164,10 +165,10 @@ def dense_targets(maps: Tensor, boxes: Tensor, flipped: Tensor, num_classes: int
     rois = torch.cat([torch.arange(b, device=maps.device, dtype=torch.float32)[:, None],
                       boxes.to(maps.device).float() * scale], 1)
     tokens = roi_align(scores, rois, output_size=(size, size), aligned=True)  # (B, K, S, S)
-    tokens = torch.where(flipped.to(maps.device).view(b, 1, 1, 1), tokens.flip(-1), tokens)
-    cls = roi_align(scores, rois, output_size=(1, 1), aligned=True).flatten(1)
-    tokens = F.softmax(tokens.flatten(2).transpose(1, 2), dim=-1)
-    cls = F.softmax(cls, dim=-1)
+    tokens = torch.where(rearrange(flipped.to(maps.device), "b -> b 1 1 1"), tokens.flip(-1), tokens)
+    cls = roi_align(scores, rois, output_size=(1, 1), aligned=True)  # (B, K, 1, 1)
+    tokens = F.softmax(rearrange(tokens, "b k row col -> b (row col) k"), dim=-1)
+    cls = F.softmax(rearrange(cls, "b k 1 1 -> b k"), dim=-1)
     if smoothing:
         off = smoothing / num_classes
         tokens, cls = tokens * (1 - smoothing) + off, cls * (1 - smoothing) + off
@@ -196,7 +197,7 @@ class TokenLabelStep:
         if isinstance(targets, Tensor):
             y = targets.to(device)
             cls = mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)
-            return cls, cls[:, None, :].expand(-1, self.size * self.size, -1)
+            return cls, repeat(cls, "b k -> b n k", n=self.size * self.size)
         _labels, maps, boxes, flipped = targets
         return dense_targets(maps.to(device, non_blocking=True), boxes, flipped, self.num_classes, self.size,
                              self.smoothing)
@@ -212,8 +213,8 @@ class TokenLabelStep:
             r0, r1, c0, c1 = bbox
             lam = 1.0 - (r1 - r0) * (c1 - c0) / x_aux.shape[1]
             cls_t = lam * cls_t + (1.0 - lam) * cls_t.flip(0)
-        k = x_aux.shape[-1]
         dense_loss = criterion if self.maxsup_on_tokens else _soft_ce
+        per_token = "b n k -> (b n) k"
         loss = self.cls_weight * criterion(x_cls, cls_t) + \
-            self.dense_weight * dense_loss(x_aux.reshape(-1, k), token_t.reshape(-1, k))
+            self.dense_weight * dense_loss(rearrange(x_aux, per_token), rearrange(token_t, per_token))
         return loss, x_cls, cls_t

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.data.mixup import cutmix_bbox_and_lam
 from timm.layers import PatchEmbed
 from timm.models import register_model
@@ -63,25 +64,22 @@ def mix_tokens(tokens: Tensor, grid: tuple[int, int], lam: float) -> tuple[Tenso
     Returns:
         the mixed tokens and the box (r0, r1, c0, c1) on the grid, end exclusive (None when it is empty).
     """
-    b, n, d = tokens.shape
+    b, _, d = tokens.shape
     (r0, r1, c0, c1), _ = cutmix_bbox_and_lam((b, d, *grid), lam, correct_lam=True)
     r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
     if r1 <= r0 or c1 <= c0:
         return tokens, None
-    grid_tokens = tokens.reshape(b, *grid, d)
-    mixed = grid_tokens.clone()
-    mixed[:, r0:r1, c0:c1] = grid_tokens.flip(0)[:, r0:r1, c0:c1]
-    return mixed.reshape(b, n, d), (r0, r1, c0, c1)
+    return _swap_box(tokens, grid, (r0, r1, c0, c1)), (r0, r1, c0, c1)
 
 
-def _unmix(aux: Tensor, grid: tuple[int, int], bbox: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`mix_tokens` on per-token outputs (B, N, K): the box of row i comes from row B−1−i."""
-    b, n, k = aux.shape
+def _swap_box(t: Tensor, grid: tuple[int, int], bbox: tuple[int, int, int, int]) -> Tensor:
+    """(B, N, C) per-token values whose box (r0, r1, c0, c1) on the grid comes from row B−1−i; the swap is its own
+    inverse, so it both mixes tokens (:func:`mix_tokens`) and un-mixes the per-token outputs of a mixed batch."""
     r0, r1, c0, c1 = bbox
-    g = aux.reshape(b, *grid, k)
+    g = rearrange(t, "b (row col) c -> b row col c", row=grid[0])
     out = g.clone()
     out[:, r0:r1, c0:c1] = g.flip(0)[:, r0:r1, c0:c1]
-    return out.reshape(b, n, k)
+    return rearrange(out, "b row col c -> b (row col) c")
 
 
 @contextmanager
@@ -147,7 +145,7 @@ class _DenseTokenForward:
             return cls
         aux = self.aux_head(patches)
         if bbox is not None:
-            aux = _unmix(aux, patch_grid(vit), bbox)
+            aux = _swap_box(aux, patch_grid(vit), bbox)  # un-mix: aux[i] describes image i's patches
         return cls, aux, bbox
 
     def _region_logits(self, patches: Tensor, mask: Tensor) -> Tensor:
@@ -249,8 +247,7 @@ class ConvPatchEmbed(PatchEmbed):
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
-        x = self.proj(x)
-        return x.flatten(2).transpose(1, 2)  # (B, N, D), row-major grid as timm's PatchEmbed
+        return rearrange(self.proj(x), "b d row col -> b (row col) d")  # row-major grid as timm's PatchEmbed
 
 
 class ScaledResidualBlock(Block):
@@ -366,5 +363,5 @@ def dense_class_scores(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _grid_logits(per_token: Tensor, grid: tuple[int, int]) -> Tensor:
-    b, _, k = per_token.shape
-    return per_token.transpose(1, 2).reshape(b, k, *grid)
+    """(B, N, K) per-token logits, N row-major over ``grid`` → (B, K, rows, cols)."""
+    return rearrange(per_token, "b (row col) k -> b k row col", row=grid[0])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 from PIL import Image
 
 from maxsup import expected_calibration_error
@@ -125,10 +126,7 @@ def test_bad_losses_is_one_error_line():
 
 
 def _recipe():
-    sys.path.insert(0, str(ROOT / "demo"))
-    import recipe
-
-    return recipe
+    return load_flat(ROOT / "demo", "recipe", ())
 
 
 @pytest.mark.parametrize("method", ["smmix", "tokenlabel"])
@@ -174,10 +172,7 @@ def test_demo_aug_seeds_beyond_seeds_is_one_error_line():
 
 
 def _report():
-    sys.path.insert(0, str(ROOT / "demo"))
-    import report
-
-    return report
+    return load_flat(ROOT / "demo", "report", ("recipe",))
 
 
 def test_long_tail_verdicts_paired_differences_and_fraction_tolerance():
