@@ -4,13 +4,15 @@ and severity, for every checkpoint.
     python -m analysis.robustness --checkpoint CE=ce.pth --checkpoint LS=ls.pth --checkpoint MaxSup=ms.pth \
         --dataset cifar10 --data-path datasets/cifar10 --precomputed datasets/CIFAR-10-C --out results/t8
 
-Without ``--precomputed`` the corruptions are applied on the fly (``maxsup.corruptions``: corrupt-tta, seeded per
-image, after the evaluation resize/crop). With it, CIFAR-10/100 read the published ``<corruption>.npy`` files and
-``imagefolder`` reads ImageNet-C's ``<corruption>/<severity>/<wnid>/*.JPEG``.
+Without ``--precomputed`` the corruptions are applied on the fly (``maxsup.corruptions``, seeded per image, after the
+evaluation resize/crop) with the constants made for that resolution: CIFAR-10-C's up to 32 px, Tiny-ImageNet-C's up
+to 64 px, ImageNet-C's (corrupt-tta) above; ``constants`` in the results says which. With it, CIFAR-10/100 read the
+published ``<corruption>.npy`` files and ``imagefolder`` reads ImageNet-C's ``<corruption>/<severity>/<wnid>/*.JPEG``.
 
 Writes ``<out>/robustness.json`` = ``{"checkpoints": {NAME: {"clean": M, "corrupted": {CORRUPTION: {"SEVERITY": M}},
-"mean_corrupted": M}}}`` with M = ``{"error", "nll", "ece"}`` (error as a fraction, NLL in nats, 15-bin ECE), the
-Markdown table ``robustness.md`` in Table 8's layout, and ``robustness.png`` (error and ECE against severity).
+"mean_corrupted": M, "constants": TEXT}}}`` with M = ``{"error", "nll", "ece"}`` (error as a fraction, NLL in nats,
+15-bin ECE), the Markdown table ``robustness.md`` in Table 8's layout, and ``robustness.png`` (error and ECE against
+severity).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from maxsup.corruptions import (
     parse_corruptions,
     parse_severities,
 )
+from maxsup.corruptions_lowres import LOWRES_SCALES, scale_for
 from maxsup.data.imagenet_variants import RestrictLogits
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -99,6 +102,12 @@ def _precomputed(args: argparse.Namespace, clean: LabeledSubset, corruption: str
     return LabeledSubset(base, clean.indices, clean.targets, clean.classes)
 
 
+def constants_for(size: int) -> str:
+    """Which severity constants the on-the-fly corruptions use at an evaluation size of ``size`` px."""
+    scale = scale_for(size, size)
+    return LOWRES_SCALES[scale][1] if scale in LOWRES_SCALES else "ImageNet-C constants (corrupt-tta)"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns what ``robustness.json`` holds (see the module docstring)."""
     corruptions = parse_corruptions(args.corruptions)
@@ -116,6 +125,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           for lm in loaded}
     for group in groups.values():
         transform = eval_transform(group[0].transform_spec)
+        size = group[0].transform_spec["img_size"]
+        constants = (f"published set {args.precomputed}" if args.precomputed else
+                     f"{constants_for(size)}, applied at {size} px, seeded per image")
+        for lm in group:
+            results[lm.name]["constants"] = constants
         clean = build_dataset(args.dataset, args.data_path, "test", transform, classes, args.max_per_class, args.seed)
         for lm in group:
             check_head(lm, 1000 if clean.class_indices else len(clean.classes), f"{args.dataset} test")
@@ -150,7 +164,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, corruptions: lis
     for key, label in (("error", "Error"), ("nll", "NLL"), ("ece", "ECE")):
         rows.append([f"{label} (Clean)", *[ck[n]["clean"][key] for n in names]])
         rows.append([f"{label} (Corr)", *[ck[n]["mean_corrupted"][key] for n in names]])
-    source = f"precomputed {args.precomputed}" if args.precomputed else "on the fly (corrupt-tta, seeded per image)"
+    source = "; ".join(sorted({ck[n]["constants"] for n in names}))
     per_sev = [[s, *[sum(ck[n]["corrupted"][c][str(s)]["error"] for c in corruptions) / len(corruptions)
                      for n in names]] for s in severities]
     return (f"# Corruption robustness, {args.dataset} test (Table 8 layout; lower is better)\n\n"

@@ -270,6 +270,8 @@ class LVViT(_DenseTokenForward, VisionTransformer):
     def __init__(self, skip_lam: float = 1.0, stem_width: int = 64, mix_token: bool = True, **kwargs: Any):
         kwargs.setdefault("qkv_bias", False)
         kwargs.setdefault("mlp_ratio", 3.0)
+        # The official LV-ViT uses nn.LayerNorm (eps 1e-5); timm's ViT default (1e-6) moved outputs by up to 1.3e-3.
+        kwargs.setdefault("norm_layer", partial(nn.LayerNorm, eps=1e-5))
         super().__init__(embed_layer=partial(ConvPatchEmbed, width=stem_width),
                          block_fn=partial(ScaledResidualBlock, skip_lam=skip_lam), **kwargs)
         self.aux_head = nn.Linear(self.embed_dim, self.num_classes)
