@@ -32,34 +32,13 @@ from typing import Any
 from analysis.common import markdown_table
 from analysis.pooling import describe_differences, field, same
 from maxsup.errors import UserError
-from maxsup.recipes import mismatches
+from maxsup.recipes import match_alternatives as _alternatives
+from maxsup.recipes import mismatches, paper_cells, parse_paper, spec_of
 
-__all__ = ["TABLES", "build_table", "parse_paper", "reproduction_markdown", "table_csv", "table_markdown",
-           "table_status"]
+__all__ = ["TABLES", "build_table", "paper_cells", "parse_paper", "reproduction_markdown", "spec_of", "table_csv",
+           "table_markdown", "table_status"]
 
 TABLES = tuple(f"T{i}" for i in range(1, 17))
-
-
-def spec_of(recipes: dict[str, Any], table: str) -> dict[str, Any]:
-    """``[paper_results.<table>]`` or a one-line error naming the tables there are."""
-    specs = recipes.get("paper_results", {})
-    if table not in specs:
-        raise UserError(f"--paper {table}: recipes.toml has no [paper_results.{table}]; choose one of "
-                        f"{', '.join(specs)} or all")
-    return specs[table]
-
-
-def parse_paper(text: str | float | None) -> dict[str, float | None] | None:
-    """``"77.69±0.07"`` → {mean 77.69, std 0.07}; ``"74.32"`` → std None; ``""`` → None."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        return {"mean": float(text), "std": None}
-    mean, _, std = text.replace(" ", "").partition("±")
-    try:
-        return {"mean": float(mean), "std": float(std) if std else None}
-    except ValueError:
-        raise UserError(f"recipes.toml: paper value {text!r} is not a number or number±std") from None
 
 
 def _recipe_ok(record: dict[str, Any], recipe_ids: list[str], ignore: list[str], recipes: dict[str, Any]) -> bool:
@@ -74,10 +53,6 @@ def _recipe_ok(record: dict[str, Any], recipe_ids: list[str], ignore: list[str],
         if not mismatches(kept, record["config"]):
             return True
     return False
-
-
-def _alternatives(match: Any) -> list[dict[str, Any]]:
-    return [dict(m) for m in match] if isinstance(match, list) else [dict(match or {})]
 
 
 def _matches(record: dict[str, Any], selectors: list[dict[str, Any]]) -> bool:
