@@ -62,6 +62,10 @@ def find_inputs(paths: list[Path]) -> dict[str, list[Path]]:
         if (path / RUN_RECORD).is_file():
             found["runs"][path] = None
             continue
+        for log in sorted([*path.rglob("log.txt"), *path.rglob("log.jsonl")]):
+            if not (log.parent / RUN_RECORD).is_file():  # a trainer's log without its record: never guessed
+                raise UserError(f"{log.parent} has a training log but no {RUN_RECORD}; rerun it with this "
+                                "repository's trainers or leave the folder out")
         hits = 0
         for f in sorted(path.rglob("*.json")):
             kind = "runs" if f.name == RUN_RECORD else _file_kind(f)

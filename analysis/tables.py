@@ -90,6 +90,12 @@ def _cell(spec: dict[str, Any], table: str, row: dict[str, Any], j: int, col: di
     if not groups:
         return cell
     (group,) = groups.values()
+    seeds = [r["seed"] for r in group if r["seed"] is not None]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"{where}: seed {repeated[0]} twice ("
+                        + " and ".join(r["path"] for r in group if r["seed"] == repeated[0])
+                        + "); a copied or rerun folder would count twice: pass one of them")
     hardware = sorted({r.get("hardware") for r in group})
     if spec.get("same_hardware") and len(hardware) > 1:
         raise UserError(f"{where}: runs on different hardware ({' vs '.join(hardware)}); time per epoch is compared "

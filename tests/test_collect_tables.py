@@ -367,6 +367,18 @@ def test_bad_inputs_are_one_error_line(documented, tmp_path, capsys):
     assert "--paper all writes REPRODUCTION.md" in _refusal([str(tmp_path / "runs"), "--paper", "all"], capsys)
 
 
+def test_a_log_without_run_json_and_a_repeated_seed_are_refused(documented, tmp_path, capsys):
+    config = json.loads(json.dumps(documented["deit_t5"]))
+    _acc_run(tmp_path / "a" / "ce", "deit", config, "imagenet", 0, 74.0)
+    _acc_run(tmp_path / "a" / "ce_copy", "deit", config, "imagenet", 0, 74.0)  # the same seed again
+    err = _refusal([str(tmp_path / "a"), "--paper", "T5"], capsys)
+    assert "seed 0 twice" in err and str(tmp_path / "a" / "ce_copy") in err
+    (tmp_path / "b" / "old").mkdir(parents=True)
+    (tmp_path / "b" / "old" / "log.txt").write_text('{"epoch": 0, "test_acc1": 50.0}\n')
+    err = _refusal([str(tmp_path / "b")], capsys)
+    assert f"{tmp_path / 'b' / 'old'} has a training log but no run.json" in err
+
+
 def test_field_lookup_finds_nested_and_resolved_loss_options():
     assert field({"loss.alpha_denominator": "E"}, "alpha_denominator") == "E"
     assert field({"loss_options.alpha_denominator": "E-1"}, "alpha_denominator") == "E-1"
