@@ -390,7 +390,7 @@ def reference_section(summary: dict[str, Any], reference: dict[str, Any], link: 
                    [[r["backbone"], LABELS.get(r["loss"], r["loss"]), r["metric"], _pm(r["run"], r["digits"]),
                      _pm(r["ref"], r["digits"]), f"{r['diff']:+.{r['digits']}f}", verdict[r["exceeds"]]]
                     for r in rows])
-    return head + ["Same scale and recipe; `beyond combined std` compares the difference with √(std_run² + "
+    return head + [f"Both at scale `{run_scale}`. `beyond combined std` compares the difference with √(std_run² + "
                    "std_reference²) over seeds (with one seed here, the reference's seed spread alone).\n", table]
 
 
