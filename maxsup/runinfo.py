@@ -1,9 +1,10 @@
 """What a run is and where it ran: the resolved-config dump (``--print-config``), seed sweeps, and the run record.
 
 Every trainer writes ``<output_dir>/run.json`` (:func:`write_run_record`) at start-up. It holds what
-``python -m analysis.collect`` groups by (dataset, model, loss + α schedule, recipe fingerprint), where the trainer's
-per-epoch log is and which of its keys are top-1 / NLL / ECE, and the provenance of the run (git commit and whether
-the tree was dirty, torch / timm / CUDA versions, device names, world size).
+``python -m analysis.collect`` needs: the resolved config (its group key: every value that changes what is trained,
+``analysis/pooling.py``), dataset, model, loss and α schedule, where the trainer's per-epoch log is and which of its
+keys are top-1 / NLL / ECE, and the provenance of the run (git commit and whether the tree was dirty, torch / timm /
+CUDA versions, device names, world size).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ RUN_RECORD = "run.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Config keys that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the
-#: global batch into processes × accumulation steps): left out of the recipe fingerprint, so runs that differ only
-#: there fall into one group of ``analysis.collect``.
+#: global batch into processes × accumulation steps): left out of the recipe fingerprint (the ``custom-<fingerprint>``
+#: label of ``analysis.collect``; which runs pool is decided by the whole config, ``analysis/pooling.py``).
 NOT_RECIPE = frozenset({
     "seed", "seeds", "output_dir", "resume", "device", "num_workers", "workers", "print_freq", "data_path",
     "eval", "eval_ema", "test_only", "eval_only", "dist_eval", "tensorboard", "print_config", "progress", "start_epoch",

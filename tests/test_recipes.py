@@ -130,15 +130,23 @@ def test_every_recipe_is_documented_and_every_value_is_sourced():
         assert recipe["readme"] in READMES and any(c[0] == rid and c[1] == recipe["readme"] for c in COMMANDS), rid
         # the paper's headline numbers behind these recipes are stated values, not ours
         assert any("paper" in v for v in recipe["values"].values()), rid
+    assert list(RECIPES["paper_results"]) == [f"T{i}" for i in range(1, 17)]  # every paper table, in order
     for table, res in RECIPES["paper_results"].items():
-        assert set(res["recipes"]) <= set(RECIPES["recipes"]), table
-        assert all(len(row) == len(res["order"]) for row in res["rows"].values()), table
-        assert set(res["order"]) == set(res["columns"]), table
+        assert res["cite"].startswith(f"arXiv 2502.15798, Table {table[1:]}"), table
+        assert res["source"] in ("runs", "feature_metrics", "linear_transfer", "robustness", "mmseg"), table
+        recipe_ids = set(res.get("recipes", [])) | {r for row in res["rows"] for r in row.get("recipes", [])}
+        assert recipe_ids <= set(RECIPES["recipes"]), table
+        assert all(len(row["paper"]) == len(res["columns"]) for row in res["rows"]), table
+        assert all(len(row.get("metrics", res["columns"])) == len(res["columns"]) for row in res["rows"]), table
+        assert res["commands"], table
     # spot checks against the paper's recipes, so a wrong table cannot agree with itself
     assert RECIPES["recipes"]["ffcv_t4_imagenet"]["values"]["effective_lr"]["value"] == 0.85
     assert RECIPES["recipes"]["c100_t4"]["values"]["lr_gamma"]["value"] == 0.2
     assert RECIPES["recipes"]["t10_imagenet"]["values"]["total_batch_size"]["value"] == 512
-    assert RECIPES["paper_results"]["T4"]["rows"]["maxsup"][1] == "77.69±0.07"
+    t4 = RECIPES["paper_results"]["T4"]
+    assert next(r for r in t4["rows"] if r["name"] == "MaxSup")["paper"][1] == "77.69±0.07"
+    assert RECIPES["paper_results"]["T14"]["rows"][1]["paper"][4] == "0.4690"  # LS R² Train, as printed
+    assert RECIPES["paper_results"]["T16"]["rows"][0]["paper"] == ["231", "232", "231"]
 
 
 def test_readme_blocks_cover_each_table_column():

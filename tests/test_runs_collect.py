@@ -181,18 +181,21 @@ def test_collect_paper_table_beside_the_paper(tmp_path, capsys):
     _fake_run(tmp_path / "ls_s1", "deit_t5", loss="ls", seed=1, acc1=90.0, epochs_done=2)  # unfinished
     result = collect.main([str(tmp_path), "--paper", "T5"])
     out = capsys.readouterr().out
-    assert "| MaxSup | 76.50 ± 0.10 (n=3) | 76.49±0.12 |" in out
-    assert "| Label Smoothing | 76.00 ± – (n=1) | 76.08±0.16 |" in out  # the unfinished 90.0 is not averaged in
-    assert "| Baseline | – | 74.39±0.19 |" in out
-    assert result["paper"]["cells"]["maxsup"]["DeiT-S"]["ours"]["n"] == 3
+    # ours (mean ± sample std, n, seeds) | paper | difference (beyond the combined std √(0.10² + 0.12²)?)
+    assert "| MaxSup | 76.50 ± 0.10 (n=3; seeds 0,1,2) | 76.49 ± 0.12 | +0.01 (≤ σ) |" in out
+    assert "| Label Smoothing | 76.00 (n=1; seeds 0) | 76.08 ± 0.16 | −0.08 (n=1, no verdict) |" in out
+    assert "| Baseline | – | 74.39 ± 0.19 | – |" in out
+    cells = {r["name"]: r["cells"][0] for r in result["paper"]["T5"]["rows"]}
+    assert cells["MaxSup"]["ours"]["n"] == 3 and cells["MaxSup"]["exceeds"] is False
+    assert cells["Label Smoothing"]["ours"]["n"] == 1  # the unfinished 90.0 is not averaged in
     assert {g["recipe"] for g in result["groups"]} == {"deit_t5"}
 
 
 def test_collect_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(collect.main, [str(tmp_path)])
-    assert capsys.readouterr().err.strip() == f"error: no run.json in or below {tmp_path}; was it written by one " \
-                                              "of this repository's trainers?"
+    assert capsys.readouterr().err.strip() == f"error: no run.json (nor analysis output) in or below {tmp_path}; " \
+                                              "was it written by one of this repository's trainers?"
     _fake_run(tmp_path / "a", "deit_t5", loss="maxsup", seed=0, acc1=70.0, epochs_done=3)
     with pytest.raises(SystemExit):
         run_cli(collect.main, [str(tmp_path), "--paper", "T99"])
