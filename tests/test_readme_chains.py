@@ -98,6 +98,7 @@ class Command:
 
 
 def _expand(text: str, variables: dict[str, str]) -> str:
+    """``$NAME`` / ``${NAME}`` replaced by the block's variables; unknown names stay as written."""
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
@@ -109,6 +110,7 @@ def _norm(path: str, cwd: str) -> str:
 
 
 def _is_path(value: str) -> bool:
+    """Whether a flag's value names a file or folder (rule 4), not a model name or a switch."""
     return bool(value) and value not in ("auto", "true", "false") and ("/" in value or value.endswith(FILE_SUFFIXES))
 
 
@@ -155,9 +157,10 @@ def _program(tokens: list[str], cwd: str) -> tuple[str, list[str]] | None:
         if module == "maxsup.hub" and rest:
             module, rest = f"{module} {rest[0]}", rest[1:]
         return module, rest
-    if launcher == "torchrun":
-        while rest and rest[0].startswith("--"):
-            rest = rest[1 + ("=" not in rest[0] and not rest[1].endswith((".py", ".sh"))):]
+    if launcher == "torchrun":  # its own options come before the script: --nproc_per_node=8 or --nproc_per_node 8
+        while rest and rest[0].startswith("-"):
+            takes_value = "=" not in rest[0] and len(rest) > 1 and not rest[1].endswith((".py", ".sh"))
+            rest = rest[1 + takes_value:]
     elif launcher in ("python", "python3", "bash"):
         pass
     elif launcher.endswith((".sh", ".py")):
@@ -174,13 +177,16 @@ def _program(tokens: list[str], cwd: str) -> tuple[str, list[str]] | None:
 
 
 def _launcher_output_dir(env: dict[str, str]) -> str:
-    """The run folder Deit/train_with_MaxSup.sh writes by default: its header's OUTPUT_DIR defaults, read from it."""
+    """The run folder Deit/train_with_MaxSup.sh writes without --output_dir: the OUTPUT_DIR defaults it sets (read
+    from the script, so a changed default is followed), or OUTPUT_DIR from the command's environment."""
     defaults = re.findall(r'OUTPUT_DIR="\$\{OUTPUT_DIR:-([^}]*)\}"', (ROOT / "Deit/train_with_MaxSup.sh").read_text())
     assert len(defaults) == 2, defaults  # the ImageNet recipe's, then the Fashion-MNIST default's
     return env.get("OUTPUT_DIR", defaults[0] if env.get("DATA_PATH") else defaults[1])
 
 
 def _section(cfg: dict, *names: str) -> dict:
+    """The first of ``names`` that is a section of an FFCV --print-config (``training`` in the YAML config of
+    ffcv-imagenet's naming, ``train`` in the TOML one)."""
     return next((cfg[n] for n in names if isinstance(cfg.get(n), dict)), {})
 
 
