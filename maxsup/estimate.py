@@ -32,7 +32,7 @@ from .errors import UserError
 from .timing import synced_clock
 
 __all__ = ["StepClock", "SyntheticBatches", "SyntheticImages", "WARMUP_STEPS", "add_estimate_args", "check_estimate",
-           "device_name", "estimate_record", "print_estimate", "train_split_size"]
+           "device_name", "estimate_record", "pop_estimate_flags", "print_estimate", "train_split_size"]
 
 #: Steps run before the clock starts: cuDNN autotuning, the allocator's first growth, torch.compile's first graphs.
 WARMUP_STEPS = 3
@@ -63,6 +63,27 @@ def check_estimate(steps: int, synthetic: bool, flag: str = "--estimate") -> Non
         raise UserError(f"{flag} must be >= 1 (0 = train), got {steps}")
     if synthetic and not steps:
         raise UserError(f"{flag}-synthetic needs {flag} N (the number of steps to time)")
+
+
+def pop_estimate_flags(argv: list[str]) -> tuple[list[str], int, bool]:
+    """For config-file trainers (FFCV): take ``--estimate N`` / ``--estimate=N`` and ``--estimate-synthetic`` out of
+    ``argv``. Returns (the other arguments, N or 0, synthetic), checked by :func:`check_estimate`."""
+    rest, steps, synthetic = [], 0, False
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--estimate-synthetic":
+            synthetic = True
+        elif arg == "--estimate" or arg.startswith("--estimate="):
+            text = arg.partition("=")[2] if "=" in arg else (args.pop(0) if args else "")
+            try:
+                steps = int(text)
+            except ValueError:
+                raise UserError(f"--estimate needs a number of steps, got {text!r}") from None
+        else:
+            rest.append(arg)
+    check_estimate(steps, synthetic)
+    return rest, steps, synthetic
 
 
 def train_split_size(dataset: str, classes: Iterable[Any] | None = None,
