@@ -368,10 +368,11 @@ def part_torchrun(device: torch.device, sz: dict[str, Any], tmp: Path) -> dict[s
 
 
 def trainer_throughput(device: torch.device, sz: dict[str, Any], make_step: Callable[[Any], Callable[[str], float]],
-                       model: torch.nn.Module, batch: int, extra: dict[str, Callable[[], float]] | None = None,
-                       ) -> dict[str, Any]:
-    """Eager, then compiled once: CE/LS/MaxSup (and ``extra``) alternating; peak memory over both."""
-    out: dict[str, Any] = {"batch": batch}
+                       model: torch.nn.Module, batch: int, out: dict[str, Any],
+                       extra: dict[str, Callable[[], float]] | None = None) -> dict[str, Any]:
+    """Eager, then compiled once: CE/LS/MaxSup (and ``extra``) alternating; peak memory over both. Fills ``out``
+    as it goes, so the eager figures survive a compile that fails or runs out of time."""
+    out["batch"] = batch
     run = make_step(model)
     names = LOSSES + tuple(extra or {})
     eager = alternate(lambda n: extra[n]() if n in (extra or {}) else run(n), names, sz["rounds"])
@@ -384,11 +385,15 @@ def trainer_throughput(device: torch.device, sz: dict[str, Any], make_step: Call
         out["compiled"] = {"skipped": f"torch.compile of a trainer is skipped on {device.type} (minutes on 2 cores)"}
         return out
     try:
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
         compiled_run = make_step(torch.compile(model))  # once per trainer: the loss stays outside the graph
         compiled = alternate(compiled_run, LOSSES, sz["rounds"])
-        out["compiled"] = throughput(compiled, batch)
-    except PartTimeout:
-        out["compiled"] = {"error": "time limit reached while compiling or timing"}
+        # graphs compiled for this trainer: more than one per loss would mean recompiles inside the timed steps
+        out["compiled"] = {**throughput(compiled, batch), "graphs": counters["stats"]["unique_graphs"] - graphs}
+    except (Exception, PartTimeout) as exc:
+        out["compiled"] = {"error": one_line(exc)}
         raise
     finally:
         out["peak_memory_gib"] = peak_memory_gib(device)
@@ -437,7 +442,7 @@ def part_deit(device: torch.device, sz: dict[str, Any], result: dict[str, Any]) 
         return (synced_clock(device) - t0) / sz["steps"]
 
     result.update(model=cfg["model"], resolution=cfg["res"], amp=str(amp))
-    result.update(trainer_throughput(device, sz, make_step, model, cfg["batch"], {"bare": bare}))
+    trainer_throughput(device, sz, make_step, model, cfg["batch"], result, {"bare": bare})
     return result
 
 
@@ -467,7 +472,7 @@ def part_common_resnet(device: torch.device, sz: dict[str, Any], result: dict[st
         return run
 
     result.update(model=cfg["model"], resolution=cfg["res"], amp=bool(args.amp), channels_last=args.channels_last)
-    result.update(trainer_throughput(device, sz, make_step, model, cfg["batch"]))
+    trainer_throughput(device, sz, make_step, model, cfg["batch"], result)
     return result
 
 
@@ -505,7 +510,7 @@ def part_ffcv(device: torch.device, sz: dict[str, Any], result: dict[str, Any], 
         return run
 
     result.update(model=cfg["model"], resolution=cfg["res"], amp=cuda, channels_last=cuda)
-    result.update(trainer_throughput(device, sz, make_step, trainer.model, cfg["batch"]))
+    trainer_throughput(device, sz, make_step, trainer.model, cfg["batch"], result)
     return result
 
 
