@@ -199,10 +199,17 @@ class StepClock:
 
 
 def device_name(device: torch.device | str) -> str:
-    """"NVIDIA H100 80GB HBM3" for a CUDA device, the processor's name (or "cpu") otherwise."""
+    """"NVIDIA H100 80GB HBM3" for a CUDA device, the processor's model name (or "cpu") otherwise."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:  # Linux names the CPU model here; platform.processor() often says only "x86_64"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or device.type
 
 
