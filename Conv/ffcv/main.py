@@ -10,7 +10,9 @@ torch, so no cupy is needed.
 
 Besides the config keys: ``--print-config`` prints the resolved config (nested sections, plus world_size,
 per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without reading data;
-``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``.
+``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``;
+``--estimate N`` (``--estimate-synthetic``: no .beton) times N training steps and prints one JSON line
+(``maxsup.estimate``), writing nothing.
 """
 
 from __future__ import annotations
@@ -525,7 +527,8 @@ class ImageNetTrainer:
         # fail fast, before any JIT work
         self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"]) for role in roles}
         check_classes(self.betons, cfg["model"]["num_classes"])
-        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if d["real_labels"] else None
+        real = d["real_labels"] and not estimate
+        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if real else None
         self.partial: dict[str, Any] | None = None
         if synthetic:  # uint8 batches on the device, as FFCV hands them over; the train split's length
             n = train_split_size(dataset_name(cfg))[0] // (self.per_process_batch * self.dist.world_size)
