@@ -52,6 +52,15 @@ from maxsup.data.imagenet_variants import (  # noqa: E402
 )
 from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
+from maxsup.estimate import (  # noqa: E402
+    StepClock,
+    SyntheticImages,
+    add_estimate_args,
+    check_estimate,
+    estimate_record,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
 from maxsup.models import (  # noqa: E402
     CIFAR_RESNETS,
@@ -78,6 +87,7 @@ from maxsup.runinfo import (  # noqa: E402
     seed_dir,
     write_run_record,
 )
+from maxsup.timing import Stopwatch, train_timing  # noqa: E402
 from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
@@ -225,6 +235,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
     add_run_args(g)
+    add_estimate_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
@@ -246,6 +257,9 @@ def check_args(args: argparse.Namespace) -> None:
                         f"--allow-ls-with-maxsup")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume <checkpoint>")
+    check_estimate(args.estimate, args.estimate_synthetic)
+    if args.estimate and args.eval:
+        raise UserError("--estimate times training steps; it cannot be combined with --eval")
     if args.zipf_dense and args.loss != "zipf":
         raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
     if args.stats_every < 1:
@@ -388,15 +402,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(args.device)
     device, rank, world = info.device, info.rank, info.world_size
     amp_dtype = amp_dtype_for(args, device)
-    output_dir = Path(args.output_dir) if args.output_dir else None
+    output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
     if output_dir and rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 
     # --- data ------------------------------------------------------------------------------------------------
     # the zip cache loads one shard per rank; ImageFolder/FMNIST hold everything and shard through the sampler
-    dataset_train, nb_classes = build_dataset(True, args, rank, world)
-    dataset_val, _ = build_dataset(False, args, rank, world)
+    if args.estimate_synthetic:  # generated images at --input-size, the train split's length; no data is read
+        n_images, nb_classes = train_split_size(DATASET_NAMES.get(args.data_set, args.data_set),
+                                                args.classes.split(",") if args.classes else None, args.limit_per_class)
+        dataset_train = dataset_val = SyntheticImages(n_images, args.input_size, nb_classes, args.seed)
+    else:
+        dataset_train, nb_classes = build_dataset(True, args, rank, world)
+        dataset_val, _ = build_dataset(False, args, rank, world)
     if args.token_label_data:
         dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
                                           CropFlipWithBox(build_transform(True, args)))
@@ -485,6 +504,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 model=model_without_ddp, **loss_kwargs(args)).to(device)
     if args.compile:
         model = torch.compile(model)
+    if args.estimate:  # N steps of the loop below (maxsup.estimate), one JSON line, nothing written
+        clock = StepClock(loader_train, args.estimate, args.accum_steps, device)
+        train_one_epoch(model, criterion, clock, optimizer, device, 0, scaler, args.clip_grad, model_ema, mixup_fn,
+                        target_fn, amp_dtype, 0, accum_steps=args.accum_steps, stats_every=args.stats_every,
+                        train_step=train_step)
+        return print_estimate(estimate_record(
+            clock, trainer="deit", steps_per_epoch=len(loader_train) // args.accum_steps, epochs=args.epochs,
+            world_size=world, total_batch_size=total_batch, device=device, model=args.model, loss=args.loss,
+            resolution=args.input_size,
+            data="synthetic" if args.estimate_synthetic else args.data_path or args.data_set))
     if output_dir and rank == 0:  # after the data, flags and model are checked: a refused run overwrites nothing
         atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
     if output_dir and rank == 0 and not args.eval:
@@ -560,6 +589,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if hasattr(sampler_train, "set_epoch"):
                 sampler_train.set_epoch(epoch)
             lr_scheduler.step(epoch)
+            watch = Stopwatch(device)  # maxsup.timing: the loop's wall clock, without evaluation and checkpoints
             train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
                                           args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
                                           accum_steps=args.accum_steps, stats_every=args.stats_every,
@@ -575,7 +605,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                       f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
                 preemption.stopped()
                 break
+            resumed = (partial or {}).get("seen", 0) * world if epoch == start_epoch else 0  # trained before the stop
+            timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
             sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
+            watch = Stopwatch(device)
             test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval, real=real)
             criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             is_best = test_stats["acc1"] > max_accuracy
@@ -595,6 +628,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 ema_stats = evaluate(loader_val, model_ema.module, ema_device,
                                      amp_dtype if ema_device == device else None, gather=gather_eval, real=real)
                 log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
+            log_stats.update(timing, eval_seconds=watch.seconds())
             tb.log(log_stats, epoch)
             print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
                   f"ls_regularization {train_stats['ls_regularization']:.4f} "

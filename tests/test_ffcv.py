@@ -184,6 +184,9 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
     assert log[0]["val_n"] == 32 and 0.0 <= log[0]["top_1"] <= 100.0 and np.isfinite(log[0]["train_loss"])
     assert log[0]["alpha"] == pytest.approx(0.1)  # MaxSup α at epoch 0 (paper: 0.1 → 0.2)
     assert log[0]["train_res"] == 32
+    # maxsup.timing: every step timed (FFCV's JIT included), images/s = images trained ÷ training seconds
+    assert log[0]["train_samples"] == 96 and log[0]["train_seconds"] > 0 and log[0]["eval_seconds"] > 0
+    assert log[0]["train_images_per_s"] == pytest.approx(96 / log[0]["train_seconds"], rel=1e-9)
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 0
     assert ckpt["arch"] == {"name": "cifar_resnet10", "num_classes": 4, "kwargs": {"blurpool": True, "width": 8}}
@@ -642,7 +645,7 @@ def _same_run(ref: Path, out: Path) -> None:
     assert a["epoch"] == b["epoch"] == 1 and "partial" not in b
     for key in ("model", "criterion"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    volatile = ("timestamp", "relative_time", "img_per_s", "val_time")
+    volatile = ("timestamp", "relative_time", "train_seconds", "eval_seconds", "train_images_per_s")
     logs = [[{k: v for k, v in json.loads(line).items() if k not in volatile}
              for line in (d / "log.jsonl").read_text().splitlines()] for d in (ref, out)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
@@ -693,3 +696,20 @@ def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
         os.environ.pop(faults.KILL_ENV, None)
         torch.set_num_threads(threads)
     _same_run(reference_run, tmp_path)
+
+
+def test_estimate_times_train_loop_and_writes_nothing(betons, tmp_path, capsys):
+    """--estimate N: warm-up + N steps of train_loop on the .beton, one JSON line, no output folder."""
+    out = tmp_path / "est"
+    capsys.readouterr()
+    rec = ffcv_main.main([*_argv(betons, out, "--train.batch_size=16", "--train.epochs=4", *RAMP), "--estimate", "2"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(line) == 1 and json.loads(line[0])["seconds_per_step"] == rec["seconds_per_step"]
+    assert rec["estimate"] is True and rec["trainer"] == "ffcv" and not out.exists()
+    assert rec["steps_per_epoch"] == 6 and rec["resolution"] == 64  # 96 images // 16; the last epoch's resolution
+    assert rec["seconds_total"] == pytest.approx(rec["seconds_per_step"] * 6 * 4)
+    rec = ffcv_main.main([*_argv(betons, out, "--model.num_classes=1000", "--train.batch_size=8"),
+                          "--data.train_dataset=", "--estimate=1", "--estimate-synthetic"])
+    assert rec["data"] == "synthetic" and rec["steps_per_epoch"] == 1_281_167 // 8 and not out.exists()
+    msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, out), "--estimate", "x"])
+    assert "--estimate needs a number of steps" in msg

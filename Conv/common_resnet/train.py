@@ -43,6 +43,15 @@ from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
+from maxsup.estimate import (
+    StepClock,
+    SyntheticImages,
+    add_estimate_args,
+    check_estimate,
+    estimate_record,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
@@ -72,6 +81,7 @@ from maxsup.runinfo import (
     seed_dir,
     write_run_record,
 )
+from maxsup.timing import Stopwatch, train_timing
 
 TRAINER = "Conv/common_resnet/train.py"
 #: Arguments that define a run: --resume refuses a checkpoint whose values differ (the loss options by prefix, so
@@ -181,6 +191,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     totals = all_reduce_sum(totals).cpu()
     stats = {k: v / max(totals[0].item(), 1.0) for k, v in zip(sums, totals[1:].tolist(), strict=True)}
     stats.update(penalties.compute())
+    stats["samples"] = int(totals[0].item())  # images trained, all ranks (a resumed epoch: since the checkpoint too)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     if hasattr(criterion, "alpha"):
         stats["alpha"] = criterion.alpha
@@ -347,6 +358,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    check_estimate(args.estimate, args.estimate_synthetic)
+    if args.estimate and args.test_only:
+        raise UserError("--estimate times training steps; it cannot be combined with --test-only")
     if args.imb_ratio is not None and not args.imb_ratio >= 1:
         raise UserError(f"--imb-ratio must be >= 1 (largest / smallest class size, e.g. 100), got {args.imb_ratio}")
     if args.epochs < 1 or args.batch_size < 1:
@@ -421,7 +435,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dist_info = init_distributed(args.device)
     device = dist_info.device
     is_main = dist_info.rank == 0
-    output_dir = Path(args.output_dir) if args.output_dir else None
+    output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
     if output_dir and is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     print(args)
@@ -435,7 +449,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
     if args.test_only and checkpoint.get("train_class_counts"):
         args.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
-    dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
+    if args.estimate_synthetic:  # generated images at the training crop, the train split's length; no data read
+        n_images, num_classes = train_split_size(args.dataset, args.classes, args.limit_per_class)
+        dataset = dataset_test = SyntheticImages(n_images, args.train_crop_size or DATASETS[args.dataset][0],
+                                                 num_classes, args.seed)
+        train_sampler = torch.utils.data.DistributedSampler(dataset) if dist_info.distributed else None
+        test_sampler = None
+    else:
+        dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
     num_classes = args.num_classes or num_classes
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
                                                    sampler=test_sampler, num_workers=args.workers,
@@ -512,6 +533,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         adjust = dist_info.world_size * args.batch_size * args.accum_steps * args.model_ema_steps / args.epochs
         alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
         model_ema = utils.exponential_moving_average(model_without_ddp, 1.0 - alpha, device)
+    if args.estimate:  # N steps of train_one_epoch (maxsup.estimate), one JSON line, nothing written
+        clock = StepClock(data_loader, args.estimate, args.accum_steps, device)
+        train_one_epoch(model, criterion, optimizer, clock, device, 0, args, model_ema, scaler)
+        return print_estimate(estimate_record(
+            clock, trainer="common_resnet", steps_per_epoch=len(data_loader) // args.accum_steps,
+            epochs=args.epochs, world_size=dist_info.world_size, device=device, model=args.model, loss=args.loss,
+            total_batch_size=args.batch_size * dist_info.world_size * args.accum_steps,
+            resolution=args.train_crop_size or DATASETS[args.dataset][0],
+            data="synthetic" if args.estimate_synthetic else args.data_path or args.dataset))
 
     partial = None
     if checkpoint is not None:
@@ -586,7 +616,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             loader_generator.manual_seed(seed)
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
-            epoch_start = time.time()
+            watch = Stopwatch(device)  # maxsup.timing: the loop's wall clock, without evaluation and checkpoints
             train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
                                           scaler, preemption, partial if epoch == args.start_epoch else None)
             if "preempted" in train_stats:  # SIGTERM/SIGUSR1: checkpoint this step boundary, then exit cleanly
@@ -596,7 +626,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                       f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
                 preemption.stopped()
                 return metrics
+            resumed = (partial or {}).get("seen", 0) * dist_info.world_size if epoch == args.start_epoch else 0
+            timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
             lr_scheduler.step()
+            watch = Stopwatch(device)
             metrics = evaluate(model, data_loader_test, device, args, real=real)
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
@@ -607,7 +640,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if model_ema is not None:
                 ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real)
                 record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
-            record["epoch_time_s"] = round(time.time() - epoch_start, 2)
+            record.update(timing, eval_seconds=watch.seconds())
             tb.log(record, epoch)
             ckpt = state(epoch)
             if args.save_every_epoch:
@@ -729,6 +762,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
     parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
     add_run_args(parser)
+    add_estimate_args(parser)
     parser.add_argument("--use-deterministic-algorithms", action="store_true",
                         help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")

@@ -10,7 +10,9 @@ torch, so no cupy is needed.
 
 Besides the config keys: ``--print-config`` prints the resolved config (nested sections, plus world_size,
 per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without reading data;
-``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``.
+``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``;
+``--estimate N`` (``--estimate-synthetic``: no .beton) times N training steps and prints one JSON line
+(``maxsup.estimate``), writing nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
+from maxsup.estimate import (
+    StepClock,
+    SyntheticBatches,
+    estimate_record,
+    pop_estimate_flags,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
@@ -60,6 +70,7 @@ from maxsup.runinfo import (
     seed_dir,
     write_run_record,
 )
+from maxsup.timing import Stopwatch, train_timing
 
 try:
     import tomllib
@@ -495,7 +506,9 @@ class ImageNetTrainer:
     """ffcv-imagenet's trainer shape: ``create_*`` builds each part, ``train`` runs ``train_loop`` / ``eval_and_log``
     per epoch and writes an atomic checkpoint after each."""
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], estimate: bool = False, synthetic: bool = False):
+        """``estimate``: build only what training steps need (no val loader, resume or output folder) for
+        :meth:`estimate`; ``synthetic``: generated batches instead of ``data.train_dataset``."""
         self.cfg = cfg
         import ffcv  # noqa: F401  before init_distributed silences print on rank > 0: numba's import inspects print
         self.dist = init_distributed(cfg["train"]["device"] or None)
@@ -510,17 +523,27 @@ class ImageNetTrainer:
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
         roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
+        roles = () if synthetic else ("train",) if estimate else roles
         # fail fast, before any JIT work
         self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"]) for role in roles}
         check_classes(self.betons, cfg["model"]["num_classes"])
-        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if d["real_labels"] else None
+        real = d["real_labels"] and not estimate
+        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if real else None
         self.partial: dict[str, Any] | None = None
-        if not cfg["train"]["eval_only"]:
+        if synthetic:  # uint8 batches on the device, as FFCV hands them over; the train split's length
+            n = train_split_size(dataset_name(cfg))[0] // (self.per_process_batch * self.dist.world_size)
+            res = train_resolution(0, d)
+            self.train_loader = self.decoder = SyntheticBatches(n, self.per_process_batch, cfg["model"]["num_classes"],
+                                                                (res, res), self.device, seed=cfg["train"]["seed"])
+        elif not cfg["train"]["eval_only"]:
             self.train_loader, self.decoder = self.create_train_loader()
-        self.val_loader = self.create_val_loader()
+        if not estimate:
+            self.val_loader = self.create_val_loader()
         self.model, self.scaler = self.create_model_and_scaler()
         self.criterion = self.create_criterion()
         self.optimizer = self.create_optimizer()
+        if estimate:
+            return
         self.resume()
         self.initialize_logger()
 
@@ -709,7 +732,7 @@ class ImageNetTrainer:
         if "penalties" in partial:
             penalties.load_state_dict(partial["penalties"], self.device)
         first = partial.get("step", 0)
-        start = time.perf_counter()
+        watch = Stopwatch(self.device)  # maxsup.timing: the whole loop, the first (FFCV JIT) iteration included
         batches = iter(self.train_loader)
         for _ in range(first):  # FFCV's order is a function of (seed, epoch): skip what was already trained on
             next(batches)
@@ -722,8 +745,6 @@ class ImageNetTrainer:
             if it == usable:
                 break
             kill_point("step")
-            if it == first + 1:  # time from the second batch: the first one includes FFCV's JIT compilation
-                start = time.perf_counter()
             last_micro = (it + 1) % accum == 0
             lr = self.get_lr(epoch + it / iters)
             for group in self.optimizer.param_groups:
@@ -751,11 +772,11 @@ class ImageNetTrainer:
             if step_guard(loss, epoch, it, stop_requested=stop, **NONFINITE_HINT) and last_micro and it + 1 < usable:
                 return {"preempted": {"step": it + 1, "loss_sum": loss_sum.item(),
                                       "penalties": penalties.state_dict()}}
-        elapsed = time.perf_counter() - start
+        timing = train_timing((usable - first) * self.per_process_batch * self.dist.world_size, watch.seconds())
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
         train_loss = all_reduce_sum(loss_sum).item() / (max(usable, 1) * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
-                "img_per_s": max(iters - first - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
+                "train_samples": usable * self.per_process_batch * self.dist.world_size, **timing,
                 **{f"train_{k}": v for k, v in penalties.compute().items()}}
 
     @torch.no_grad()
@@ -768,7 +789,6 @@ class ImageNetTrainer:
         keep_idx = None if keep is None else torch.tensor(keep, device=self.device)
         meter = ClassificationMeter(self.cfg["model"]["num_classes"] if keep is None else len(keep))
         preds = []
-        start = time.perf_counter()
         for images, target in self.val_loader:
             images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std,
                                self.cfg["train"]["channels_last"])
@@ -789,12 +809,13 @@ class ImageNetTrainer:
             pred = gather_in_order(local, self.betons["val"].num_samples)
             real = RealScorer.result(*self.real.counts(pred))
             stats.update(test_real_acc1=real["real_acc1"], test_n_real=real["n_real"])
-        return {**stats, "val_time": time.perf_counter() - start}
+        return stats
 
     def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,
                      before_log: Any = None) -> dict[str, Any]:
         """Validate, then ``before_log()`` (the checkpoint), then log: a kill never logs an unsaved epoch."""
-        stats = self.val_loop()
+        watch = Stopwatch(self.device)
+        stats = {**self.val_loop(), "eval_seconds": watch.seconds()}
         if not self.cfg["train"]["eval_only"]:
             self.criterion.on_eval(stats["top_1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         self.last_metrics = stats
@@ -828,6 +849,21 @@ class ImageNetTrainer:
         barrier()
         self.tensorboard.close()
         return stats
+
+    def estimate(self, steps: int) -> dict[str, Any]:
+        """``--estimate N``: warm-up + N steps of :meth:`train_loop` at the last epoch's resolution (progressive
+        resizing ends there; earlier epochs cost less), one JSON line (``maxsup.estimate``), nothing written."""
+        t, epoch = self.cfg["train"], self.cfg["train"]["epochs"] - 1
+        full = len(self.train_loader)
+        self.train_loader = StepClock(self.train_loader, steps, t["accum_steps"], self.device)
+        self.train_loop(epoch)
+        synthetic = isinstance(self.decoder, SyntheticBatches)
+        return print_estimate(estimate_record(
+            self.train_loader, trainer="ffcv", steps_per_epoch=full // t["accum_steps"], epochs=t["epochs"],
+            world_size=self.dist.world_size, total_batch_size=t["batch_size"], device=self.device,
+            model=self.cfg["model"]["arch"], loss=self.cfg["loss"]["type"],
+            resolution=train_resolution(epoch, self.cfg["data"]),
+            data="synthetic" if synthetic else self.cfg["data"]["train_dataset"]))
 
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
@@ -866,7 +902,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, value in _flatten(_read_toml(DEFAULT_CONFIG)).items():
             print(f"  --{key}={json.dumps(value)}")
         return {}
-    argv = list(argv)
+    argv, estimate, synthetic = pop_estimate_flags(argv)  # --estimate N [--estimate-synthetic]: time, write nothing
     show = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
     seeds_arg = None
@@ -880,6 +916,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if show:
         return print_config({**resolved_config(cfg, launcher_world_size()),
                              "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
+    if estimate and cfg["train"]["eval_only"]:
+        raise UserError("--estimate times training steps; it cannot be combined with --train.eval_only=true")
+    if estimate:
+        return ImageNetTrainer(cfg, estimate=True, synthetic=synthetic).estimate(estimate)
     if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
         return ImageNetTrainer(cfg).train()
 
