@@ -9,9 +9,14 @@ flip as the DeiT transform and records the crop box; :func:`dense_targets` then 
 map with ``torchvision.ops.roi_align`` (S×S for the tokens, 1×1 for the CLS target), mirrors it if the image was
 flipped, and takes a softmax over classes, so a token's target describes the pixels under that token.
 
+Label smoothing of the map targets (``--token-label-smoothing``): ``official`` (default) is the official
+``mixup_target``/``get_labelmaps_with_coords`` rule t·(1 − s + s/K) + s/K, whose rows sum to 1 + s/K; ``normalized``
+is t·(1 − s) + s/K (rows sum to 1, timm's rule for one-hot targets). One-hot targets (no label maps) are smoothed by
+timm's rule in both, as in the official code.
+
 Differences from the official code, on purpose: the box is given to ``roi_align`` as (x1, y1, x2, y2) (the official
-``get_label`` passes (row, col) pairs in the (x, y) slots, which transposes the crop on the map); label smoothing
-keeps rows summing to 1 (t·(1 − s) + s/K); the ground-truth label is not smuggled into the map tensor.
+``get_label`` passes (row, col) pairs in the (x, y) slots, which transposes the crop on the map); the ground-truth
+label is not smuggled into the map tensor.
 
 Loss (:class:`TokenLabelStep`): ``cls_weight · criterion(x_cls, λ·t_cls + (1 − λ)·t_cls[flip]) + dense_weight ·
 mean over tokens CE(x_aux, t_token)``, λ = 1 − box area / N from MixToken (the model un-mixes ``x_aux``, so token
@@ -150,14 +155,21 @@ class TokenLabelDataset(Dataset):
         return img, (label, self._load(i), box, flipped)
 
 
+#: ``--token-label-smoothing`` rules: how smoothing s acts on a softmax target t over K classes.
+SMOOTHING_RULES = ("official", "normalized")
+
+
 def dense_targets(maps: Tensor, boxes: Tensor, flipped: Tensor, num_classes: int, size: int,
-                  smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+                  smoothing: float = 0.0, smoothing_rule: str = "official") -> tuple[Tensor, Tensor]:
     """Crop, flip and softmax the score maps: ``(cls target (B, K), token targets (B, size·size, K))``.
 
     Args:
         maps: (B, 2, k, H, W) top-k scores and class indices. boxes: (B, 4) (x1, y1, x2, y2) in image fractions.
-        flipped: (B,) bool. size: token grid side S. smoothing: s, rows become t·(1 − s) + s/K.
+        flipped: (B,) bool. size: token grid side S. smoothing: s; rows become t·(1 − s + s/K) + s/K
+        (``smoothing_rule`` "official": the official code's, rows sum to 1 + s/K) or t·(1 − s) + s/K ("normalized").
     """
+    if smoothing_rule not in SMOOTHING_RULES:
+        raise ValueError(f"unknown smoothing_rule {smoothing_rule!r}; choose one of {', '.join(SMOOTHING_RULES)}")
     b, _, _, h, w = maps.shape
     scores = torch.zeros(b, num_classes, h, w, device=maps.device, dtype=torch.float32)
     scores.scatter_(1, maps[:, 1].long(), maps[:, 0].float())
@@ -171,7 +183,8 @@ def dense_targets(maps: Tensor, boxes: Tensor, flipped: Tensor, num_classes: int
     cls = F.softmax(rearrange(cls, "b k 1 1 -> b k"), dim=-1)
     if smoothing:
         off = smoothing / num_classes
-        tokens, cls = tokens * (1 - smoothing) + off, cls * (1 - smoothing) + off
+        on = 1 - smoothing + off if smoothing_rule == "official" else 1 - smoothing
+        tokens, cls = tokens * on + off, cls * on + off
     return cls, tokens
 
 
@@ -188,8 +201,8 @@ class TokenLabelStep:
     """
 
     def __init__(self, num_classes: int, size: int, dense_weight: float = 1.0, cls_weight: float = 1.0,
-                 smoothing: float = 0.0, maxsup_on_tokens: bool = False):
-        self.num_classes, self.size = num_classes, size
+                 smoothing: float = 0.0, maxsup_on_tokens: bool = False, smoothing_rule: str = "official"):
+        self.num_classes, self.size, self.smoothing_rule = num_classes, size, smoothing_rule
         self.dense_weight, self.cls_weight, self.smoothing = dense_weight, cls_weight, smoothing
         self.maxsup_on_tokens = maxsup_on_tokens
 
@@ -200,7 +213,7 @@ class TokenLabelStep:
             return cls, repeat(cls, "b k -> b n k", n=self.size * self.size)
         _labels, maps, boxes, flipped = targets
         return dense_targets(maps.to(device, non_blocking=True), boxes, flipped, self.num_classes, self.size,
-                             self.smoothing)
+                             self.smoothing, self.smoothing_rule)
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Any, criterion: nn.Module
                  ) -> tuple[Tensor, Tensor, Tensor]:
