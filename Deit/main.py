@@ -31,7 +31,14 @@ from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_s
 from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
-from token_labeling import SMOOTHING_RULES, CropFlipWithBox, TokenLabelDataset, TokenLabelStep  # noqa: E402
+from token_labeling import (  # noqa: E402
+    AUG_ORDERS,
+    SMOOTHING_RULES,
+    CropFlipWithBox,
+    OfficialOrderCropFlip,
+    TokenLabelDataset,
+    TokenLabelStep,
+)
 
 from maxsup import CRITERIA, build_criterion  # noqa: E402
 from maxsup.checkpoint import (  # noqa: E402
@@ -177,6 +184,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-label-smoothing", default="official", choices=SMOOTHING_RULES,
                    help="how --smoothing s acts on label-map targets t: official = t·(1 − s + s/K) + s/K as the "
                         "official code (rows sum to 1 + s/K); normalized = t·(1 − s) + s/K (default: official)")
+    g.add_argument("--token-label-aug", default="crop-first", choices=AUG_ORDERS,
+                   help="with --token-label-data: crop-first = crop and flip, then --aa on the crop (the map is only "
+                        "cropped and flipped); official = flip, --aa on the full image with the map warped by its "
+                        "shear/translate/rotate ops, then crop, as the official code (default: crop-first)")
     g.add_argument("--dense-weight", type=float, default=1.0, help="Token Labeling dense loss weight (default: 1.0)")
     g.add_argument("--cls-weight", type=float, default=1.0, help="Token Labeling CLS loss weight (default: 1.0)")
     g.add_argument("--maxsup-on-tokens", action="store_true",
@@ -418,7 +429,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dataset_val, _ = build_dataset(False, args, rank, world)
     if args.token_label_data:
         dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
-                                          CropFlipWithBox(build_transform(True, args)))
+                                          (OfficialOrderCropFlip if args.token_label_aug == "official"
+                                           else CropFlipWithBox)(build_transform(True, args)))
     sharded = args.cache and world > 1
     loader_gen = torch.Generator()
     if info.distributed and not sharded:

@@ -26,7 +26,9 @@ token: the official MixToken-only fallback.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from einops import rearrange, repeat
+from timm.data.auto_augment import RandAugment
 from timm.data.mixup import mixup_target
-from timm.data.transforms import RandomResizedCropAndInterpolation
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -44,7 +47,8 @@ from torchvision.ops import roi_align
 
 from maxsup.errors import UserError
 
-__all__ = ["CropFlipWithBox", "TokenLabelDataset", "dense_targets", "TokenLabelStep", "label_map_path"]
+__all__ = ["CropFlipWithBox", "OfficialOrderCropFlip", "TokenLabelDataset", "dense_targets", "TokenLabelStep",
+           "label_map_path", "warp_label_map"]
 
 
 class CropFlipWithBox:
@@ -66,7 +70,18 @@ class CropFlipWithBox:
         self.flip_p = ts.pop(0).p if ts and isinstance(ts[0], transforms.RandomHorizontalFlip) else 0.0
         self.rest = transforms.Compose(ts)
 
+    #: whether ``__call__`` takes and returns the label map (:class:`OfficialOrderCropFlip`)
+    warps_map = False
+
     def __call__(self, img: Any) -> tuple[Tensor, Tensor, bool]:
+        img, box = self._crop(img)
+        flipped = bool(self.flip_p > 0 and torch.rand(1).item() < self.flip_p)
+        if flipped:
+            img = TF.hflip(img)
+        return self.rest(img), box, flipped
+
+    def _crop(self, img: Any) -> tuple[Any, Tensor]:
+        """The random crop; ``box`` (x1, y1, x2, y2) in fractions of ``img``."""
         w0, h0 = img.size
         if isinstance(self.crop, RandomResizedCropAndInterpolation):
             i, j, h, w = self.crop.get_params(img, self.crop.scale, self.crop.ratio)
@@ -83,11 +98,109 @@ class CropFlipWithBox:
             i, j, h, w = crop.get_params(img, crop.size)
             img = TF.crop(img, i, j, h, w)
             i, j = i - pad, j - pad
-        box = torch.tensor([j / w0, i / h0, (j + w) / w0, (i + h) / h0], dtype=torch.float32)
-        flipped = bool(self.flip_p > 0 and torch.rand(1).item() < self.flip_p)
-        if flipped:
-            img = TF.hflip(img)
-        return self.rest(img), box, flipped
+        return img, torch.tensor([j / w0, i / h0, (j + w) / w0, (i + h) / h0], dtype=torch.float32)
+
+
+#: ``--token-label-aug`` orders: RandAugment after the crop (label-preserving noise) or the official order.
+AUG_ORDERS = ("crop-first", "official")
+
+
+def _pil_affine(name: str, args: tuple, size: tuple[int, int]) -> tuple[float, ...] | None:
+    """The (a, b, c, d, e, f) matrix that PIL's AFFINE transform gets for timm's RandAugment op ``name`` with level
+    ``args`` on an image of ``size`` = (w, h): output pixel (x, y) samples input (a·x + b·y + c, d·x + e·y + f),
+    in pixel units. None for ops that move no pixel (colour, contrast, ...)."""
+    w, h = size
+    if name == "ShearX":
+        return (1.0, args[0], 0.0, 0.0, 1.0, 0.0)
+    if name == "ShearY":
+        return (1.0, 0.0, 0.0, args[0], 1.0, 0.0)
+    if name in ("TranslateXRel", "TranslateX"):
+        return (1.0, 0.0, args[0] * w if name.endswith("Rel") else args[0], 0.0, 1.0, 0.0)
+    if name in ("TranslateYRel", "TranslateY"):
+        return (1.0, 0.0, 0.0, 0.0, 1.0, args[0] * h if name.endswith("Rel") else args[0])
+    if name == "Rotate":  # PIL's Image.rotate: counter-clockwise by `degrees` about (w/2, h/2)
+        a = -math.radians(args[0])
+        cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
+        cx, cy = w / 2.0, h / 2.0
+        return (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    return None
+
+
+def warp_label_map(label_map: Tensor, matrix: tuple[float, ...], size: tuple[int, int]) -> Tensor:
+    """Move a label map as PIL's AFFINE ``matrix`` moves the pixels of a ``size`` = (w, h) image it covers.
+
+    ``label_map``: (2, k, H, W) top-k scores and class indices over the whole image (H×W cells). Each output cell
+    takes the cell under its centre's source point (nearest neighbour, as the official ``affine_label``); cells whose
+    source lies outside the image get score 0 for every class (uniform after the softmax), as the official fill.
+    """
+    _, _, hm, wm = label_map.shape
+    w, h = size
+    rows = (torch.arange(hm, dtype=torch.float64) + 0.5) * (h / hm)  # cell centres in image pixels
+    cols = (torch.arange(wm, dtype=torch.float64) + 0.5) * (w / wm)
+    y, x = torch.meshgrid(rows, cols, indexing="ij")
+    a, b, c, d, e, f = matrix
+    src_col = torch.floor((a * x + b * y + c) * (wm / w)).long()
+    src_row = torch.floor((d * x + e * y + f) * (hm / h)).long()
+    inside = (src_col >= 0) & (src_col < wm) & (src_row >= 0) & (src_row < hm)
+    out = label_map[:, :, src_row.clamp(0, hm - 1), src_col.clamp(0, wm - 1)]
+    out[0] = torch.where(inside, out[0], torch.zeros((), dtype=out.dtype))
+    return out
+
+
+class _RecordingRandAugment:
+    """timm's RandAugment run unchanged (same ops, same random draws), recording the level arguments of every op it
+    applies, so that the geometric ones can be replayed on the label map."""
+
+    def __init__(self, ra: RandAugment):
+        self.calls: list[tuple[str, tuple, tuple[int, int]]] = []
+        ops = []
+        for op in ra.ops:
+            op = copy.copy(op)
+            op.aug_fn = self._recorder(op.name, op.aug_fn)
+            ops.append(op)
+        self.ra = RandAugment(ops, ra.num_layers, ra.choice_weights)
+
+    def _recorder(self, name: str, fn: Any) -> Any:
+        def record(img: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, img.size))
+            return fn(img, *args, **kwargs)
+        return record
+
+    def __call__(self, img: Any, label_map: Tensor) -> tuple[Any, Tensor]:
+        self.calls.clear()
+        img = self.ra(img)
+        for name, args, size in self.calls:
+            matrix = _pil_affine(name, args, size)
+            if matrix is not None:
+                label_map = warp_label_map(label_map, matrix, size)
+        return img, label_map
+
+
+class OfficialOrderCropFlip(CropFlipWithBox):
+    """The official Token Labeling order (``tlt/data/label_transforms_factory.py``): flip, then RandAugment (and the
+    other PIL-stage transforms) on the full image, the label map flipped and warped with every geometric op (shear,
+    translate, rotate), then the random crop, recorded as a box on the warped map; then ToTensor, Normalize, random
+    erasing. ``img, map → (tensor, box, flipped=False, warped map)`` (the flip is already in the map)."""
+
+    warps_map = True
+
+    def __init__(self, transform: transforms.Compose):
+        super().__init__(transform)
+        ts = list(self.rest.transforms)
+        k = next((i for i, t in enumerate(ts) if isinstance(t, (transforms.ToTensor, MaybeToTensor))), len(ts))
+        self.before = [_RecordingRandAugment(t) if isinstance(t, RandAugment) else t for t in ts[:k]]
+        self.rest = transforms.Compose(ts[k:])
+
+    def __call__(self, img: Any, label_map: Tensor) -> tuple[Tensor, Tensor, bool, Tensor]:  # type: ignore[override]
+        if self.flip_p > 0 and torch.rand(1).item() < self.flip_p:
+            img, label_map = TF.hflip(img), label_map.flip(-1)
+        for t in self.before:
+            if isinstance(t, _RecordingRandAugment):
+                img, label_map = t(img, label_map)
+            else:
+                img = t(img)
+        img, box = self._crop(img)
+        return self.rest(img), box, False, label_map
 
 
 def label_map_path(label_root: Path, image_path: str | Path) -> Path:
@@ -151,8 +264,12 @@ class TokenLabelDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        img, box, flipped = self.transform(self.folder.loader(path))
-        return img, (label, self._load(i), box, flipped)
+        img, label_map = self.folder.loader(path), self._load(i)
+        if self.transform.warps_map:
+            img, box, flipped, label_map = self.transform(img, label_map)
+        else:
+            img, box, flipped = self.transform(img)
+        return img, (label, label_map, box, flipped)
 
 
 #: ``--token-label-smoothing`` rules: how smoothing s acts on a softmax target t over K classes.

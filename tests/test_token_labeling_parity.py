@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_deit import DEIT_MODULES, _one_thread, image_root, train  # noqa: F401  (fixtures)
 from test_smmix_token_labeling import smmix, token_labeling
 
@@ -169,3 +171,101 @@ def test_eval_needs_only_model_checkpoint_and_data(name, kwargs, extra, image_ro
                    "--data-set", "FOLDER", "--data-path", str(image_root), *DATA, *extra])
     acc, nll = _expected_stats(model_from_checkpoint(torch.load(path, weights_only=False)), image_root)
     assert stats["acc1"] == pytest.approx(acc) and stats["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# official augmentation order: the label map moves with RandAugment's geometric ops
+# --------------------------------------------------------------------------------------------------------------------
+W, H, CELL = 64, 48, 4  # a non-square image; map cells of 4×4 pixels (16×12 cells)
+
+
+def _scene(box: tuple[int, int, int, int]) -> tuple[Image.Image, torch.Tensor]:
+    """A black image with a white rectangle ``box`` = (x1, y1, x2, y2) px (cell-aligned), and its label map: class 1
+    scores 5 inside the rectangle and 1 outside, class 0 the opposite (top-2 map, (2, 2, H/4, W/4))."""
+    img = Image.new("RGB", (W, H))
+    img.paste((255, 255, 255), box)
+    inside = torch.zeros(H // CELL, W // CELL, dtype=torch.bool)
+    inside[box[1] // CELL:box[3] // CELL, box[0] // CELL:box[2] // CELL] = True
+    values = torch.stack([torch.full(inside.shape, 5.0), torch.full(inside.shape, 1.0)])  # top-1, top-2 scores
+    indices = torch.stack([torch.where(inside, 1.0, 0.0), torch.where(inside, 0.0, 1.0)])
+    return img, torch.stack([values, indices]).half()
+
+
+def _white_fraction(gray: torch.Tensor) -> torch.Tensor:
+    """(h, w) fraction of white pixels in each 4×4 map cell of an (H, W) image with values in [0, 1]."""
+    return (gray > 0.5).float().unfold(0, CELL, CELL).unfold(1, CELL, CELL).mean((-2, -1))
+
+
+def _agrees(region: torch.Tensor, fraction: torch.Tensor) -> bool:
+    """The map marks every cell that is mostly white (> 3/4) and no cell that is mostly black (< 1/4); cells that the
+    rectangle's edge cuts through may go either way (nearest-neighbour sampling at the cell centre)."""
+    return bool(region[fraction > 0.75].all() and not region[fraction < 0.25].any())
+
+
+def _gray(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255)
+
+
+def _map_class1(label_map: torch.Tensor) -> torch.Tensor:
+    """(h, w) bool: class 1 has the highest score (the map's argmax marks the rectangle)."""
+    scores = torch.zeros(2, *label_map.shape[-2:])
+    scores.scatter_(0, label_map[1].long(), label_map[0].float())
+    return scores[1] > scores[0]
+
+
+@pytest.mark.parametrize("name,arg", [("ShearX", 0.3), ("ShearX", -0.3), ("ShearY", 0.3), ("ShearY", -0.3),
+                                      ("TranslateXRel", 0.25), ("TranslateXRel", -0.25), ("TranslateYRel", 0.3),
+                                      ("TranslateYRel", -0.3), ("Rotate", 30.0), ("Rotate", -30.0),
+                                      ("Rotate", 90.0)])
+@pytest.mark.parametrize("box", [(16, 12, 40, 28), (4, 24, 20, 44)])
+def test_map_warp_moves_the_region_as_the_image_op_moves_its_pixels(name, arg, box):
+    from timm.data.auto_augment import NAME_TO_OP
+
+    img, label_map = _scene(box)
+    assert torch.equal(_map_class1(label_map), _white_fraction(_gray(img)) > 0.5)  # aligned before the op
+    moved_img = NAME_TO_OP[name](img, arg, fillcolor=(0, 0, 0), resample=Image.NEAREST)
+    matrix = token_labeling._pil_affine(name, (arg,), img.size)
+    moved_map = token_labeling.warp_label_map(label_map, matrix, img.size)
+    fraction, region = _white_fraction(_gray(moved_img)), _map_class1(moved_map)
+    assert (fraction > 0.75).sum() >= 4 and not torch.equal(fraction > 0.5, _map_class1(label_map))  # it moved
+    assert _agrees(region, fraction), (name, arg)
+    assert moved_map.dtype == torch.float16 and moved_map.shape == label_map.shape
+    if name.startswith("Translate"):  # the cells whose source left the image get no score: uniform targets
+        left = (moved_map[0] == 0).all(0)
+        assert left.float().mean() == pytest.approx(abs(arg), abs=0.1)
+
+
+def test_photometric_ops_leave_the_map_alone():
+    assert token_labeling._pil_affine("Solarize", (128,), (W, H)) is None
+    assert token_labeling._pil_affine("Color", (1.5,), (W, H)) is None
+
+
+def test_official_order_transform_keeps_the_map_on_the_image():
+    """Flip, geometric RandAugment, crop: after all three the token targets (dense_targets on the warped map with the
+    recorded box) still mark where the rectangle is in the output image."""
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms
+
+    ra = rand_augment_transform("rand-m9-n2-mstd0.5", {"img_mean": (0, 0, 0)},
+                                transforms=["Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"])
+    tf = token_labeling.OfficialOrderCropFlip(transforms.Compose([
+        RandomResizedCropAndInterpolation(32, scale=(0.5, 1.0)), transforms.RandomHorizontalFlip(0.5), ra,
+        transforms.ToTensor()]))
+    assert tf.warps_map and isinstance(tf.before[0], token_labeling._RecordingRandAugment)
+    img, label_map = _scene((8, 8, 32, 32))  # left half of the image: a flip moves it
+    flips = geometric = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        x, box, flipped, warped = tf(img, label_map)
+        assert flipped is False and x.shape == (3, 32, 32)
+        geometric += bool(tf.before[0].calls)
+        flips += bool(warped[1, 0, 3, -3] == 1)  # the rectangle's right-hand mirror image holds class 1
+        _, tokens = token_labeling.dense_targets(warped[None], box[None], torch.tensor([False]), 2, 8)
+        # roi_align blends neighbouring map cells, so only cells far from the edge are checked; a cell whose source
+        # left the image is uniform (0.5 with two classes)
+        target, fraction = tokens[0, :, 1].view(8, 8), _white_fraction(x[0])
+        assert (target[fraction > 0.9] > 0.5).all() and (target[fraction < 0.1] < 0.6).all(), seed
+    assert geometric >= 20 and flips >= 5
