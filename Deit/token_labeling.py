@@ -4,10 +4,17 @@ Label maps (the official layout, read alike from the official NFNet-F6 dump and 
 ``LABEL_DIR/<class folder>/<image stem>.pt``, a float16 tensor (2, k, H, W): the top-k class scores (logits) at every
 position of the teacher's output grid, then their class indices.
 
-Per training image, :class:`CropFlipWithBox` draws the same RandomResizedCrop (or padded RandomCrop) and horizontal
+Per training image (``--token-label-aug crop-first``, the default), :class:`CropFlipWithBox` draws the same RandomResizedCrop (or padded RandomCrop) and horizontal
 flip as the DeiT transform and records the crop box; :func:`dense_targets` then cuts that box out of the full score
 map with ``torchvision.ops.roi_align`` (S×S for the tokens, 1×1 for the CLS target), mirrors it if the image was
-flipped, and takes a softmax over classes, so a token's target describes the pixels under that token.
+flipped, and takes a softmax over classes, so a token's target describes the pixels under that token. With
+``--token-label-aug official``, :class:`OfficialOrderCropFlip` runs the official order instead: flip, timm's
+RandAugment on the full image with the map warped by the same shear/translate/rotate draws (:func:`warp_label_map`),
+then the crop.
+
+A map is placed over the whole image (box fractions × map size), whatever the image's aspect ratio: right for maps
+from ``data/make_token_labels.py`` (the whole image resized to N×N), off for non-square images with maps made on a
+centre crop (the official ``generate_label.py`` uses timm's eval transform), exactly as in the official trainer.
 
 Label smoothing of the map targets (``--token-label-smoothing``): ``official`` (default) is the official
 ``mixup_target``/``get_labelmaps_with_coords`` rule t·(1 − s + s/K) + s/K, whose rows sum to 1 + s/K; ``normalized``
@@ -57,7 +64,8 @@ class CropFlipWithBox:
     ``box`` = (x1, y1, x2, y2) of the crop as fractions of the original image (may extend beyond [0, 1] with a padded
     RandomCrop); ``flipped``: whether the crop was mirrored. The rest of the pipeline (RandAugment, colour jitter,
     normalisation, random erasing) runs unchanged afterwards; its geometric RandAugment ops are not mirrored on the
-    map (the official code mirrors them with a patched RandAugment; here they are treated as label-preserving noise).
+    map (label-preserving noise at the crop's scale). :class:`OfficialOrderCropFlip` (``--token-label-aug official``)
+    is the official order, which warps the map with them.
     """
 
     def __init__(self, transform: transforms.Compose):

@@ -269,3 +269,34 @@ def test_official_order_transform_keeps_the_map_on_the_image():
         target, fraction = tokens[0, :, 1].view(8, 8), _white_fraction(x[0])
         assert (target[fraction > 0.9] > 0.5).all() and (target[fraction < 0.1] < 0.6).all(), seed
     assert geometric >= 20 and flips >= 5
+
+
+def test_trainer_runs_the_official_order_on_label_maps(image_root, tmp_path):  # noqa: F811
+    """``--token-label-aug official`` through TokenLabelDataset and the trainer (28 px: DeiT's padded RandomCrop)."""
+    maps = tmp_path / "maps"
+    g = torch.Generator().manual_seed(0)
+    for img in sorted((image_root / "train").rglob("*.jpg")):
+        (maps / img.parent.name).mkdir(parents=True, exist_ok=True)
+        idx = torch.stack([torch.randperm(3, generator=g)[:2] for _ in range(16)]).T.reshape(2, 4, 4)
+        torch.save(torch.stack([torch.randn(2, 4, 4, generator=g), idx.float()]).half(),
+                   maps / img.parent.name / f"{img.stem}.pt")
+    args = DEIT_MODULES["main"].get_args_parser().parse_args(
+        ["--data-set", "FOLDER", "--data-path", str(image_root), "--input-size", "28", "--aa", "rand-m9-mstd0.5-inc1"])
+    base, n = DEIT_MODULES["datasets"].build_dataset(True, args)
+    ds = token_labeling.TokenLabelDataset(
+        base, maps, n, token_labeling.OfficialOrderCropFlip(DEIT_MODULES["datasets"].build_transform(True, args)))
+    torch.manual_seed(0)
+    moved = 0
+    for i in range(0, len(ds), 7):
+        x, (label, m, box, flipped) = ds[i]
+        assert x.shape == (3, 28, 28) and m.shape == (2, 2, 4, 4) and m.dtype == torch.float16 and flipped is False
+        assert label == base.targets[i] and box.shape == (4,)
+        moved += not torch.equal(m, ds._load(i))
+    assert moved > 0  # flips and geometric ops reached the maps
+    log = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", "--input-size",
+                 "28", "--model", "vit_tiny_patch16_224", "--model-kwargs",
+                 '{"patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2}', "--batch-size", "16",
+                 "--mixup", "0", "--cutmix", "0", "--num_workers", "0", "--epochs", "1", "--mixtoken",
+                 "--token-label-data", str(maps), "--token-label-aug", "official", "--aa", "rand-m9-mstd0.5-inc1",
+                 "--smoothing", "0.1", "--output_dir", str(tmp_path / "run")])
+    assert log["train_samples"] == 48 and math.isfinite(log["train_loss"])
