@@ -4,10 +4,11 @@ Label maps (the official layout, read alike from the official NFNet-F6 dump and 
 ``LABEL_DIR/<class folder>/<image stem>.pt``, a float16 tensor (2, k, H, W): the top-k class scores (logits) at every
 position of the teacher's output grid, then their class indices.
 
-Per training image (``--token-label-aug crop-first``, the default), :class:`CropFlipWithBox` draws the same RandomResizedCrop (or padded RandomCrop) and horizontal
-flip as the DeiT transform and records the crop box; :func:`dense_targets` then cuts that box out of the full score
-map with ``torchvision.ops.roi_align`` (S×S for the tokens, 1×1 for the CLS target), mirrors it if the image was
-flipped, and takes a softmax over classes, so a token's target describes the pixels under that token. With
+Per training image (``--token-label-aug crop-first``, the default), :class:`CropFlipWithBox` draws the same
+RandomResizedCrop (or padded RandomCrop) and horizontal flip as the DeiT transform and records the crop box;
+:func:`dense_targets` then cuts that box out of the full score map with ``torchvision.ops.roi_align`` (S×S for the
+tokens, 1×1 for the CLS target), mirrors it if the image was flipped, and takes a softmax over classes, so a token's
+target describes the pixels under that token. With
 ``--token-label-aug official``, :class:`OfficialOrderCropFlip` runs the official order instead: flip, timm's
 RandAugment on the full image with the map warped by the same shear/translate/rotate draws (:func:`warp_label_map`),
 then the crop.
