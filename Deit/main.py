@@ -31,7 +31,14 @@ from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_s
 from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
-from token_labeling import CropFlipWithBox, TokenLabelDataset, TokenLabelStep  # noqa: E402
+from token_labeling import (  # noqa: E402
+    AUG_ORDERS,
+    SMOOTHING_RULES,
+    CropFlipWithBox,
+    OfficialOrderCropFlip,
+    TokenLabelDataset,
+    TokenLabelStep,
+)
 
 from maxsup import CRITERIA, build_criterion  # noqa: E402
 from maxsup.checkpoint import (  # noqa: E402
@@ -184,6 +191,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-label-data", type=str, default="",
                    help="LABEL_DIR/<class>/<stem>.pt score maps (default: none = one-hot labels on every token)")
     g.add_argument("--token-label-size", type=int, default=None, help="token label grid side (default: model's grid)")
+    g.add_argument("--token-label-smoothing", default="official", choices=SMOOTHING_RULES,
+                   help="how --smoothing s acts on label-map targets t: official = t·(1 − s + s/K) + s/K as the "
+                        "official code (rows sum to 1 + s/K); normalized = t·(1 − s) + s/K (default: official)")
+    g.add_argument("--token-label-aug", default="crop-first", choices=AUG_ORDERS,
+                   help="with --token-label-data: crop-first = crop and flip, then --aa on the crop (the map is only "
+                        "cropped and flipped); official = flip, --aa on the full image with the map warped by its "
+                        "shear/translate/rotate ops, then crop, as the official code (default: crop-first)")
     g.add_argument("--dense-weight", type=float, default=1.0, help="Token Labeling dense loss weight (default: 1.0)")
     g.add_argument("--cls-weight", type=float, default=1.0, help="Token Labeling CLS loss weight (default: 1.0)")
     g.add_argument("--maxsup-on-tokens", action="store_true",
@@ -250,8 +264,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 # helpers
 # --------------------------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse contradictory flags with one actionable sentence."""
-    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup:
+    """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
+    the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
+    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
                         f"--allow-ls-with-maxsup")
@@ -264,12 +279,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
+    if args.eval:  # the token head comes from the checkpoint (eval_token_head), not from these training flags
+        args.smmix, args.token_label, args.mixtoken, args.token_label_data = False, False, False, ""
     args.token_label = args.token_label or args.mixtoken or bool(args.token_label_data)
     if args.smmix and args.token_label:
         raise UserError("--smmix and --token-label/--mixtoken both replace the batch's mixing and targets; use one")
     if args.token_label and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         raise UserError("--token-label/--mixtoken mix inside the model (the LV-ViT recipe); pass --mixup 0 --cutmix 0")
-    if args.model.startswith("lvvit") and not args.token_label:
+    if args.model.startswith("lvvit") and not args.token_label and not args.eval:
         raise UserError(f"{args.model} trains with Token Labeling; add --token-label (and --mixtoken for LV-ViT's "
                         f"recipe)")
     if args.epochs < 1 or args.batch_size < 1:
@@ -330,6 +347,18 @@ def token_head_mode(args: argparse.Namespace) -> str | None:
     return None
 
 
+def eval_token_head(path: str) -> str | None:
+    """The ``token_head`` a checkpoint of this trainer was built with (``arch.kwargs``), for ``--eval``: evaluation
+    rebuilds the head (and its eval rule) from the checkpoint, not from training flags. None for other files."""
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError:
+        return None  # the resume step below reports an unreadable file
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
+    return kwargs.get("token_head") if isinstance(kwargs, dict) else None
+
+
 def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classes: int):
     """The engine hook for --smmix / --token-label, checked against the model's token grid."""
     rows, cols = patch_grid(model.backbone)
@@ -348,7 +377,8 @@ def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classe
         "no --token-label-data: MixToken-only mode, the one-hot label on every token (the official fallback)"
     print(f"Token Labeling: {source}; MixToken {'on' if args.mixtoken else 'off'}; dense weight {args.dense_weight}, "
           f"cls weight {args.cls_weight}")
-    return TokenLabelStep(nb_classes, size, args.dense_weight, args.cls_weight, args.smoothing, args.maxsup_on_tokens)
+    return TokenLabelStep(nb_classes, size, args.dense_weight, args.cls_weight, args.smoothing, args.maxsup_on_tokens,
+                          args.token_label_smoothing)
 
 
 def torch_names() -> set[str]:
@@ -418,7 +448,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dataset_val, _ = build_dataset(False, args, rank, world)
     if args.token_label_data:
         dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
-                                          CropFlipWithBox(build_transform(True, args)))
+                                          (OfficialOrderCropFlip if args.token_label_aug == "official"
+                                           else CropFlipWithBox)(build_transform(True, args)))
     sharded = args.cache and world > 1
     loader_gen = torch.Generator()
     if info.distributed and not sharded:
@@ -464,6 +495,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- model, optimizer, loss ------------------------------------------------------------------------------
     kw = model_kwargs(args)
+    head = eval_token_head(args.resume) if args.eval else None
+    if head:
+        kw["token_head"] = head
     if token_head_mode(args):
         kw["token_head"] = token_head_mode(args)
         mixup_fn = target_fn = None  # the train step mixes and builds the targets

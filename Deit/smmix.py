@@ -2,8 +2,9 @@
 
 Per batch, with probability ``switch_prob`` (0.5, the official value) SMMix, otherwise plain Mixup (Beta(α, α)):
 
-1. The model under training, in eval mode and without gradients, gives its class logits and the attention each
-   patch receives in the last block (``maxsup.vit`` ``patch_attention``).
+1. The model under training, in eval mode, without gradients and in float32 (autocast off, as the official code),
+   gives its class logits and the attention each patch receives in the last block (``maxsup.vit``
+   ``patch_attention``).
 2. A square side r is drawn uniformly from ``[int(S·min_ratio), int(S·max_ratio)]`` (S = ``side``, the token grid).
 3. :func:`max_min_windows`: the r×r window of least summed attention in each image i (the target window) and the
    window of most attention in image B−1−i (the flipped batch: the source window).
@@ -123,7 +124,10 @@ class SMMix:
         was_training = core.training
         core.eval()
         try:
-            logits, score = core.patch_attention(x)
+            # float32 with autocast off, as the official "motivation" forward (outside its autocast region): the
+            # window choice and the consistency target do not move with the training precision
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                logits, score = core.patch_attention(x.float())
         finally:
             core.train(was_training)
         r = self.sizes[int(torch.randint(len(self.sizes), ()))]

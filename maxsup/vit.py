@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.data.mixup import cutmix_bbox_and_lam
 from timm.layers import PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .errors import UserError
 
 __all__ = ["TokenHeadViT", "LVViT", "with_token_head", "patch_grid", "dense_class_scores", "mix_tokens",
-           "lvvit_t", "lvvit_s", "lvvit_m"]
+           "mixtoken_box", "lvvit_t", "lvvit_s", "lvvit_m"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -55,18 +55,33 @@ def patch_grid(vit: VisionTransformer) -> tuple[int, int]:
     return tuple(int(g) for g in vit.patch_embed.grid_size)
 
 
+def mixtoken_box(grid: tuple[int, int], lam: float) -> tuple[int, int, int, int]:
+    """The official LV-ViT MixToken box on a ``grid`` = (rows, cols) token grid: (r0, r1, c0, c1), end exclusive.
+
+    Side lengths ``int(rows·√(1 − lam))`` × ``int(cols·√(1 − lam))``; a uniform centre (numpy: row, then column),
+    both edges at ``centre ∓ side // 2``, clipped to the grid. This is the official ``rand_bbox``
+    (``tlt/models/lvvit.py``), not timm's CutMix box, whose upper edge ``centre + (side + 1) // 2`` makes odd sides
+    one token longer (mean mixed area 0.295 of the grid instead of the official 0.269 for lam ~ Beta(1, 1)).
+    """
+    rows, cols = grid
+    ratio = np.sqrt(1.0 - lam)
+    cut_r, cut_c = int(rows * ratio), int(cols * ratio)
+    cr, cc = np.random.randint(rows), np.random.randint(cols)
+    r0, r1 = int(np.clip(cr - cut_r // 2, 0, rows)), int(np.clip(cr + cut_r // 2, 0, rows))
+    c0, c1 = int(np.clip(cc - cut_c // 2, 0, cols)), int(np.clip(cc + cut_c // 2, 0, cols))
+    return r0, r1, c0, c1
+
+
 def mix_tokens(tokens: Tensor, grid: tuple[int, int], lam: float) -> tuple[Tensor, tuple[int, int, int, int] | None]:
     """MixToken (Jiang et al. 2021): replace a random box of the patch grid by the flipped batch's tokens.
 
     Args:
         tokens: (B, N, D) patch embeddings, N = rows·cols in row-major order.
-        lam: the Beta(1, 1) draw; the box covers about (1 − lam) of the grid (timm's CutMix box, numpy RNG).
+        lam: the Beta(1, 1) draw; the box (:func:`mixtoken_box`, numpy RNG) covers about (1 − lam) of the grid.
     Returns:
         the mixed tokens and the box (r0, r1, c0, c1) on the grid, end exclusive (None when it is empty).
     """
-    b, _, d = tokens.shape
-    (r0, r1, c0, c1), _ = cutmix_bbox_and_lam((b, d, *grid), lam, correct_lam=True)
-    r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
+    r0, r1, c0, c1 = mixtoken_box(grid, lam)
     if r1 <= r0 or c1 <= c0:
         return tokens, None
     return _swap_box(tokens, grid, (r0, r1, c0, c1)), (r0, r1, c0, c1)
@@ -119,7 +134,8 @@ class _DenseTokenForward:
         x = vit.patch_embed(x)
         bbox = None
         if mix:
-            lam = float(torch.distributions.Beta(self.mix_beta, self.mix_beta).sample())
+            # numpy, as the official forward: with the same numpy seed, lam and the box are the official draws
+            lam = float(np.random.beta(self.mix_beta, self.mix_beta))
             x, bbox = mix_tokens(x, patch_grid(vit), lam)
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)

@@ -5,7 +5,9 @@ Two kinds of check, both with ``torch.equal``:
 * ``tests/data/token_layouts.pt`` holds small seeded inputs and the outputs that the hand-written view/permute code
   gave for them (recorded at commit f38e218, before the einops rewrite). Only data movement is recorded there (copies,
   index arithmetic, sums of small integers), nothing a different CPU could round differently, so the comparison is
-  exact on any machine. Record again only when a layout is meant to change: ``python tests/test_token_layouts.py OUT``.
+  exact on any machine. Record again only when a layout is meant to change: ``PYTHONPATH=. python
+  tests/test_token_layouts.py OUT`` (re-recorded once for the official MixToken box, which changed only ``mix0.7.*``:
+  on the 3×5 grid its 1-row cut is empty where timm's box covered one row).
 * Plain reference computations (loops over tokens, explicit indexing) for what does float arithmetic: the dense
   targets' crop + softmax, the LV-ViT patch embedding's token order, Token Labeling's flattening of the tokens.
 """
@@ -58,7 +60,7 @@ def _outputs(x: dict[str, Tensor]) -> dict[str, Tensor]:
         out[f"paste{i}.mixed"], out[f"paste{i}.mask"] = smmix.paste_windows(
             x[f"paste{i}.x"], s, r, x[f"paste{i}.target"], x[f"paste{i}.source"])
     for lam in MIX_LAMS:
-        np.random.seed(1)  # timm's CutMix box draws from numpy
+        np.random.seed(1)  # the MixToken box draws from numpy
         mixed, bbox = vit.mix_tokens(x["tokens"], GRID, lam)
         out[f"mix{lam}.tokens"] = mixed
         out[f"mix{lam}.bbox"] = torch.tensor(bbox if bbox is not None else (-1, -1, -1, -1))
@@ -139,8 +141,9 @@ def test_dense_targets_equal_a_plain_crop_flip_softmax():
     rois = [box[None] * torch.tensor([w, h, w, h], dtype=torch.float32) for box in boxes]
     crop = roi_align(scores, rois, output_size=(size, size), aligned=True)  # (B, K, S, S)
     crop = torch.stack([c.flip(-1) if f else c for c, f in zip(crop, flipped, strict=True)])
-    expect_tokens = F.softmax(crop.permute(0, 2, 3, 1).reshape(b, size * size, k), dim=-1) * (1 - s) + s / k
-    expect_cls = F.softmax(roi_align(scores, rois, output_size=(1, 1), aligned=True).view(b, k), -1) * (1 - s) + s / k
+    on = 1 - s + s / k  # the official smoothing rule (the default)
+    expect_tokens = F.softmax(crop.permute(0, 2, 3, 1).reshape(b, size * size, k), dim=-1) * on + s / k
+    expect_cls = F.softmax(roi_align(scores, rois, output_size=(1, 1), aligned=True).view(b, k), -1) * on + s / k
     assert torch.equal(tokens, expect_tokens) and torch.equal(cls, expect_cls)
 
 
