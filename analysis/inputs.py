@@ -1,6 +1,7 @@
 """What ``analysis.collect`` reads, as one kind of record per input.
 
-- a **run folder** (``run.json`` + the trainer's JSON-lines log): the last epoch's log line; the per-epoch timing
+- a **run folder** (``run.json`` + the trainer's JSON-lines log): the last epoch's log line, and the best epoch's
+  (highest top-1 on the evaluated split) as ``best_<key>``; the per-epoch timing
   (``train_seconds``, ``eval_seconds``, ``train_images_per_s``) averaged over the epochs that have it, or an estimate
   line ``{"estimate": true, "seconds_per_step": s, "steps_per_epoch": n, ...}`` when no epoch has it;
 - an **analysis output** (``feature_metrics.json``, ``linear_transfer.json``, ``robustness.json``): one record per
@@ -145,6 +146,13 @@ def read_run(folder: Path) -> dict[str, Any]:
     for alias, log_key in rec.get("metric_keys", {}).items():
         if isinstance(last.get(log_key), (int, float)):
             values[alias] = last[log_key]
+    acc_key = rec.get("metric_keys", {}).get("acc1")
+    scored = [ln for ln in epochs if isinstance(ln.get(acc_key), (int, float))]
+    if scored:  # the best epoch on the evaluated split: what the authors' LT code reports as its "val" rows (T7)
+        best = max(scored, key=lambda ln: ln[acc_key])
+        values.update({f"best_{k}": v for k, v in best.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"})
+        values["best_acc1"], values["best_epoch"] = best[acc_key], best["epoch"]
     times, estimate = timing(lines)
     values.update(times)
     finished = bool(epochs) and last["epoch"] >= rec["epochs"] - 1 and "acc1" in values
