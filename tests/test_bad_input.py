@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import subprocess
 import sys
@@ -326,10 +325,10 @@ def _ffcv_main():
 
 
 def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path, capsys):
-    """12 train images, global batch 4: 3 batches per epoch; train.accum_steps 4 would train zero steps."""
-    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=4",
-                                               "--train.accum_steps=4"), capsys)
-    assert "3 batches per epoch" in msg and "train.accum_steps 4" in msg and "train.batch_size" in msg, msg
+    """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than train.accum_steps 8."""
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=16",
+                                               "--train.accum_steps=8"), capsys)
+    assert "6 batches per epoch" in msg and "train.accum_steps 8" in msg and "train.batch_size" in msg, msg
 
 
 def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_path, capsys):

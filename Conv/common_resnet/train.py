@@ -26,6 +26,7 @@ from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.checks import check_accum_steps, check_smoothing
 from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
@@ -343,8 +344,7 @@ def _check_args(args: argparse.Namespace) -> None:
         # Upstream silently ignored --label-smoothing next to MaxSup; here LS is a loss of its own.
         raise UserError(f"--label-smoothing is the LS loss with a fixed α and cannot be combined with --loss "
                         f"{args.loss}; drop it, or use --loss ls --alpha-start A --alpha-end A")
-    if not 0 <= args.label_smoothing < 1:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    check_smoothing(args.label_smoothing, "--label-smoothing")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
     if args.imb_ratio is not None and not args.imb_ratio >= 1:
@@ -472,6 +472,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=args.drop_last,
         collate_fn=presets.MixupCutmixCollate(batch_transform) if batch_transform else None,
         generator=loader_generator)
+    check_accum_steps(len(data_loader), args.accum_steps, images=len(data_loader.sampler), batch_size=args.batch_size)
 
     print(f"Creating model {args.model}")
     model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
