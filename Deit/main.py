@@ -207,7 +207,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with --eval also IMNETV2, IMNET_A, IMNET_R, IMNET_SKETCH (--data-path = the set's folder)")
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
-    g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="skip empty, truncated or non-image files (counted) and read the next image in place of one "
+                        "that fails to decode mid-epoch (logged by name); see maxsup/imagecheck.py")
     add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")

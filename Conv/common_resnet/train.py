@@ -45,6 +45,7 @@ from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, 
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
+from maxsup.imagecheck import CheckedImageFolder
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
 from maxsup.models import (
@@ -265,7 +266,9 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist; --data-path must contain train/<class>/*.jpg "
                                 f"and val/<class>/*.jpg")
-    ds = torchvision.datasets.ImageFolder(folder, transform=transform)
+    # corrupt files: named up front or mid-epoch, or skipped with --skip-corrupt (maxsup.imagecheck); a val image
+    # is never replaced by another one, which would count it twice
+    ds = CheckedImageFolder(folder, transform=transform, skip_corrupt=args.skip_corrupt, substitute=train)
     return ds, len(ds.classes)
 
 
@@ -681,6 +684,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="--dataset imagefolder: skip empty, truncated or non-image files (counted) and read the "
+                             "next training image in place of one that fails to decode mid-epoch (logged by name)")
     parser.add_argument("--accum-steps", default=1, type=int,
                         help="gradient accumulation: one optimizer step per N batches; global batch = b × nproc × N")
     parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")
