@@ -287,6 +287,38 @@ def test_ffcv_writer_with_a_corrupt_image_ends_with_one_line_and_cleans_up(tmp_p
     assert list(out.iterdir()) == []  # no temporary .beton, no sidecar
 
 
+DYING_WORKER = """
+import os, sys
+from PIL import Image
+from torch.utils.data import Dataset
+from maxsup.cli import run_cli
+sys.path.insert(0, {ffcv!r})
+import write_imagenet
+
+class Dying(Dataset):  # a writer process killed mid-write (out of memory, kill -9)
+    def __len__(self):
+        return 40
+    def __getitem__(self, i):
+        if i == 25:
+            os._exit(9)
+        return Image.new("RGB", (8, 8)), i % 2
+
+run_cli(lambda: write_imagenet.write_beton(Dying(), {out!r}, num_workers=2, chunk_size=2))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path):
+    out = tmp_path / "betons"
+    out.mkdir()
+    code = DYING_WORKER.format(ffcv=str(WRITER.parent), out=str(out / "x.beton"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=50)
+    errors = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "writer process died (exit code 9" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_ffcv_writer_skip_corrupt_writes_the_rest(tmp_path):
     from ffcv.reader import Reader
 

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import multiprocessing.queues
 import os
 import re
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -260,6 +261,7 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
             if watch.dead is None:
                 raise
             _DeadWorkerWatch.abort(writer)
+            print(file=sys.stderr)  # end FFCV's progress bar line: the error is a line of its own
             raise UserError(f"an FFCV writer process died (exit code {watch.dead}; out of memory?); nothing was "
                             f"written to {write_path}; rerun, with fewer --num-workers if memory is short") from None
         if guarded.message():
