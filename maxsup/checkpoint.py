@@ -72,7 +72,10 @@ def _atomic(path: str | os.PathLike, write, kind: str = "write") -> Path:
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as exc:
-            raise write_failed(path, exc) from None
+            failed = write_failed(path, exc)
+            if failed is None:
+                raise
+            raise failed from None
         kill_point(kind)  # test hook: MAXSUP_KILL_AT=save:N dies here, with the new file written but not renamed
     return Path(path)
 

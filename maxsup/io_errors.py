@@ -53,12 +53,15 @@ def os_error_line(exc: OSError) -> str:
     return f"{head} ({hint})" if hint else head
 
 
-def write_failed(path: str | os.PathLike, exc: BaseException) -> UserError | OSError:
-    """The error to raise when writing ``path`` failed with ``exc``. An ``OSError`` keeps its errno (so the CLI line
-    says what to do) but names ``path``; torch's C++ writer reports a failed ``write`` as a ``RuntimeError``
-    ("file write failed"), which becomes a :class:`UserError` that says a write failed and what to check."""
+def write_failed(path: str | os.PathLike, exc: BaseException) -> UserError | OSError | None:
+    """The error to raise when writing ``path`` failed with ``exc``, or None when ``exc`` is not a failed write (a
+    bug to show as it is). An ``OSError`` keeps its errno (so the CLI line says what to do) but names ``path``;
+    torch's C++ writer reports a failed ``write`` as a ``RuntimeError`` from ``inline_container.cc``
+    ("PytorchStreamWriter failed writing file ..."), which becomes a :class:`UserError` saying what to check."""
     if isinstance(exc, OSError):
         return OSError(exc.errno, exc.strerror or str(exc), str(path))
+    if not any(mark in str(exc) for mark in ("PytorchStreamWriter", "inline_container", "file write failed")):
+        return None
     text = str(exc).strip()
     cause = text.splitlines()[0][:120] if text else type(exc).__name__
     return UserError(f"{path}: writing it failed ({cause}); check the free space and permissions of its folder and "

@@ -146,6 +146,17 @@ def test_disk_full_during_checkpoint_write_is_one_line_and_keeps_the_last_good_c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left
 
 
+def test_torch_writer_failure_names_the_file_and_other_errors_stay_bugs(tmp_path):
+    from maxsup.io_errors import write_failed
+
+    path = tmp_path / "checkpoint.pth"
+    torch_msg = ("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file "
+                 "write failed")
+    err = write_failed(path, RuntimeError(torch_msg))
+    assert isinstance(err, UserError) and str(path) in str(err) and "free space" in str(err)
+    assert write_failed(path, RuntimeError("a bug in __reduce__")) is None  # re-raised as it is
+
+
 @pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free space"), (errno.EROFS, "read-only"),
                                         (errno.EACCES, "permission"), (errno.ENOTDIR, "not a folder"),
                                         (errno.EEXIST, "not a folder")])
