@@ -407,15 +407,17 @@ def _analysis_ckpt(path: Path, poison: str | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("script", ["calibration", "decomposition", "logits", "feature_metrics"])
+@pytest.mark.parametrize("script", ["calibration", "decomposition", "logits", "feature_metrics", "robustness"])
 @pytest.mark.parametrize("poison, what", [("nan", "non-finite weights"), ("overflow", "non-finite")])
 def test_analysis_refuses_a_non_finite_model(script, poison, what, tmp_path, capsys):
     import importlib
 
     module = importlib.import_module(f"analysis.{script}")
     ckpt = _analysis_ckpt(tmp_path / f"{poison}.pth", poison)
+    extra = ["--corruptions", "contrast", "--severities", "1"] if script == "robustness" else []
     msg = _error_line(module.main, ["--checkpoint", f"X={ckpt}", "--dataset", "fmnist", "--classes", "0,1,2",
-                                    "--max-per-class", "4", "--out", str(tmp_path / "res"), "--no-progress"], capsys)
+                                    "--max-per-class", "4", "--out", str(tmp_path / "res"), "--no-progress", *extra],
+                      capsys)
     assert str(ckpt) in msg and what in msg, msg
     assert not list((tmp_path / "res").glob("*.json"))
 
