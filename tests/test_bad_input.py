@@ -385,6 +385,13 @@ def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_
     assert "class order is not checked" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["empty", "text"])
+def test_ffcv_resume_from_unreadable_checkpoint_is_one_line(kind, tiny_betons, bad_checkpoints, tmp_path, capsys):
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=4",
+                                               f"--train.resume={bad_checkpoints[kind]}"), capsys)
+    assert str(bad_checkpoints[kind]) in msg
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 5. analysis refuses non-finite models
 # --------------------------------------------------------------------------------------------------------------------
