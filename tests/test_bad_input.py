@@ -282,9 +282,11 @@ def test_deit_corrupt_image_in_a_worker_keeps_the_file_name(tmp_path, capsys):
 WRITER = ROOT / "Conv" / "ffcv" / "write_imagenet.py"
 
 
+@pytest.mark.ffcv
 @pytest.mark.timeout(60)
 def test_ffcv_writer_with_a_corrupt_image_ends_with_one_line_and_cleans_up(tmp_path):
     """Formerly: a worker traceback, then the writer hung forever with a temporary file and shared memory left."""
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
     data = _image_folder(tmp_path / "data", per_class=10)
     bad = data / "train" / "c1" / "broken.jpg"
     _jpeg_with_garbage_inside(bad)
@@ -319,8 +321,10 @@ run_cli(lambda: write_imagenet.write_beton(Dying(), {out!r}, num_workers=2, chun
 """
 
 
+@pytest.mark.ffcv
 @pytest.mark.timeout(60)
 def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path):
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
     out = tmp_path / "betons"
     out.mkdir()
     code = DYING_WORKER.format(ffcv=str(WRITER.parent), out=str(out / "x.beton"))
@@ -337,6 +341,7 @@ def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path
 @pytest.fixture(scope="module")
 def tiny_betons(tmp_path_factory) -> dict[str, Path]:
     """2 classes × 6 images per split; the train folder also holds an empty file, skipped by --skip-corrupt."""
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
     root = tmp_path_factory.mktemp("betons")
     data = _image_folder(root / "data", per_class=6)
     (data / "train" / "c0" / "empty.png").write_bytes(b"")
@@ -348,6 +353,7 @@ def tiny_betons(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train.beton", "val": root / "val.beton"}
 
 
+@pytest.mark.ffcv
 def test_ffcv_writer_skip_corrupt_writes_the_rest(tiny_betons):
     from ffcv.reader import Reader
 
@@ -366,6 +372,7 @@ def _ffcv_main():
     return load_flat(ROOT / "Conv" / "ffcv", "main", ())
 
 
+@pytest.mark.ffcv
 def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path, capsys):
     """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than train.accum_steps 8."""
     msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=16",
@@ -373,6 +380,7 @@ def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path
     assert "6 batches per epoch" in msg and "train.accum_steps 8" in msg and "train.batch_size" in msg, msg
 
 
+@pytest.mark.ffcv
 def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_path, capsys):
     lone = tmp_path / "train.beton"
     lone.write_bytes(tiny_betons["train"].read_bytes())
@@ -385,6 +393,7 @@ def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_
     assert "class order is not checked" in capsys.readouterr().out
 
 
+@pytest.mark.ffcv
 @pytest.mark.parametrize("kind", ["empty", "text"])
 def test_ffcv_resume_from_unreadable_checkpoint_is_one_line(kind, tiny_betons, bad_checkpoints, tmp_path, capsys):
     msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=4",
