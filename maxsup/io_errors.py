@@ -34,8 +34,8 @@ _HINTS = {
 }
 
 # torch.save writes a zip archive; torch < 1.6 (and _use_new_zipfile_serialization=False) a pickle whose first
-# object is the legacy magic number, pickled with protocol 2.
-_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+# object is the legacy magic number, pickled with protocol 2 by default (any protocol 2-5 header is accepted).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def os_error_line(exc: OSError) -> str:

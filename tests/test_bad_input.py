@@ -89,6 +89,14 @@ def test_unreadable_checkpoint_is_a_user_error_naming_the_path(content, what, tm
     assert str(bad) in str(exc.value) and what in str(exc.value) and len(str(exc.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_real_checkpoints_pass_the_sniffing(legacy, tmp_path):
+    """The up-front check must not refuse torch's zip format nor its pre-1.6 pickle format."""
+    path = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.arange(3.0)}, "epoch": 2}, path, _use_new_zipfile_serialization=not legacy)
+    assert load_checkpoint(path)["epoch"] == 2
+
+
 @pytest.fixture(scope="module")
 def bad_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_ckpts")
