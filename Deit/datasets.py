@@ -6,21 +6,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torchvision import transforms
 
 from maxsup.data import parse_classes
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.imagenet_variants import eval_set
 from maxsup.data.transforms import eval_transform, transform_spec
-from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, looks_truncated, parse_map
+from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, parse_map
 from maxsup.errors import UserError
+from maxsup.imagecheck import CheckedImageFolder
 
 __all__ = ["build_dataset", "build_transform", "eval_transform_spec", "parse_classes", "TargetSubset"]
 
@@ -93,17 +93,9 @@ def build_transform(is_train: bool, args: argparse.Namespace):
     return tf
 
 
-def _pil_loader(path: str) -> Image.Image:
-    """torchvision's loader, but a decode failure names the file."""
-    try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except OSError as exc:
-        raise UserError(f"cannot decode image {path}: {exc}") from None
-
-
-def _image_folder(root: Path, skip_corrupt: bool) -> datasets.ImageFolder:
-    """ImageFolder with upfront checks: empty class folders and truncated files are reported by name."""
+def _image_folder(root: Path, skip_corrupt: bool, substitute: bool = True) -> CheckedImageFolder:
+    """ImageFolder with upfront checks: empty class folders and corrupt files are reported by name
+    (:mod:`maxsup.imagecheck`: the same policy as the other trainers)."""
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}; pass --data-path pointing at a folder with train/ and val/")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -113,30 +105,7 @@ def _image_folder(root: Path, skip_corrupt: bool) -> datasets.ImageFolder:
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in (root / c).iterdir()):
             raise UserError(f"class folder {root / c} has no images; remove it or add images "
                             f"({', '.join(IMAGE_EXTENSIONS)})")
-    ds = datasets.ImageFolder(str(root), loader=_pil_loader)
-    keep, skipped = [], 0
-    for path, label in ds.samples:
-        # head + tail only: reading a few bytes per file is cheap even for ImageNet
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            if size <= 128:
-                data = f.read()
-            else:
-                data = f.read(8)
-                f.seek(size - 64)
-                data += f.read()
-        if looks_truncated(data):
-            if not skip_corrupt:
-                raise UserError(f"truncated or corrupt image {path}; replace it or pass --skip-corrupt")
-            skipped += 1
-            continue
-        keep.append((path, label))
-    if skipped:
-        print(f"warning: skipped {skipped} corrupt image(s) under {root}")
-    ds.samples = ds.imgs = keep
-    ds.targets = [label for _, label in keep]
-    ds.num_skipped = skipped
-    return ds
+    return CheckedImageFolder(root, skip_corrupt=skip_corrupt, substitute=substitute)
 
 
 def _zip_cache(is_train: bool, args: argparse.Namespace, rank: int, world_size: int) -> tuple[Dataset, int]:
@@ -207,7 +176,7 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
         ds, nb_classes = _zip_cache(is_train, args, rank, world_size)
     else:
         root = Path(args.data_path)
-        ds = _image_folder(root / ("train" if is_train else "val"), args.skip_corrupt)
+        ds = _image_folder(root / ("train" if is_train else "val"), args.skip_corrupt, substitute=is_train)
         if not is_train and (root / "train").is_dir():
             train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
             if ds.classes != train_classes:

@@ -49,6 +49,7 @@ from maxsup.checkpoint import (  # noqa: E402
     seed_everything,
     set_rng_state,
 )
+from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
@@ -230,7 +231,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with --eval also IMNETV2, IMNET_A, IMNET_R, IMNET_SKETCH (--data-path = the set's folder)")
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
-    g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="skip empty, truncated or non-image files (counted) and read the next image in place of one "
+                        "that fails to decode mid-epoch (logged by name); see maxsup/imagecheck.py")
     add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
@@ -266,6 +269,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
     the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
+    check_smoothing(args.smoothing, "--smoothing")
     if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
@@ -480,9 +484,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     real = None
     if args.real_labels:
         real = RealScorer.from_dataset(dataset_val, real_labels(None if args.real_labels is True else args.real_labels))
-    if len(loader_train) < args.accum_steps and not args.eval:
-        raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
-                        f"{args.batch_size} × --accum-steps {args.accum_steps}; lower one of them")
+    if not args.eval:
+        check_accum_steps(len(loader_train), args.accum_steps, images=len(loader_train.sampler),
+                          batch_size=args.batch_size)
 
     mixup_fn, target_fn = None, None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:

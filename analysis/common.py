@@ -105,6 +105,10 @@ def load_model(name: str, path: Path, device: torch.device | str = "cpu") -> Loa
     """Rebuild the network and its evaluation preprocessing from a convention checkpoint (eval mode)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, source=str(path))
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a diverged run: every number computed from it would be NaN, or finite nonsense after an argmax
+        raise UserError(f"checkpoint {name} ({path}) has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                        f"its run diverged: analyse an earlier checkpoint or rerun it with a lower lr")
     spec = ckpt.get("eval_transform")
     if not isinstance(spec, dict) or "img_size" not in spec:
         raise UserError(f"{path} has no 'eval_transform' entry (maxsup.data.transforms.transform_spec), so its "
@@ -213,6 +217,16 @@ def extract_arrays(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     return {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels).long()}
 
 
+def check_finite_arrays(loaded: LoadedModel, arrays: dict[str, torch.Tensor], desc: str) -> None:
+    """Refuse features (N, D) or logits (N, K) with NaN/inf: finite weights can still overflow in float32, and every
+    metric of such arrays would be NaN or finite nonsense (an argmax of NaN is class 0)."""
+    for key in ("features", "logits"):
+        rows = (~torch.isfinite(arrays[key])).any(1)
+        if rows.any():
+            raise UserError(f"checkpoint {loaded.name} ({loaded.path}) gives non-finite {key} for {int(rows.sum())} of "
+                            f"{len(rows)} images of {desc} (overflow in float32?); analyse another checkpoint")
+
+
 def _cache_key(path: Path, dataset: str, data_path: str | None, split: str, classes: list[int] | None,
                max_per_class: int | None, seed: int) -> str:
     st = path.stat()
@@ -249,12 +263,14 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
     if cache.is_file():
         arrays = torch.load(cache, map_location="cpu", weights_only=True)
+        check_finite_arrays(loaded, arrays, desc)  # a cache written before this check existed
     else:
         arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
                                 device=next(loaded.model.parameters()).device, desc=f"{loaded.name} {desc}",
                                 progress=not args.no_progress)
         if ds.class_indices is not None:  # ImageNet-A/R: keep the logits of the 200 classes they contain
             arrays["logits"] = arrays["logits"][:, ds.class_indices]
+        check_finite_arrays(loaded, arrays, desc)
         atomic_save(arrays, cache)
     out = {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
     if scorer is not None:

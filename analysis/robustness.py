@@ -74,15 +74,20 @@ def _metrics(meter: ClassificationMeter) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _evaluate(models: dict[str, torch.nn.Module], dataset: Dataset, args: argparse.Namespace, device: torch.device
-              ) -> dict[str, dict[str, float]]:
-    """One pass over ``dataset`` feeding every model the same (corrupted) batches."""
+def _evaluate(models: dict[str, torch.nn.Module], dataset: Dataset, args: argparse.Namespace, device: torch.device,
+              paths: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """One pass over ``dataset`` feeding every model the same (corrupted) batches; ``paths``: each model's
+    checkpoint, named when its logits come out non-finite."""
     meters = {name: ClassificationMeter() for name in models}
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     for x, y in loader:
         x = x.to(device)
         for name, model in models.items():
-            meters[name].update(model(x).float(), torch.as_tensor(y))
+            logits = model(x).float()
+            if not torch.isfinite(logits).all():  # overflow: NLL/ECE would be NaN, the error rate nonsense
+                raise UserError(f"checkpoint {name} ({paths[name]}) gives non-finite logits (overflow in float32?); "
+                                f"analyse another checkpoint")
+            meters[name].update(logits, torch.as_tensor(y))
     return {name: _metrics(meter) for name, meter in meters.items()}
 
 
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             check_head(lm, 1000 if clean.class_indices else len(clean.classes), f"{args.dataset} test")
         keep = clean.class_indices  # ImageNet-A/R: the 200 classes' logits only
         models = {lm.name: lm.model if keep is None else RestrictLogits(lm.model, keep).to(device) for lm in group}
-        for name, m in _evaluate(models, clean, args, device).items():
+        paths = {lm.name: lm.path for lm in group}
+        for name, m in _evaluate(models, clean, args, device, paths).items():
             results[name]["clean"] = m
         raw = build_dataset(args.dataset, args.data_path, "test", None, classes, args.max_per_class, args.seed)
         for corruption in corruptions:
@@ -144,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ds = _precomputed(args, clean, corruption, severity, transform)
                 else:
                     ds = CorruptedDataset(raw, corruption, severity, transform, seed=args.seed)
-                for name, m in _evaluate(models, ds, args, device).items():
+                for name, m in _evaluate(models, ds, args, device, paths).items():
                     results[name]["corrupted"][corruption][str(severity)] = m
                 if not args.no_progress:
                     print(f"{corruption} severity {severity} done", file=sys.stderr)

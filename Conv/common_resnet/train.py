@@ -26,6 +26,7 @@ from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.checks import check_accum_steps, check_smoothing
 from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
 from maxsup.data.downsampled import DownsampledImageNet
@@ -53,6 +54,7 @@ from maxsup.estimate import (
     train_split_size,
 )
 from maxsup.faults import kill_point
+from maxsup.imagecheck import CheckedImageFolder
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
 from maxsup.models import (
@@ -275,7 +277,9 @@ def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tup
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist; --data-path must contain train/<class>/*.jpg "
                                 f"and val/<class>/*.jpg")
-    ds = torchvision.datasets.ImageFolder(folder, transform=transform)
+    # corrupt files: named up front or mid-epoch, or skipped with --skip-corrupt (maxsup.imagecheck); a val image
+    # is never replaced by another one, which would count it twice
+    ds = CheckedImageFolder(folder, transform=transform, skip_corrupt=args.skip_corrupt, substitute=train)
     return ds, len(ds.classes)
 
 
@@ -354,8 +358,7 @@ def _check_args(args: argparse.Namespace) -> None:
         # Upstream silently ignored --label-smoothing next to MaxSup; here LS is a loss of its own.
         raise UserError(f"--label-smoothing is the LS loss with a fixed α and cannot be combined with --loss "
                         f"{args.loss}; drop it, or use --loss ls --alpha-start A --alpha-end A")
-    if not 0 <= args.label_smoothing < 1:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    check_smoothing(args.label_smoothing, "--label-smoothing")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
     check_estimate(args.estimate, args.estimate_synthetic)
@@ -493,6 +496,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=args.drop_last,
         collate_fn=presets.MixupCutmixCollate(batch_transform) if batch_transform else None,
         generator=loader_generator)
+    check_accum_steps(len(data_loader), args.accum_steps, images=len(data_loader.sampler), batch_size=args.batch_size)
 
     print(f"Creating model {args.model}")
     model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
@@ -713,6 +717,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="--dataset imagefolder: skip empty, truncated or non-image files (counted) and read the "
+                             "next training image in place of one that fails to decode mid-epoch (logged by name)")
     parser.add_argument("--accum-steps", default=1, type=int,
                         help="gradient accumulation: one optimizer step per N batches; global batch = b × nproc × N")
     parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from maxsup import ClassificationMeter, build_criterion
 from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.checks import check_accum_steps
 from maxsup.cli import run_cli
 from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
@@ -330,10 +331,11 @@ def read_sidecar(path: str, labels: np.ndarray) -> dict[str, Any]:
     return info
 
 
-def check_beton(path: str, role: str, num_classes: int) -> Beton:
+def check_beton(path: str, role: str, num_classes: int, allow_missing_sidecar: bool = False) -> Beton:
     """Raise a one-line UserError unless ``path`` is a .beton with an RGB ``image`` and an int ``label`` field whose
     labels lie in [0, num_classes), or, for an ImageNet-A/R .beton, index its sidecar's ``class_indices``, which lie
-    in [0, num_classes)."""
+    in [0, num_classes). A .beton without its sidecar is refused unless ``allow_missing_sidecar``
+    (``data.allow_missing_sidecar``), which logs that its class order goes unchecked."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
@@ -353,6 +355,12 @@ def check_beton(path: str, role: str, num_classes: int) -> Beton:
                         f"write it with write_imagenet.py")
     labels = reader.metadata[f"f{reader.field_names.index('label')}"]
     info = read_sidecar(path, labels)
+    if not Path(f"{path}.classes.json").is_file():  # without it, differently ordered splits train on shifted labels
+        if not allow_missing_sidecar:
+            raise UserError(f"{path} has no sidecar {path}.classes.json, so its class order cannot be checked; "
+                            f"rewrite it with Conv/ffcv/write_imagenet.py, or pass --data.allow_missing_sidecar=true")
+        print(f"warning: {path} has no sidecar {path}.classes.json; its class order is not checked "
+              f"(data.allow_missing_sidecar = true)", flush=True)
     keep = info.get("class_indices")
     if keep is not None:
         if role == "train":
@@ -525,7 +533,8 @@ class ImageNetTrainer:
         roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
         roles = () if synthetic else ("train",) if estimate else roles
         # fail fast, before any JIT work
-        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"]) for role in roles}
+        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"],
+                                         d["allow_missing_sidecar"]) for role in roles}
         check_classes(self.betons, cfg["model"]["num_classes"])
         real = d["real_labels"] and not estimate
         self.real = load_real_labels(self.betons["val"], d["real_labels"]) if real else None
@@ -574,6 +583,9 @@ class ImageNetTrainer:
         if n < self.per_process_batch * self.dist.world_size:
             raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
                             f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
+        check_accum_steps(n // (self.per_process_batch * self.dist.world_size), self.cfg["train"]["accum_steps"],
+                          images=n // self.dist.world_size, batch_size=self.cfg["train"]["batch_size"],
+                          batch_flag="train.batch_size", accum_flag="train.accum_steps")  # drop_last batches
         res = train_resolution(self.start_epoch, d)
         decoder = seeded_crop_flip_decoder((res, res), self.cfg["train"]["seed"])
         order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
