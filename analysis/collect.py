@@ -2,7 +2,7 @@
 
     python -m analysis.collect runs/ [more run folders or parents ...] --out results/t4 [--paper T4]
 
-Each trainer writes ``run.json`` into its run folder (``maxsup.runinfo.write_run_record``): dataset, model, loss,
+Each trainer writes ``run.json`` into its run folder (``maxsup.training.write_run_record``): dataset, model, loss,
 α schedule, seed, the resolved config, the name of its per-epoch JSON-lines log and which log keys are top-1 / NLL /
 ECE. Runs are grouped by (dataset, model, loss + α schedule, recipe); the recipe is the ``recipes.toml`` id whose
 values the run's config has, else ``custom-<fingerprint>`` of the config without seed, paths and loss. The metrics are
@@ -26,7 +26,7 @@ from analysis.common import markdown_table, write_results
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, match_recipe
-from maxsup.runinfo import RUN_RECORD
+from maxsup.training import RUN_RECORD
 
 METHOD_NAMES = {"ce": "Baseline", "ls": "Label Smoothing", "zipf": "Zipf-LS", "ols": "OLS", "maxsup": "MaxSup",
                 "lp": "Logit Penalty", "cp": "Confidence Penalty", "ls-reg": "+ Regularization only",

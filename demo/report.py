@@ -28,8 +28,8 @@ from recipe import (
     SOURCE,
 )
 
-from maxsup.checkpoint import atomic_save, atomic_write
 from maxsup.errors import UserError
+from maxsup.training import atomic_save, atomic_write
 
 
 # --------------------------------------------------------------------------------------------------------------------

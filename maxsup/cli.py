@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .distributed import cleanup_distributed
 from .errors import UserError
+from .training.distributed import cleanup_distributed
 
 #: Exceptions that mean "the input was wrong", not "the code is wrong".
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, NotADirectoryError,

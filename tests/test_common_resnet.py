@@ -20,10 +20,10 @@ import torch
 from flat_import import load_flat
 from PIL import Image
 
-from maxsup.checkpoint import load_checkpoint
 from maxsup.data.downsampled import DownsampledImageNet, batch_files, write_downsampled
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.errors import UserError
+from maxsup.training import load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 TRAIN_PY = TRAIN_DIR / "train.py"
@@ -427,7 +427,7 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, monkeypatch):
-    from maxsup import faults
+    from maxsup.training import faults
 
     recipe = [*QUICK, "--loss", "ols", "--epochs", "2", "--mixup-alpha", "0.2"]
     _cli([*recipe, "--output-dir", str(tmp_path / "full")])

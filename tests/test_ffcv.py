@@ -104,7 +104,7 @@ def trained(betons, tmp_path_factory):
     """The first of two epochs of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64
     px ramp). A preemption signal (SIGUSR1 through the test hook) during the epoch's last step (96 images, batch 32)
     stops the run cleanly after that epoch's checkpoint."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     out = tmp_path_factory.mktemp("ffcv_run")
     cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
@@ -236,7 +236,7 @@ def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from maxsup.errors import UserError
-    from maxsup.runinfo import ScalarWriter
+    from maxsup.training import ScalarWriter
 
     trainer, _, out = trained
     cfg = copy.deepcopy(trainer.cfg)
@@ -674,7 +674,7 @@ def test_kill9_at_a_random_step_then_resume_is_bit_exact(betons, reference_run, 
 def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
     """SIGUSR1 during a random step (test hook, in process): checkpoint at the next step boundary, then the resumed
     run ends bit-identical to an uninterrupted one."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     seed = int.from_bytes(os.urandom(4), "little")
     step = int(np.random.default_rng(seed).choice([1, 2, 4, 5]))  # not an epoch's last step (3 per epoch)
