@@ -60,6 +60,7 @@ from maxsup.training import (  # noqa: E402
     atomic_save,
     atomic_write,
     check_finite_model,
+    claim_run_folder,
     init_distributed,
     launcher_world_size,
     load_checkpoint,
@@ -87,7 +88,9 @@ RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
 NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "print_freq", "data_path", "eval",
               "eval_ema", "dist_eval", "tensorboard", "print_config", "pin_mem", "loss", "alpha_start", "alpha_end",
               "model", "data_set", "stats_every", "batch_size", "accum_steps", "world_size", "allow_ls_with_maxsup",
-              "skip_corrupt", "cache", "loss_kwargs", "compile")
+              "skip_corrupt", "cache", "loss_kwargs", "compile", "overwrite")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
 #: Folders a seed sweep moves to <folder>/seed<S>.
 SEED_FOLDERS = ("output_dir", "tensorboard")
 
@@ -232,6 +235,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_run_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one (run.json or checkpoint.pth); without it "
+                        "such a run is refused")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
                    "one converted by maxsup.hub convert); the head is replaced when the class count differs")
@@ -381,12 +387,22 @@ def print_penalty_log(history: list[dict[str, Any]]) -> None:
 # main
 # --------------------------------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, or with ``--eval`` evaluate. A training run claims its ``--output_dir`` for as long as it runs (one
+    run per folder, ``maxsup.training.runfolder``); an evaluation writes nothing there."""
     check_args(args)
+    folder = None if args.eval else args.output_dir
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir) / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(args.device)
     device, rank, world = info.device, info.rank, info.world_size
     amp_dtype = amp_dtype_for(args, device)
     output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir and rank == 0:
+    if output_dir and rank == 0 and not args.eval:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 

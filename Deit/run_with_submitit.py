@@ -25,6 +25,7 @@ from maxsup.training.launch import launch_argparse  # noqa: E402
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser("Submitit for DeiT + MaxSup", parents=[deit_main.get_args_parser()])
     return launch_argparse(deit_main.main, parser, argv, output_key="output_dir", resume_key="resume",
+                           overwrite_key="overwrite",
                            checkpoint_file="checkpoint.pth", name=lambda args: f"deit_{args.loss}")
 
 

@@ -384,7 +384,8 @@ def test_nan_stops_every_rank_with_one_line_and_keeps_the_checkpoint(one_epoch_r
     out.mkdir()
     (out / "checkpoint.pth").write_bytes((one_epoch_run / "checkpoint.pth").read_bytes())
     before = (out / "checkpoint.pth").read_bytes()
-    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out)], capsys)
+    # --overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out), "--overwrite"], capsys)
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad-norm" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before and not list(out.glob(".*.tmp"))
 

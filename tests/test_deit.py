@@ -311,7 +311,7 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
 
     before = (out / "checkpoint.pth").read_bytes()
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--lr", "1e30",
-                      "--output_dir", str(out)], capsys)
+                      "--output_dir", str(out), "--overwrite"], capsys)  # a new run over the folder's checkpoint
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before
 

@@ -613,6 +613,23 @@ def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons
     assert "holds 4 classes but model.num_classes = 5" in msg
 
 
+def test_a_run_folder_is_not_restarted_by_a_fresh_run_nor_written_by_eval_only(trained, betons, tmp_path, capsys):
+    """One run per folder: a fresh run into a finished run's folder is refused (its checkpoint, log and run.json
+    stay); eval_only into it prints its metrics and writes nothing there (analysis.collect would read its log)."""
+    _, _, good = trained
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in good.iterdir():
+        if p.is_file():
+            (out / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
+    assert f"{out} already holds a run" in msg and "--train.resume=auto" in msg and "--train.overwrite=true" in msg
+    stats = ffcv_main.main(_argv(betons, out, "--train.eval_only=true", f"--train.resume={out / 'checkpoint.pth'}"))
+    assert 0.0 <= stats["top_1"] <= 100.0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsys):
     val = tmp_path / "val.beton"
     val.write_bytes(betons["val"].read_bytes())

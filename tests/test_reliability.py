@@ -222,3 +222,11 @@ def test_preemption_after_an_epoch_stops_the_sweep_and_says_how_to_resume(capsys
     with Preemption() as p:  # a signal after the last epoch: the run is complete, not preempted
         p.requested = True
         assert p.stop_after_epoch(1, 2) and not p.did_stop
+
+
+@pytest.mark.parametrize("content", [b"", b"epoch: 3\nnot a checkpoint\n", b"\x80\x02}q\x00."[:3]])
+def test_empty_text_or_cut_files_are_one_sentence_naming_the_checkpoint(content, tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=rf"^{path} is not a readable torch checkpoint \(empty, truncated"):
+        load_checkpoint(path)

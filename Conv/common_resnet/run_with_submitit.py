@@ -24,6 +24,7 @@ from maxsup.training.launch import launch_argparse  # noqa: E402
 def main(argv: list[str] | None = None):
     parser = train._Parser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
     return launch_argparse(train.main, parser, argv, output_key="output_dir", resume_key="resume",
+                           overwrite_key="overwrite",
                            checkpoint_file="checkpoint.pth", name=lambda args: f"common_resnet_{args.loss}",
                            unset=("", "."))
 

@@ -62,6 +62,7 @@ from maxsup.training import (
     atomic_save,
     atomic_write,
     check_finite_model,
+    claim_run_folder,
     init_distributed,
     kill_point,
     launcher_world_size,
@@ -92,7 +93,9 @@ NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
 NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "workers", "print_freq", "data_path", "test_only",
               "tensorboard", "print_config", "start_epoch", "save_every_epoch", "loss", "alpha_start", "alpha_end",
               "model", "dataset", "download", "stats_every", "batch_size", "accum_steps", "world_size",
-              "eval_batch_size", "label_smoothing", "loss_kwargs", "compile")
+              "eval_batch_size", "label_smoothing", "loss_kwargs", "compile", "overwrite")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
 #: Folders a seed sweep moves to <folder>/seed<S>.
 SEED_FOLDERS = ("output_dir", "tensorboard")
 
@@ -439,13 +442,23 @@ def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
+    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics. A training run claims its
+    ``--output-dir`` for as long as it runs (one run per folder, ``maxsup.training.runfolder``); an evaluation writes
+    nothing there."""
     _check_args(args)
+    folder = None if args.test_only else args.output_dir
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     dist_info = init_distributed(args.device)
     device = dist_info.device
     is_main = dist_info.rank == 0
     output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir and is_main:
+    if output_dir and is_main and not args.test_only:
         output_dir.mkdir(parents=True, exist_ok=True)
     print(args)
     seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -754,6 +767,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --output-dir that holds one (run.json or checkpoint.pth); without "
+                             "it such a run is refused")
     parser.add_argument("--finetune", default="", type=str,
                         help="initialise from this checkpoint's backbone (ours, or a released one converted by "
                              "maxsup.hub convert); the head is replaced when the class count differs")

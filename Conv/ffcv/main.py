@@ -49,6 +49,8 @@ from maxsup.training import (
     atomic_write,
     barrier,
     check_finite_model,
+    claim_run_folder,
+    holds_run,
     init_distributed,
     kill_point,
     launcher_world_size,
@@ -81,12 +83,15 @@ FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.tom
 TRAINER = "Conv/ffcv/main.py"
 NONFINITE_HINT = {"lr_flag": "--optimizer.lr", "clip_flag": "--optimizer.clip_grad_norm"}
 RESUME_FLAG = "--train.resume=auto"
+OVERWRITE_FLAG = "--train.overwrite=true"
+#: A folder holding one of these holds a run: a fresh run into it needs train.overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
 #: Config keys (whole or last dotted part) that do not change what is trained: left out of run.json's recipe
 #: fingerprint, so seeds and losses of one recipe are one group of analysis.collect.
 NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "eval_only", "tensorboard", "progress",
               "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "in_memory",
               "compile", "model.arch", "loss.type", "alpha_start", "alpha_end", "lp_beta", "cp_beta", "ols_a",
-              "ols_init_smoothing", "zipf_lam", "zipf_power")
+              "ols_init_smoothing", "zipf_lam", "zipf_power", "overwrite")
 
 
 def resume_keys(flat: dict[str, Any]) -> list[str]:
@@ -838,15 +843,19 @@ class ImageNetTrainer:
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
         self.start_time = time.time()
+        # eval_only writes its log into its own output_dir, never into a training run's folder (it prints only)
+        self.writes_folder = not (self.cfg["train"]["eval_only"] and holds_run(self.output_dir, RUN_MARKERS))
+        if not self.writes_folder and self.main:
+            print(f"eval_only: {self.output_dir} holds a training run; the evaluation is printed, not logged there")
         self.tensorboard = ScalarWriter(self.cfg["logging"]["tensorboard"], enabled=self.main)
-        if not self.main:
+        if not self.main or not self.writes_folder:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
         m, loss = self.cfg["model"], self.cfg["loss"]
-        if self.cfg["train"]["eval_only"]:
+        if self.cfg["train"]["eval_only"]:  # its own folder: params.json and the evaluation's log line
             return
         repair_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
         write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
@@ -862,7 +871,20 @@ class ImageNetTrainer:
             return
         record = {"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content}
         print(json.dumps(record), flush=True)
-        append_log(self.output_dir / "log.jsonl", record)
+        if self.writes_folder:
+            append_log(self.output_dir / "log.jsonl", record)
+
+
+def train_in_folder(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One run; training claims ``train.output_dir`` for as long as it runs (one run per folder,
+    ``maxsup.training.runfolder``), ``eval_only`` writes nothing there."""
+    t = cfg["train"]
+    out = Path(t["output_dir"])
+    resume = str(out / "checkpoint.pth") if t["resume"] == "auto" and (out / "checkpoint.pth").is_file() else \
+        (t["resume"] if t["resume"] != "auto" else "")
+    with claim_run_folder(None if t["eval_only"] else out, RUN_MARKERS, resume_from=resume, overwrite=t["overwrite"],
+                          resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
+        return ImageNetTrainer(cfg).train()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -888,14 +910,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config({**resolved_config(cfg, launcher_world_size()),
                              "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
     if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
-        return ImageNetTrainer(cfg).train()
+        return train_in_folder(cfg)
 
     def run(seed: int) -> dict[str, Any]:  # one run folder (and TensorBoard folder) per seed, one after the other
         cfg_seed = copy.deepcopy(cfg)
         cfg_seed["train"]["seed"] = seed
         cfg_seed["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
         cfg_seed["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
-        return ImageNetTrainer(cfg_seed).train()
+        return train_in_folder(cfg_seed)
 
     return run_seeds(seeds, run, cfg["train"]["output_dir"], RESUME_FLAG)
 

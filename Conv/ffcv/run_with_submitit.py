@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None):
         config_argv = [*config_argv, f"--train.output_dir={args.job_dir}"]
     cfg = ffcv_main.load_config(config_argv)  # refuse a bad config now, not after the job waited in the queue
     return launch_argv(ffcv_main.main, config_argv, args, cfg["train"]["output_dir"], checkpoint_file="checkpoint.pth",
-                       resume_flag="--train.resume=auto", name=f"ffcv_{cfg['loss']['type']}")
+                       resume_flag=ffcv_main.RESUME_FLAG,
+                       overwrite_flag=ffcv_main.OVERWRITE_FLAG, name=f"ffcv_{cfg['loss']['type']}")
 
 
 if __name__ == "__main__":

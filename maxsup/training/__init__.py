@@ -7,6 +7,7 @@
 * :mod:`.resume` — load and validate a checkpoint, restore state and RNG, repair the log, skip finished batches;
 * :mod:`.preemption` — Slurm's warning signals become a checkpoint at a step boundary or after the epoch;
 * :mod:`.sweep` — seed sweeps, one run folder per seed;
+* :mod:`.runfolder` — one run per output folder: a lock that dies with the process, no silent restart over a run;
 * :mod:`.runinfo` — ``--print-config``, the run record ``run.json`` with provenance, TensorBoard scalars;
 * :mod:`.launch` — submitit: requeue on preemption and resume from the output folder;
 * :mod:`.faults` — the fault-injection hook of the crash tests.
@@ -38,6 +39,7 @@ from .resume import (
     restore_state,
     skip_done_batches,
 )
+from .runfolder import FolderInUse, RunFolderLock, check_new_run, claim_run_folder, holds_run
 from .runinfo import (
     RUN_RECORD,
     ScalarWriter,
@@ -51,10 +53,11 @@ from .runinfo import (
 from .sweep import parse_seeds, run_seeds, seed_dir, seeded_args
 
 __all__ = [
-    "DistInfo", "NonFiniteError", "PREEMPT_ENV", "Preemption", "RUN_RECORD", "Resumed", "ScalarWriter",
     "add_run_args", "all_reduce_sum", "alpha_schedule_of", "append_log", "atomic_path", "atomic_save", "atomic_write",
-    "barrier", "check_finite_model", "check_resume", "cleanup_distributed", "init_distributed", "kill_point",
-    "launcher_world_size", "load_checkpoint", "open_resume", "parse_seeds", "print_config", "rank", "read_log",
-    "recipe_fingerprint", "repair_log", "restore_state", "rng_state", "run_seeds", "seed_dir", "seed_everything",
-    "seeded_args", "set_rng_state", "skip_done_batches", "step_guard", "world_size", "write_run_record",
+    "barrier", "check_finite_model", "check_new_run", "check_resume", "claim_run_folder", "cleanup_distributed",
+    "DistInfo", "FolderInUse", "holds_run", "init_distributed", "kill_point", "launcher_world_size",
+    "load_checkpoint", "NonFiniteError", "open_resume", "parse_seeds", "PREEMPT_ENV", "Preemption", "print_config",
+    "rank", "read_log", "recipe_fingerprint", "repair_log", "restore_state", "Resumed", "rng_state", "RUN_RECORD",
+    "run_seeds", "RunFolderLock", "ScalarWriter", "seed_dir", "seed_everything", "seeded_args", "set_rng_state",
+    "skip_done_batches", "step_guard", "world_size", "write_run_record",
 ]
