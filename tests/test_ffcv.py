@@ -595,7 +595,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path
     _, _, good = trained
     (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
     before = (tmp_path / "checkpoint.pth").read_bytes()
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30"))
+    # --train.overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30", "--train.overwrite=true"))
     assert "at epoch 0, step" in msg and "--optimizer.lr" in msg and "--optimizer.clip_grad_norm" in msg, msg
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
     assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
