@@ -41,14 +41,6 @@ from token_labeling import (  # noqa: E402
 )
 
 from maxsup import CRITERIA, build_criterion  # noqa: E402
-from maxsup.checkpoint import (  # noqa: E402
-    atomic_save,
-    atomic_write,
-    load_checkpoint,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
 from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
@@ -58,7 +50,6 @@ from maxsup.data.imagenet_variants import (  # noqa: E402
     real_labels,
     scored_logits,
 )
-from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.estimate import (  # noqa: E402
     StepClock,
@@ -77,25 +68,31 @@ from maxsup.models import (  # noqa: E402
     load_pretrained_backbone,
     load_state_dict_strict,
 )
-from maxsup.reliability import (  # noqa: E402
+from maxsup.timing import Stopwatch, train_timing  # noqa: E402
+from maxsup.training import (  # noqa: E402
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    read_log,
-    run_seeds,
-)
-from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
     add_run_args,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    check_finite_model,
+    claim_run_folder,
+    init_distributed,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
-    seed_dir,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
+    seed_everything,
+    seeded_args,
     write_run_record,
 )
-from maxsup.timing import Stopwatch, train_timing  # noqa: E402
 from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
@@ -103,6 +100,18 @@ TRAINER = "Deit/main.py"
 RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing", "smmix",
                "token_label", "mixtoken")
 RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
+#: Flags that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the global
+#: batch): left out of run.json's recipe fingerprint, so seeds and losses of one recipe are one group of
+#: analysis.collect.
+NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "print_freq", "data_path", "eval",
+              "eval_ema", "dist_eval", "tensorboard", "print_config", "pin_mem", "loss", "alpha_start", "alpha_end",
+              "model", "data_set", "stats_every", "batch_size", "accum_steps", "world_size", "allow_ls_with_maxsup",
+              "skip_corrupt", "cache", "loss_kwargs", "compile", "overwrite", "estimate",
+              "estimate_synthetic")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Folders a seed sweep moves to <folder>/seed<S>.
+SEED_FOLDERS = ("output_dir", "tensorboard")
 
 #: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
@@ -255,6 +264,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_estimate_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one (run.json or checkpoint.pth); without it "
+                        "such a run is refused")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
                    "one converted by maxsup.hub convert); the head is replaced when the class count differs")
@@ -409,14 +421,6 @@ def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[
         raise UserError(f"{path} was trained as {theirs}, this run builds {arch['name']}: {exc}") from None
 
 
-def rewrite_log(log_path: Path, ckpt: dict[str, Any]) -> None:
-    """Make log.txt end exactly at the checkpoint's epoch (a kill may leave it behind or ahead)."""
-    lines = [json.dumps(r) for r in read_log(log_path) if r["epoch"] < ckpt["epoch"]]  # a torn last line is dropped
-    if "log_stats" in ckpt:
-        lines.append(json.dumps(ckpt["log_stats"]))
-    atomic_write(log_path, "".join(ln + "\n" for ln in lines))
-
-
 def print_penalty_log(history: list[dict[str, Any]]) -> None:
     """Per-epoch α and the penalties measured on the training batches (before α): the paper's central quantity."""
     print(f"{'epoch':>5} {'alpha':>7} {'maxsup_pen':>10} {'ls_reg':>8} {'ls_err_amp':>10} {'misclass':>8} "
@@ -432,12 +436,22 @@ def print_penalty_log(history: list[dict[str, Any]]) -> None:
 # main
 # --------------------------------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, or with ``--eval`` evaluate. A training run claims its ``--output_dir`` for as long as it runs (one
+    run per folder, ``maxsup.training.runfolder``); an evaluation writes nothing there."""
     check_args(args)
+    folder = None if args.eval or args.estimate else args.output_dir  # evaluations and estimates write nothing
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir) / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(args.device)
     device, rank, world = info.device, info.rank, info.world_size
     amp_dtype = amp_dtype_for(args, device)
     output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
-    if output_dir and rank == 0:
+    if output_dir and rank == 0 and not args.eval:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 
@@ -552,48 +566,40 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             world_size=world, total_batch_size=total_batch, device=device, model=args.model, loss=args.loss,
             resolution=args.input_size,
             data="synthetic" if args.estimate_synthetic else args.data_path or args.data_set))
-    if output_dir and rank == 0:  # after the data, flags and model are checked: a refused run overwrites nothing
-        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
-    if output_dir and rank == 0 and not args.eval:
-        write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
-                         model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
-                         alpha=alpha_schedule_of(criterion),
-                         device=device, log_file="log.txt",
-                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
 
     # --- resume ----------------------------------------------------------------------------------------------
     start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
-    if args.resume:
+    if args.eval:  # evaluate the weights of any Deit checkpoint (its EMA with --eval-ema)
         ckpt = load_checkpoint(args.resume)
         if "model" not in ckpt:
-            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
-        if not args.eval:
-            keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
-            check_resume(ckpt, args.resume, TRAINER,
-                         {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")},
-                         {**vars(args), "num_classes": nb_classes}, [*keys, "num_classes"])
-        if args.eval and args.eval_ema:
+            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by {TRAINER}?")
+        if args.eval_ema:
             if ckpt.get("model_ema") is None:
                 raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")
             ckpt = {**ckpt, "model": ckpt["model_ema"]}
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
-        if not args.eval and "optimizer" in ckpt and "epoch" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            criterion.load_state_dict(ckpt["criterion"])
-            if model_ema is not None and ckpt.get("model_ema") is not None:
-                model_ema.module.load_state_dict(ckpt["model_ema"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            start_epoch = ckpt["epoch"] + 1
-            max_accuracy = ckpt.get("max_accuracy", 0.0)
-            partial, last_log = ckpt.get("partial"), ckpt.get("log_stats")  # partial: preempted inside start_epoch
-            if log_path is not None and rank == 0:
-                rewrite_log(log_path, ckpt)
-            where = f", step {partial['step']}" if partial else ""
-            print(f"Resumed from {args.resume} at epoch {start_epoch}{where}")
+    elif args.resume:  # continue the same run: checked, then every state and the RNG restored
+        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES)), "num_classes"]
+        ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
+                           saved=lambda c: {**c.get("args", {}), "num_classes": c.get("arch", {}).get("num_classes")},
+                           recognise=lambda saved_args: "data_set" in saved_args)
+        load_model_weights(model_without_ddp, ckpt, arch, args.resume)
+        resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,
+                                       "model_ema": model_ema.module if model_ema is not None else None,
+                                       "scaler": scaler})
+        start_epoch, partial = resumed.start_epoch, resumed.partial  # partial: preempted inside start_epoch
+        max_accuracy, last_log = ckpt.get("max_accuracy", 0.0), ckpt.get("log_stats")
+        print(resumed.describe(args.resume))
+    if output_dir and rank == 0 and not args.eval:  # everything is checked: a refused run has written nothing
+        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
+        write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
+                         model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
+                         alpha=alpha_schedule_of(criterion), device=device, log_file="log.txt",
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
+                         not_recipe=NOT_RECIPE)
+        # the log ends at the checkpoint's epoch, whose record the checkpoint holds (a kill may have lost it)
+        repair_log(log_path, start_epoch - 1, last_log)
 
     if args.eval:
         model = scored_logits(model, dataset_val)  # ImageNet-A/R: score only the 200 classes they contain
@@ -639,9 +645,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 if output_dir and rank == 0:
                     atomic_save({**checkpoint_state(epoch - 1), "partial": train_stats["preempted"]},
                                 output_dir / "checkpoint.pth")
-                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
-                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
-                preemption.stopped()
+                preemption.checkpointed(epoch, step, "rerun with --resume "
+                                        f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'}")
                 break
             resumed = (partial or {}).get("seen", 0) * world if epoch == start_epoch else 0  # trained before the stop
             timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
@@ -683,10 +688,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 atomic_save(ckpt, output_dir / "checkpoint.pth")
                 append_log(log_path, log_stats)
             history.append(log_stats)
-            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
-                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
-                if epoch + 1 < args.epochs:
-                    preemption.stopped()
+            if preemption.stop_after_epoch(epoch, args.epochs, device):
                 break
 
     tb.close()
@@ -713,9 +715,8 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.eval:  # --eval evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
-        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
-        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
+    return run_seeds(seeds, lambda seed: main(seeded_args(args, seed, "seed", SEED_FOLDERS, clear=("seeds",))),
+                     args.output_dir, "--resume")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ from typing import Any
 from analysis.common import markdown_table
 from analysis.inputs import read_inputs
 from analysis.tables import TABLES, build_table, reproduction_markdown, spec_of, table_csv, table_markdown
-from maxsup.checkpoint import atomic_write
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, match_recipe
+from maxsup.training import atomic_write
 
 METHOD_NAMES = {"ce": "Baseline", "ls": "Label Smoothing", "zipf": "Zipf-LS", "ols": "OLS", "maxsup": "MaxSup",
                 "lp": "Logit Penalty", "cp": "Confidence Penalty", "ls-reg": "+ Regularization only",

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, eval_set, real_labels
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
+from maxsup.training import atomic_save, atomic_write, load_checkpoint
 
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
 CACHE_VERSION = 1

@@ -25,7 +25,7 @@ from typing import Any
 
 from analysis.pooling import flatten, group_key
 from maxsup.errors import UserError
-from maxsup.runinfo import RUN_RECORD
+from maxsup.training import RUN_RECORD
 
 ANALYSIS_OUTPUTS = ("feature_metrics", "linear_transfer", "robustness")
 MMSEG_RESULT = re.compile(r"\d{8}_\d{6}")

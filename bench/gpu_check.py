@@ -240,7 +240,7 @@ def common_resnet_args(extra: list[str]) -> argparse.Namespace:
 
 def nonfinite_message(device: torch.device, sz: dict[str, Any]) -> str:
     from maxsup.models import create_model
-    from maxsup.reliability import NonFiniteError
+    from maxsup.training import NonFiniteError
 
     train = load_path("common_resnet_train", ROOT / "Conv" / "common_resnet" / "train.py",
                       ROOT / "Conv" / "common_resnet")
@@ -286,7 +286,7 @@ def write_image_folder(root: Path, classes: int, per_class: int, size: int, seed
 
 def part_resume(device: torch.device, sz: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Uninterrupted vs SIGKILL before step 5 (of 2 epochs × 3) then --resume: the final weights compared."""
-    from maxsup.checkpoint import load_checkpoint
+    from maxsup.training import load_checkpoint
 
     data = write_image_folder(tmp / "resume_data", 4, 12, 32)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "OMP_NUM_THREADS": "1"}

@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
+from maxsup.training import atomic_save, atomic_write, load_checkpoint  # noqa: E402
 from maxsup.vit import dense_class_scores  # noqa: E402
 
 #: float16 holds every integer up to 2048 exactly; the official layout stores class indices in it.

@@ -80,12 +80,14 @@ SCALES = {
 # Commands
 # --------------------------------------------------------------------------------------------------------------------
 def train_command(backbone: str, loss: str, seed: int, out: Path, scale: Scale, data_path: str | None) -> list[str]:
+    """Every demo run trains from scratch: ``--overwrite`` lets it replace the run a previous ``make demo`` left in
+    ``out`` (the trainers refuse a fresh run into a run folder otherwise)."""
     data = ["--data-path", data_path] if data_path else []
     if backbone == "resnet":
         return [sys.executable, str(ROOT / "Conv/common_resnet/train.py"), *RESNET_RECIPE, *scale.resnet_extra,
-                *data, "--loss", loss, "--seed", str(seed), "--output-dir", str(out)]
+                *data, "--loss", loss, "--seed", str(seed), "--output-dir", str(out), "--overwrite"]
     return ["bash", str(ROOT / "Deit/train_with_MaxSup.sh"), *VIT_RECIPE, *scale.vit_extra, *data, "--loss", loss,
-            "--seed", str(seed), "--output_dir", str(out)]
+            "--seed", str(seed), "--output_dir", str(out), "--overwrite"]
 
 
 # SMMix / Token Labeling (DEMO_AUG, on with DEMO_SCALE=full): the ViT recipe again, same seeds, plus each method's

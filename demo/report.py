@@ -30,9 +30,9 @@ from recipe import (
     SOURCE,
 )
 
-from maxsup.checkpoint import atomic_save, atomic_write
 from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, paper_cells
+from maxsup.training import atomic_save, atomic_write
 
 
 # --------------------------------------------------------------------------------------------------------------------

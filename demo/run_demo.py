@@ -81,10 +81,10 @@ from report import (  # noqa: E402
     write_readme,
 )
 
-from maxsup.checkpoint import atomic_write  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.fashion_mnist import HELD_OUT_CLASSES, SOURCE_CLASSES, find_fashion_mnist  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
+from maxsup.training import atomic_write  # noqa: E402
 
 #: the committed reference (SEEDS=5 ... --update-reference) and where a plain `make demo` writes (git-ignored)
 REFERENCE_OUT = ROOT / "results" / "demo"
@@ -257,7 +257,7 @@ def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Pa
             continue
         shutil.rmtree(labels, ignore_errors=True)  # maps of another teacher must not be resumed
         cmds = [token_label_command(teacher, folder, labels),
-                [sys.executable, "-c", "import json, sys; from maxsup.checkpoint import atomic_write; "
+                [sys.executable, "-c", "import json, sys; from maxsup.training import atomic_write; "
                  "atomic_write(sys.argv[1], sys.argv[2])", str(labels / "demo_labels.json"), json.dumps(stamp)]]
         label_jobs.append(Job(f"token labels seed {seed}", cmds, runs / f"seed{seed}" / "logs" / "token_labels.out"))
     run_jobs(label_jobs, args.jobs, "labels")

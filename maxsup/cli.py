@@ -6,9 +6,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .distributed import cleanup_distributed
 from .errors import UserError
 from .io_errors import os_error_line, unwrap_worker_message
+from .training.distributed import cleanup_distributed
 
 #: Exceptions that mean "the input was wrong", not "the code is wrong". Every ``OSError`` (a missing, read-only,
 #: full or not-a-folder path) is one too: :func:`maxsup.io_errors.os_error_line` says which path and what to do.

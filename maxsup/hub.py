@@ -47,9 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_path, atomic_save, atomic_write, load_checkpoint
 from .cli import run_cli
 from .errors import UserError
+from .training.checkpoint import atomic_path, atomic_save, atomic_write, load_checkpoint
 
 __all__ = ["ReleasedCheckpoint", "REGISTRY", "DownloadError", "ChecksumError", "LayoutError", "ZipMapError",
            "RemoteFile", "file_rule", "matches_rule", "pick_file", "list_remote", "github_release",

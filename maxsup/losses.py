@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .distributed import all_reduce_sum
 from .models import logits_and_dense_logits
+from .training.distributed import all_reduce_sum
 
 __all__ = [
     "AlphaSchedule",

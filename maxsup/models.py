@@ -297,7 +297,7 @@ def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") ->
     ``path``: any checkpoint of this repository, or a released one converted by ``python -m maxsup.hub convert``
     (a bare state_dict also works). Returns ``{"loaded": n_tensors, "head_replaced": bool}``.
     """
-    from .checkpoint import load_checkpoint
+    from .training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else ckpt

@@ -85,7 +85,7 @@ def export(ref: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "safete
     The folder is assembled beside ``out`` and moved into place at the end, so a failed export leaves nothing."""
     from timm.models import save_for_hf
 
-    from .checkpoint import load_checkpoint
+    from .training import load_checkpoint
 
     if fmt != "safetensors":
         raise UserError(f"--format {fmt!r} is not supported; use --format safetensors")

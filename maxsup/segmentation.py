@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_save, atomic_write
 from .errors import UserError
+from .training.checkpoint import atomic_save, atomic_write
 
 __all__ = ["DEIT_SMALL", "timm_vit_to_mmseg", "deit_backbone_state_dict", "mmseg_config", "export_mmseg"]
 

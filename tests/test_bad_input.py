@@ -18,11 +18,11 @@ import torch
 from flat_import import load_flat, load_flat_modules
 from PIL import Image
 
-import maxsup.checkpoint as checkpoint_mod
-from maxsup.checkpoint import atomic_save, load_checkpoint
+import maxsup.training.checkpoint as checkpoint_mod
 from maxsup.cli import run_cli
 from maxsup.data.zipcache import parse_map
 from maxsup.errors import UserError
+from maxsup.training import atomic_save, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}

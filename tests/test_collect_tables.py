@@ -22,7 +22,7 @@ from analysis.pooling import MISSING, field, flatten
 from analysis.tables import TABLES, _alternatives, _recipe_ok
 from maxsup.cli import run_cli
 from maxsup.recipes import load_recipes
-from maxsup.runinfo import write_run_record
+from maxsup.training import write_run_record
 
 RECIPES = load_recipes()
 COMMON = test_recipes.COMMON  # the trainers, loaded once by tests/test_recipes.py

@@ -20,10 +20,10 @@ import torch
 from flat_import import load_flat
 from PIL import Image
 
-from maxsup.checkpoint import load_checkpoint
 from maxsup.data.downsampled import DownsampledImageNet, batch_files, write_downsampled
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.errors import UserError
+from maxsup.training import load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 TRAIN_PY = TRAIN_DIR / "train.py"
@@ -388,7 +388,8 @@ def test_nan_stops_every_rank_with_one_line_and_keeps_the_checkpoint(one_epoch_r
     out.mkdir()
     (out / "checkpoint.pth").write_bytes((one_epoch_run / "checkpoint.pth").read_bytes())
     before = (out / "checkpoint.pth").read_bytes()
-    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out)], capsys)
+    # --overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out), "--overwrite"], capsys)
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad-norm" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before and not list(out.glob(".*.tmp"))
 
@@ -431,7 +432,7 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, monkeypatch):
-    from maxsup import faults
+    from maxsup.training import faults
 
     recipe = [*QUICK, "--loss", "ols", "--epochs", "2", "--mixup-alpha", "0.2"]
     _cli([*recipe, "--output-dir", str(tmp_path / "full")])

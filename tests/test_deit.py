@@ -20,11 +20,11 @@ import torch
 from flat_import import load_flat_modules
 
 from maxsup import CRITERIA
-from maxsup.checkpoint import load_checkpoint
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
 from maxsup.errors import UserError
+from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = ROOT / "Deit"
@@ -320,7 +320,7 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
 
     before = (out / "checkpoint.pth").read_bytes()
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--lr", "1e30",
-                      "--output_dir", str(out)], capsys)
+                      "--output_dir", str(out), "--overwrite"], capsys)  # a new run over the folder's checkpoint
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before
 
@@ -403,7 +403,7 @@ def test_preemption_mid_accumulation_group_checkpoints_and_resumes_bit_exact(tmp
     """SIGUSR1 (test hook, in process) at a random step of a 2-seed sweep with --accum-steps 2: the run stops at the
     end of that accumulation group with a mid-epoch checkpoint, the sweep does not start seed 1, and the resumed run
     ends bit-identical to an uninterrupted one (Mixup draws, EMA and log included)."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     recipe = ["--data-set", "FMNIST", "--classes", "0,2,4", "--limit-per-class", "16", *TINY, "--batch-size", "8",
               "--accum-steps", "2", "--epochs", "2", "--loss", "maxsup", "--mixup", "0.8", "--cutmix", "1.0"]

@@ -104,7 +104,7 @@ def trained(betons, tmp_path_factory):
     """The first of two epochs of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64
     px ramp). A preemption signal (SIGUSR1 through the test hook) during the epoch's last step (96 images, batch 32)
     stops the run cleanly after that epoch's checkpoint."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     out = tmp_path_factory.mktemp("ffcv_run")
     cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
@@ -239,7 +239,7 @@ def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from maxsup.errors import UserError
-    from maxsup.runinfo import ScalarWriter
+    from maxsup.training import ScalarWriter
 
     trainer, _, out = trained
     cfg = copy.deepcopy(trainer.cfg)
@@ -598,7 +598,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path
     _, _, good = trained
     (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
     before = (tmp_path / "checkpoint.pth").read_bytes()
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30"))
+    # --train.overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30", "--train.overwrite=true"))
     assert "at epoch 0, step" in msg and "--optimizer.lr" in msg and "--optimizer.clip_grad_norm" in msg, msg
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
     assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
@@ -614,6 +615,23 @@ def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons
     assert classes == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
     msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--model.num_classes=5"))
     assert "holds 4 classes but model.num_classes = 5" in msg
+
+
+def test_a_run_folder_is_not_restarted_by_a_fresh_run_nor_written_by_eval_only(trained, betons, tmp_path, capsys):
+    """One run per folder: a fresh run into a finished run's folder is refused (its checkpoint, log and run.json
+    stay); eval_only into it prints its metrics and writes nothing there (analysis.collect would read its log)."""
+    _, _, good = trained
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in good.iterdir():
+        if p.is_file():
+            (out / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
+    assert f"{out} already holds a run" in msg and "--train.resume=auto" in msg and "--train.overwrite=true" in msg
+    stats = ffcv_main.main(_argv(betons, out, "--train.eval_only=true", f"--train.resume={out / 'checkpoint.pth'}"))
+    assert 0.0 <= stats["top_1"] <= 100.0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsys):
@@ -677,7 +695,7 @@ def test_kill9_at_a_random_step_then_resume_is_bit_exact(betons, reference_run, 
 def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
     """SIGUSR1 during a random step (test hook, in process): checkpoint at the next step boundary, then the resumed
     run ends bit-identical to an uninterrupted one."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     seed = int.from_bytes(os.urandom(4), "little")
     step = int(np.random.default_rng(seed).choice([1, 2, 4, 5]))  # not an epoch's last step (3 per epoch)

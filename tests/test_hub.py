@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from maxsup import hub
-from maxsup.checkpoint import load_checkpoint
 from maxsup.errors import UserError
 from maxsup.models import create_model, model_from_checkpoint
+from maxsup.training import load_checkpoint
 
 ZIP_ORDER_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "deit_zip_class_order.txt"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

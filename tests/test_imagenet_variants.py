@@ -21,7 +21,6 @@ from torchvision.datasets import ImageFolder
 
 from analysis import calibration, extract
 from maxsup import hub
-from maxsup.checkpoint import atomic_save, load_checkpoint
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.imagenet_variants import (
     ImageNetV2Folder,
@@ -37,6 +36,7 @@ from maxsup.data.zipcache import write_zip_cache
 from maxsup.errors import UserError
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, model_from_checkpoint
+from maxsup.training import atomic_save, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO / "Conv" / "common_resnet"

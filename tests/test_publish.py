@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maxsup.checkpoint import load_checkpoint
 from maxsup.errors import UserError
 from maxsup.models import model_from_checkpoint
 from maxsup.publish import export, push
+from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",

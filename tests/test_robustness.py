@@ -16,7 +16,6 @@ from PIL import Image
 
 from analysis import robustness
 from analysis.common import build_dataset
-from maxsup.checkpoint import atomic_save
 from maxsup.cli import run_cli
 from maxsup.corruptions import CIFAR10C, CORRUPTIONS, CorruptedDataset, corrupt, parse_corruptions, parse_severities
 from maxsup.corruptions_lowres import scale_for
@@ -25,6 +24,7 @@ from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.errors import UserError
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model
+from maxsup.training import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = transform_spec(28, 1.0, mean=(FMNIST_MEAN,), std=(FMNIST_STD,), grayscale_to_rgb=False)

@@ -18,7 +18,7 @@ from flat_import import load_flat
 from analysis import collect
 from maxsup.cli import run_cli
 from maxsup.recipes import load_recipes
-from maxsup.runinfo import recipe_fingerprint
+from maxsup.training import recipe_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data-set", "FMNIST", "--classes", "0,1", "--limit-per-class", "16", "--model", "vit_tiny_patch16_224",
@@ -82,7 +82,8 @@ def test_seed_sweep_writes_one_run_folder_per_seed_with_provenance(sweep):
         assert "git_commit" in prov and prov["git_dirty"] in (True, False, None)
     # the two seeds are one recipe
     recs = [json.loads((root / "out" / f"seed{s}" / "run.json").read_text()) for s in (0, 1)]
-    assert recs[0]["recipe"] == recs[1]["recipe"] == recipe_fingerprint(recs[1]["config"])
+    assert recs[0]["recipe"] == recs[1]["recipe"] == recipe_fingerprint(recs[1]["config"], DEIT.NOT_RECIPE)
+    assert recs[0]["recipe"] != recipe_fingerprint(recs[1]["config"])  # the seed, paths and loss are left out
 
 
 def test_ema_is_evaluated_logged_and_selectable_for_eval(sweep, capsys):
@@ -204,7 +205,7 @@ def test_collect_errors_are_one_line(tmp_path, capsys):
 
 def test_run_record_alpha_comes_from_the_loss_actually_built():
     from maxsup import build_criterion
-    from maxsup.runinfo import alpha_schedule_of
+    from maxsup.training import alpha_schedule_of
 
     assert alpha_schedule_of(build_criterion("ls", 10, 5, alpha_start=0.1, alpha_end=0.1)) == (0.1, 0.1)
     assert alpha_schedule_of(build_criterion("maxsup", 10, 5, alpha_start=0.1, alpha_end=0.2)) == (0.1, 0.2)

@@ -14,6 +14,7 @@ import datetime
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ import utils
 from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.checks import check_accum_steps, check_smoothing
 from maxsup.cli import run_cli
 from maxsup.data import long_tailed_indices
@@ -42,7 +42,6 @@ from maxsup.data.imagenet_variants import (
 )
 from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
 from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
-from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.estimate import (
     StepClock,
@@ -53,7 +52,6 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
-from maxsup.faults import kill_point
 from maxsup.imagecheck import CheckedImageFolder
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
@@ -64,26 +62,36 @@ from maxsup.models import (
     load_state_dict_strict,
     model_from_checkpoint,
 )
-from maxsup.reliability import (
+from maxsup.timing import Stopwatch, train_timing
+from maxsup.training import (
+    DistInfo,
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    run_seeds,
-    step_guard,
-    truncate_log,
-)
-from maxsup.runinfo import (
     ScalarWriter,
     add_run_args,
+    all_reduce_sum,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    check_finite_model,
+    claim_run_folder,
+    init_distributed,
+    kill_point,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
-    seed_dir,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
+    seed_everything,
+    seeded_args,
+    skip_done_batches,
+    step_guard,
     write_run_record,
 )
-from maxsup.timing import Stopwatch, train_timing
 
 TRAINER = "Conv/common_resnet/train.py"
 #: Arguments that define a run: --resume refuses a checkpoint whose values differ (the loss options by prefix, so
@@ -91,6 +99,18 @@ TRAINER = "Conv/common_resnet/train.py"
 RESUME_KEYS = ("model", "model_kwargs", "dataset", "classes", "epochs", "loss", "label_smoothing")
 RESUME_PREFIXES = ("loss_", "alpha_", "zipf_")
 NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
+#: Flags that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the global
+#: batch): left out of run.json's recipe fingerprint, so seeds and losses of one recipe are one group of
+#: analysis.collect.
+NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "workers", "print_freq", "data_path", "test_only",
+              "tensorboard", "print_config", "start_epoch", "save_every_epoch", "loss", "alpha_start", "alpha_end",
+              "model", "dataset", "download", "stats_every", "batch_size", "accum_steps", "world_size",
+              "eval_batch_size", "label_smoothing", "loss_kwargs", "compile", "overwrite", "estimate",
+              "estimate_synthetic")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Folders a seed sweep moves to <folder>/seed<S>.
+SEED_FOLDERS = ("output_dir", "tensorboard")
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -105,6 +125,17 @@ DATASETS = {
     **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
     **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in TRANSFER_DATASETS},  # T6 fine-tuning: cub200, cars
 }
+
+
+@dataclass
+class RunState:
+    """What the run learns as it goes, kept out of ``args`` (which stays what the user typed): the first epoch
+    (``--start-epoch``, or after the resumed checkpoint's), a preempted epoch's progress, and the per-class training
+    counts of an ``--imb-ratio`` split (for the many/medium/few-shot accuracy)."""
+
+    start_epoch: int = 0
+    partial: dict[str, Any] | None = None
+    train_class_counts: list[int] | None = None
 
 
 def _autocast(device: torch.device, args: argparse.Namespace):
@@ -138,12 +169,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     # step has the full global batch (batch × processes × N)
     accum = args.accum_steps
     usable = len(data_loader) - len(data_loader) % accum
-    batches = iter(data_loader)
-    first = (partial or {}).get("step", 0)
-    for _ in range(first):  # the same batches as before the interruption (same per-epoch seeds), not trained on
-        next(batches)
-    if partial:
-        set_rng_state(partial["rng"])
+    batches, first = skip_done_batches(data_loader, partial)  # a preempted epoch: the batches already trained on
     for i, (image, target) in enumerate(batches, start=first):
         if i == usable:
             break
@@ -201,16 +227,17 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device,
-             args: argparse.Namespace, log_suffix: str = "", real: RealScorer | None = None) -> dict[str, float]:
+             args: argparse.Namespace, log_suffix: str = "", real: RealScorer | None = None,
+             train_counts: list[int] | None = None) -> dict[str, float]:
     """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks).
 
     ``real`` (``--real-labels``) adds ReaL top-1 ``real_acc1`` over ``n_real`` images: each rank matches its top-1
     predictions to file names in its sampler's order (sequential, or the rank's ``ShardedEvalSampler`` shard) and
-    the counts are summed over ranks."""
+    the counts are summed over ranks. ``train_counts`` (an ``--imb-ratio`` run's images per class) adds the
+    many/medium/few-shot top-1."""
     model.eval()
     meter = ClassificationMeter()
     preds = []
-    train_counts = getattr(args, "train_class_counts", None)  # set by --imb-ratio: many/medium/few-shot accuracy
     per_class = torch.zeros(2, len(train_counts) if train_counts else 0, dtype=torch.float64)  # correct, total
     with torch.inference_mode():
         for image, target in data_loader:
@@ -303,9 +330,9 @@ def eval_spec(args: argparse.Namespace) -> dict[str, Any]:
     return transform_spec(crop, crop_pct=crop / resize, mean=mean, std=std, interpolation=args.interpolation)
 
 
-def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any]):
+def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any], state: RunState):
     """Train/eval datasets and samplers. Returns (dataset or None under --test-only, dataset_test, train_sampler,
-    test_sampler, num_classes)."""
+    test_sampler, num_classes); an ``--imb-ratio`` split's class counts go to ``state``."""
     if args.classes is not None and args.dataset != "fmnist":
         raise UserError(f"--classes selects Fashion-MNIST classes; it is not supported with --dataset {args.dataset}")
     if args.limit_per_class is not None and args.dataset != "fmnist":
@@ -327,11 +354,11 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         check_same_classes(dataset, dataset_test, args.data_path)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
         if args.imb_ratio is not None:  # paper Table 7: exponential long-tail profile, a seeded subset
-            keep, args.train_class_counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed,
-                                                                num_classes)
+            keep, counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed, num_classes)
+            state.train_class_counts = list(counts)
             dataset = torch.utils.data.Subset(dataset, keep.tolist())
             print(f"Long-tailed training split (imbalance ratio {args.imb_ratio:g}, seed {args.seed}): per-class "
-                  f"counts {args.train_class_counts}")
+                  f"counts {state.train_class_counts}")
     print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
           f"{num_classes} classes")
 
@@ -433,16 +460,26 @@ def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
+    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics. A training run claims its
+    ``--output-dir`` for as long as it runs (one run per folder, ``maxsup.training.runfolder``); an evaluation writes
+    nothing there."""
     _check_args(args)
+    folder = None if args.test_only or args.estimate else args.output_dir  # evaluations and estimates write nothing
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     dist_info = init_distributed(args.device)
     device = dist_info.device
     is_main = dist_info.rank == 0
     output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
-    if output_dir and is_main:
+    if output_dir and is_main and not args.test_only:
         output_dir.mkdir(parents=True, exist_ok=True)
     print(args)
-    utils.seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
 
@@ -450,8 +487,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = eval_spec(args)
     if args.test_only and checkpoint.get("eval_transform"):
         spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
+    state = RunState(start_epoch=args.start_epoch)
     if args.test_only and checkpoint.get("train_class_counts"):
-        args.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
+        state.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
     if args.estimate_synthetic:  # generated images at the training crop, the train split's length; no data read
         n_images, num_classes = train_split_size(args.dataset, args.classes, args.limit_per_class)
         dataset = dataset_test = SyntheticImages(n_images, args.train_crop_size or DATASETS[args.dataset][0],
@@ -459,7 +497,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         train_sampler = torch.utils.data.DistributedSampler(dataset) if dist_info.distributed else None
         test_sampler = None
     else:
-        dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
+        dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec, state)
     num_classes = args.num_classes or num_classes
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
                                                    sampler=test_sampler, num_workers=args.workers,
@@ -480,11 +518,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model = scored_logits(model, dataset_test)  # ImageNet-A/R: score only the 200 classes they contain
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        metrics = evaluate(model, data_loader_test, device, args, real=real)
+        counts = state.train_class_counts
+        metrics = evaluate(model, data_loader_test, device, args, real=real, train_counts=counts)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
             ema = scored_logits(ema, dataset_test)
-            metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real)}
+            metrics = {"model": metrics,
+                       "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real, counts)}
         return metrics
 
     # Seeded per epoch (utils.epoch_seed): shuffling and the workers' augmentation randomness.
@@ -547,45 +587,41 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             resolution=args.train_crop_size or DATASETS[args.dataset][0],
             data="synthetic" if args.estimate_synthetic else args.data_path or args.dataset))
 
-    partial = None
-    if checkpoint is not None:
-        saved = checkpoint.get("args", {})
-        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
-        check_resume(checkpoint, args.resume, TRAINER,
-                     {**saved, "num_classes": checkpoint.get("arch", {}).get("num_classes")},
-                     {**vars(args), "num_classes": num_classes}, [*keys, "num_classes"],
-                     required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"))
+    if checkpoint is not None:  # continue the same run: checked, then every state restored
+        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES)), "num_classes"]
+        checkpoint = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": num_classes}, keys,
+                                 saved=lambda c: {**c.get("args", {}),
+                                                  "num_classes": c.get("arch", {}).get("num_classes")},
+                                 required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"),
+                                 recognise=lambda saved_args: "dataset" in saved_args and "lr_scheduler" in saved_args)
         load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        criterion.load_state_dict(checkpoint["criterion"])
         if model_ema is not None:
             load_state_dict_strict(model_ema.module, checkpoint["model_ema"], args.resume)
             model_ema.n_averaged.copy_(checkpoint["model_ema_n_averaged"])
-        if scaler is not None and "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        args.start_epoch = checkpoint["epoch"] + 1
-        partial = checkpoint.get("partial")  # written on preemption: continue inside args.start_epoch
-        where = f", step {partial['step']}" if partial else ""
-        print(f"Resumed from {args.resume} at epoch {args.start_epoch}{where}")
+        # the RNG state stays: exact resume comes from the per-epoch reseeding (utils.epoch_seed)
+        resumed = restore_state(checkpoint, {"optimizer": optimizer, "lr_scheduler": lr_scheduler,
+                                             "criterion": criterion, "scaler": scaler}, rng=False)
+        state.start_epoch, state.partial = resumed.start_epoch, resumed.partial
+        print(resumed.describe(args.resume))
 
     log_path = output_dir / "log.txt" if output_dir else None
     if is_main and output_dir:
         atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
-        truncate_log(log_path, args.start_epoch - 1)
+        repair_log(log_path, state.start_epoch - 1)
         dataset_name = "imagenet" if args.dataset == "imagefolder" and num_classes == 1000 else args.dataset
         write_run_record(output_dir, trainer="common_resnet", config=resolved_config(args, dist_info.world_size),
                          dataset=dataset_name, model=args.model, loss="ls" if args.label_smoothing else args.loss,
                          epochs=args.epochs, seed=args.seed, alpha=alpha_schedule_of(criterion),
                          world_size=dist_info.world_size, device=device, log_file="log.txt",
-                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
+                         not_recipe=NOT_RECIPE)
     tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
 
-    def state(epoch: int) -> dict[str, Any]:
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
         ckpt = {
             "trainer": TRAINER,
             "model": model_without_ddp.state_dict(),
@@ -598,8 +634,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "criterion": criterion.state_dict(),
             "rng": rng_state(),  # informative at epoch ends (exact resume comes from the per-epoch reseeding)
         }
-        if getattr(args, "train_class_counts", None):
-            ckpt["train_class_counts"] = list(args.train_class_counts)  # --imb-ratio's long-tailed split
+        if state.train_class_counts:
+            ckpt["train_class_counts"] = list(state.train_class_counts)  # --imb-ratio's long-tailed split
         if model_ema is not None:
             ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
             ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
@@ -614,27 +650,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             atomic_save(ckpt, output_dir / name)
 
     with Preemption() as preemption:
-        for epoch in range(args.start_epoch, args.epochs):
+        for epoch in range(state.start_epoch, args.epochs):
             seed = utils.epoch_seed(args.seed, epoch, dist_info.rank)
-            utils.seed_everything(seed)
+            seed_everything(seed)
             loader_generator.manual_seed(seed)
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
             watch = Stopwatch(device)  # maxsup.timing: the loop's wall clock, without evaluation and checkpoints
             train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
-                                          scaler, preemption, partial if epoch == args.start_epoch else None)
+                                          scaler, preemption, state.partial if epoch == state.start_epoch else None)
             if "preempted" in train_stats:  # SIGTERM/SIGUSR1: checkpoint this step boundary, then exit cleanly
                 step = train_stats["preempted"]["step"]
-                save({**state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
-                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
-                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
-                preemption.stopped()
+                save({**checkpoint_state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
+                preemption.checkpointed(epoch, step, "rerun with --resume "
+                                        f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'}")
                 return metrics
-            resumed = (partial or {}).get("seen", 0) * dist_info.world_size if epoch == args.start_epoch else 0
+            resumed = (state.partial or {}).get("seen", 0) * dist_info.world_size if epoch == state.start_epoch else 0
             timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
             lr_scheduler.step()
             watch = Stopwatch(device)
-            metrics = evaluate(model, data_loader_test, device, args, real=real)
+            metrics = evaluate(model, data_loader_test, device, args, real=real, train_counts=state.train_class_counts)
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                       **{f"test_{k}": v for k, v in metrics.items()}}
@@ -642,20 +677,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 net = scored_logits(model, loader.dataset)
                 record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
             if model_ema is not None:
-                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real)
+                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real,
+                                       train_counts=state.train_class_counts)
                 record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
             record.update(timing, eval_seconds=watch.seconds())
             tb.log(record, epoch)
-            ckpt = state(epoch)
+            ckpt = checkpoint_state(epoch)
             if args.save_every_epoch:
                 save(ckpt, epoch, len(data_loader), f"model_{epoch}.pth")
             save(ckpt, epoch, len(data_loader))
             if is_main and output_dir:
                 append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
-            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
-                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
-                if epoch + 1 < args.epochs:
-                    preemption.stopped()
+            if preemption.stop_after_epoch(epoch, args.epochs, device):
                 break
 
     tb.close()
@@ -776,6 +809,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --output-dir that holds one (run.json or checkpoint.pth); without "
+                             "it such a run is refused")
     parser.add_argument("--finetune", default="", type=str,
                         help="initialise from this checkpoint's backbone (ours, or a released one converted by "
                              "maxsup.hub convert); the head is replaced when the class count differs")
@@ -803,9 +839,8 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.test_only:  # --test-only evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
-        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
-        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
+    return run_seeds(seeds, lambda seed: main(seeded_args(args, seed, "seed", SEED_FOLDERS, clear=("seeds",))),
+                     args.output_dir, "--resume")
 
 
 if __name__ == "__main__":

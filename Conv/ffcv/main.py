@@ -35,12 +35,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from maxsup import ClassificationMeter, build_criterion
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.checks import check_accum_steps
 from maxsup.cli import run_cli
 from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
-from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
 from maxsup.estimate import (
     StepClock,
@@ -50,28 +48,39 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
-from maxsup.faults import kill_point
 from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
-from maxsup.reliability import (
+from maxsup.timing import Stopwatch, train_timing
+from maxsup.training import (
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    run_seeds,
-    step_guard,
-    truncate_log,
-)
-from maxsup.runinfo import (
     ScalarWriter,
+    all_reduce_sum,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    barrier,
+    check_finite_model,
+    claim_run_folder,
+    holds_run,
+    init_distributed,
+    kill_point,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
+    rank,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
     seed_dir,
+    skip_done_batches,
+    step_guard,
+    world_size,
     write_run_record,
 )
-from maxsup.timing import Stopwatch, train_timing
 
 try:
     import tomllib
@@ -85,6 +94,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
 TRAINER = "Conv/ffcv/main.py"
 NONFINITE_HINT = {"lr_flag": "--optimizer.lr", "clip_flag": "--optimizer.clip_grad_norm"}
+RESUME_FLAG = "--train.resume=auto"
+OVERWRITE_FLAG = "--train.overwrite=true"
+#: A folder holding one of these holds a run: a fresh run into it needs train.overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Config keys (whole or last dotted part) that do not change what is trained: left out of run.json's recipe
+#: fingerprint, so seeds and losses of one recipe are one group of analysis.collect.
+NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "eval_only", "tensorboard", "progress",
+              "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "in_memory",
+              "compile", "model.arch", "loss.type", "alpha_start", "alpha_end", "lp_beta", "cp_beta", "ols_a",
+              "ols_init_smoothing", "zipf_lam", "zipf_power", "overwrite")
 
 
 def resume_keys(flat: dict[str, Any]) -> list[str]:
@@ -694,27 +713,26 @@ class ImageNetTrainer:
             if self.cfg["train"]["eval_only"]:
                 raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
             return
-        ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
-        missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
-        if missing:
-            raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
         if self.cfg["train"]["eval_only"]:
+            ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
+            missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
+            if missing:
+                raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
             head = ckpt.get("arch", {}).get("num_classes")
             if head is not None and head != self.cfg["model"]["num_classes"]:
                 raise UserError(f"{path} has a {head}-class head but model.num_classes = "
                                 f"{self.cfg['model']['num_classes']}; evaluate it with --model.num_classes={head} on "
                                 f"data with {head} classes")
         else:
-            saved = _flatten(ckpt["args"]) if isinstance(ckpt.get("args"), dict) else {}
             current = _flatten(self.cfg)
-            check_resume(ckpt, path, TRAINER, saved, current, resume_keys(current), flag=lambda k: f"--{k}")
+            ckpt = open_resume(path, TRAINER, current, resume_keys(current), flag=lambda k: f"--{k}",
+                               saved=lambda c: _flatten(c["args"]) if isinstance(c.get("args"), dict) else {},
+                               required=("model", "epoch", "optimizer", "criterion"),
+                               recognise=lambda a: isinstance(a.get("train"), dict) and isinstance(a.get("loss"), dict),
+                               new_run_hint="--train.finetune")
         load_state_dict_strict(self.module, ckpt["model"], path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.criterion.load_state_dict(ckpt["criterion"])
-        set_rng_state(ckpt["rng"])
-        self.start_epoch = ckpt["epoch"] + 1
-        self.partial = ckpt.get("partial")
+        resumed = restore_state(ckpt, {"optimizer": self.optimizer, "scaler": self.scaler, "criterion": self.criterion})
+        self.start_epoch, self.partial = resumed.start_epoch, resumed.partial
         if not self.cfg["train"]["eval_only"]:
             # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
             self.train_loader.next_epoch = self.start_epoch
@@ -729,7 +747,7 @@ class ImageNetTrainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_loop(self, epoch: int, preemption: Preemption | None = None) -> dict[str, Any]:
-        """One epoch. Each step ends with :func:`maxsup.reliability.step_guard` (NaN/inf on any rank stops all;
+        """One epoch. Each step ends with :func:`maxsup.training.step_guard` (NaN/inf on any rank stops all;
         a preemption signal returns ``{"preempted": progress}`` at that step boundary). ``self.partial`` (from a
         preemption checkpoint) skips the steps already done."""
         t = self.cfg["train"]
@@ -743,11 +761,8 @@ class ImageNetTrainer:
         penalties = PenaltyStatsMeter(t["stats_every"])  # on the device; one sync at the end of the epoch
         if "penalties" in partial:
             penalties.load_state_dict(partial["penalties"], self.device)
-        first = partial.get("step", 0)
         watch = Stopwatch(self.device)  # maxsup.timing: the whole loop, the first (FFCV JIT) iteration included
-        batches = iter(self.train_loader)
-        for _ in range(first):  # FFCV's order is a function of (seed, epoch): skip what was already trained on
-            next(batches)
+        batches, first = skip_done_batches(self.train_loader, partial)  # FFCV's order is a function of (seed, epoch)
         bar = tqdm(batches, total=iters, initial=first, desc=f"epoch {epoch}",
                    disable=not (self.main and t["progress"]))
         clip = self.cfg["optimizer"]["clip_grad_norm"]
@@ -848,15 +863,11 @@ class ImageNetTrainer:
                 if "preempted" in train_stats:  # checkpoint at this step boundary, then exit cleanly
                     step = train_stats["preempted"]["step"]
                     self.save_checkpoint(epoch - 1, step, train_stats["preempted"])
-                    print(f"preempted: checkpoint written at epoch {epoch}, step {step}; rerun with "
-                          f"--train.resume=auto to continue", flush=True)
-                    preemption.stopped()
+                    preemption.checkpointed(epoch, step, f"rerun with {RESUME_FLAG}")
                     break
                 stats = self.eval_and_log(epoch, train_stats,
                                           lambda e=epoch: self.save_checkpoint(e, len(self.train_loader)))
-                if all_reduce_sum(torch.tensor([float(preemption.requested)], device=self.device)).item():
-                    if epoch + 1 < epochs:
-                        preemption.stopped()
+                if preemption.stop_after_epoch(epoch, epochs, self.device):
                     break
         barrier()
         self.tensorboard.close()
@@ -880,30 +891,48 @@ class ImageNetTrainer:
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
         self.start_time = time.time()
+        # eval_only writes its log into its own output_dir, never into a training run's folder (it prints only)
+        self.writes_folder = not (self.cfg["train"]["eval_only"] and holds_run(self.output_dir, RUN_MARKERS))
+        if not self.writes_folder and self.main:
+            print(f"eval_only: {self.output_dir} holds a training run; the evaluation is printed, not logged there")
         self.tensorboard = ScalarWriter(self.cfg["logging"]["tensorboard"], enabled=self.main)
-        if not self.main:
+        if not self.main or not self.writes_folder:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
         m, loss = self.cfg["model"], self.cfg["loss"]
-        if self.cfg["train"]["eval_only"]:
+        if self.cfg["train"]["eval_only"]:  # its own folder: params.json and the evaluation's log line
             return
-        truncate_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
+        repair_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
         write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
                          dataset=dataset_name(self.cfg),
                          model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
                          seed=self.cfg["train"]["seed"], world_size=self.dist.world_size, device=self.device,
                          alpha=alpha_schedule_of(self.criterion),
-                         log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"})
+                         log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"},
+                         not_recipe=NOT_RECIPE)
 
     def log(self, content: dict[str, Any]) -> None:
         if not self.main:
             return
         record = {"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content}
         print(json.dumps(record), flush=True)
-        append_log(self.output_dir / "log.jsonl", record)
+        if self.writes_folder:
+            append_log(self.output_dir / "log.jsonl", record)
+
+
+def train_in_folder(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One run; training claims ``train.output_dir`` for as long as it runs (one run per folder,
+    ``maxsup.training.runfolder``), ``eval_only`` writes nothing there."""
+    t = cfg["train"]
+    out = Path(t["output_dir"])
+    resume = str(out / "checkpoint.pth") if t["resume"] == "auto" and (out / "checkpoint.pth").is_file() else \
+        (t["resume"] if t["resume"] != "auto" else "")
+    with claim_run_folder(None if t["eval_only"] else out, RUN_MARKERS, resume_from=resume, overwrite=t["overwrite"],
+                          resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
+        return ImageNetTrainer(cfg).train()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -933,16 +962,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if estimate:
         return ImageNetTrainer(cfg, estimate=True, synthetic=synthetic).estimate(estimate)
     if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
-        return ImageNetTrainer(cfg).train()
+        return train_in_folder(cfg)
 
     def run(seed: int) -> dict[str, Any]:  # one run folder (and TensorBoard folder) per seed, one after the other
         cfg_seed = copy.deepcopy(cfg)
         cfg_seed["train"]["seed"] = seed
         cfg_seed["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
         cfg_seed["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
-        return ImageNetTrainer(cfg_seed).train()
+        return train_in_folder(cfg_seed)
 
-    return run_seeds(seeds, run, lambda seed: seed_dir(cfg["train"]["output_dir"], seed))
+    return run_seeds(seeds, run, cfg["train"]["output_dir"], RESUME_FLAG)
 
 
 if __name__ == "__main__":

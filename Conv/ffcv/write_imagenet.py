@@ -36,12 +36,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from maxsup.checkpoint import atomic_path, atomic_write
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import parse_map
 from maxsup.errors import UserError
 from maxsup.imagecheck import CheckedImageFolder
+from maxsup.training import atomic_path, atomic_write
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

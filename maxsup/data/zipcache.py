@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_path, atomic_write
 from ..errors import UserError
+from ..training.checkpoint import atomic_path, atomic_write
 
 __all__ = ["parse_map", "ZipCacheDataset", "write_zip_cache", "looks_truncated", "IMAGE_EXTENSIONS"]
 

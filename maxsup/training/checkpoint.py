@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from ..io_errors import check_checkpoint_file, write_failed
 from .faults import kill_point
-from .io_errors import check_checkpoint_file, write_failed
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
            "set_rng_state"]
@@ -91,6 +90,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return _atomic(path, lambda f: f.write(payload))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     allow_namespace: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
@@ -111,10 +115,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         hint = "" if allow_namespace else " (if it stores argparse.Namespace args, load it with allow_namespace=True)"
-        raise UserError(f"{path} holds objects outside the weights-only allow-list{hint}: "
-                        f"{_first_line(exc)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable torch checkpoint (truncated or wrong file?): "
+        raise UserError(f"{path} holds objects outside the weights-only allow-list{hint}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001  torch.load of a non-checkpoint raises anything (EOFError without a
+        # message for an empty file, KeyError / IndexError from the unpickler for text, BadZipFile, RuntimeError)
+        raise UserError(f"{path} is not a readable torch checkpoint (empty, truncated or not a checkpoint): "
                         f"{_first_line(exc)}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
