@@ -59,6 +59,7 @@ from maxsup.models import (  # noqa: E402
     create_model,
     load_pretrained_backbone,
     load_state_dict_strict,
+    patch_grid,
 )
 from maxsup.reliability import (  # noqa: E402
     Preemption,
@@ -78,7 +79,6 @@ from maxsup.runinfo import (  # noqa: E402
     seed_dir,
     write_run_record,
 )
-from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
 #: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
@@ -90,7 +90,7 @@ RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
 LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
-#: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
+#: timm modules whose models take img_size ("vit" is maxsup/models/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
 
 
@@ -308,7 +308,7 @@ def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
-    """The ``token_head`` the model is built with (``maxsup.vit``), or None for a plain classifier."""
+    """The ``token_head`` the model is built with (``maxsup.models.vit``), or None for a plain classifier."""
     if args.smmix:
         return "smmix"
     if args.token_label:
@@ -429,7 +429,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # cache each rank scores its own shard (its sampler's order) and the counts are summed, which is exact
     real = None
     if args.real_labels:
-        real = RealScorer.from_dataset(dataset_val, real_labels(None if args.real_labels is True else args.real_labels))
+        real = RealScorer.from_dataset(dataset_val, real_labels(args.real_labels))
     if len(loader_train) < args.accum_steps and not args.eval:
         raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
                         f"{args.batch_size} × --accum-steps {args.accum_steps}; lower one of them")
