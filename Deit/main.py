@@ -67,6 +67,7 @@ from maxsup.models import (  # noqa: E402
     create_model,
     load_pretrained_backbone,
     load_state_dict_strict,
+    patch_grid,
 )
 from maxsup.timing import Stopwatch, train_timing  # noqa: E402
 from maxsup.training import (  # noqa: E402
@@ -93,7 +94,6 @@ from maxsup.training import (  # noqa: E402
     seeded_args,
     write_run_record,
 )
-from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
 #: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
@@ -117,7 +117,7 @@ SEED_FOLDERS = ("output_dir", "tensorboard")
 #: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
 LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
-#: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
+#: timm modules whose models take img_size ("vit" is maxsup/models/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
 
 
@@ -242,7 +242,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
     g.add_argument("--skip-corrupt", action="store_true",
                    help="skip empty, truncated or non-image files (counted) and read the next image in place of one "
-                        "that fails to decode mid-epoch (logged by name); see maxsup/imagecheck.py")
+                        "that fails to decode mid-epoch (logged by name); see maxsup/data/imagecheck.py")
     add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
@@ -355,7 +355,7 @@ def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
-    """The ``token_head`` the model is built with (``maxsup.vit``), or None for a plain classifier."""
+    """The ``token_head`` the model is built with (``maxsup.models.vit``), or None for a plain classifier."""
     if args.smmix:
         return "smmix"
     if args.token_label:
@@ -497,7 +497,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # cache each rank scores its own shard (its sampler's order) and the counts are summed, which is exact
     real = None
     if args.real_labels:
-        real = RealScorer.from_dataset(dataset_val, real_labels(None if args.real_labels is True else args.real_labels))
+        real = RealScorer.from_dataset(dataset_val, real_labels(args.real_labels))
     if not args.eval:
         check_accum_steps(len(loader_train), args.accum_steps, images=len(loader_train.sampler),
                           batch_size=args.batch_size)

@@ -3,7 +3,7 @@
 Per batch, with probability ``switch_prob`` (0.5, the official value) SMMix, otherwise plain Mixup (Beta(α, α)):
 
 1. The model under training, in eval mode, without gradients and in float32 (autocast off, as the official code),
-   gives its class logits and the attention each patch receives in the last block (``maxsup.vit``
+   gives its class logits and the attention each patch receives in the last block (``maxsup.models.vit``
    ``patch_attention``).
 2. A square side r is drawn uniformly from ``[int(S·min_ratio), int(S·max_ratio)]`` (S = ``side``, the token grid).
 3. :func:`max_min_windows`: the r×r window of least summed attention in each image i (the target window) and the

@@ -21,13 +21,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
-from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, eval_set, real_labels
-from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
+from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, real_labels
+from maxsup.data.registry import build_split
+from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
 from maxsup.training import atomic_save, atomic_write, load_checkpoint
 
+#: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
 CACHE_VERSION = 1
 
@@ -132,41 +134,11 @@ class LabeledSubset(Dataset):
         return img, self.targets[i]
 
 
-def _base_dataset(name: str, data_path: str | None, train: bool, transform: Any) -> Any:
-    import torchvision
-
-    if name == "fmnist":
-        from maxsup.data.fashion_mnist import FashionMNIST
-
-        return FashionMNIST(data_path, train=train, transform=transform)
-    if name in ("cifar10", "cifar100"):
-        root = Path(data_path or f"datasets/{name}")
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        try:
-            return cls(root, train=train, transform=transform, download=False)
-        except RuntimeError:
-            raise UserError(f"{name.upper()} not found in {root}: pass --data-path to the folder that holds the "
-                            f"extracted torchvision files") from None
-    if name in TRANSFER_DATASETS:  # Table 12 / Table 6 targets with their official train/test splits
-        return transfer_dataset(name, data_path, train, transform)
-    if name in EVAL_SETS:  # test sets: --data-path is the set's folder, --split is ignored
-        if data_path is None:
-            raise UserError(f"--dataset {name} needs --data-path (the folder of the test set)")
-        return eval_set(name, data_path, transform)
-    if data_path is None:
-        raise UserError("--dataset imagefolder needs --data-path (a folder with train/<class>/ and val/<class>/)")
-    folder = Path(data_path) / ("train" if train else "val")
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist; --data-path must contain train/ and val/ class "
-                        f"folders")
-    return torchvision.datasets.ImageFolder(folder, transform=transform)
-
-
 def build_dataset(name: str, data_path: str | None, split: str, transform: Any = None,
                   classes: list[int] | None = None, max_per_class: int | None = None, seed: int = 0) -> LabeledSubset:
     """A split of a dataset, optionally restricted to ``classes`` (relabelled 0..n−1) and ``max_per_class`` samples
     per class (a seeded random subset, kept in dataset order)."""
-    base = _base_dataset(name, data_path, split == "train", transform)
+    base = build_split(name, data_path, train=split == "train", transform=transform)  # test sets: one split
     targets = np.asarray(base.targets, dtype=np.int64)
     names = list(base.classes)
     keep = list(range(len(names))) if classes is None else classes
@@ -279,8 +251,8 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
 
 
 @functools.lru_cache(maxsize=2)
-def _real_labels(path: str | None) -> list[list[int]]:
-    return real_labels(path)  # read once for all checkpoints
+def _real_labels(source: str | bool) -> list[list[int]]:
+    return real_labels(source)  # read once for all checkpoints
 
 
 def real_scorer(loaded: LoadedModel, ds: LabeledSubset, real: str | bool) -> RealScorer:
@@ -296,7 +268,7 @@ def real_scorer(loaded: LoadedModel, ds: LabeledSubset, real: str | bool) -> Rea
         raise UserError(f"--real-labels: checkpoint {loaded.name} has a {loaded.num_classes}-class head, which "
                         f"matches neither the {len(ds.classes)} selected nor the {len(base_classes)} class folders")
     paths = [ds.base.samples[i][0] for i in ds.indices]
-    return RealScorer(paths, outputs, _real_labels(None if real is True else str(real)))
+    return RealScorer(paths, outputs, _real_labels(real))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def lt_train_command(loss: str, seed: int, out: Path, scale: Scale, data_path: s
 # A finished run is reused only if neither its command nor these trainer files changed since it was made.
 TRAINER_FILES = {"resnet": ("Conv/common_resnet/train.py", "Conv/common_resnet/presets.py"),
                  "vit": ("Deit/train_with_MaxSup.sh", "Deit/main.py", "Deit/engine.py", "Deit/datasets.py")}
-TRAINER_FILES["vit_aug"] = (*TRAINER_FILES["vit"], "Deit/smmix.py", "Deit/token_labeling.py", "maxsup/vit.py")
+TRAINER_FILES["vit_aug"] = (*TRAINER_FILES["vit"], "Deit/smmix.py", "Deit/token_labeling.py", "maxsup/models/vit.py")
 
 
 def run_identity(backbone: str, cmd: list[str]) -> dict[str, Any]:

@@ -278,7 +278,7 @@ def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatc
     (["--dataset", "fmnist", "--loss", "maxsup", "--label-smoothing", "0.1"], "cannot be combined with --loss maxsup"),
     (["--dataset", "cifar100", "--data-path", "{tmp}/c100"], "extract cifar-100-python.tar.gz so that"),
     (["--dataset", "imagenet32", "--data-path", "{tmp}/in32"], "put train_data_batch_1..10"),
-    (["--dataset", "fmnist", "--classes", "0,x"], "argument --classes: invalid"),
+    (["--dataset", "fmnist", "--classes", "0,x"], "--classes must be a comma-separated list of integers, got '0,x'"),
 ])
 def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--epochs", "1", "-j", "0", "--output-dir",

@@ -21,27 +21,16 @@ from typing import Any
 import presets
 import torch
 import torch.utils.data
-import torchvision
 import utils
 from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checks import check_accum_steps, check_smoothing
 from maxsup.cli import run_cli
-from maxsup.data import long_tailed_indices
-from maxsup.data.downsampled import DownsampledImageNet
-from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
-from maxsup.data.imagenet_variants import (
-    EVAL_SETS,
-    RealScorer,
-    add_test_set_args,
-    eval_set,
-    extra_val_sets,
-    real_labels,
-    scored_logits,
-)
-from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
-from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
+from maxsup.data import long_tailed_indices, parse_classes
+from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
+from maxsup.data.registry import DATASETS, build_split, split_num_classes
+from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.errors import UserError
 from maxsup.estimate import (
     StepClock,
@@ -52,7 +41,6 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
-from maxsup.imagecheck import CheckedImageFolder
 from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
 from maxsup.models import (
@@ -111,20 +99,6 @@ NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "workers", "pri
 RUN_MARKERS = ("run.json", "checkpoint.pth")
 #: Folders a seed sweep moves to <folder>/seed<S>.
 SEED_FOLDERS = ("output_dir", "tensorboard")
-
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-#: dataset → (native image side, mean, std, small_input)
-DATASETS = {
-    "imagefolder": (224, IMAGENET_MEAN, IMAGENET_STD, False),
-    "fmnist": (28, (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3, True),
-    "cifar10": (32, CIFAR10_MEAN, CIFAR10_STD, True),
-    "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
-    "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
-    "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
-    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
-    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in TRANSFER_DATASETS},  # T6 fine-tuning: cub200, cars
-}
 
 
 @dataclass
@@ -270,44 +244,13 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
 
 
 def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tuple[torch.utils.data.Dataset, int]:
-    """(dataset, number of classes) for one split; missing files raise one actionable sentence."""
-    name = args.dataset
-    if name == "fmnist":
-        ds = FashionMNIST(args.data_path, train=train, transform=transform, classes=args.classes,
-                          download=args.download, limit_per_class=args.limit_per_class)
-        return ds, len(ds.classes)
-    if name in ("cifar10", "cifar100"):
-        root = Path(args.data_path or f"datasets/{name}")
-        cls, archive, folder, k = (
-            (torchvision.datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py", 10) if name == "cifar10"
-            else (torchvision.datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python", 100))
-        try:
-            ds = cls(root, train=train, transform=transform, download=args.download)
-        except RuntimeError:
-            raise UserError(f"{name.upper()} not found in {root}: extract {archive} so that {root / folder} exists, "
-                            f"or add --download") from None
-        return ds, k
-    if args.data_path is None:
-        raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
-    if name in TRANSFER_DATASETS:
-        ds = transfer_dataset(name, args.data_path, train, transform)
-        return ds, len(ds.classes)
-    if name in EVAL_SETS:
-        if train:
-            raise UserError(f"--dataset {name} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
-        ds = eval_set(name, args.data_path, transform)
-        return ds, len(ds.classes)
-    if name in ("imagenet32", "imagenet64"):
-        ds = DownsampledImageNet(args.data_path, size=DATASETS[name][0], train=train, transform=transform)
-        return ds, ds.num_classes
-    folder = Path(args.data_path) / ("train" if train else "val")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; --data-path must contain train/<class>/*.jpg "
-                                f"and val/<class>/*.jpg")
-    # corrupt files: named up front or mid-epoch, or skipped with --skip-corrupt (maxsup.imagecheck); a val image
-    # is never replaced by another one, which would count it twice
-    ds = CheckedImageFolder(folder, transform=transform, skip_corrupt=args.skip_corrupt, substitute=train)
-    return ds, len(ds.classes)
+    """(dataset, number of classes) for one split (``maxsup.data.registry``); missing files raise one actionable
+    sentence."""
+    if train and DATASETS[args.dataset].eval_only:
+        raise UserError(f"--dataset {args.dataset} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
+    ds = build_split(args.dataset, args.data_path, train=train, transform=transform, classes=args.classes,
+                     download=args.download, limit_per_class=args.limit_per_class, skip_corrupt=args.skip_corrupt)
+    return ds, split_num_classes(ds)
 
 
 def check_same_classes(train: torch.utils.data.Dataset, val: torch.utils.data.Dataset, where: str | None) -> None:
@@ -324,10 +267,10 @@ def check_same_classes(train: torch.utils.data.Dataset, val: torch.utils.data.Da
 
 def eval_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation preprocessing stored in checkpoints (``maxsup.data.transforms.transform_spec``)."""
-    native, mean, std, small = DATASETS[args.dataset]
-    crop = args.val_crop_size or native
-    resize = args.val_resize_size or (crop if small else round(crop * 256 / 224))
-    return transform_spec(crop, crop_pct=crop / resize, mean=mean, std=std, interpolation=args.interpolation)
+    data = DATASETS[args.dataset]
+    crop = args.val_crop_size or data.input_size
+    resize = args.val_resize_size or (crop if data.small_input else round(crop * 256 / 224))
+    return transform_spec(crop, crop_pct=crop / resize, mean=data.mean, std=data.std, interpolation=args.interpolation)
 
 
 def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any], state: RunState):
@@ -339,15 +282,16 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
         raise UserError(f"--limit-per-class is only supported with --dataset fmnist, not {args.dataset}")
     if args.imb_ratio is not None and args.dataset not in ("fmnist", "cifar10", "cifar100"):
         raise UserError(f"--imb-ratio is supported with --dataset fmnist, cifar10 or cifar100, not {args.dataset}")
-    native, mean, std, small = DATASETS[args.dataset]
+    data = DATASETS[args.dataset]
     print(f"Loading data ({args.dataset})")
     t0 = time.time()
     dataset_test, num_classes = _build_dataset(args, False, eval_transform(spec))
     dataset = None
     if not args.test_only:
         train_tf = presets.ClassificationPresetTrain(
-            args.train_crop_size or native, mean, std, small_input=small, interpolation=args.interpolation,
-            hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
+            args.train_crop_size or data.input_size, data.mean, data.std, small_input=data.small_input,
+            interpolation=args.interpolation, hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment,
+            random_erase_prob=args.random_erase)
         if args.train_transform == "eval":
             train_tf = eval_transform(spec)
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
@@ -505,7 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     extra_val = _extra_val_loaders(args, spec, dist_info, num_classes)  # checked before anything is written
     real = None  # file names and class wnids are checked here, before any training or evaluation
     if args.real_labels:
-        labels = real_labels(None if args.real_labels is True else args.real_labels)
+        labels = real_labels(args.real_labels)
         real = RealScorer.from_dataset(dataset_test, labels)
 
     if args.test_only:
@@ -697,11 +641,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
-def class_list(text: str) -> list[int]:
-    """``"0,2,4"`` → ``[0, 2, 4]`` (argparse type of --classes)."""
-    return [int(c) for c in text.split(",")]
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(description="MaxSup-repo image classification training (torchvision references idiom)",
                      add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -715,7 +654,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "datasets/cifar10 or datasets/cifar100)")
     parser.add_argument("--download", action="store_true",
                         help="download fmnist/cifar10/cifar100 into --data-path if missing")
-    parser.add_argument("--classes", default=None, type=class_list,
+    parser.add_argument("--classes", default=None, type=parse_classes,
                         help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")

@@ -38,9 +38,9 @@ from torch.utils.data import Dataset, Subset
 
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
+from maxsup.data.imagecheck import CheckedImageFolder
 from maxsup.data.zipcache import parse_map
 from maxsup.errors import UserError
-from maxsup.imagecheck import CheckedImageFolder
 from maxsup.training import atomic_path, atomic_write
 
 
@@ -92,7 +92,7 @@ def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None
     ``layout`` for ``data_dir``: ``imagenetv2`` (folders 0..999, label = int(name)), ``imagenet-sketch`` (wnid
     folders, label = the wnid's ImageNet-1k index) or ``imagenet-a`` / ``imagenet-r`` (wnid folders, label = position
     in the sorted 1k indices of the wnids present, ``class_indices``). ``skip_corrupt``: drop the ImageFolder files
-    that fail :mod:`maxsup.imagecheck`'s up-front check instead of refusing them."""
+    that fail :mod:`maxsup.data.imagecheck`'s up-front check instead of refusing them."""
     if sum(x is not None for x in (data_dir, zip_path, fashion_mnist)) != 1:
         raise UserError("give exactly one source: --data-dir <ImageFolder split>, --zip <file.zip> --map <map.txt>, "
                         "or --fashion-mnist train|test")
@@ -298,7 +298,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=100, help="images per worker task")
     parser.add_argument("--skip-corrupt", action="store_true",
                         help="--data-dir: skip empty, truncated or non-image files (counted) instead of refusing them; "
-                             "a file that fails to decode later still ends the write (maxsup/imagecheck.py)")
+                             "a file that fails to decode later still ends the write (maxsup/data/imagecheck.py)")
     parser.add_argument("--subset", type=int, default=-1, help="write only this many images, spread evenly (-1: all)")
     return parser
 

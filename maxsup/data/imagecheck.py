@@ -19,8 +19,8 @@ from typing import Any
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from .data.zipcache import looks_truncated
-from .errors import UserError
+from ..errors import UserError
+from .zipcache import looks_truncated
 
 __all__ = ["CorruptImageError", "CheckedImageFolder", "is_corrupt_file", "load_rgb"]
 

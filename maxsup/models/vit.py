@@ -41,7 +41,8 @@ from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from .errors import UserError
+from ..errors import UserError
+from .outputs import classifier_layer
 
 __all__ = ["TokenHeadViT", "LVViT", "with_token_head", "patch_grid", "dense_class_scores", "mix_tokens",
            "mixtoken_box", "lvvit_t", "lvvit_s", "lvvit_m"]
@@ -342,8 +343,6 @@ def dense_class_scores(model: nn.Module, x: Tensor) -> Tensor:
       the last feature map, i.e. the map whose global average gives the model's logits (the official
       ``generate_label.py`` does the same with a 1×1 convolution).
     """
-    from .models import classifier_layer
-
     if isinstance(model, (LVViT, TokenHeadViT)):
         vit = model.backbone
         tokens, _ = model._tokens(x, mix=False)
