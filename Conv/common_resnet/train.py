@@ -699,13 +699,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help=f"an option of --loss, repeatable (e.g. --loss focal --loss-opt gamma=2); options and "
                              f"defaults: {describe_loss_options()}")
     parser.add_argument("--alpha-start", default=None, type=float,
-                        help=f"LS/MaxSup α at the first epoch (default: {alpha['alpha_start']})")
+                        help=f"LS/MaxSup α at the first epoch (default: %(default)s = the loss's, "
+                             f"{alpha['alpha_start']})")
     parser.add_argument("--alpha-end", default=None, type=float,
-                        help=f"LS/MaxSup α at the last epoch (linear) (default: {alpha['alpha_end']})")
+                        help=f"LS/MaxSup α at the last epoch (linear) (default: %(default)s = the loss's, "
+                             f"{alpha['alpha_end']})")
     parser.add_argument("--alpha-denominator", default=None, choices=ALPHA_DENOMINATORS,
                         help=f"α(e) = start + (end − start)·e/D: E-1 reaches --alpha-end at the last epoch (the "
                              f"authors' torchvision code); E is the paper's t/T "
-                             f"(default: {alpha['alpha_denominator']})")
+                             f"(default: %(default)s = the loss's, {alpha['alpha_denominator']})")
     parser.add_argument("--label-smoothing", default=0.0, type=float,
                         help="LS with a fixed α (= --loss ls with alpha-start = alpha-end); refused with other losses")
     parser.add_argument("--stats-every", default=10, type=int, help="measure the penalty statistics every N steps")
