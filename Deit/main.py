@@ -95,12 +95,15 @@ RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "ep
 #: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
 ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
 
-#: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
-#: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
-LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
 #: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
+
+
+def ls_like_losses() -> list[str]:
+    """Losses whose α-weighted term already is (part of) label smoothing or its replacement (``smooths_labels``);
+    adding timm's ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0)."""
+    return [name for name, cls in LOSSES.items() if getattr(cls, "smooths_labels", False)]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -152,7 +155,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing", type=float, default=0.0,
                    help="timm label smoothing applied to the targets (inside Mixup when it is on). DeiT's default "
                         "is 0.1; here 0.0, because LS is --loss ls (paper §5.1). Refused with --loss "
-                        f"{'/'.join(LS_LIKE)} unless --allow-ls-with-maxsup (default: 0.0)")
+                        f"{'/'.join(ls_like_losses())} unless --allow-ls-with-maxsup (default: 0.0)")
     g.add_argument("--train-interpolation", type=str, default="bicubic", help="training resize (default: bicubic)")
     g.add_argument("--repeated-aug", action="store_true", help="repeated augmentation when distributed (default: on)")
     g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
@@ -250,7 +253,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence."""
-    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup:
+    if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
                         f"--allow-ls-with-maxsup")
