@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
 from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_spec  # noqa: E402
-from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
+from engine import evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
 from token_labeling import (  # noqa: E402
@@ -40,7 +40,6 @@ from token_labeling import (  # noqa: E402
     TokenLabelStep,
 )
 
-from maxsup import CRITERIA, build_criterion  # noqa: E402
 from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
@@ -60,7 +59,16 @@ from maxsup.estimate import (  # noqa: E402
     print_estimate,
     train_split_size,
 )
-from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
+from maxsup.losses import (  # noqa: E402
+    ALPHA_DENOMINATORS,
+    LOSSES,
+    PENALTY_KEYS,
+    ScheduledLoss,
+    build_criterion,
+    describe_loss_options,
+    loss_defaults,
+    resolve_loss_options,
+)
 from maxsup.models import (  # noqa: E402
     CIFAR_RESNETS,
     arch_spec,
@@ -96,29 +104,33 @@ from maxsup.training import (  # noqa: E402
 )
 
 TRAINER = "Deit/main.py"
-#: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
-RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing", "smmix",
-               "token_label", "mixtoken")
-RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
+#: Arguments that define a run (plus the α flags): --resume refuses a change.
+RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "loss_options",
+               "smoothing", "smmix", "token_label", "mixtoken")
+#: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
+ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
 #: Flags that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the global
 #: batch): left out of run.json's recipe fingerprint, so seeds and losses of one recipe are one group of
 #: analysis.collect.
 NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "print_freq", "data_path", "eval",
               "eval_ema", "dist_eval", "tensorboard", "print_config", "pin_mem", "loss", "alpha_start", "alpha_end",
               "model", "data_set", "stats_every", "batch_size", "accum_steps", "world_size", "allow_ls_with_maxsup",
-              "skip_corrupt", "cache", "loss_kwargs", "compile", "overwrite", "estimate",
+              "skip_corrupt", "cache", "loss_opt", "loss_options", "compile", "overwrite", "estimate",
               "estimate_synthetic")
 #: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
 RUN_MARKERS = ("run.json", "checkpoint.pth")
 #: Folders a seed sweep moves to <folder>/seed<S>.
 SEED_FOLDERS = ("output_dir", "tensorboard")
 
-#: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
-#: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
-LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
 #: timm modules whose models take img_size ("vit" is maxsup/models/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
+
+
+def ls_like_losses() -> list[str]:
+    """Losses whose α-weighted term already is (part of) label smoothing or its replacement (``smooths_labels``);
+    adding timm's ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0)."""
+    return [name for name, cls in LOSSES.items() if getattr(cls, "smooths_labels", False)]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -170,7 +182,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing", type=float, default=0.0,
                    help="timm label smoothing applied to the targets (inside Mixup when it is on). DeiT's default "
                         "is 0.1; here 0.0, because LS is --loss ls (paper §5.1). Refused with --loss "
-                        f"{'/'.join(LS_LIKE)} unless --allow-ls-with-maxsup (default: 0.0)")
+                        f"{'/'.join(ls_like_losses())} unless --allow-ls-with-maxsup (default: 0.0)")
     g.add_argument("--train-interpolation", type=str, default="bicubic", help="training resize (default: bicubic)")
     g.add_argument("--repeated-aug", action="store_true", help="repeated augmentation when distributed (default: on)")
     g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
@@ -214,22 +226,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="apply --loss (e.g. MaxSup) to the token-head logits too, not only to the CLS logits")
 
     g = p.add_argument_group("loss (MaxSup)")
-    g.add_argument("--loss", default="ce", choices=CRITERIA,
-                   help="ce (baseline), ls, maxsup, lp, cp, ols, zipf, the Table 1 ablations ls-reg, ls-err, "
-                        "ls-err-alt, or logitnorm, focal, adaptive-ls, maxsup-adaptive (default: ce)")
-    g.add_argument("--loss-kwargs", default="{}", type=str,
-                   help='JSON dict of loss options, e.g. \'{"tau": 0.04}\' (logitnorm), \'{"gamma": 2.0}\' (focal), '
-                        '\'{"alpha_max": 0.2}\' (adaptive-ls, maxsup-adaptive), \'{"lam": 0.1}\' (zipf) (default: {})')
-    g.add_argument("--alpha-denominator", default="E-1", choices=ALPHA_DENOMINATORS,
-                   help="α(e) = start + (end − start)·e/D: D = E-1 reaches --alpha-end at the last epoch (authors' "
-                        "DeiT code); D = E is the paper's t/T (default: E-1)")
-    g.add_argument("--zipf-dense", action="store_true",
-                   help="Zipf-LS ranks classes by per-patch-token votes (the official --dense mode)")
+    alpha = loss_defaults(ScheduledLoss)  # the α schedule's defaults, from the α losses' base class signature
+    g.add_argument("--loss", default="ce", choices=list(LOSSES),
+                   help=f"training loss, a name registered in maxsup.losses.LOSSES: {', '.join(LOSSES)} "
+                        f"(default: ce)")
+    g.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"an option of --loss, repeatable (e.g. --loss zipf --loss-opt dense=true); options and "
+                        f"defaults: {describe_loss_options()}")
+    g.add_argument("--alpha-start", type=float, default=None,
+                   help=f"α at the first epoch, for the losses with an α schedule (default: {alpha['alpha_start']})")
+    g.add_argument("--alpha-end", type=float, default=None,
+                   help=f"α at the last epoch; equal to --alpha-start for a fixed α (Table 11) "
+                        f"(default: {alpha['alpha_end']})")
+    g.add_argument("--alpha-denominator", default=None, choices=ALPHA_DENOMINATORS,
+                   help=f"α(e) = start + (end − start)·e/D: D = E-1 reaches --alpha-end at the last epoch (authors' "
+                        f"DeiT code); D = E is the paper's t/T (default: {alpha['alpha_denominator']})")
     g.add_argument("--stats-every", default=10, type=int,
                    help="measure the LS/MaxSup penalty statistics every N steps (default: 10)")
-    g.add_argument("--alpha-start", type=float, default=0.1, help="α at the first epoch (default: 0.1)")
-    g.add_argument("--alpha-end", type=float, default=0.2,
-                   help="α at the last epoch; equal to --alpha-start for a fixed α (Table 11) (default: 0.2)")
     g.add_argument("--allow-ls-with-maxsup", action="store_true",
                    help="allow --smoothing > 0 together with an LS-like --loss")
 
@@ -282,7 +295,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
     the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
     check_smoothing(args.smoothing, "--smoothing")
-    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup and not args.eval:
+    if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
                         f"--allow-ls-with-maxsup")
@@ -291,8 +304,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_estimate(args.estimate, args.estimate_synthetic)
     if args.estimate and args.eval:
         raise UserError("--estimate times training steps; it cannot be combined with --eval")
-    if args.zipf_dense and args.loss != "zipf":
-        raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
+    resolve_loss(args)
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
     if args.eval:  # the token head comes from the checkpoint (eval_token_head), not from these training flags
@@ -342,16 +354,24 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_loss(args: argparse.Namespace) -> None:
+    """Set ``args.loss_options`` to every option of ``--loss`` (defaults filled in) and the α flags to the α schedule
+    (the loss's values; the schedule's defaults for a loss without one, which refuses α flags). Resolves once."""
+    if "loss_options" in vars(args):
+        return
     try:
-        kw = json.loads(args.loss_kwargs)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--loss-kwargs is not valid JSON ({exc.msg}): {args.loss_kwargs!r}") from None
-    if not isinstance(kw, dict):
-        raise UserError(f"--loss-kwargs must be a JSON object, got {args.loss_kwargs!r}")
-    if args.zipf_dense:
-        kw["dense"] = True
-    return kw
+        args.loss_options = resolve_loss_options(args.loss, args.loss_opt,
+                                                 **{k: getattr(args, k) for k in ALPHA_OPTIONS})
+    except ValueError as exc:
+        raise UserError(f"--loss {args.loss}: {exc}") from None
+    schedule = {**loss_defaults(ScheduledLoss), **args.loss_options}
+    for k in ALPHA_OPTIONS:
+        setattr(args, k, schedule[k])
+
+
+def resume_flag(key: str) -> str:
+    """The flag a user types for a resume key (``loss_options`` are set with ``--loss-opt`` and the α flags)."""
+    return "--loss-opt" if key == "loss_options" else "--" + key.replace("_", "-")
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
@@ -551,9 +571,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           min_lr=args.min_lr, warmup_lr=args.warmup_lr,
                                           warmup_epochs=args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
-                                alpha_end=args.alpha_end, alpha_denominator=args.alpha_denominator,
-                                model=model_without_ddp, **loss_kwargs(args)).to(device)
+    criterion = build_criterion(args.loss, nb_classes, args.epochs, model=model_without_ddp,
+                                **args.loss_options).to(device)
     if args.compile:
         model = torch.compile(model)
     if args.estimate:  # N steps of the loop below (maxsup.estimate), one JSON line, nothing written
@@ -580,10 +599,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ckpt = {**ckpt, "model": ckpt["model_ema"]}
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
     elif args.resume:  # continue the same run: checked, then every state and the RNG restored
-        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES)), "num_classes"]
+        keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
                            saved=lambda c: {**c.get("args", {}), "num_classes": c.get("arch", {}).get("num_classes")},
-                           recognise=lambda saved_args: "data_set" in saved_args)
+                           recognise=lambda saved_args: "data_set" in saved_args, flag=resume_flag)
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
         resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,
                                        "model_ema": model_ema.module if model_ema is not None else None,

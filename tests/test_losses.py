@@ -1,5 +1,6 @@
 """The method itself: LS/MaxSup identities (paper §3), gradients (Eq. 9), schedule, baselines, bad input."""
 
+import inspect
 import math
 
 import pytest
@@ -19,13 +20,18 @@ from maxsup import (
 )
 from maxsup.losses import (
     CRITERIA,
+    LOSSES,
     AdaptiveLabelSmoothingLoss,
+    Loss,
     OnlineLabelSmoothingLoss,
     PenaltyStatsMeter,
     ZipfLabelSmoothingLoss,
     compute_loss,
     entropy_alpha,
+    loss_defaults,
+    parse_loss_options,
     penalty_stats,
+    register_loss,
 )
 from maxsup.models import create_model, logits_and_dense_logits
 
@@ -201,7 +207,7 @@ def test_penalty_stats_reports_misclassified_fraction():
     lambda: build_criterion("focal", 10, tau=0.1),  # an option the loss does not take
     lambda: build_criterion("ls", 10, alpha_denominator="T"),
     lambda: build_criterion("logitnorm", 10, tau=0.0),
-    lambda: AlphaSchedule(epochs=0),
+    lambda: AlphaSchedule(0.1, 0.2, epochs=0),
 ])
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
@@ -368,3 +374,99 @@ def test_per_position_logits(name, kwargs):
     zipf = build_criterion("zipf", 7, dense=True)
     outputs, loss = compute_loss(model, zipf, x, y)
     assert torch.allclose(loss, zipf(outputs, y, dense_logits=dense), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The registry: one table, defaults read from each class's signature
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_loss_defaults_are_the_class_signature_and_build_the_same_loss(name):
+    cls = LOSSES[name]
+    sig = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+           if k not in ("self", "num_classes", "epochs", "model")}
+    assert loss_defaults(name) == sig
+    z, y = _batch(b=6, k=5, seed=9)
+    torch.manual_seed(0)
+    implicit = build_criterion(name, 5, epochs=4)
+    explicit = build_criterion(name, 5, epochs=4, **loss_defaults(name))
+    for crit in (implicit, explicit):
+        crit.set_epoch(2)
+    assert type(implicit) is cls and torch.equal(implicit(z, y), explicit(z, y))
+
+
+def test_loss_defaults_are_the_papers_values():
+    for name in ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt"):
+        assert loss_defaults(name) == {"alpha_start": 0.1, "alpha_end": 0.2, "alpha_denominator": "E-1"}
+    assert loss_defaults("lp") == {"beta": 2e-3}
+    assert loss_defaults("zipf") == {"lam": 0.1, "power": 1.0, "dense": False}
+    assert loss_defaults("ce") == {}
+    sched = build_criterion("maxsup", 10, epochs=300).alpha_schedule
+    assert (sched.start, sched.end, sched.epochs, sched.denominator) == (0.1, 0.2, 300, "E-1")
+    assert build_criterion("lp", 10).beta == 2e-3
+
+
+def test_parse_loss_options_types_values_by_their_defaults():
+    assert parse_loss_options("maxsup", ["alpha_end=0.3", "alpha-denominator=E", "alpha_start=0"]) == {
+        "alpha_end": 0.3, "alpha_denominator": "E", "alpha_start": 0.0}
+    opts = parse_loss_options("zipf", ["dense=true", "lam=1", "power=2.5"])
+    assert opts == {"dense": True, "lam": 1.0, "power": 2.5}
+    assert type(opts["lam"]) is float and opts["dense"] is True
+    assert parse_loss_options("zipf", ["dense=False"]) == {"dense": False}
+    assert parse_loss_options("ce", []) == {}
+    assert build_criterion("zipf", 7, **opts).dense is True
+
+
+@pytest.mark.parametrize("name, items, match", [
+    ("focal", ["tau=0.1"], r"loss 'focal' has no option 'tau'; loss 'focal' takes gamma \(default 2.0\)"),
+    ("ce", ["alpha_end=0.2"], "takes no options"),
+    ("zipf", ["dense=maybe"], "expected a bool value"),
+    ("lp", ["beta=small"], "expected a float value"),
+    ("lp", ["beta"], "not KEY=VALUE"),
+    ("lp", ["beta=1", "beta=2"], "given twice"),
+    ("labelsmooth", [], "valid names: ce, ls, maxsup"),
+])
+def test_parse_loss_options_refuses_bad_items(name, items, match):
+    with pytest.raises(ValueError, match=match):
+        parse_loss_options(name, items)
+
+
+class _TwoOptionLoss(Loss):
+    def __init__(self, num_classes: int, weight: float = 0.5, steps: int = 3) -> None:
+        super().__init__()
+        self.num_classes, self.weight, self.steps = num_classes, weight, steps
+
+    def forward(self, outputs, target):
+        z, target = self._inputs(outputs, target)
+        return self.weight * F.cross_entropy(z, target)
+
+
+def test_register_loss_adds_a_class_and_refuses_duplicates_and_undefaulted_options():
+    try:
+        register_loss("test_two_option")(_TwoOptionLoss)
+        assert "test-two-option" in CRITERIA  # CRITERIA is a live view of LOSSES
+        assert loss_defaults("test-two-option") == {"weight": 0.5, "steps": 3}
+        assert parse_loss_options("test-two-option", ["steps=7"]) == {"steps": 7}
+        with pytest.raises(ValueError, match="expected a int value"):
+            parse_loss_options("test-two-option", ["steps=0.5"])
+        crit = build_criterion("test-two-option", 4, weight=2.0)
+        assert (crit.num_classes, crit.weight, crit.steps) == (4, 2.0, 3)
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss("test-two-option")(_TwoOptionLoss)
+    finally:
+        LOSSES.pop("test-two-option", None)
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("maxsup")(_TwoOptionLoss)
+
+    class NoDefault(Loss):
+        def __init__(self, beta: float) -> None:
+            super().__init__()
+
+    with pytest.raises(TypeError, match="needs a bool/int/float/str default"):
+        register_loss("no-default")(NoDefault)
+    assert "no-default" not in LOSSES
+
+
+def test_smooths_labels_marks_the_losses_that_replace_label_smoothing():
+    """Trainers refuse target smoothing on top of these (it would regularise twice, paper §5.1)."""
+    marked = {name for name, cls in LOSSES.items() if cls.smooths_labels}
+    assert marked == {"ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive"}
