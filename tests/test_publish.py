@@ -19,7 +19,7 @@ import torch
 
 from maxsup.errors import UserError
 from maxsup.models import model_from_checkpoint
-from maxsup.publish import export, push
+from maxsup.hub.publish import export, push
 from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +165,24 @@ def test_export_refuses_an_existing_target_and_models_timm_cannot_build(deit_run
     with pytest.raises(UserError, match="no timm counterpart"):
         export(tmp_path / "cifar.pth", tmp_path / "cifar_export")
     assert not (tmp_path / "cifar_export").exists() and not list(tmp_path.glob(".cifar_export*"))
+
+
+def test_cli_export_push_and_their_one_line_errors(deit_run, fake_hub, tmp_path, capsys):
+    from maxsup import hub
+
+    assert hub.main(["export", str(deit_run), str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out")
+    for argv, text in ((["export", str(deit_run), str(tmp_path / "out")], "exists; pass --force"),
+                       (["push", str(deit_run), "--repo-id", "a/b/c", "--token", "t"], "not of the form ORG/NAME"),
+                       (["push", str(deit_run), "--repo-id", "org/x"], "no Hugging Face token"),
+                       (["push", str(deit_run), "--repo-id", "org/x", "--token", "t", "--paper-table",
+                         str(tmp_path / "T5.md")], "--paper-table")):
+        with pytest.raises(SystemExit) as exc:
+            hub.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code != 0 and err.startswith("error: ") and err.count("\n") == 1 and text in err, err
+    table = "| Method | DeiT-S (ours) | paper |\n|---|---|---|\n| MaxSup | 12.00 ± 0.00 (n=1) | 81.01 |\n"
+    (tmp_path / "T5.md").write_text(table)
+    assert hub.main(["push", str(deit_run), "--repo-id", "org/x", "--token", "t", "--paper-table",
+                     str(tmp_path / "T5.md")]) == 0
+    assert table in fake_hub.repos["org/x"]["README.md"].decode()

@@ -6,6 +6,8 @@
     python -m maxsup.hub convert last.ckpt DST.pth --arch resnet50 [--plain-torchvision]
     python -m maxsup.hub evaluate deit_small_maxsup|CKPT --data-path /imagenet/val
     python -m maxsup.hub export-mmseg CKPT OUT.pth   # DeiT-S backbone for MMSegmentation + UperNet/ADE20K config
+    python -m maxsup.hub export RUN_OR_CKPT OUT --format safetensors   # timm's save_for_hf folder
+    python -m maxsup.hub push RUN_DIR --repo-id ORG/NAME [--paper-table results/tables/T5.md]
 
 The registry records what is known (repository, release tag or revision, model, method); the file is found at run
 time by listing the release (GitHub REST API) or the repository (huggingface_hub) and applying :func:`file_rule`.
@@ -27,7 +29,8 @@ so exactly that one type is allow-listed (and logged) when the plain load refuse
 
 Modules: :mod:`.registry` (what is known, the file rule, errors), :mod:`.fetch` (verified, resumable HTTP),
 :mod:`.download` (GitHub / Hugging Face listing and download), :mod:`.zip_order` (the DeiT label order),
-:mod:`.convert`, :mod:`.evaluate`, :mod:`.mmseg` (MMSegmentation export) and :mod:`.cli`; their public names are
+:mod:`.convert`, :mod:`.evaluate`, :mod:`.mmseg` (MMSegmentation export), :mod:`.publish` (export / push of our
+runs in timm's Hugging Face form) and :mod:`.cli`; their public names are
 re-exported here (``from maxsup.hub import convert_checkpoint``).
 """
 
@@ -37,6 +40,7 @@ from .download import RemoteFile, download, github_release, list_remote, pick_fi
 from .evaluate import evaluate_checkpoint
 from .fetch import fetch_url, sha256_file
 from .mmseg import DEIT_SMALL, deit_backbone_state_dict, export_mmseg, mmseg_config, timm_vit_to_mmseg
+from .publish import export, push
 from .registry import (
     AUTHORS_REPO,
     HF_RESNET_REPO,
@@ -69,4 +73,4 @@ __all__ = ["ReleasedCheckpoint", "REGISTRY", "AUTHORS_REPO", "HF_RESNET_REPO", "
            "read_zip_map", "verify_zip_order", "zip_to_standard_permutation", "load_zip_order",
            "normalize_resnet_state_dict", "convert_checkpoint", "evaluate_checkpoint", "DEIT_SMALL",
            "timm_vit_to_mmseg", "deit_backbone_state_dict", "mmseg_config", "export_mmseg", "get_args_parser",
-           "main"]
+           "main", "export", "push"]

@@ -1,4 +1,4 @@
-"""The authors' released checkpoints: registry, verified download, conversion to this project's format, evaluation.
+"""The authors' released checkpoints (registry, verified download, conversion, evaluation) and publishing our runs.
 
 The command line of :mod:`maxsup.hub` (``python -m maxsup.hub`` and the ``maxsup-hub`` console script).
 """
@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from ..cli import run_cli
 from ..data.imagenet_variants import EVAL_SETS, add_real_labels_arg
+from ..errors import UserError
 from ..training.checkpoint import atomic_save
 from .convert import convert_checkpoint, load_released_checkpoint
 from .download import download, list_remote, pick_file
 from .evaluate import evaluate_checkpoint, resolve_for_eval
 from .mmseg import export_mmseg
+from .publish import export, push
 from .registry import REGISTRY, DownloadError, file_rule
 
 __all__ = ["get_args_parser", "main"]
@@ -77,6 +80,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_real_labels_arg(p, "(real_acc1, over n_real images)")
     add_fetch(p)
     add_convert(p)
+    p = sub.add_parser("export", help="a run's weights as timm loads them: model.safetensors + config.json "
+                       "(pretrained_cfg: input size, crop, interpolation, mean/std, label names)")
+    p.add_argument("run", help="a run folder (its checkpoint.pth) or a checkpoint file of this project")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--format", default="safetensors", choices=["safetensors"], help="weights format")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p = sub.add_parser("push", help="export a run and publish it with a model card to the Hugging Face Hub "
+                       "(timm.create_model('hf-hub:ORG/NAME', pretrained=True) loads it)")
+    p.add_argument("run", help="a run folder (run.json + checkpoint.pth)")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if missing)")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--paper-table", default=None, help="a table written by `python -m analysis.collect ... "
+                   "--paper TN --out DIR` (DIR/TN.md): the run's numbers beside the paper's, put in the model card")
     return parser
 
 
@@ -121,6 +138,17 @@ def _run(argv: list[str] | None = None) -> int:
         result = evaluate_checkpoint(ckpt, args.data_path, args.batch_size, args.workers, args.device, args.limit,
                                      dataset=args.dataset, real=args.real_labels)
         print(json.dumps({"checkpoint": args.checkpoint, **result}))
+    elif args.command == "export":
+        print(export(args.run, args.out, fmt=args.format, force=args.force))
+    elif args.command == "push":
+        paper = None
+        if args.paper_table:
+            try:
+                paper = Path(args.paper_table).read_text()
+            except OSError as exc:
+                raise UserError(f"--paper-table {args.paper_table}: {exc.strerror}; write it with `python -m "
+                                f"analysis.collect RUNS --paper TN --out DIR`") from None
+        print(push(args.run, args.repo_id, token=args.token, private=args.private, paper=paper))
     return 0
 
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["export", "model_card", "push", "resolve_run"]
 
@@ -51,8 +51,8 @@ def _timm_model(ckpt: Mapping[str, Any], source: str):
     """The checkpoint's network as a timm model with its weights loaded strictly, and the timm name."""
     import timm
 
-    from . import models  # noqa: F401  (registers LV-ViT with timm)
-    from .models import load_state_dict_strict
+    from .. import models  # noqa: F401  (registers LV-ViT with timm)
+    from ..models import load_state_dict_strict
 
     arch = ckpt.get("arch")
     if not isinstance(arch, Mapping) or "model" not in ckpt:
@@ -85,7 +85,7 @@ def export(ref: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "safete
     The folder is assembled beside ``out`` and moved into place at the end, so a failed export leaves nothing."""
     from timm.models import save_for_hf
 
-    from .training import load_checkpoint
+    from ..training import load_checkpoint
 
     if fmt != "safetensors":
         raise UserError(f"--format {fmt!r} is not supported; use --format safetensors")
