@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from maxsup.errors import UserError
-from maxsup.models import model_from_checkpoint
 from maxsup.hub.publish import export, push
+from maxsup.models import model_from_checkpoint
 from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
