@@ -19,8 +19,7 @@ from PIL import Image
 from test_deit import DEIT_MODULES, _one_thread, image_root, train  # noqa: F401  (fixtures)
 from test_smmix_token_labeling import smmix, token_labeling
 
-from maxsup import vit
-from maxsup.models import arch_spec, create_model, model_from_checkpoint
+from maxsup.models import arch_spec, create_model, model_from_checkpoint, vit
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from flat_import import load_flat
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from maxsup import vit
+from maxsup.models import vit
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).with_name("data") / "token_layouts.pt"
