@@ -465,7 +465,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         state.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
     if args.estimate_synthetic:  # generated images at the training crop, the train split's length; no data read
         n_images, num_classes = train_split_size(args.dataset, args.classes, args.limit_per_class)
-        dataset = dataset_test = SyntheticImages(n_images, args.train_crop_size or DATASETS[args.dataset][0],
+        dataset = dataset_test = SyntheticImages(n_images, args.train_crop_size or DATASETS[args.dataset].input_size,
                                                  num_classes, args.seed)
         train_sampler = torch.utils.data.DistributedSampler(dataset) if dist_info.distributed else None
         test_sampler = None
@@ -557,7 +557,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             clock, trainer="common_resnet", steps_per_epoch=len(data_loader) // args.accum_steps,
             epochs=args.epochs, world_size=dist_info.world_size, device=device, model=args.model, loss=args.loss,
             total_batch_size=args.batch_size * dist_info.world_size * args.accum_steps,
-            resolution=args.train_crop_size or DATASETS[args.dataset][0],
+            resolution=args.train_crop_size or DATASETS[args.dataset].input_size,
             data="synthetic" if args.estimate_synthetic else args.data_path or args.dataset))
 
     if checkpoint is not None:  # continue the same run: checked, then every state restored

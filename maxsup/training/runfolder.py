@@ -2,8 +2,9 @@
 
 * **A lock**: the first process of a run (torchrun's rank 0) takes an exclusive ``fcntl.flock`` on ``<folder>/run.lock``
   and writes its PID and host into it. The kernel drops the lock when the process ends, however it ends (kill -9,
-  preemption, a node reboot), so a lock is never stale. A second process on the same folder refuses with one line
-  naming the holder.
+  preemption, a node reboot), so a lock is never stale; a run that ends normally also removes the file (and the
+  folder, if it created it and wrote nothing else there: a refused command leaves no trace). A second process on the
+  same folder refuses with one line naming the holder.
 * **Fallback** where the file system has no working advisory locks (some NFS / Lustre mounts answer ``flock`` with
   ENOLCK or EOPNOTSUPP): the lock is the exclusive creation of ``run.lock`` (``O_CREAT | O_EXCL``) holding PID and
   host, removed when the run ends. One left behind by a killed run is stale when its host is this host and its PID is
@@ -71,6 +72,7 @@ class RunFolderLock:
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None  # flock mode: the open, locked file
         self._created = False  # fallback mode: we created the lock file
+        self._made_folder = False  # the folder did not exist: removed again if the run wrote nothing into it
 
     def _in_use(self, text: str, fallback: bool) -> FolderInUse:
         pid, host = _parse_holder(text)
@@ -81,24 +83,37 @@ class RunFolderLock:
                            f"output folder{hint}")
 
     def acquire(self) -> RunFolderLock:
+        self._made_folder = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise UserError(f"output folder {self.folder} exists and is not a folder; choose another path") from None
         if fcntl is None:
             return self._acquire_exclusive()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 256, 0).decode(errors="replace")
+        for _ in range(3):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 256, 0).decode(errors="replace")
+                os.close(fd)
+                raise self._in_use(text, fallback=False) from None
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in _NO_FLOCK:
+                    return self._acquire_exclusive()
+                raise
+            # A holder unlinks the file before it unlocks (release): a lock on a file no longer at the path is
+            # nobody's, so take the path's file again.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise self._in_use(text, fallback=False) from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in _NO_FLOCK:
-                return self._acquire_exclusive()
-            raise
+        else:
+            raise FolderInUse(f"{self.folder}: could not lock {self.path} (other runs keep taking it); try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, _identity().encode(), 0)
         os.fsync(fd)
@@ -130,13 +145,21 @@ class RunFolderLock:
         raise FolderInUse(f"{self.folder}: could not create {self.path} (another run keeps taking it); try again")
 
     def release(self) -> None:
+        """Remove the lock file (while still holding the lock) and drop the lock; a folder this lock created is
+        removed too when the run wrote nothing into it, so a refused command leaves no trace."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # no holder any more (read by the fallback mode as a stale file)
+            self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the file drops the flock
             self._fd = None
         if self._created:
             self.path.unlink(missing_ok=True)
             self._created = False
+        if self._made_folder:
+            try:
+                self.folder.rmdir()  # only if empty
+            except OSError:
+                pass
+            self._made_folder = False
 
     def __enter__(self) -> RunFolderLock:
         return self.acquire()
