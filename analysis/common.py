@@ -76,11 +76,11 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     p.add_argument("--no-progress", action="store_true", help="hide the extraction progress bar")
 
 
-def script_parser(doc: str, **common: Any) -> argparse.ArgumentParser:
+def script_parser(doc: str, *, split: str | None = "test", real_labels: bool = False) -> argparse.ArgumentParser:
     """An analysis script's parser: described by the first line of ``doc`` (the script's docstring) and holding
-    :func:`add_common_args` (``common``: its keyword options, e.g. ``split=None``); the script adds its own flags."""
+    :func:`add_common_args` (``split``, ``real_labels``: as there); the script adds its own flags."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    add_common_args(p, **common)
+    add_common_args(p, split=split, real_labels=real_labels)
     return p
 
 
@@ -129,7 +129,7 @@ def load_model(name: str, path: Path, device: torch.device | str = "cpu") -> Loa
 
 def load_models(args: argparse.Namespace, checkpoints: list[tuple[str, Path]] | None = None) -> Iterator[LoadedModel]:
     """Each ``--checkpoint`` (or each of ``checkpoints``) rebuilt on ``--device``, in order. A generator, so a script
-    that handles one model at a time holds one in memory; ``list(load_models(args))`` keeps them all."""
+    that handles one model at a time never holds them all; ``list(load_models(args))`` when it needs them together."""
     device = device_from_args(args)
     for name, path in checkpoints_from_args(args) if checkpoints is None else checkpoints:
         yield load_model(name, path, device)
