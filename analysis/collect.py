@@ -20,6 +20,9 @@ an existing file is refused unless ``--force``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 import json
 import math

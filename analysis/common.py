@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,14 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     p.add_argument("--no-progress", action="store_true", help="hide the extraction progress bar")
 
 
+def script_parser(doc: str, *, split: str | None = "test", real_labels: bool = False) -> argparse.ArgumentParser:
+    """An analysis script's parser: described by the first line of ``doc`` (the script's docstring) and holding
+    :func:`add_common_args` (``split``, ``real_labels``: as there); the script adds its own flags."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_common_args(p, split=split, real_labels=real_labels)
+    return p
+
+
 def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     pairs = [parse_checkpoint_arg(c) for c in args.checkpoint]
     names = [n for n, _ in pairs]
@@ -116,6 +125,14 @@ def load_model(name: str, path: Path, device: torch.device | str = "cpu") -> Loa
         raise UserError(f"{path} has no 'eval_transform' entry (maxsup.data.transforms.transform_spec), so its "
                         f"preprocessing is unknown; re-save it with a trainer of this repository")
     return LoadedModel(name, path, model.to(device).eval(), spec, int(ckpt["arch"]["num_classes"]), ckpt["arch"])
+
+
+def load_models(args: argparse.Namespace, checkpoints: list[tuple[str, Path]] | None = None) -> Iterator[LoadedModel]:
+    """Each ``--checkpoint`` (or each of ``checkpoints``) rebuilt on ``--device``, in order. A generator, so a script
+    that handles one model at a time never holds them all; ``list(load_models(args))`` when it needs them together."""
+    device = device_from_args(args)
+    for name, path in checkpoints_from_args(args) if checkpoints is None else checkpoints:
+        yield load_model(name, path, device)
 
 
 class LabeledSubset(Dataset):

@@ -17,6 +17,9 @@ severity).
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 import json
 import sys
@@ -28,16 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from analysis.common import (
     LabeledSubset,
-    add_common_args,
     build_dataset,
     check_head,
-    checkpoints_from_args,
     device_from_args,
-    load_model,
+    load_models,
     markdown_table,
     parse_classes,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -57,8 +59,7 @@ from maxsup.metrics import ClassificationMeter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split=None)
+    p = script_parser(__doc__, split=None)
     p.add_argument("--corruptions", default=None,
                    help="comma list of ImageNet-C corruptions (default: all 15; see maxsup.corruptions.CORRUPTIONS)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma list of severities in 1..5")
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_cifar10c(args.precomputed, corruptions)
     device = device_from_args(args)
     classes = parse_classes(args.classes)
-    loaded = [load_model(name, path, device) for name, path in checkpoints_from_args(args)]
+    loaded = list(load_models(args))
     # Checkpoints sharing an evaluation transform see each corrupted batch once, together.
     groups: dict[str, list] = {}
     for lm in loaded:
