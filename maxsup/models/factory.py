@@ -92,8 +92,9 @@ def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") ->
     """
     weights = read_weights(load_any_checkpoint(path), f"--finetune {path}", ema=key != "model")
     head = classifier_layer(model)
-    head_name = next(name for name, m in model.named_modules() if m is head)
-    head_keys = {f"{head_name}.{k}" for k in head.state_dict()}
+    # LV-ViT's and the token-head ViTs' aux_head is a classifier too (per patch token): replaced with the head
+    heads = [name for name, m in model.named_modules() if m is head or name.split(".")[-1] == "aux_head"]
+    head_keys = {f"{name}.{k}" for name in heads for k in model.get_submodule(name).state_dict()}
     own = model.state_dict()
     # names first (with the head left out, so that a replaced head's absence is no error), then shapes
     state, _ = fit_keys(weights, own, f"--finetune {path}", ignore=head_keys)
