@@ -179,6 +179,11 @@ def _record_key(entry: ReleasedCheckpoint, revision: str, name: str) -> str:
     return f"{entry.source}:{entry.repo}@{revision}/{name}"
 
 
+def _github_folder(entry: ReleasedCheckpoint, revision: str) -> Path:
+    """Cache folder of a GitHub release: per repository, since two publishers may both tag ``1.0``."""
+    return cache_dir() / "github" / entry.repo / revision
+
+
 def _hf_cached_files(entry: ReleasedCheckpoint, revision: str) -> tuple[Path | None, list[str]]:
     """Snapshot folder and file names huggingface_hub's cache holds for ``entry`` at ``revision``."""
     repo_dir = cache_dir() / "huggingface" / f"models--{entry.repo.replace('/', '--')}"
@@ -267,9 +272,10 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
     The file is picked by :func:`file_rule` (or ``filename``) from the live listing, and verified against the size
     and sha256 the API states (GitHub asset ``digest``, Hugging Face LFS oid). Where the API gives no sha256, the
     hash is recorded on first download (``<cache>/sha256_records.json``) and checked on every later use. GitHub
-    assets go to ``dest`` (default ``<cache>/github/<tag>/``) with resume; Hugging Face files use huggingface_hub's
-    cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given. ``offline=True`` picks from
-    the cache (or ``dest``) and never touches the network. ``sha256`` overrides every other expectation.
+    assets go to ``dest`` (default ``<cache>/github/<owner>/<repo>/<tag>/``) with resume; Hugging Face files use
+    huggingface_hub's cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given.
+    ``offline=True`` picks from the cache (or ``dest``) and never touches the network. ``sha256`` overrides every
+    other expectation.
     """
     entry = get_entry(name)
     revision = revision or entry.revision
@@ -291,7 +297,7 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
     if entry.source == "github":
         if not chosen.url:
             raise DownloadError(f"{where} lists {chosen.name} without a download URL")
-        path = (Path(dest) if dest is not None else cache_dir() / "github" / revision) / chosen.name
+        path = (Path(dest) if dest is not None else _github_folder(entry, revision)) / chosen.name
         if path.is_file():
             _verify_or_delete(path, expected, size, chosen.name, what)
             log.info("using the verified copy %s", path)
@@ -317,7 +323,7 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
 def _download_offline(entry: ReleasedCheckpoint, revision: str, dest: str | os.PathLike | None,
                       filename: str | None, sha256: str | None) -> Path:
     hint = "; download it first without --offline, or put the file in a folder and pass --dest DIR"
-    folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
+    folder = Path(dest) if dest is not None else _github_folder(entry, revision)
     # paths relative to the folder: a Hugging Face file copied with --dest keeps its folders (ResNet50/x.ckpt)
     names = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
              if p.is_file() and not p.name.endswith(".part")] if folder.is_dir() else []

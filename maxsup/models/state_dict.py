@@ -206,7 +206,9 @@ def fit_keys(weights: Weights, own: Mapping[str, Tensor], source: str = "checkpo
         have = set(cand) - set(ignore)
         if have == wanted:
             return cand, rename
-        unexpected, missing = sorted(have - wanted), sorted(wanted - have)
+        # in the file's and the model's order: "first" keys are the ones a user finds at the top of the listing
+        unexpected = [k for k in cand if k in have and k not in wanted]
+        missing = [k for k in own if k in wanted and k not in have]
         if best is None or len(unexpected) + len(missing) < len(best[0]) + len(best[1]):
             best = (unexpected, missing)
     unexpected, missing = best
