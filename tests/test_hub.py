@@ -612,6 +612,7 @@ def test_unknown_resnet_layout_shows_first_unexpected_keys(tmp_path, capsys):
     torch.save({"model": sd}, src)
     err = _cli_error(capsys, ["convert", str(src), str(tmp_path / "dst.pth"), "--arch", "resnet18"])
     assert "fit no known layout" in err and "first unexpected keys: backbone.layer1.0.conv1.weight" in err
+    assert all(name in err for name in ("maxsup", "deit", "timm-train", "lightning", "bare"))  # the layouts tried
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hub import FakeServer, server  # noqa: F401  (the loopback server fixture)
+from test_hub import DEIT_ASSET, FakeServer, server  # noqa: F401  (the loopback server fixture)
 
 import hubconf
 from maxsup.errors import UserError
@@ -48,7 +48,7 @@ def test_deit_small_maxsup_downloads_verifies_and_matches_the_released_weights(s
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert not loaded.training
     assert loaded.eval_transform["crop_pct"] == 0.875 and loaded.eval_transform["interpolation"] == "bicubic"
-    assert ("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None) in server.requests
+    assert ("GET", DEIT_ASSET, None) in server.requests
 
 
 def test_a_file_that_fails_its_digest_is_refused(server, deit_release):  # noqa: F811

@@ -212,10 +212,10 @@ def fit_keys(weights: Weights, own: Mapping[str, Tensor], source: str = "checkpo
         if best is None or len(unexpected) + len(missing) < len(best[0]) + len(best[1]):
             best = (unexpected, missing)
     unexpected, missing = best
-    raise LayoutError(f"{source}: keys fit no known layout (read as {weights.layout!r}; tried "
-                      f"{', '.join(LAYOUTS)}; key renames tried: {'; '.join(r for r, _ in candidates)}); first "
-                      f"unexpected keys: {', '.join(unexpected[:5]) or 'none'}; first missing keys: "
-                      f"{', '.join(missing[:5]) or 'none'}")
+    raise LayoutError(f"{source} does not match the model architecture: its keys fit no known layout for it (read "
+                      f"as {weights.layout!r}; layouts tried: {', '.join(LAYOUTS)}; key renames tried: "
+                      f"{'; '.join(r for r, _ in candidates)}); first unexpected keys: "
+                      f"{', '.join(unexpected[:5]) or 'none'}; first missing keys: {', '.join(missing[:5]) or 'none'}")
 
 
 def token_head_of(weights: Weights) -> str | None:
