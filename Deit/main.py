@@ -71,6 +71,7 @@ from maxsup.losses import (  # noqa: E402
 )
 from maxsup.models import (  # noqa: E402
     CIFAR_RESNETS,
+    Weights,
     arch_spec,
     create_model,
     load_any_checkpoint,
@@ -433,12 +434,12 @@ def amp_dtype_for(args: argparse.Namespace, device: torch.device) -> torch.dtype
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[str, Any], path: str,
-                       ema: bool = False) -> None:
+                       ema: bool = False) -> Weights:
     """Strict load of a checkpoint of any layout ``maxsup.models.read_weights`` knows (ours, DeiT's and SMMix's
     ``{'model'}``, timm-train, LV-ViT's bare ``.pth.tar``); a checkpoint from another architecture names both and
     lists the mismatched keys."""
     try:
-        load_weights(model, ckpt, source=path, ema=ema)
+        return load_weights(model, ckpt, source=path, ema=ema)
     except UserError as exc:
         theirs = (ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}).get("name")
         if theirs is None or theirs == arch["name"]:
@@ -595,7 +596,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
     if args.eval:  # the weights of any known checkpoint layout (its EMA with --eval-ema): ours, DeiT, SMMix, LV-ViT
-        load_model_weights(model_without_ddp, load_any_checkpoint(args.resume), arch, args.resume, ema=args.eval_ema)
+        weights = load_model_weights(model_without_ddp, load_any_checkpoint(args.resume), arch, args.resume,
+                                     ema=args.eval_ema)
+        if weights.layout != "maxsup" and weights.args.get("cache") and not args.cache:
+            # the authors' DeiT-S release: trained on their zip maps, whose class order is not ImageFolder's
+            print(f"warning: {args.resume} was trained with --cache on its authors' zip maps, so its logits may be in "
+                  f"their class order; evaluate with --cache on those maps, or convert it first with `python -m "
+                  f"maxsup.hub convert {args.resume} OUT.pth --arch {args.model}` (it permutes the head)")
     elif args.resume:  # continue the same run: checked, then every state and the RNG restored
         keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,

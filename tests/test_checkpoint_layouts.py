@@ -124,7 +124,7 @@ def lvvit_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layout", ["bare", "timm-train", "deit", "deit-released", "maxsup"])
-def test_deit_eval_resume_reads_every_layout(lvvit_files, image_root, layout):
+def test_deit_eval_resume_reads_every_layout(lvvit_files, image_root, layout, capsys):
     """What DeiT users type: --eval --resume FILE --model M, and nothing about training."""
     model, paths = lvvit_files
     stats = DEIT["main"].cli([*EVAL_FLAGS, "--data-path", str(image_root), "--model", "lvvit_t", "--input-size",
@@ -133,6 +133,16 @@ def test_deit_eval_resume_reads_every_layout(lvvit_files, image_root, layout):
     assert stats["n"] == 18
     assert stats["acc1"] == pytest.approx(acc1)
     assert stats["nll"] == pytest.approx(nll, rel=1e-5)
+    assert "zip maps" not in capsys.readouterr().out
+
+
+def test_deit_eval_warns_about_the_authors_zip_label_order(lvvit_files, image_root, tmp_path, capsys):
+    model, _ = lvvit_files
+    path = tmp_path / "authors_deit.pth"
+    torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(cache=True)}, path)
+    DEIT["main"].cli([*EVAL_FLAGS, "--data-path", str(image_root), "--model", "lvvit_t", "--input-size", "32",
+                      "--model-kwargs", json.dumps(LVVIT_KW), "--eval", "--resume", str(path)])
+    assert "trained with --cache on its authors' zip maps" in capsys.readouterr().out
 
 
 def test_deit_eval_ema_of_a_timm_train_file_and_a_file_without_ema(lvvit_files, image_root, capsys):
