@@ -1,5 +1,4 @@
-"""Released checkpoints (the authors' MaxSup releases, the official LV-ViT weights): registry, verified download,
-conversion to this project's format from any known checkpoint layout, evaluation.
+"""The authors' released checkpoints: registry, verified download, conversion to this project's format, evaluation.
 
 The command line of :mod:`maxsup.hub` (``python -m maxsup.hub`` and the ``maxsup-hub`` console script).
 """
