@@ -231,6 +231,27 @@ def test_deit_smoothing_outside_0_1_is_refused(value, tmp_path, capsys):
     assert "--smoothing must be in [0, 1)" in msg and value in msg
 
 
+@pytest.mark.parametrize("loss,flags,text", [
+    ("ls", ["--alpha-start", "1.0"], "alpha_start = 1.0 is a label-smoothing mass and must be < 1"),
+    ("maxsup", ["--alpha-start", "-0.1"], "alpha_start = -0.1 must be >= 0"),
+    ("lp", ["--loss-opt", "beta=-0.001"], "beta = -0.001 must be >= 0"),
+    ("zipf", ["--loss-opt", "lam=1.5"], "lam = 1.5 is a label-smoothing mass"),
+])
+def test_loss_values_out_of_range_are_one_line_in_deit_and_common_resnet(loss, flags, text, tmp_path, capsys):
+    """Every loss's α and weights are >= 0 and a smoothing mass is < 1, checked at the start in both trainers;
+    MaxSup's α is a penalty weight, so above 1 is allowed."""
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(tmp_path), *DEIT_TINY, "--loss",
+                                      loss, *flags, "--output_dir", str(tmp_path / "d")], capsys)
+    assert text in msg, msg
+    msg = _error_line(resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", *RESNET_TINY, "--loss", loss,
+                                         *flags, "--output-dir", str(tmp_path / "r")], capsys)
+    assert text in msg, msg
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
+    config = deit_main.get_args_parser().parse_args(["--loss", "maxsup", "--alpha-end", "1.5", *DEIT_TINY])
+    deit_main.resolve_loss(config)
+    assert config.loss_options["alpha_end"] == 1.5
+
+
 def test_zip_map_with_duplicate_entries_is_refused(tmp_path):
     m = tmp_path / "val_map.txt"
     m.write_text("a.JPEG\t0\nb.JPEG\t1\na.JPEG\t0\n")

@@ -48,6 +48,7 @@ from .registry import (
     CRITERIA,
     LOSSES,
     build_criterion,
+    check_loss_options,
     compute_loss,
     describe_loss_options,
     loss_defaults,
@@ -68,5 +69,6 @@ __all__ = [
     "AdaptiveLabelSmoothingLoss", "MaxSupAdaptiveLoss",
     "LogitPenaltyLoss", "ConfidencePenaltyLoss", "LogitNormLoss", "FocalLoss",
     "LOSSES", "CRITERIA", "register_loss", "loss_defaults", "parse_loss_options", "resolve_loss_options",
+    "check_loss_options",
     "describe_loss_options", "build_criterion", "compute_loss",
 ]

@@ -23,6 +23,9 @@ class Loss(nn.Module):
     #: True when the loss's α-weighted term is (part of) label smoothing or its replacement, so that a trainer's
     #: target smoothing on top would regularise twice (paper §5.1: MaxSup runs use no target smoothing).
     smooths_labels = False
+    #: Options that are a label-smoothing mass (the weight of the uniform or prior part of the target): in [0, 1).
+    #: Every numeric option must be >= 0 (α, β, γ, τ, λ are weights or temperatures); MaxSup's α may exceed 1.
+    smoothing_mass: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ one class with ``@register_loss("name")`` above it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from torch import Tensor, nn
@@ -154,7 +154,24 @@ def resolve_loss_options(name: str, items: Iterable[str] = (), **given: Any) -> 
         if option in parsed and parsed[option] != value:
             raise ValueError(f"loss option {option!r} is set twice, to {parsed[option]!r} and {value!r}")
         parsed[option] = value
-    return {**defaults, **parsed}
+    resolved = {**defaults, **parsed}
+    check_loss_options(name, resolved)
+    return resolved
+
+
+def check_loss_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse values outside a loss's range with one sentence (``ValueError``): every numeric option is a weight,
+    temperature or exponent and must be >= 0; a label-smoothing mass (the class's ``smoothing_mass``, e.g. LS's α)
+    must also be < 1. MaxSup's α is a penalty weight, so values above 1 are allowed."""
+    key, cls = _loss_class(name)
+    for option, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not value >= 0:  # also NaN
+            raise ValueError(f"loss {key!r}: {option} = {value} must be >= 0")
+        if option in getattr(cls, "smoothing_mass", ()) and value >= 1:
+            raise ValueError(f"loss {key!r}: {option} = {value} is a label-smoothing mass and must be < 1 "
+                             f"(1 leaves no weight on the label)")
 
 
 def build_criterion(name: str, num_classes: int, epochs: int = 1, *, model: nn.Module | None = None,
@@ -167,8 +184,8 @@ def build_criterion(name: str, num_classes: int, epochs: int = 1, *, model: nn.M
         epochs: total training epochs (the α schedule's E).
         model: the network being trained (unwrapped from DDP / torch.compile); ``adaptive-ls`` copies it as its
             teacher. Ignored by the losses that do not take it.
-        **options: the loss's keyword options (:func:`loss_defaults` lists them). An option the loss does not take
-            is refused with ``ValueError``.
+        **options: the loss's keyword options (:func:`loss_defaults` lists them). An option the loss does not take,
+            or a value out of its range (:func:`check_loss_options`), is refused with ``ValueError``.
     """
     key, cls = _loss_class(name)
     if num_classes < 2:
@@ -177,6 +194,7 @@ def build_criterion(name: str, num_classes: int, epochs: int = 1, *, model: nn.M
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(f"loss {key!r} has no option {', '.join(unknown)}; {_takes(key, defaults)}")
+    check_loss_options(key, {**defaults, **options})
     params = inspect.signature(cls.__init__).parameters
     supplied = {k: v for k, v in (("num_classes", num_classes), ("epochs", epochs), ("model", model)) if k in params}
     return cls(**supplied, **options)

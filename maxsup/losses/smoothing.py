@@ -38,6 +38,8 @@ class LabelSmoothingLoss(ScheduledLoss):
     (:class:`_SmoothedCrossEntropy`) with the value and gradient of the composed form.
     """
 
+    smoothing_mass = ("alpha_start", "alpha_end")
+
     def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor) -> Tensor:
         z, target = self._inputs(outputs, target)
         return _smoothed_ce(z, target, self.alpha, maxsup=False)
@@ -105,6 +107,8 @@ class OnlineLabelSmoothingLoss(Loss):
     documented as an approximation since the method does not define the Mixup case.
     """
 
+    smoothing_mass = ("init_smoothing",)
+
     def __init__(self, num_classes: int, a: float = 0.5, init_smoothing: float = 0.1) -> None:
         super().__init__()
         if num_classes < 2:
@@ -157,6 +161,8 @@ class ZipfLabelSmoothingLoss(Loss):
       ranked by how many positions vote for them. ``dense=True`` asks :func:`compute_loss` to supply them.
     * Without it, classes are ranked by the final logits themselves (the official non-dense mode).
     """
+
+    smoothing_mass = ("lam",)
 
     def __init__(self, lam: float = 0.1, power: float = 1.0, dense: bool = False) -> None:
         super().__init__()
@@ -254,6 +260,8 @@ class AdaptiveLabelSmoothingLoss(_AdaptiveAlpha):
     The teacher is a submodule, so ``state_dict()`` (and every trainer checkpoint) carries it and a resumed run
     keeps its prior. It costs one extra forward pass per step and one model copy of memory.
     """
+
+    smoothing_mass = ("alpha_max",)
 
     needs_inputs = True
 
