@@ -408,8 +408,8 @@ def test_loss_defaults_are_the_papers_values():
 def test_parse_loss_options_types_values_by_their_defaults():
     assert parse_loss_options("maxsup", ["alpha_end=0.3", "alpha-denominator=E", "alpha_start=0"]) == {
         "alpha_end": 0.3, "alpha_denominator": "E", "alpha_start": 0.0}
-    opts = parse_loss_options("zipf", ["dense=true", "lam=1", "power=2.5"])
-    assert opts == {"dense": True, "lam": 1.0, "power": 2.5}
+    opts = parse_loss_options("zipf", ["dense=true", "lam=0", "power=2.5"])
+    assert opts == {"dense": True, "lam": 0.0, "power": 2.5}
     assert type(opts["lam"]) is float and opts["dense"] is True
     assert parse_loss_options("zipf", ["dense=False"]) == {"dense": False}
     assert parse_loss_options("ce", []) == {}
