@@ -149,7 +149,8 @@ def test_readme_blocks_cover_each_table_column():
             seen = set()
             for c in COMMANDS:
                 if c[0] == rid:
-                    seen.add(c[5][c[5].index("--model") + 1] if "--model" in c[5] else c[5][c[5].index("--config") + 1])
+                    flag = "--model" if "--model" in c[5] else "--config-file"
+                    seen.add(c[5][c[5].index(flag) + 1])
             assert len(seen) == len(recipe["choices"][key]), (rid, seen)
 
 
@@ -192,12 +193,12 @@ def test_deit_print_config_global_batch_and_scaled_lr(world, accum, batch, capsy
 
 
 def test_ffcv_print_config_nested_with_accumulation(capsys, monkeypatch):
-    args = ["--config", "Conv/ffcv/configs/rn50_paper_200ep.toml", "--train.accum_steps=2", "--seeds", "0,3,7"]
+    args = ["--config-file", "Conv/ffcv/configs/rn50_paper_200ep.yaml", "--training.accum_steps=2", "--seeds", "0,3,7"]
     cfg = print_config("Conv/ffcv/main.py", args, 4, {}, capsys, monkeypatch)
-    assert cfg["optimizer"]["lr"] == 0.85 and cfg["train"]["epochs"] == 200 and cfg["model"]["arch"] == "resnet50"
+    assert cfg["lr"]["lr"] == 0.85 and cfg["training"]["epochs"] == 200 and cfg["model"]["arch"] == "resnet50"
     assert cfg["per_process_batch_size"] == 256 and cfg["total_batch_size"] == 2048 and cfg["world_size"] == 4
     assert cfg["seeds"] == [0, 3, 7]
-    with pytest.raises(UserError, match="not divisible by the 3 processes × train.accum_steps = 2"):
+    with pytest.raises(UserError, match="not divisible by the 3 processes × training.accum_steps = 2"):
         print_config("Conv/ffcv/main.py", args, 3, {}, capsys, monkeypatch)
 
 

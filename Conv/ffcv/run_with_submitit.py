@@ -1,12 +1,12 @@
 """Launch Conv/ffcv/main.py on Slurm through submitit, with automatic requeue and resume.
 
     python Conv/ffcv/run_with_submitit.py --nodes 1 --ngpus 8 --partition gpu --job_dir jobs/rn50_maxsup \\
-        --config Conv/ffcv/configs/rn50_paper_200ep.toml --data.train_dataset=/data/ffcv/train.ffcv \\
-        --data.val_dataset=/data/ffcv/val.ffcv --train.output_dir=runs/rn50_maxsup
+        --config-file Conv/ffcv/configs/rn50_paper_200ep.yaml --data.train_dataset=/data/ffcv/train.ffcv \\
+        --data.val_dataset=/data/ffcv/val.ffcv --logging.folder=runs/rn50_maxsup
 
 The launcher's own flags (``--ngpus``, ``--nodes``, ...) come first or anywhere; everything else is the trainer's
-config (``--config`` and dotted overrides). ``--train.output_dir`` defaults to ``--job_dir``. A requeued job continues
-with ``--train.resume=auto``; SIGTERM/SIGUSR1 make the trainer checkpoint at the next step boundary first.
+config (``--config-file`` and dotted overrides). ``--logging.folder`` defaults to ``--job_dir``. A requeued job
+continues with ``--training.resume=auto``; SIGTERM/SIGUSR1 make the trainer checkpoint at the next step boundary first.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ _spec.loader.exec_module(ffcv_main)
 
 
 def prepare(argv: list[str], resume: bool) -> list[str]:
-    return [*argv, "--train.resume=auto"] if resume else argv
+    return [*argv, "--training.resume=auto"] if resume else argv
 
 
 def main(argv: list[str] | None = None):
     parser = add_slurm_args(argparse.ArgumentParser("Submitit for Conv/ffcv + MaxSup"))
     args, config_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.job_dir and not any(a.startswith("--train.output_dir") for a in config_argv):
-        config_argv = [*config_argv, f"--train.output_dir={args.job_dir}"]
+    if args.job_dir and not any(a.startswith("--logging.folder") for a in config_argv):
+        config_argv = [*config_argv, f"--logging.folder={args.job_dir}"]
     cfg = ffcv_main.load_config(config_argv)  # refuse a bad config now, not after the job waited in the queue
-    checkpoint = str(Path(cfg["train"]["output_dir"]) / "checkpoint.pth")
+    checkpoint = str(Path(cfg.logging.folder) / "checkpoint.pth")
     task = RequeueTask(ffcv_main.main, functools.partial(prepare, config_argv), checkpoint)
-    return submit(task, args, name=f"ffcv_{cfg['loss']['type']}")
+    return submit(task, args, name=f"ffcv_{cfg.loss.name}")
 
 
 if __name__ == "__main__":
