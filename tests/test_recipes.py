@@ -202,6 +202,30 @@ def test_ffcv_print_config_nested_with_accumulation(capsys, monkeypatch):
         print_config("Conv/ffcv/main.py", args, 3, {}, capsys, monkeypatch)
 
 
+def test_ffcv_loss_section_reads_the_registry(capsys, monkeypatch):
+    """A loss registered outside the trainer (here, in this test) is a valid loss.name; its options and their
+    defaults come from its signature, typed; the FFCV config lists no loss of its own."""
+    from torch import nn
+
+    from maxsup.losses import LOSSES, register_loss
+
+    @register_loss("test-scaled-ce")
+    class ScaledCE(nn.Module):
+        def __init__(self, scale: float = 0.5, squared: bool = False) -> None:
+            super().__init__()
+            self.scale, self.squared = scale, squared
+
+    try:
+        args = ["--loss.name=test-scaled-ce", "--loss.opts=[squared=1]"]
+        cfg = print_config("Conv/ffcv/main.py", args, 1, {}, capsys, monkeypatch)
+        assert cfg["loss"]["options"] == {"scale": 0.5, "squared": True} and cfg["loss"]["alpha_start"] is None
+        with pytest.raises(UserError, match="loss 'test-scaled-ce' has no option 'beta'"):
+            print_config("Conv/ffcv/main.py", ["--loss.name=test-scaled-ce", "--loss.opts=[beta=1]"], 1, {}, capsys,
+                         monkeypatch)
+    finally:
+        del LOSSES["test-scaled-ce"]
+
+
 def test_seeds_from_env_or_flag_and_bad_values(capsys, monkeypatch):
     cfg = print_config("Conv/common_resnet/train.py", [], 1, {"SEEDS": "3"}, capsys, monkeypatch)
     assert cfg["seeds"] == [0, 1, 2]
@@ -236,3 +260,7 @@ def test_lookup_nested_and_flat():
     assert lookup({"train": {"epochs": 3}}, "train.epochs") == 3
     assert lookup({"epochs": 3}, "epochs") == 3
     assert mismatches({"values": {"a.b": {"value": 1, "paper": "T0"}}}, {"a": {}}) == ["a.b: missing (recipe: 1)"]
+    # only_if_set: FFCV's loss.alpha_* are null for a loss without an α schedule, which still follows the recipe
+    alpha = {"values": {"loss.alpha_start": {"value": 0.1, "ours": "x", "only_if_set": True}}}
+    assert mismatches(alpha, {"loss": {"alpha_start": None}}) == []
+    assert mismatches(alpha, {"loss": {"alpha_start": 0.2}}) == ["loss.alpha_start = 0.2, recipe 0.1 (ours: x)"]
