@@ -41,6 +41,7 @@ NOT_RECIPE = frozenset({
     "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "eval_batch_size",
     "in_memory", "loss.type", "model.arch", "allow_ls_with_maxsup", "skip_corrupt", "cache", "label_smoothing",
     "loss_kwargs", "lp_beta", "cp_beta", "ols_a", "ols_init_smoothing", "zipf_lam", "zipf_power", "compile",
+    "folder", "loss.name", "opts", "loss.options",
 })
 
 
@@ -144,9 +145,11 @@ def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def recipe_fingerprint(config: Mapping[str, Any]) -> str:
     """8 hex digits identifying the recipe: every config key except :data:`NOT_RECIPE` (matched on the whole dotted
-    key or its last part), so the seed, paths and the loss do not split a group."""
+    key, its last part, or a dotted entry's section: ``loss.options`` leaves out ``loss.options.beta``), so the seed,
+    paths and the loss do not split a group."""
+    sections = tuple(f"{p}." for p in NOT_RECIPE if "." in p)
     kept = {k: v for k, v in sorted(_flat(config).items())
-            if k not in NOT_RECIPE and k.rpartition(".")[2] not in NOT_RECIPE}
+            if k not in NOT_RECIPE and k.rpartition(".")[2] not in NOT_RECIPE and not k.startswith(sections)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -261,6 +261,20 @@ def test_lookup_nested_and_flat():
     assert lookup({"epochs": 3}, "epochs") == 3
     assert mismatches({"values": {"a.b": {"value": 1, "paper": "T0"}}}, {"a": {}}) == ["a.b: missing (recipe: 1)"]
     # only_if_set: FFCV's loss.alpha_* are null for a loss without an α schedule, which still follows the recipe
-    alpha = {"values": {"loss.alpha_start": {"value": 0.1, "ours": "x", "only_if_set": True}}}
-    assert mismatches(alpha, {"loss": {"alpha_start": None}}) == []
-    assert mismatches(alpha, {"loss": {"alpha_start": 0.2}}) == ["loss.alpha_start = 0.2, recipe 0.1 (ours: x)"]
+    alpha = {"values": {"loss.options.alpha_start": {"value": 0.1, "ours": "x", "only_if_set": True}}}
+    assert mismatches(alpha, {"loss": {"options": {}}}) == []
+    assert mismatches(alpha, {"loss": {"options": {"alpha_start": 0.2}}}) == [
+        "loss.options.alpha_start = 0.2, recipe 0.1 (ours: x)"]
+
+
+def test_ffcv_recipe_fingerprint_ignores_seed_folder_and_loss_but_not_the_alpha_denominator(capsys, monkeypatch):
+    """analysis.collect groups runs by recipe: a seed sweep (one logging.folder per seed) and another loss with its
+    options stay one recipe; Table 15's α denominator is another."""
+    from maxsup.runinfo import recipe_fingerprint
+
+    base = ["--config-file", "Conv/ffcv/configs/rn50_paper_200ep.yaml"]
+    runs = [base, [*base, "--training.seed=3", "--logging.folder=runs/x/seed3"],
+            [*base, "--loss.name=lp", "--loss.opts=[beta=1e-3]"], [*base, "--loss.name=ce"],
+            [*base, "--loss.alpha_denominator=E"]]
+    prints = [recipe_fingerprint(print_config("Conv/ffcv/main.py", r, 8, {}, capsys, monkeypatch)) for r in runs]
+    assert prints[0] == prints[1] == prints[2] == prints[3] != prints[4]

@@ -171,8 +171,8 @@ def load_config(argv: list[str]) -> DictConfig:
             overrides.append((key, value))
     for key, text in overrides:  # after the file, whatever their order
         current = OmegaConf.select(cfg, key, default=MISSING)
-        if current is MISSING or OmegaConf.is_config(current) or key.startswith("model.kwargs."):
-            update = OmegaConf.from_dotlist([f"{key}={text}"])  # YAML: a list, a model.kwargs entry
+        if current is MISSING or current is None or OmegaConf.is_config(current) or key.startswith("model.kwargs."):
+            update = OmegaConf.from_dotlist([f"{key}={text}"])  # YAML: a list, a model.kwargs entry, a loss.alpha_*
         else:  # a typed key converts the raw text itself: a path like /data/1e3, or "true", stays a string
             update = OmegaConf.create()
             OmegaConf.update(update, key, text)
@@ -226,12 +226,11 @@ def dataset_name(cfg: DictConfig) -> str:
 
 
 def resolved_config(cfg: DictConfig, world: int) -> dict[str, Any]:
-    """The nested config, the loss's resolved options (``loss.options``, and ``loss.alpha_*`` filled in where the
-    loss has them) and what the launcher makes of it (``--print-config``, params.json, run.json, the checkpoint's
-    ``args``). The lr is used as given (no batch scaling), so ``effective_lr`` is ``lr.lr``."""
+    """The nested config, every option the loss is built with (``loss.options``), and what the launcher makes of it
+    (``--print-config``, params.json, run.json, the checkpoint's ``args``). The lr is used as given (no batch
+    scaling), so ``effective_lr`` is ``lr.lr``."""
     out = OmegaConf.to_container(cfg)
-    options = loss_options(cfg.loss)
-    out["loss"].update({k: options[k] for k in ALPHA_KEYS if k in options}, options=options)
+    out["loss"]["options"] = loss_options(cfg.loss)
     return {**out, "world_size": world, "per_process_batch_size": per_process_batch(cfg, world),
             "total_batch_size": cfg.training.batch_size, "effective_lr": cfg.lr.lr}
 
