@@ -25,10 +25,7 @@ from maxsup.losses import PenaltyStatsMeter, compute_loss
 from maxsup.models import unwrap_model
 from maxsup.reliability import Preemption, step_guard
 
-__all__ = ["train_one_epoch", "evaluate", "PENALTY_KEYS"]
-
-#: Means of ``maxsup.penalty_stats`` over the epoch's measured steps (every ``stats_every``; no α applied).
-PENALTY_KEYS = ("maxsup_penalty", "ls_penalty", "ls_regularization", "ls_error_amplification", "misclassified")
+__all__ = ["train_one_epoch", "evaluate"]
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -39,9 +36,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     set_training_mode: bool = True, accum_steps: int = 1, stats_every: int = 10,
                     train_step: Callable | None = None, preemption: Preemption | None = None,
                     partial: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One epoch. Returns means over the training samples of all ranks: ``loss`` (every step), the ``PENALTY_KEYS``
-    (the steps measured every ``stats_every``), plus
-    ``lr``, ``alpha`` (None for losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
+    """One epoch. Returns means over the training samples of all ranks: ``loss`` (every step), the
+    ``maxsup.losses.PENALTY_KEYS`` (the steps measured every ``stats_every``), plus ``lr``, ``alpha`` (None for
+    losses without α) and ``samples`` (total over ranks) / ``samples_rank`` (this rank).
 
     Args:
         data_loader: yields (images (B, 3, H, W), labels (B,)).

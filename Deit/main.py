@@ -28,12 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
 from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_spec  # noqa: E402
-from engine import PENALTY_KEYS, evaluate, train_one_epoch  # noqa: E402
+from engine import evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
 from token_labeling import CropFlipWithBox, TokenLabelDataset, TokenLabelStep  # noqa: E402
 
-from maxsup import CRITERIA, build_criterion  # noqa: E402
 from maxsup.checkpoint import (  # noqa: E402
     atomic_save,
     atomic_write,
@@ -52,7 +51,16 @@ from maxsup.data.imagenet_variants import (  # noqa: E402
 )
 from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
-from maxsup.losses import ALPHA_DENOMINATORS  # noqa: E402
+from maxsup.losses import (  # noqa: E402
+    ALPHA_DENOMINATORS,
+    LOSSES,
+    PENALTY_KEYS,
+    ScheduledLoss,
+    build_criterion,
+    describe_loss_options,
+    loss_defaults,
+    resolve_loss_options,
+)
 from maxsup.models import (  # noqa: E402
     CIFAR_RESNETS,
     arch_spec,
@@ -81,17 +89,21 @@ from maxsup.runinfo import (  # noqa: E402
 from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
-#: Arguments that define a run (plus every loss/alpha option by prefix): --resume refuses a change.
-RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "smoothing", "smmix",
-               "token_label", "mixtoken")
-RESUME_PREFIXES = ("alpha_", "loss_", "zipf_")
+#: Arguments that define a run (plus the α flags): --resume refuses a change.
+RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "epochs", "loss", "loss_options",
+               "smoothing", "smmix", "token_label", "mixtoken")
+#: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
+ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
 
-#: Losses whose α-weighted term already is (part of) label smoothing or its replacement; adding timm's
-#: ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0).
-LS_LIKE = ("ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive")
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
 #: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
+
+
+def ls_like_losses() -> list[str]:
+    """Losses whose α-weighted term already is (part of) label smoothing or its replacement (``smooths_labels``);
+    adding timm's ``--smoothing`` on top would regularise twice (paper §5.1: MaxSup runs use --smoothing 0)."""
+    return [name for name, cls in LOSSES.items() if getattr(cls, "smooths_labels", False)]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -143,7 +155,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing", type=float, default=0.0,
                    help="timm label smoothing applied to the targets (inside Mixup when it is on). DeiT's default "
                         "is 0.1; here 0.0, because LS is --loss ls (paper §5.1). Refused with --loss "
-                        f"{'/'.join(LS_LIKE)} unless --allow-ls-with-maxsup (default: 0.0)")
+                        f"{'/'.join(ls_like_losses())} unless --allow-ls-with-maxsup (default: 0.0)")
     g.add_argument("--train-interpolation", type=str, default="bicubic", help="training resize (default: bicubic)")
     g.add_argument("--repeated-aug", action="store_true", help="repeated augmentation when distributed (default: on)")
     g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
@@ -180,22 +192,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="apply --loss (e.g. MaxSup) to the token-head logits too, not only to the CLS logits")
 
     g = p.add_argument_group("loss (MaxSup)")
-    g.add_argument("--loss", default="ce", choices=CRITERIA,
-                   help="ce (baseline), ls, maxsup, lp, cp, ols, zipf, the Table 1 ablations ls-reg, ls-err, "
-                        "ls-err-alt, or logitnorm, focal, adaptive-ls, maxsup-adaptive (default: ce)")
-    g.add_argument("--loss-kwargs", default="{}", type=str,
-                   help='JSON dict of loss options, e.g. \'{"tau": 0.04}\' (logitnorm), \'{"gamma": 2.0}\' (focal), '
-                        '\'{"alpha_max": 0.2}\' (adaptive-ls, maxsup-adaptive), \'{"lam": 0.1}\' (zipf) (default: {})')
-    g.add_argument("--alpha-denominator", default="E-1", choices=ALPHA_DENOMINATORS,
-                   help="α(e) = start + (end − start)·e/D: D = E-1 reaches --alpha-end at the last epoch (authors' "
-                        "DeiT code); D = E is the paper's t/T (default: E-1)")
-    g.add_argument("--zipf-dense", action="store_true",
-                   help="Zipf-LS ranks classes by per-patch-token votes (the official --dense mode)")
+    alpha = loss_defaults(ScheduledLoss)  # the α schedule's defaults, from the α losses' base class signature
+    g.add_argument("--loss", default="ce", choices=list(LOSSES),
+                   help=f"training loss, a name registered in maxsup.losses.LOSSES: {', '.join(LOSSES)} "
+                        f"(default: ce)")
+    g.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"an option of --loss, repeatable (e.g. --loss zipf --loss-opt dense=true); options and "
+                        f"defaults: {describe_loss_options()}")
+    g.add_argument("--alpha-start", type=float, default=None,
+                   help=f"α at the first epoch, for the losses with an α schedule (default: {alpha['alpha_start']})")
+    g.add_argument("--alpha-end", type=float, default=None,
+                   help=f"α at the last epoch; equal to --alpha-start for a fixed α (Table 11) "
+                        f"(default: {alpha['alpha_end']})")
+    g.add_argument("--alpha-denominator", default=None, choices=ALPHA_DENOMINATORS,
+                   help=f"α(e) = start + (end − start)·e/D: D = E-1 reaches --alpha-end at the last epoch (authors' "
+                        f"DeiT code); D = E is the paper's t/T (default: {alpha['alpha_denominator']})")
     g.add_argument("--stats-every", default=10, type=int,
                    help="measure the LS/MaxSup penalty statistics every N steps (default: 10)")
-    g.add_argument("--alpha-start", type=float, default=0.1, help="α at the first epoch (default: 0.1)")
-    g.add_argument("--alpha-end", type=float, default=0.2,
-                   help="α at the last epoch; equal to --alpha-start for a fixed α (Table 11) (default: 0.2)")
     g.add_argument("--allow-ls-with-maxsup", action="store_true",
                    help="allow --smoothing > 0 together with an LS-like --loss")
 
@@ -240,14 +253,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence."""
-    if args.smoothing > 0 and args.loss in LS_LIKE and not args.allow_ls_with_maxsup:
+    if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
                         f"--allow-ls-with-maxsup")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume <checkpoint>")
-    if args.zipf_dense and args.loss != "zipf":
-        raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
+    resolve_loss(args)
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
     args.token_label = args.token_label or args.mixtoken or bool(args.token_label_data)
@@ -295,16 +307,24 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def loss_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_loss(args: argparse.Namespace) -> None:
+    """Set ``args.loss_options`` to every option of ``--loss`` (defaults filled in) and the α flags to the α schedule
+    (the loss's values; the schedule's defaults for a loss without one, which refuses α flags). Resolves once."""
+    if "loss_options" in vars(args):
+        return
     try:
-        kw = json.loads(args.loss_kwargs)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--loss-kwargs is not valid JSON ({exc.msg}): {args.loss_kwargs!r}") from None
-    if not isinstance(kw, dict):
-        raise UserError(f"--loss-kwargs must be a JSON object, got {args.loss_kwargs!r}")
-    if args.zipf_dense:
-        kw["dense"] = True
-    return kw
+        args.loss_options = resolve_loss_options(args.loss, args.loss_opt,
+                                                 **{k: getattr(args, k) for k in ALPHA_OPTIONS})
+    except ValueError as exc:
+        raise UserError(f"--loss {args.loss}: {exc}") from None
+    schedule = {**loss_defaults(ScheduledLoss), **args.loss_options}
+    for k in ALPHA_OPTIONS:
+        setattr(args, k, schedule[k])
+
+
+def resume_flag(key: str) -> str:
+    """The flag a user types for a resume key (``loss_options`` are set with ``--loss-opt`` and the α flags)."""
+    return "--loss-opt" if key == "loss_options" else "--" + key.replace("_", "-")
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
@@ -480,9 +500,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                           min_lr=args.min_lr, warmup_lr=args.warmup_lr,
                                           warmup_epochs=args.warmup_epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    criterion = build_criterion(args.loss, nb_classes, args.epochs, alpha_start=args.alpha_start,
-                                alpha_end=args.alpha_end, alpha_denominator=args.alpha_denominator,
-                                model=model_without_ddp, **loss_kwargs(args)).to(device)
+    criterion = build_criterion(args.loss, nb_classes, args.epochs, model=model_without_ddp,
+                                **args.loss_options).to(device)
     if args.compile:
         model = torch.compile(model)
     if output_dir and rank == 0:  # after the data, flags and model are checked: a refused run overwrites nothing
@@ -502,10 +521,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if "model" not in ckpt:
             raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
         if not args.eval:
-            keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
+            keys = [*RESUME_KEYS, *ALPHA_OPTIONS]
             check_resume(ckpt, args.resume, TRAINER,
                          {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")},
-                         {**vars(args), "num_classes": nb_classes}, [*keys, "num_classes"])
+                         {**vars(args), "num_classes": nb_classes}, [*keys, "num_classes"], flag=resume_flag)
         if args.eval and args.eval_ema:
             if ckpt.get("model_ema") is None:
                 raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")

@@ -36,7 +36,7 @@ if [ -n "${DATA_PATH:-}" ]; then
         --batch-size "$PER_GPU_BATCH" --accum-steps "$ACCUM" --epochs 300 --lr 5e-4 --opt adamw --weight-decay 0.05 \
         --sched cosine --warmup-epochs 5 --warmup-lr 1e-6 --min-lr 1e-5 --drop-path 0.1 \
         --aa rand-m9-mstd0.5-inc1 --reprob 0.25 --eval-crop-ratio 0.875 --model-ema --model-ema-decay 0.99996 \
-        "${MIX[@]}" --smoothing 0 --loss maxsup --alpha-start 0.1 --alpha-end 0.2 \
+        "${MIX[@]}" --smoothing 0 --loss maxsup \
         --dist-eval --num_workers 10 --seed 0 --output_dir "$OUTPUT_DIR" "$@"
 fi
 
@@ -49,5 +49,5 @@ exec "$PYTHON" "$HERE/main.py" \
     --batch-size 128 --epochs 5 --lr 2e-3 --unscale-lr --opt adamw --weight-decay 0.05 \
     --sched cosine --warmup-epochs 0 --min-lr 1e-5 --drop-path 0.0 \
     --aa none --reprob 0 --color-jitter 0 --eval-crop-ratio 1.0 --no-model-ema \
-    --mixup 0 --cutmix 0 --smoothing 0 --loss maxsup --alpha-start 0.1 --alpha-end 0.2 \
+    --mixup 0 --cutmix 0 --smoothing 0 --loss maxsup \
     --device cpu --num_workers 1 --print-freq 50 --seed 0 --output_dir "$OUTPUT_DIR" "$@"

@@ -3,7 +3,8 @@
 1. One full training step (forward + backward + SGD step) of a small CIFAR-style ResNet, MaxSup vs CE, alternating
    the two so that machine noise hits both equally; median of the per-round paired ratios.
 2. The loss op alone (forward + backward of the loss on given logits) at B = 1024, K = 1000: MaxSup and LS (each
-   one fused op, ``maxsup.losses._SmoothedCrossEntropy``) against CE, in alternating order; median of paired ratios.
+   one fused op, ``maxsup.losses.functional._SmoothedCrossEntropy``) against CE, in alternating order; median of
+   paired ratios.
 
 Ends with one JSON line.
 """

@@ -83,6 +83,7 @@ from maxsup.checkpoint import atomic_write  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.fashion_mnist import HELD_OUT_CLASSES, SOURCE_CLASSES, find_fashion_mnist  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
+from maxsup.losses import loss_defaults  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                                     else "")
     env_cmd += f" DEMO_AUG_SEEDS={args.aug_seeds}" if aug and args.aug_seeds else ""
     env_cmd += " DEMO_LT=1" if args.long_tail and not scale.long_tail else ""
+    alpha = loss_defaults("maxsup")  # the demo's LS/MaxSup runs use the loss classes' default α schedule
     config = {
         "command": f"{env_cmd} make demo", "scale": args.scale, "losses": losses, "backbones": backbones,
         "source_classes": list(SOURCE_CLASSES), "held_out_classes": list(HELD_OUT_CLASSES),
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scale_overrides": {"resnet": list(scale.resnet_extra), "vit": list(scale.vit_extra),
                             "linear_transfer": list(scale.probe_extra)},
         "test_images": scale.test_images,
-        "alpha": {"start": 0.1, "end": 0.2, "schedule": "linear per epoch"},
+        "alpha": {"start": alpha["alpha_start"], "end": alpha["alpha_end"], "schedule": "linear per epoch"},
         "units": {"acc": "%", "transfer_acc": "%", "ece": "fraction, 15 equal-width bins",
                   "misclassified_train_log": "fraction", "misclassified_train_final": "fraction"},
         "std": "sample std (ddof=1) over seeds; null with one seed",

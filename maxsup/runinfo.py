@@ -41,7 +41,7 @@ NOT_RECIPE = frozenset({
     "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "eval_batch_size",
     "in_memory", "loss.type", "model.arch", "allow_ls_with_maxsup", "skip_corrupt", "cache", "label_smoothing",
     "loss_kwargs", "lp_beta", "cp_beta", "ols_a", "ols_init_smoothing", "zipf_lam", "zipf_power", "compile",
-    "folder", "loss.name", "opts", "loss.options",
+    "loss_opt", "loss_options", "folder", "loss.name", "opts", "loss.options",
 })
 
 

@@ -143,9 +143,9 @@ def test_downsampled_rejects_corrupt_missing_and_mismatched_files(tmp_path):
 @pytest.mark.parametrize("loss", ["ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "zipf-dense", "logitnorm", "focal",
                                   "adaptive-ls", "maxsup-adaptive"])
 def test_each_loss_reduces_its_loss_on_real_images(loss):
-    dense = ["--zipf-dense"] if loss == "zipf-dense" else []
+    dense = ["--loss-opt", "dense=true"] if loss == "zipf-dense" else []
     if loss == "logitnorm":  # τ = 0.04 rescales the logits' gradient by 1/(τ·‖z‖): too hot for this lr and K = 4
-        dense = ["--loss-kwargs", "tau=0.5"]
+        dense = ["--loss-opt", "tau=0.5"]
     loss = loss.removesuffix("-dense")
     args = trainer.get_args_parser().parse_args(
         ["--dataset", "fmnist", "--loss", loss, *dense, "--epochs", "5", "--lr", "0.05", "--stats-every", "1",
@@ -269,8 +269,8 @@ def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatc
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "fmnist", "--model", "resnet_9000"], "unknown model 'resnet_9000'"),
     (["--dataset", "fmnist", "--loss", "focal-ls"], "unknown --loss 'focal-ls'"),
-    (["--dataset", "fmnist", "--loss", "focal", "--loss-kwargs", "tau=0.1"], "has no option tau"),
-    (["--dataset", "fmnist", "--loss", "ls", "--zipf-dense"], "--zipf-dense is a mode of --loss zipf"),
+    (["--dataset", "fmnist", "--loss", "focal", "--loss-opt", "tau=0.1"], "has no option 'tau'"),
+    (["--dataset", "fmnist", "--loss", "ls", "--loss-opt", "dense=true"], "loss 'ls' has no option 'dense'"),
     (["--dataset", "fmnist", "--loss", "maxsup", "--label-smoothing", "0.1"], "cannot be combined with --loss maxsup"),
     (["--dataset", "cifar100", "--data-path", "{tmp}/c100"], "extract cifar-100-python.tar.gz so that"),
     (["--dataset", "imagenet32", "--data-path", "{tmp}/in32"], "put train_data_batch_1..10"),

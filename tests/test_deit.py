@@ -210,7 +210,7 @@ def test_adaptive_ls_keeps_the_best_checkpoint_as_teacher_and_zipf_dense_runs(im
     assert teacher.keys() == best["model"].keys()
     assert all(torch.equal(teacher[k], best["model"][k]) for k in teacher)  # the teacher is the best checkpoint
     stats = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
-                   "--epochs", "1", "--loss", "zipf", "--zipf-dense", "--alpha-denominator", "E"])
+                   "--epochs", "1", "--loss", "zipf", "--loss-opt", "dense=true"])
     assert stats["train_samples"] == 48 and stats["train_loss"] > 0
 
 

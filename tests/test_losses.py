@@ -464,3 +464,9 @@ def test_register_loss_adds_a_class_and_refuses_duplicates_and_undefaulted_optio
     with pytest.raises(TypeError, match="needs a bool/int/float/str default"):
         register_loss("no-default")(NoDefault)
     assert "no-default" not in LOSSES
+
+
+def test_smooths_labels_marks_the_losses_that_replace_label_smoothing():
+    """Trainers refuse target smoothing on top of these (it would regularise twice, paper §5.1)."""
+    marked = {name for name, cls in LOSSES.items() if cls.smooths_labels}
+    assert marked == {"ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive"}

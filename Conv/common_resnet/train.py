@@ -44,7 +44,17 @@ from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, 
 from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
-from maxsup.losses import ALPHA_DENOMINATORS, CRITERIA, PenaltyStatsMeter, build_criterion, compute_loss
+from maxsup.losses import (
+    ALPHA_DENOMINATORS,
+    LOSSES,
+    PenaltyStatsMeter,
+    ScheduledLoss,
+    build_criterion,
+    compute_loss,
+    describe_loss_options,
+    loss_defaults,
+    resolve_loss_options,
+)
 from maxsup.metrics import ClassificationMeter, format_shot_accuracy, shot_accuracy_from_class_counts
 from maxsup.models import (
     arch_spec,
@@ -74,10 +84,11 @@ from maxsup.runinfo import (
 )
 
 TRAINER = "Conv/common_resnet/train.py"
-#: Arguments that define a run: --resume refuses a checkpoint whose values differ (the loss options by prefix, so
-#: later loss flags are covered too).
-RESUME_KEYS = ("model", "model_kwargs", "dataset", "classes", "epochs", "loss", "label_smoothing")
-RESUME_PREFIXES = ("loss_", "alpha_", "zipf_")
+#: Arguments that define a run (plus the α flags): --resume refuses a checkpoint whose values differ.
+#: ``loss_options`` holds every option of the loss, defaults filled in.
+RESUME_KEYS = ("model", "model_kwargs", "dataset", "classes", "epochs", "loss", "loss_options", "label_smoothing")
+#: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
+ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
 NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -337,8 +348,8 @@ def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.loss not in CRITERIA:
-        raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(CRITERIA)}")
+    if args.loss not in LOSSES:
+        raise UserError(f"unknown --loss {args.loss!r}; choose one of {', '.join(LOSSES)}")
     if args.label_smoothing and args.loss not in ("ce", "ls"):
         # Upstream silently ignored --label-smoothing next to MaxSup; here LS is a loss of its own.
         raise UserError(f"--label-smoothing is the LS loss with a fixed α and cannot be combined with --loss "
@@ -353,12 +364,33 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--epochs and --batch-size must be >= 1, got {args.epochs} and {args.batch_size}")
     if args.accum_steps < 1:
         raise UserError(f"--accum-steps must be >= 1, got {args.accum_steps}")
-    if args.zipf_dense and args.loss != "zipf":
-        raise UserError(f"--zipf-dense is a mode of --loss zipf, not of --loss {args.loss}")
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
     if args.real_labels and args.dataset != "imagefolder":
         raise UserError(f"--real-labels scores ImageNet val (--dataset imagefolder), not --dataset {args.dataset}")
+    _resolve_loss(args)
+
+
+def _resolve_loss(args: argparse.Namespace) -> None:
+    """Set ``args.loss_options`` to every option of the loss trained (defaults filled in) and the α flags to the α
+    schedule of ``--loss`` (the schedule's defaults for a loss without one, which refuses α flags).
+    ``--label-smoothing ε`` trains LS with α fixed at ε. Resolves once."""
+    if "loss_options" in vars(args):
+        return
+    name, given = args.loss, {k: getattr(args, k) for k in ALPHA_OPTIONS}
+    if args.label_smoothing:
+        eps = args.label_smoothing
+        if given["alpha_start"] is not None or given["alpha_end"] is not None:
+            raise UserError(f"--label-smoothing {eps} fixes α = {eps}; drop --alpha-start/--alpha-end")
+        name, given = "ls", {**given, "alpha_start": eps, "alpha_end": eps}
+    try:
+        args.loss_options = resolve_loss_options(name, args.loss_opt, **given)
+    except ValueError as exc:
+        raise UserError(f"--loss {args.loss}: {exc}") from None
+    # --loss ce --label-smoothing: the α keys stay the schedule's (as for ce), the ε is in loss_options
+    schedule = {**loss_defaults(ScheduledLoss), **(args.loss_options if args.loss == name else {})}
+    for k in ALPHA_OPTIONS:
+        setattr(args, k, schedule[k])
 
 
 def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
@@ -368,18 +400,15 @@ def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
             "total_batch_size": args.batch_size * world * args.accum_steps, "effective_lr": args.lr}
 
 
+def _resume_flag(key: str) -> str:
+    """The flag a user types for a resume key (``loss_options`` are set with ``--loss-opt`` and the α flags)."""
+    return "--loss-opt" if key == "loss_options" else "--" + key.replace("_", "-")
+
+
 def _criterion(args: argparse.Namespace, num_classes: int, model: nn.Module | None = None) -> nn.Module:
-    name, start, end = args.loss, args.alpha_start, args.alpha_end
-    if args.label_smoothing:
-        name, start, end = "ls", args.label_smoothing, args.label_smoothing  # fixed α = the smoothing ε
-    kw = utils.parse_kwargs(args.loss_kwargs, "--loss-kwargs")
-    if args.zipf_dense:
-        kw["dense"] = True
-    try:
-        return build_criterion(name, num_classes, args.epochs, alpha_start=start, alpha_end=end,
-                               alpha_denominator=args.alpha_denominator, model=model, **kw)
-    except ValueError as exc:  # e.g. an option the loss does not take
-        raise UserError(f"--loss {name}: {exc}") from None
+    _resolve_loss(args)  # main() has done it already; callers that only parsed args have not
+    name = "ls" if args.label_smoothing else args.loss  # fixed α = the smoothing ε (see _resolve_loss)
+    return build_criterion(name, num_classes, args.epochs, model=model, **args.loss_options)
 
 
 def _lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -516,10 +545,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     partial = None
     if checkpoint is not None:
         saved = checkpoint.get("args", {})
-        keys = [*RESUME_KEYS, *(k for k in vars(args) if k.startswith(RESUME_PREFIXES))]
+        keys = [*RESUME_KEYS, *ALPHA_OPTIONS]
         check_resume(checkpoint, args.resume, TRAINER,
                      {**saved, "num_classes": checkpoint.get("arch", {}).get("num_classes")},
-                     {**vars(args), "num_classes": num_classes}, [*keys, "num_classes"],
+                     {**vars(args), "num_classes": num_classes}, [*keys, "num_classes"], flag=_resume_flag,
                      required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"))
         load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -663,19 +692,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     # loss
-    parser.add_argument("--loss", default="ce", type=str, help=f"training loss: {', '.join(CRITERIA)}")
-    parser.add_argument("--alpha-start", default=0.1, type=float, help="LS/MaxSup α at the first epoch")
-    parser.add_argument("--alpha-end", default=0.2, type=float, help="LS/MaxSup α at the last epoch (linear)")
+    alpha = loss_defaults(ScheduledLoss)  # the α schedule's defaults, from the α losses' base class signature
+    parser.add_argument("--loss", default="ce", type=str,
+                        help=f"training loss, a name registered in maxsup.losses.LOSSES: {', '.join(LOSSES)}")
+    parser.add_argument("--loss-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"an option of --loss, repeatable (e.g. --loss focal --loss-opt gamma=2); options and "
+                             f"defaults: {describe_loss_options()}")
+    parser.add_argument("--alpha-start", default=None, type=float,
+                        help=f"LS/MaxSup α at the first epoch (default: %(default)s = the loss's, "
+                             f"{alpha['alpha_start']})")
+    parser.add_argument("--alpha-end", default=None, type=float,
+                        help=f"LS/MaxSup α at the last epoch (linear) (default: %(default)s = the loss's, "
+                             f"{alpha['alpha_end']})")
+    parser.add_argument("--alpha-denominator", default=None, choices=ALPHA_DENOMINATORS,
+                        help=f"α(e) = start + (end − start)·e/D: E-1 reaches --alpha-end at the last epoch (the "
+                             f"authors' torchvision code); E is the paper's t/T "
+                             f"(default: %(default)s = the loss's, {alpha['alpha_denominator']})")
     parser.add_argument("--label-smoothing", default=0.0, type=float,
                         help="LS with a fixed α (= --loss ls with alpha-start = alpha-end); refused with other losses")
-    parser.add_argument("--loss-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
-                        help="loss options: beta (lp 2e-3, cp 0.1), a/init_smoothing (ols), lam/power (zipf), tau "
-                             "(logitnorm 0.04), gamma (focal 2.0), alpha_max (adaptive-ls, maxsup-adaptive 0.2)")
-    parser.add_argument("--alpha-denominator", default="E-1", choices=ALPHA_DENOMINATORS,
-                        help="α(e) = start + (end − start)·e/D: E-1 reaches --alpha-end at the last epoch (the "
-                             "authors' torchvision code); E is the paper's t/T")
-    parser.add_argument("--zipf-dense", action="store_true",
-                        help="Zipf-LS ranks classes by per-location votes of the last feature map (official --dense)")
     parser.add_argument("--stats-every", default=10, type=int, help="measure the penalty statistics every N steps")
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")

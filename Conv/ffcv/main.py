@@ -45,7 +45,7 @@ from maxsup.data.transforms import transform_spec
 from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
 from maxsup.faults import kill_point
-from maxsup.losses import PenaltyStatsMeter, compute_loss, loss_defaults, parse_loss_options
+from maxsup.losses import PenaltyStatsMeter, compute_loss, resolve_loss_options
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
 from maxsup.reliability import (
     Preemption,
@@ -182,11 +182,10 @@ def load_config(argv: list[str]) -> DictConfig:
 
 
 def loss_options(loss: DictConfig) -> dict[str, Any]:
-    """Every keyword option the loss is built with: its class defaults (``maxsup.losses.loss_defaults``), then
-    ``loss.opts``, then the ``loss.alpha_*`` that are set. The registry checks the name and each option."""
-    given = [*loss.opts, *(f"{k}={loss[k]}" for k in ALPHA_KEYS if loss[k] is not None)]
+    """Every keyword option the loss is built with: its class defaults, then ``loss.opts``, then the ``loss.alpha_*``
+    that are set (``maxsup.losses.resolve_loss_options``, which checks the name and each option)."""
     try:
-        return {**loss_defaults(loss.name), **parse_loss_options(loss.name, given)}
+        return resolve_loss_options(loss.name, loss.opts, **{k: loss[k] for k in ALPHA_KEYS})
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

@@ -49,9 +49,11 @@ from .registry import (
     LOSSES,
     build_criterion,
     compute_loss,
+    describe_loss_options,
     loss_defaults,
     parse_loss_options,
     register_loss,
+    resolve_loss_options,
 )
 from .schedule import ALPHA_DENOMINATORS, AlphaSchedule
 from .stats import PENALTY_KEYS, PenaltyStatsMeter, penalty_stats, penalty_stats_tensor
@@ -65,5 +67,6 @@ __all__ = [
     "LSErrorAmplificationOnlyLoss", "LSErrorAmplificationAltLoss", "OnlineLabelSmoothingLoss", "ZipfLabelSmoothingLoss",
     "AdaptiveLabelSmoothingLoss", "MaxSupAdaptiveLoss",
     "LogitPenaltyLoss", "ConfidencePenaltyLoss", "LogitNormLoss", "FocalLoss",
-    "LOSSES", "CRITERIA", "register_loss", "loss_defaults", "parse_loss_options", "build_criterion", "compute_loss",
+    "LOSSES", "CRITERIA", "register_loss", "loss_defaults", "parse_loss_options", "resolve_loss_options",
+    "describe_loss_options", "build_criterion", "compute_loss",
 ]

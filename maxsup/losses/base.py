@@ -20,6 +20,10 @@ __all__ = ["Loss", "ScheduledLoss"]
 class Loss(nn.Module):
     """Shared plumbing: epoch hooks and input checking."""
 
+    #: True when the loss's α-weighted term is (part of) label smoothing or its replacement, so that a trainer's
+    #: target smoothing on top would regularise twice (paper §5.1: MaxSup runs use no target smoothing).
+    smooths_labels = False
+
     def __init__(self) -> None:
         super().__init__()
         self.epoch = 0.0
@@ -46,6 +50,8 @@ class ScheduledLoss(Loss):
     denominator ``E-1`` as in the authors' DeiT and torchvision code). ``epochs`` is supplied by
     :func:`maxsup.losses.build_criterion`.
     """
+
+    smooths_labels = True
 
     def __init__(self, alpha_start: float = 0.1, alpha_end: float = 0.2, epochs: int = 1,
                  alpha_denominator: str = ALPHA_DENOMINATORS[0]) -> None:

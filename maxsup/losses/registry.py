@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..models import logits_and_dense_logits
 
-__all__ = ["LOSSES", "CRITERIA", "register_loss", "loss_defaults", "parse_loss_options", "build_criterion",
-           "compute_loss"]
+__all__ = ["LOSSES", "CRITERIA", "register_loss", "loss_defaults", "parse_loss_options", "resolve_loss_options",
+           "describe_loss_options", "build_criterion", "compute_loss"]
 
 #: name → loss class, in registration order. The one table every trainer, ``--help`` text and config reads.
 LOSSES: dict[str, type[nn.Module]] = {}
@@ -71,9 +71,11 @@ def _loss_class(name: str) -> tuple[str, type[nn.Module]]:
     return key, LOSSES[key]
 
 
-def loss_defaults(name: str) -> dict[str, Any]:
-    """The options of loss ``name`` and their defaults, read from its ``__init__`` signature (in its order)."""
-    return {k: p.default for k, p in _options(_loss_class(name)[1]).items()}
+def loss_defaults(name: str | type[nn.Module]) -> dict[str, Any]:
+    """The options of loss ``name`` (or of a loss class, e.g. :class:`~maxsup.losses.base.ScheduledLoss` for the α
+    schedule's) and their defaults, read from its ``__init__`` signature (in its order)."""
+    cls = name if isinstance(name, type) else _loss_class(name)[1]
+    return {k: p.default for k, p in _options(cls).items() if p.default is not inspect.Parameter.empty}
 
 
 def _takes(key: str, defaults: dict[str, Any]) -> str:
@@ -120,6 +122,39 @@ def parse_loss_options(name: str, items: Iterable[str]) -> dict[str, Any]:
             raise ValueError(f"loss option {option!r} is given twice")
         out[option] = _typed(key, option, value.strip(), defaults[option])
     return out
+
+
+def describe_loss_options() -> str:
+    """The registered losses that take options, with their defaults (losses with the same options grouped), for a
+    ``--help`` text: ``"ls, maxsup, ...: alpha_start=0.1, alpha_end=0.2, alpha_denominator=E-1; lp: beta=0.002; ..."``.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in LOSSES:
+        defaults = loss_defaults(name)
+        if defaults:
+            groups.setdefault(", ".join(f"{k}={v}" for k, v in defaults.items()), []).append(name)
+    return "; ".join(f"{', '.join(names)}: {options}" for options, names in groups.items())
+
+
+def resolve_loss_options(name: str, items: Iterable[str] = (), **given: Any) -> dict[str, Any]:
+    """Every option of loss ``name`` with its value for this run, defaults filled in (what a trainer records).
+
+    Layers, later wins: the class's defaults, ``items`` (``KEY=VALUE`` strings, :func:`parse_loss_options`), then
+    ``given`` values that are not None (a trainer's dedicated flags, e.g. ``alpha_start``; None = not given). A given
+    option the loss does not take, or one set both ways to different values, raises ``ValueError``.
+    """
+    key, _ = _loss_class(name)
+    defaults = loss_defaults(key)
+    parsed = parse_loss_options(key, items)
+    for option, value in given.items():
+        if value is None:
+            continue
+        if option not in defaults:
+            raise ValueError(f"loss {key!r} has no option {option!r}; {_takes(key, defaults)}")
+        if option in parsed and parsed[option] != value:
+            raise ValueError(f"loss option {option!r} is set twice, to {parsed[option]!r} and {value!r}")
+        parsed[option] = value
+    return {**defaults, **parsed}
 
 
 def build_criterion(name: str, num_classes: int, epochs: int = 1, *, model: nn.Module | None = None,

@@ -194,6 +194,8 @@ class ZipfLabelSmoothingLoss(Loss):
 class _AdaptiveAlpha(Loss):
     """α is per sample (:func:`entropy_alpha`); ``alpha`` reports the batch mean of the last training step."""
 
+    smooths_labels = True
+
     def __init__(self, alpha_max: float) -> None:
         super().__init__()
         if not 0 <= alpha_max <= 1:
