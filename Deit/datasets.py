@@ -6,20 +6,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
+from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torchvision import transforms
 
 from maxsup.data import parse_classes
-from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
-from maxsup.data.imagenet_variants import eval_set
+from maxsup.data.imagecheck import CheckedImageFolder
+from maxsup.data.registry import DATASETS, build_split
 from maxsup.data.transforms import eval_transform, transform_spec
-from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, looks_truncated, parse_map
+from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, parse_map
 from maxsup.errors import UserError
 
 __all__ = ["build_dataset", "build_transform", "eval_transform_spec", "parse_classes", "TargetSubset"]
@@ -63,9 +62,8 @@ def _is_fmnist(args: argparse.Namespace) -> bool:
 
 
 def _mean_std(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if _is_fmnist(args):  # grey images replicated to 3 channels
-        return (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3
-    return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    data = DATASETS["fmnist" if _is_fmnist(args) else "imagefolder"]  # Fashion-MNIST: grey replicated to RGB
+    return data.mean, data.std
 
 
 def eval_transform_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,17 +91,9 @@ def build_transform(is_train: bool, args: argparse.Namespace):
     return tf
 
 
-def _pil_loader(path: str) -> Image.Image:
-    """torchvision's loader, but a decode failure names the file."""
-    try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except OSError as exc:
-        raise UserError(f"cannot decode image {path}: {exc}") from None
-
-
-def _image_folder(root: Path, skip_corrupt: bool) -> datasets.ImageFolder:
-    """ImageFolder with upfront checks: empty class folders and truncated files are reported by name."""
+def _image_folder(root: Path, skip_corrupt: bool, substitute: bool = True) -> CheckedImageFolder:
+    """ImageFolder with upfront checks: empty class folders and corrupt files are reported by name
+    (:mod:`maxsup.data.imagecheck`: the same policy as the other trainers)."""
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}; pass --data-path pointing at a folder with train/ and val/")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -113,30 +103,7 @@ def _image_folder(root: Path, skip_corrupt: bool) -> datasets.ImageFolder:
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in (root / c).iterdir()):
             raise UserError(f"class folder {root / c} has no images; remove it or add images "
                             f"({', '.join(IMAGE_EXTENSIONS)})")
-    ds = datasets.ImageFolder(str(root), loader=_pil_loader)
-    keep, skipped = [], 0
-    for path, label in ds.samples:
-        # head + tail only: reading a few bytes per file is cheap even for ImageNet
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            if size <= 128:
-                data = f.read()
-            else:
-                data = f.read(8)
-                f.seek(size - 64)
-                data += f.read()
-        if looks_truncated(data):
-            if not skip_corrupt:
-                raise UserError(f"truncated or corrupt image {path}; replace it or pass --skip-corrupt")
-            skipped += 1
-            continue
-        keep.append((path, label))
-    if skipped:
-        print(f"warning: skipped {skipped} corrupt image(s) under {root}")
-    ds.samples = ds.imgs = keep
-    ds.targets = [label for _, label in keep]
-    ds.num_skipped = skipped
-    return ds
+    return CheckedImageFolder(root, skip_corrupt=skip_corrupt, substitute=substitute)
 
 
 def _zip_cache(is_train: bool, args: argparse.Namespace, rank: int, world_size: int) -> tuple[Dataset, int]:
@@ -171,7 +138,7 @@ def _select(ds: Any, nb_classes: int, classes: list[int] | None, limit_per_class
     return TargetSubset(ds, indices, label_map), len(keep)
 
 
-#: --data-set names of the ImageNet test sets under shift (maxsup.data.imagenet_variants)
+#: --data-set names of the ImageNet test sets under shift (maxsup.data.registry, maxsup.data.imagenet_variants)
 TEST_SETS = {"IMNETV2": "imagenetv2", "IMNET_A": "imagenet-a", "IMNET_R": "imagenet-r",
              "IMNET_SKETCH": "imagenet-sketch"}
 
@@ -188,8 +155,8 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
     classes = parse_classes(args.classes)
     transform = build_transform(is_train, args)
     if args.data_set == "FMNIST":
-        ds = FashionMNIST(root=args.data_path or None, train=is_train, transform=transform, classes=classes,
-                          download=True, limit_per_class=args.limit_per_class)
+        ds = build_split("fmnist", args.data_path or None, train=is_train, transform=transform, classes=classes,
+                         download=True, limit_per_class=args.limit_per_class)
         return ds, len(ds.classes)
     if not args.data_path:
         raise UserError(f"--data-set {args.data_set} needs --data-path")
@@ -198,7 +165,9 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
             raise UserError(f"--data-set {args.data_set} is a test set: evaluate a checkpoint with --eval --resume "
                             f"CKPT")
         # the "train" set only sizes the 1000-class head; it is never iterated under --eval
-        return eval_set(TEST_SETS[args.data_set], args.data_path, build_transform(False, args)), 1000
+        name = TEST_SETS[args.data_set]
+        ds = build_split(name, args.data_path, train=False, transform=build_transform(False, args))
+        return ds, DATASETS[name].num_classes
     if not Path(args.data_path).is_dir():
         raise UserError(f"data path not found: {args.data_path}")
     if args.cache:
@@ -207,7 +176,7 @@ def build_dataset(is_train: bool, args: argparse.Namespace, rank: int = 0, world
         ds, nb_classes = _zip_cache(is_train, args, rank, world_size)
     else:
         root = Path(args.data_path)
-        ds = _image_folder(root / ("train" if is_train else "val"), args.skip_corrupt)
+        ds = _image_folder(root / ("train" if is_train else "val"), args.skip_corrupt, substitute=is_train)
         if not is_train and (root / "train").is_dir():
             train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
             if ds.classes != train_classes:

@@ -17,13 +17,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from maxsup import ClassificationMeter
-from maxsup.checkpoint import rng_state, set_rng_state
 from maxsup.data.imagenet_variants import RealScorer
-from maxsup.distributed import all_reduce_sum
-from maxsup.faults import kill_point
 from maxsup.losses import PenaltyStatsMeter, compute_loss
 from maxsup.models import unwrap_model
-from maxsup.reliability import Preemption, step_guard
+from maxsup.training import Preemption, all_reduce_sum, kill_point, rng_state, skip_done_batches, step_guard
 
 __all__ = ["train_one_epoch", "evaluate"]
 
@@ -68,12 +65,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     n_steps = len(data_loader) if hasattr(data_loader, "__len__") else -1
     start = time.time()
     usable = n_steps - n_steps % accum_steps if n_steps >= 0 else -1
-    batches = iter(data_loader)
-    first = partial.get("step", 0)
-    for _ in range(first):  # the batches trained on before the interruption (same per-epoch seeds), skipped
-        next(batches)
-    if partial:
-        set_rng_state(partial["rng"])
+    batches, first = skip_done_batches(data_loader, partial)  # a preempted epoch: the batches already trained on
     for step, (samples, targets) in enumerate(batches, start=first):
         if step == usable:
             break

@@ -31,16 +31,16 @@ from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_s
 from engine import evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
-from token_labeling import CropFlipWithBox, TokenLabelDataset, TokenLabelStep  # noqa: E402
-
-from maxsup.checkpoint import (  # noqa: E402
-    atomic_save,
-    atomic_write,
-    load_checkpoint,
-    rng_state,
-    seed_everything,
-    set_rng_state,
+from token_labeling import (  # noqa: E402
+    AUG_ORDERS,
+    SMOOTHING_RULES,
+    CropFlipWithBox,
+    OfficialOrderCropFlip,
+    TokenLabelDataset,
+    TokenLabelStep,
 )
+
+from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
@@ -49,8 +49,16 @@ from maxsup.data.imagenet_variants import (  # noqa: E402
     real_labels,
     scored_logits,
 )
-from maxsup.distributed import all_reduce_sum, init_distributed  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
+from maxsup.estimate import (  # noqa: E402
+    StepClock,
+    SyntheticImages,
+    add_estimate_args,
+    check_estimate,
+    estimate_record,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.losses import (  # noqa: E402
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -67,26 +75,33 @@ from maxsup.models import (  # noqa: E402
     create_model,
     load_pretrained_backbone,
     load_state_dict_strict,
+    patch_grid,
 )
-from maxsup.reliability import (  # noqa: E402
+from maxsup.timing import Stopwatch, train_timing  # noqa: E402
+from maxsup.training import (  # noqa: E402
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    read_log,
-    run_seeds,
-)
-from maxsup.runinfo import (  # noqa: E402
     ScalarWriter,
     add_run_args,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    check_finite_model,
+    claim_run_folder,
+    init_distributed,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
-    seed_dir,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
+    seed_everything,
+    seeded_args,
     write_run_record,
 )
-from maxsup.vit import patch_grid  # noqa: E402
 
 TRAINER = "Deit/main.py"
 #: Arguments that define a run (plus the α flags): --resume refuses a change.
@@ -94,9 +109,21 @@ RESUME_KEYS = ("model", "model_kwargs", "input_size", "data_set", "classes", "ep
                "smoothing", "smmix", "token_label", "mixtoken")
 #: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
 ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
+#: Flags that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the global
+#: batch): left out of run.json's recipe fingerprint, so seeds and losses of one recipe are one group of
+#: analysis.collect.
+NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "print_freq", "data_path", "eval",
+              "eval_ema", "dist_eval", "tensorboard", "print_config", "pin_mem", "loss", "alpha_start", "alpha_end",
+              "model", "data_set", "stats_every", "batch_size", "accum_steps", "world_size", "allow_ls_with_maxsup",
+              "skip_corrupt", "cache", "loss_opt", "loss_options", "compile", "overwrite", "estimate",
+              "estimate_synthetic")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Folders a seed sweep moves to <folder>/seed<S>.
+SEED_FOLDERS = ("output_dir", "tensorboard")
 
 DATASET_NAMES = {"IMNET": "imagenet", "FOLDER": "folder", "FMNIST": "fmnist"}
-#: timm modules whose models take img_size ("vit" is maxsup/vit.py, the lvvit_* models).
+#: timm modules whose models take img_size ("vit" is maxsup/models/vit.py, the lvvit_* models).
 VIT_MODULES = ["vision_transformer", "deit", "cait", "vision_transformer_hybrid", "beit", "eva", "xcit", "vit"]
 
 
@@ -186,6 +213,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-label-data", type=str, default="",
                    help="LABEL_DIR/<class>/<stem>.pt score maps (default: none = one-hot labels on every token)")
     g.add_argument("--token-label-size", type=int, default=None, help="token label grid side (default: model's grid)")
+    g.add_argument("--token-label-smoothing", default="official", choices=SMOOTHING_RULES,
+                   help="how --smoothing s acts on label-map targets t: official = t·(1 − s + s/K) + s/K as the "
+                        "official code (rows sum to 1 + s/K); normalized = t·(1 − s) + s/K (default: official)")
+    g.add_argument("--token-label-aug", default="crop-first", choices=AUG_ORDERS,
+                   help="with --token-label-data: crop-first = crop and flip, then --aa on the crop (the map is only "
+                        "cropped and flipped); official = flip, --aa on the full image with the map warped by its "
+                        "shear/translate/rotate ops, then crop, as the official code (default: crop-first)")
     g.add_argument("--dense-weight", type=float, default=1.0, help="Token Labeling dense loss weight (default: 1.0)")
     g.add_argument("--cls-weight", type=float, default=1.0, help="Token Labeling CLS loss weight (default: 1.0)")
     g.add_argument("--maxsup-on-tokens", action="store_true",
@@ -219,7 +253,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with --eval also IMNETV2, IMNET_A, IMNET_R, IMNET_SKETCH (--data-path = the set's folder)")
     g.add_argument("--cache", action="store_true",
                    help="read train.zip/val.zip + train_map.txt/val_map.txt, held in RAM, one shard per rank")
-    g.add_argument("--skip-corrupt", action="store_true", help="skip truncated images with a warning count")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="skip empty, truncated or non-image files (counted) and read the next image in place of one "
+                        "that fails to decode mid-epoch (logged by name); see maxsup/data/imagecheck.py")
     add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
@@ -238,8 +274,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU (default: auto)")
     g.add_argument("--seed", default=0, type=int, help="random seed (default: 0)")
     add_run_args(g)
+    add_estimate_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
     g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output_dir that holds one (run.json or checkpoint.pth); without it "
+                        "such a run is refused")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
                    "one converted by maxsup.hub convert); the head is replaced when the class count differs")
@@ -252,22 +292,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 # helpers
 # --------------------------------------------------------------------------------------------------------------------
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse contradictory flags with one actionable sentence."""
-    if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup:
+    """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
+    the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
+    check_smoothing(args.smoothing, "--smoothing")
+    if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
                         f"{args.smoothing} would add LS on top; use --smoothing 0 (the paper's setting) or pass "
                         f"--allow-ls-with-maxsup")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume <checkpoint>")
+    check_estimate(args.estimate, args.estimate_synthetic)
+    if args.estimate and args.eval:
+        raise UserError("--estimate times training steps; it cannot be combined with --eval")
     resolve_loss(args)
     if args.stats_every < 1:
         raise UserError(f"--stats-every must be >= 1, got {args.stats_every}")
+    if args.eval:  # the token head comes from the checkpoint (eval_token_head), not from these training flags
+        args.smmix, args.token_label, args.mixtoken, args.token_label_data = False, False, False, ""
     args.token_label = args.token_label or args.mixtoken or bool(args.token_label_data)
     if args.smmix and args.token_label:
         raise UserError("--smmix and --token-label/--mixtoken both replace the batch's mixing and targets; use one")
     if args.token_label and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax):
         raise UserError("--token-label/--mixtoken mix inside the model (the LV-ViT recipe); pass --mixup 0 --cutmix 0")
-    if args.model.startswith("lvvit") and not args.token_label:
+    if args.model.startswith("lvvit") and not args.token_label and not args.eval:
         raise UserError(f"{args.model} trains with Token Labeling; add --token-label (and --mixtoken for LV-ViT's "
                         f"recipe)")
     if args.epochs < 1 or args.batch_size < 1:
@@ -328,12 +375,24 @@ def resume_flag(key: str) -> str:
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
-    """The ``token_head`` the model is built with (``maxsup.vit``), or None for a plain classifier."""
+    """The ``token_head`` the model is built with (``maxsup.models.vit``), or None for a plain classifier."""
     if args.smmix:
         return "smmix"
     if args.token_label:
         return "mixtoken" if args.mixtoken else "dense"
     return None
+
+
+def eval_token_head(path: str) -> str | None:
+    """The ``token_head`` a checkpoint of this trainer was built with (``arch.kwargs``), for ``--eval``: evaluation
+    rebuilds the head (and its eval rule) from the checkpoint, not from training flags. None for other files."""
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError:
+        return None  # the resume step below reports an unreadable file
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
+    return kwargs.get("token_head") if isinstance(kwargs, dict) else None
 
 
 def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classes: int):
@@ -354,7 +413,8 @@ def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classe
         "no --token-label-data: MixToken-only mode, the one-hot label on every token (the official fallback)"
     print(f"Token Labeling: {source}; MixToken {'on' if args.mixtoken else 'off'}; dense weight {args.dense_weight}, "
           f"cls weight {args.cls_weight}")
-    return TokenLabelStep(nb_classes, size, args.dense_weight, args.cls_weight, args.smoothing, args.maxsup_on_tokens)
+    return TokenLabelStep(nb_classes, size, args.dense_weight, args.cls_weight, args.smoothing, args.maxsup_on_tokens,
+                          args.token_label_smoothing)
 
 
 def torch_names() -> set[str]:
@@ -381,14 +441,6 @@ def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[
         raise UserError(f"{path} was trained as {theirs}, this run builds {arch['name']}: {exc}") from None
 
 
-def rewrite_log(log_path: Path, ckpt: dict[str, Any]) -> None:
-    """Make log.txt end exactly at the checkpoint's epoch (a kill may leave it behind or ahead)."""
-    lines = [json.dumps(r) for r in read_log(log_path) if r["epoch"] < ckpt["epoch"]]  # a torn last line is dropped
-    if "log_stats" in ckpt:
-        lines.append(json.dumps(ckpt["log_stats"]))
-    atomic_write(log_path, "".join(ln + "\n" for ln in lines))
-
-
 def print_penalty_log(history: list[dict[str, Any]]) -> None:
     """Per-epoch α and the penalties measured on the training batches (before α): the paper's central quantity."""
     print(f"{'epoch':>5} {'alpha':>7} {'maxsup_pen':>10} {'ls_reg':>8} {'ls_err_amp':>10} {'misclass':>8} "
@@ -404,22 +456,38 @@ def print_penalty_log(history: list[dict[str, Any]]) -> None:
 # main
 # --------------------------------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, or with ``--eval`` evaluate. A training run claims its ``--output_dir`` for as long as it runs (one
+    run per folder, ``maxsup.training.runfolder``); an evaluation writes nothing there."""
     check_args(args)
+    folder = None if args.eval or args.estimate else args.output_dir  # evaluations and estimates write nothing
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir) / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(args.device)
     device, rank, world = info.device, info.rank, info.world_size
     amp_dtype = amp_dtype_for(args, device)
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir and rank == 0:
+    output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
+    if output_dir and rank == 0 and not args.eval:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
 
     # --- data ------------------------------------------------------------------------------------------------
     # the zip cache loads one shard per rank; ImageFolder/FMNIST hold everything and shard through the sampler
-    dataset_train, nb_classes = build_dataset(True, args, rank, world)
-    dataset_val, _ = build_dataset(False, args, rank, world)
+    if args.estimate_synthetic:  # generated images at --input-size, the train split's length; no data is read
+        n_images, nb_classes = train_split_size(DATASET_NAMES.get(args.data_set, args.data_set),
+                                                args.classes.split(",") if args.classes else None, args.limit_per_class)
+        dataset_train = dataset_val = SyntheticImages(n_images, args.input_size, nb_classes, args.seed)
+    else:
+        dataset_train, nb_classes = build_dataset(True, args, rank, world)
+        dataset_val, _ = build_dataset(False, args, rank, world)
     if args.token_label_data:
         dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
-                                          CropFlipWithBox(build_transform(True, args)))
+                                          (OfficialOrderCropFlip if args.token_label_aug == "official"
+                                           else CropFlipWithBox)(build_transform(True, args)))
     sharded = args.cache and world > 1
     loader_gen = torch.Generator()
     if info.distributed and not sharded:
@@ -449,10 +517,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # cache each rank scores its own shard (its sampler's order) and the counts are summed, which is exact
     real = None
     if args.real_labels:
-        real = RealScorer.from_dataset(dataset_val, real_labels(None if args.real_labels is True else args.real_labels))
-    if len(loader_train) < args.accum_steps and not args.eval:
-        raise UserError(f"the training set has {len(dataset_train)} images per process, fewer than --batch-size "
-                        f"{args.batch_size} × --accum-steps {args.accum_steps}; lower one of them")
+        real = RealScorer.from_dataset(dataset_val, real_labels(args.real_labels))
+    if not args.eval:
+        check_accum_steps(len(loader_train), args.accum_steps, images=len(loader_train.sampler),
+                          batch_size=args.batch_size)
 
     mixup_fn, target_fn = None, None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -465,6 +533,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- model, optimizer, loss ------------------------------------------------------------------------------
     kw = model_kwargs(args)
+    head = eval_token_head(args.resume) if args.eval else None
+    if head:
+        kw["token_head"] = head
     if token_head_mode(args):
         kw["token_head"] = token_head_mode(args)
         mixup_fn = target_fn = None  # the train step mixes and builds the targets
@@ -504,48 +575,50 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 **args.loss_options).to(device)
     if args.compile:
         model = torch.compile(model)
-    if output_dir and rank == 0:  # after the data, flags and model are checked: a refused run overwrites nothing
-        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
-    if output_dir and rank == 0 and not args.eval:
-        write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
-                         model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
-                         alpha=alpha_schedule_of(criterion),
-                         device=device, log_file="log.txt",
-                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
+    if args.estimate:  # N steps of the loop below (maxsup.estimate), one JSON line, nothing written
+        clock = StepClock(loader_train, args.estimate, args.accum_steps, device)
+        train_one_epoch(model, criterion, clock, optimizer, device, 0, scaler, args.clip_grad, model_ema, mixup_fn,
+                        target_fn, amp_dtype, 0, accum_steps=args.accum_steps, stats_every=args.stats_every,
+                        train_step=train_step)
+        return print_estimate(estimate_record(
+            clock, trainer="deit", steps_per_epoch=len(loader_train) // args.accum_steps, epochs=args.epochs,
+            world_size=world, total_batch_size=total_batch, device=device, model=args.model, loss=args.loss,
+            resolution=args.input_size,
+            data="synthetic" if args.estimate_synthetic else args.data_path or args.data_set))
 
     # --- resume ----------------------------------------------------------------------------------------------
     start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
-    if args.resume:
+    if args.eval:  # evaluate the weights of any Deit checkpoint (its EMA with --eval-ema)
         ckpt = load_checkpoint(args.resume)
         if "model" not in ckpt:
-            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by Deit/main.py?")
-        if not args.eval:
-            keys = [*RESUME_KEYS, *ALPHA_OPTIONS]
-            check_resume(ckpt, args.resume, TRAINER,
-                         {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")},
-                         {**vars(args), "num_classes": nb_classes}, [*keys, "num_classes"], flag=resume_flag)
-        if args.eval and args.eval_ema:
+            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by {TRAINER}?")
+        if args.eval_ema:
             if ckpt.get("model_ema") is None:
                 raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")
             ckpt = {**ckpt, "model": ckpt["model_ema"]}
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
-        if not args.eval and "optimizer" in ckpt and "epoch" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-            criterion.load_state_dict(ckpt["criterion"])
-            if model_ema is not None and ckpt.get("model_ema") is not None:
-                model_ema.module.load_state_dict(ckpt["model_ema"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            start_epoch = ckpt["epoch"] + 1
-            max_accuracy = ckpt.get("max_accuracy", 0.0)
-            partial, last_log = ckpt.get("partial"), ckpt.get("log_stats")  # partial: preempted inside start_epoch
-            if log_path is not None and rank == 0:
-                rewrite_log(log_path, ckpt)
-            where = f", step {partial['step']}" if partial else ""
-            print(f"Resumed from {args.resume} at epoch {start_epoch}{where}")
+    elif args.resume:  # continue the same run: checked, then every state and the RNG restored
+        keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
+        ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
+                           saved=lambda c: {**c.get("args", {}), "num_classes": c.get("arch", {}).get("num_classes")},
+                           recognise=lambda saved_args: "data_set" in saved_args, flag=resume_flag)
+        load_model_weights(model_without_ddp, ckpt, arch, args.resume)
+        resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,
+                                       "model_ema": model_ema.module if model_ema is not None else None,
+                                       "scaler": scaler})
+        start_epoch, partial = resumed.start_epoch, resumed.partial  # partial: preempted inside start_epoch
+        max_accuracy, last_log = ckpt.get("max_accuracy", 0.0), ckpt.get("log_stats")
+        print(resumed.describe(args.resume))
+    if output_dir and rank == 0 and not args.eval:  # everything is checked: a refused run has written nothing
+        atomic_write(output_dir / "args.json", json.dumps(vars(args), indent=2, sort_keys=True) + "\n")
+        write_run_record(output_dir, trainer="deit", config=config, dataset=DATASET_NAMES[args.data_set],
+                         model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
+                         alpha=alpha_schedule_of(criterion), device=device, log_file="log.txt",
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
+                         not_recipe=NOT_RECIPE)
+        # the log ends at the checkpoint's epoch, whose record the checkpoint holds (a kill may have lost it)
+        repair_log(log_path, start_epoch - 1, last_log)
 
     if args.eval:
         model = scored_logits(model, dataset_val)  # ImageNet-A/R: score only the 200 classes they contain
@@ -579,6 +652,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if hasattr(sampler_train, "set_epoch"):
                 sampler_train.set_epoch(epoch)
             lr_scheduler.step(epoch)
+            watch = Stopwatch(device)  # maxsup.timing: the loop's wall clock, without evaluation and checkpoints
             train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, scaler,
                                           args.clip_grad, model_ema, mixup_fn, target_fn, amp_dtype, args.print_freq,
                                           accum_steps=args.accum_steps, stats_every=args.stats_every,
@@ -590,11 +664,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 if output_dir and rank == 0:
                     atomic_save({**checkpoint_state(epoch - 1), "partial": train_stats["preempted"]},
                                 output_dir / "checkpoint.pth")
-                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
-                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
-                preemption.stopped()
+                preemption.checkpointed(epoch, step, "rerun with --resume "
+                                        f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'}")
                 break
+            resumed = (partial or {}).get("seen", 0) * world if epoch == start_epoch else 0  # trained before the stop
+            timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
             sys.stdout.write(f"[rank {rank}] epoch {epoch}: trained on {train_stats['samples_rank']} images\n")
+            watch = Stopwatch(device)
             test_stats = evaluate(loader_val, model, device, amp_dtype, gather=gather_eval, real=real)
             criterion.on_eval(test_stats["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             is_best = test_stats["acc1"] > max_accuracy
@@ -614,6 +690,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 ema_stats = evaluate(loader_val, model_ema.module, ema_device,
                                      amp_dtype if ema_device == device else None, gather=gather_eval, real=real)
                 log_stats.update({f"test_ema_{k}": v for k, v in ema_stats.items()})
+            log_stats.update(timing, eval_seconds=watch.seconds())
             tb.log(log_stats, epoch)
             print(f"epoch {epoch}: alpha {train_stats['alpha']} maxsup_penalty {train_stats['maxsup_penalty']:.4f} "
                   f"ls_regularization {train_stats['ls_regularization']:.4f} "
@@ -630,10 +707,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 atomic_save(ckpt, output_dir / "checkpoint.pth")
                 append_log(log_path, log_stats)
             history.append(log_stats)
-            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
-                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
-                if epoch + 1 < args.epochs:
-                    preemption.stopped()
+            if preemption.stop_after_epoch(epoch, args.epochs, device):
                 break
 
     tb.close()
@@ -660,9 +734,8 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.eval:  # --eval evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
-        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
-        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
+    return run_seeds(seeds, lambda seed: main(seeded_args(args, seed, "seed", SEED_FOLDERS, clear=("seeds",))),
+                     args.output_dir, "--resume")
 
 
 if __name__ == "__main__":

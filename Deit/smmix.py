@@ -2,8 +2,9 @@
 
 Per batch, with probability ``switch_prob`` (0.5, the official value) SMMix, otherwise plain Mixup (Beta(α, α)):
 
-1. The model under training, in eval mode and without gradients, gives its class logits and the attention each
-   patch receives in the last block (``maxsup.vit`` ``patch_attention``).
+1. The model under training, in eval mode, without gradients and in float32 (autocast off, as the official code),
+   gives its class logits and the attention each patch receives in the last block (``maxsup.models.vit``
+   ``patch_attention``).
 2. A square side r is drawn uniformly from ``[int(S·min_ratio), int(S·max_ratio)]`` (S = ``side``, the token grid).
 3. :func:`max_min_windows`: the r×r window of least summed attention in each image i (the target window) and the
    window of most attention in image B−1−i (the flipped batch: the source window).
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.data.mixup import mixup_target
 from torch import Tensor, nn
 
@@ -43,12 +45,11 @@ def max_min_windows(score: Tensor, side: int, r: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``(min_rc, max_rc)``, each (B, 2) long; ties go to the first window in row-major order (as ``argmin``).
     """
-    b = score.shape[0]
-    grid = score.float().reshape(b, 1, side, side)
+    grid = rearrange(score.float(), "b (row col) -> b 1 row col", row=side)
     window_sum = F.avg_pool2d(grid, r, stride=1, divisor_override=1).flatten(1)  # (B, (S−r+1)²)
     n = side - r + 1
     lo, hi = window_sum.argmin(1), window_sum.argmax(1)
-    return torch.stack([lo // n, lo % n], 1), torch.stack([hi // n, hi % n], 1)
+    return torch.stack(torch.unravel_index(lo, (n, n)), 1), torch.stack(torch.unravel_index(hi, (n, n)), 1)
 
 
 def paste_windows(x: Tensor, side: int, r: int, target_rc: Tensor, source_rc: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,22 +62,21 @@ def paste_windows(x: Tensor, side: int, r: int, target_rc: Tensor, source_rc: Te
     Returns:
         ``(mixed (B, C, H, W), source_mask (B, S·S) bool)``; the mask marks the pasted patches.
     """
-    b, c, h, w = x.shape
-    ph, pw = h // side, w // side
-    if ph * side != h or pw * side != w:
+    b, _, h, w = x.shape
+    if h % side or w % side:
         raise ValueError(f"image size {h}×{w} is not a multiple of the token grid {side}×{side}")
+    own, partner = torch.arange(b, device=x.device), torch.arange(b - 1, -1, -1, device=x.device)
     cells = torch.arange(side, device=x.device)
-    dr = cells.view(1, side, 1) - target_rc[:, 0].view(b, 1, 1)
-    dc = cells.view(1, 1, side) - target_rc[:, 1].view(b, 1, 1)
-    inside = (dr >= 0) & (dr < r) & (dc >= 0) & (dc < r)  # (B, S, S)
-    partner = torch.arange(b - 1, -1, -1, device=x.device)
-    src = source_rc[partner]
-    rows = torch.where(inside, src[:, 0].view(b, 1, 1) + dr, cells.view(1, side, 1).expand(b, side, side))
-    cols = torch.where(inside, src[:, 1].view(b, 1, 1) + dc, cells.view(1, 1, side).expand(b, side, side))
-    imgs = torch.where(inside, partner.view(b, 1, 1), torch.arange(b, device=x.device).view(b, 1, 1))
-    patches = x.reshape(b, c, side, ph, side, pw).permute(0, 2, 4, 1, 3, 5)  # (B, S, S, C, ph, pw)
-    mixed = patches[imgs, rows, cols]
-    return mixed.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w), inside.flatten(1)
+    row, col = rearrange(cells, "s -> s 1"), rearrange(cells, "s -> 1 s")  # patch coordinates, broadcast to (B, S, S)
+    target_r, target_c = rearrange(target_rc, "b rc -> rc b 1 1")
+    source_r, source_c = rearrange(source_rc[partner], "b rc -> rc b 1 1")
+    dr, dc = row - target_r, col - target_c  # (B, S, S) offsets into each image's target window
+    inside = (dr >= 0) & (dr < r) & (dc >= 0) & (dc < r)
+    rows, cols = torch.where(inside, source_r + dr, row), torch.where(inside, source_c + dc, col)
+    imgs = torch.where(inside, rearrange(partner, "b -> b 1 1"), rearrange(own, "b -> b 1 1"))
+    patches = rearrange(x, "b c (row ph) (col pw) -> b row col c ph pw", row=side, col=side)
+    mixed = rearrange(patches[imgs, rows, cols], "b row col c ph pw -> b c (row ph) (col pw)")
+    return mixed, inside.flatten(1)
 
 
 @dataclass
@@ -124,7 +124,10 @@ class SMMix:
         was_training = core.training
         core.eval()
         try:
-            logits, score = core.patch_attention(x)
+            # float32 with autocast off, as the official "motivation" forward (outside its autocast region): the
+            # window choice and the consistency target do not move with the training precision
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                logits, score = core.patch_attention(x.float())
         finally:
             core.train(was_training)
         r = self.sizes[int(torch.randint(len(self.sizes), ()))]

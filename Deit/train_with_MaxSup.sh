@@ -14,10 +14,23 @@
 # --print-config prints the resolved recipe as JSON and exits (no data read); SEEDS=3 or --seeds 0,3,7 runs a seed
 # sweep, one run folder <OUTPUT_DIR>/seed<S> per seed. Fewer GPUs, same global batch 1024: NPROC=2 ACCUM=2 gives
 # 2 processes x 256 images x 2 accumulation steps (the per-process batch is 1024 / NPROC / ACCUM).
+#
+# Environment (all optional):
+#   DATA_PATH        ImageNet (ImageFolder train/ val/, or the zip cache with --cache); unset: the Fashion-MNIST default
+#   NPROC, ACCUM     processes (default 4) and accumulation steps (default 1) of the ImageNet recipe
+#   MIXUP            1: keep DeiT's Mixup 0.8 / CutMix 1.0 (the authors' launcher); default 0
+#   OUTPUT_DIR       the run folder (default ./output/deit_small_maxsup, or ./output/deit_fmnist_maxsup without
+#                    DATA_PATH); --output_dir among the extra arguments overrides it
+#   PYTHON           the interpreter (default: the repository's .venv/bin/python when it exists and no virtualenv is
+#                    active, i.e. VIRTUAL_ENV is unset; otherwise python3 from the PATH)
+#   OMP_NUM_THREADS  threads of the Fashion-MNIST default (default 1)
+#   SEEDS            read by main.py: a seed sweep (see above)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ -z "${PYTHON:-}" ] && [ -x "$HERE/../.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
+    PYTHON="$HERE/../.venv/bin/python"
+fi
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-if [ -x "$HERE/../.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then PYTHON="$HERE/../.venv/bin/python"; fi
 
 if [ -n "${DATA_PATH:-}" ]; then
     NPROC="${NPROC:-4}"

@@ -1,1 +1,2 @@
-"""One script per paper table/figure; run them as ``python -m analysis.<script>`` from the repository root."""
+"""One script per paper table/figure: ``python -m analysis.<script>`` from the repository root, or
+``python analysis/<script>.py`` from anywhere (``analysis/_bootstrap.py``)."""

@@ -10,6 +10,9 @@ Writes ``<out>/calibration.json`` / ``.md`` and ``<out>/calibration.png`` (one r
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from pathlib import Path
 from typing import Any
@@ -17,14 +20,13 @@ from typing import Any
 import numpy as np
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
     checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -32,8 +34,7 @@ from maxsup.metrics import ClassificationMeter, expected_calibration_error, reli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test", real_labels=True)
+    p = script_parser(__doc__, split="test", real_labels=True)
     p.add_argument("--diagram-bins", type=int, default=15, help="bins of the reliability diagram")
     return p
 
@@ -42,13 +43,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``calibration.json``: rows[name] = {acc1, nll, ece_15, ece_10, n, reliability: {...}}, plus
     real_acc1 and n_real (ReaL top-1 on ImageNet val) with ``--real-labels``."""
     plt = pyplot()
-    device = device_from_args(args)
     ckpts = checkpoints_from_args(args)
     fig, axes = plt.subplots(1, len(ckpts), figsize=(4 * len(ckpts), 4), squeeze=False)
     rows: dict[str, Any] = {}
-    for ax, (name, path) in zip(axes[0], ckpts, strict=True):
-        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True,
-                          real=args.real_labels)
+    for ax, loaded in zip(axes[0], load_models(args, ckpts), strict=True):
+        name = loaded.name
+        a = cached_arrays(loaded, args, args.split, require_head_match=True, real=args.real_labels)
         meter = ClassificationMeter(n_bins=15)
         meter.update(a["logits"], a["labels"])
         m = meter.compute()

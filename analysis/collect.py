@@ -1,32 +1,41 @@
-"""Run folders → the paper's tables: final top-1 as mean ± sample std over seeds (with n), plus NLL and ECE.
+"""Run folders and analysis outputs → the paper's tables, beside the paper's numbers.
 
-    python -m analysis.collect runs/ [more run folders or parents ...] --out results/t4 [--paper T4]
+    python -m analysis.collect runs/ [more run folders, analysis outputs or parents ...] [--paper T4|all] --out DIR
 
-Each trainer writes ``run.json`` into its run folder (``maxsup.runinfo.write_run_record``): dataset, model, loss,
-α schedule, seed, the resolved config, the name of its per-epoch JSON-lines log and which log keys are top-1 / NLL /
-ECE. Runs are grouped by (dataset, model, loss + α schedule, recipe); the recipe is the ``recipes.toml`` id whose
-values the run's config has, else ``custom-<fingerprint>`` of the config without seed, paths and loss. The metrics are
-those of the last epoch. A run whose log stops before its last epoch is listed as unfinished and never averaged in.
+Inputs (:mod:`analysis.inputs`): run folders (``run.json`` = the trainer's resolved ``--print-config`` JSON, plus its
+JSON-lines log; the metrics are those of the last epoch, and a run whose log stops before its last epoch is listed as
+unfinished and never averaged in), the ``analysis/`` outputs ``feature_metrics.json``, ``linear_transfer.json`` and
+``robustness.json``, and MMSegmentation 1.2.2 test results. Runs pool only when their resolved recipes are equal
+(:mod:`analysis.pooling`): every config value except the seed, paths, workers, logging and the split of the global
+batch.
 
-``--paper T4`` (or T5, T10: any ``[paper_results.*]`` of recipes.toml) lays the table out as the paper does, one row
-per method and, for each paper column, our mean ± std (n) beside the paper's number.
-Writes ``<out>/collect.json`` and ``<out>/collect.md`` (with ``--out``), and prints the Markdown.
+Without ``--paper``: one row per group of runs (mean ± sample std over seeds, with n). ``--paper TN`` lays out
+``[paper_results.TN]`` of recipes.toml as the paper does (:mod:`analysis.tables`): per cell ours (mean ± std, n,
+seeds), the paper's number, the difference and whether it exceeds the combined std. Two groups in one cell are
+refused with the config keys that differ. ``--paper all`` does every table and writes ``REPRODUCTION.md``.
+
+Writes into ``--out``: ``collect.json``, ``collect.md``, and per table ``TN.md`` and ``TN.csv`` (one line per cell);
+an existing file is refused unless ``--force``.
 """
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from analysis.common import markdown_table, write_results
+from analysis.common import markdown_table
+from analysis.inputs import read_inputs
+from analysis.tables import TABLES, build_table, reproduction_markdown, spec_of, table_csv, table_markdown
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, match_recipe
-from maxsup.runinfo import RUN_RECORD
+from maxsup.training import atomic_write
 
 METHOD_NAMES = {"ce": "Baseline", "ls": "Label Smoothing", "zipf": "Zipf-LS", "ols": "OLS", "maxsup": "MaxSup",
                 "lp": "Logit Penalty", "cp": "Confidence Penalty", "ls-reg": "+ Regularization only",
@@ -36,24 +45,14 @@ METRICS = ("acc1", "nll", "ece")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dirs", nargs="+", type=Path, help="run folders, or folders searched for run.json below them")
-    p.add_argument("--out", default=None, help="write collect.json and collect.md here (default: print only)")
-    p.add_argument("--paper", default=None, help="a paper table of recipes.toml [paper_results] (T4, T5, T10)")
+    p.add_argument("inputs", nargs="+", type=Path,
+                   help="run folders, analysis outputs (feature_metrics/linear_transfer/robustness .json), MMSeg "
+                        "result files, or folders searched for them")
+    p.add_argument("--out", default=None, type=Path, help="write collect.json/.md and TN.md/TN.csv here")
+    p.add_argument("--paper", default=None, help="a paper table of recipes.toml [paper_results] (T1 … T16), or all")
     p.add_argument("--recipes", default=None, type=Path, help="the recipe table (default: recipes.toml)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     return p
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders (those holding run.json) at or below each path, each once, in a stable order."""
-    found: dict[Path, None] = {}
-    for path in paths:
-        if not path.is_dir():
-            raise UserError(f"{path} is not a folder; pass run folders or folders that contain them")
-        hits = [path / RUN_RECORD] if (path / RUN_RECORD).is_file() else sorted(path.rglob(RUN_RECORD))
-        if not hits:
-            raise UserError(f"no {RUN_RECORD} in or below {path}; was it written by one of this repository's trainers?")
-        found.update(dict.fromkeys(h.parent for h in hits))
-    return list(found)
 
 
 def alpha_label(alpha: list[float] | None) -> str:
@@ -63,37 +62,11 @@ def alpha_label(alpha: list[float] | None) -> str:
     return f"{start:g}" if start == end else f"{start:g}→{end:g}"
 
 
-def read_run(folder: Path, recipes: dict[str, Any]) -> dict[str, Any]:
-    """One run: its grouping fields, the last epoch's metrics and whether it finished."""
-    try:
-        record = json.loads((folder / RUN_RECORD).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{folder / RUN_RECORD} is not valid JSON ({exc.msg})") from None
-    lines = []
-    log = folder / record["log_file"]
-    if log.is_file():
-        for n, text in enumerate(log.read_text().splitlines(), 1):
-            if text.strip():
-                try:
-                    lines.append(json.loads(text))
-                except json.JSONDecodeError:
-                    raise UserError(f"{log}:{n} is not a JSON line") from None
-    epochs = [ln for ln in lines if isinstance(ln.get("epoch"), int)]
-    last = epochs[-1] if epochs else None
-    done = last is not None and last["epoch"] >= record["epochs"] - 1
-    metrics = {k: last.get(record["metric_keys"][k]) for k in METRICS} if last else {}
-    recipe = match_recipe(record["config"], record["trainer"], recipes) or f"custom-{record['recipe']}"
-    return {"dir": str(folder), "trainer": record["trainer"], "dataset": record["dataset"], "model": record["model"],
-            "loss": record["loss"], "alpha": alpha_label(record.get("alpha")), "recipe": recipe,
-            "seed": record["seed"], "epochs": record["epochs"], "last_epoch": last["epoch"] if last else None,
-            "finished": done and metrics.get("acc1") is not None, "metrics": metrics,
-            "git_commit": record.get("provenance", {}).get("git_commit")}
-
-
 def summarize(values: list[float]) -> dict[str, Any]:
     """mean and sample standard deviation (n − 1; None for a single run)."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
+    from statistics import fmean, stdev
+
+    return {"mean": fmean(values), "std": stdev(values) if len(values) > 1 else None, "n": len(values)}
 
 
 def fmt(s: dict[str, Any] | None, digits: int = 2) -> str:
@@ -103,25 +76,28 @@ def fmt(s: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{s['mean']:.{digits}f} ± {std} (n={s['n']})"
 
 
-def group_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def group_runs(runs: list[dict[str, Any]], recipes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run records with equal group keys → one group each: seeds, per-metric stats, unfinished runs."""
     groups: dict[tuple, dict[str, Any]] = {}
     for run in runs:
-        key = (run["dataset"], run["model"], run["loss"], run["alpha"], run["recipe"])
-        g = groups.setdefault(key, dict(zip(("dataset", "model", "loss", "alpha", "recipe"), key, strict=True),
-                                        runs=[], unfinished=[]))
+        f = run["fields"]
+        g = groups.setdefault(run["key"], {
+            "dataset": f["dataset"], "model": f["model"], "loss": f["loss"], "alpha": alpha_label(run["alpha"]),
+            "recipe": match_recipe(run["config"], run["trainer"], recipes) or f"custom-{run['recipe_fingerprint']}",
+            "runs": [], "unfinished": []})
         (g["runs"] if run["finished"] else g["unfinished"]).append(run)
     out = []
     for g in groups.values():
         done = g["runs"]
         g["seeds"] = sorted(r["seed"] for r in done)
-        g["stats"] = {m: summarize([r["metrics"][m] for r in done]) if done and all(
-            isinstance(r["metrics"].get(m), (int, float)) and math.isfinite(r["metrics"][m]) for r in done) else None
+        g["stats"] = {m: summarize([r["values"][m] for r in done]) if done and all(
+            isinstance(r["values"].get(m), (int, float)) and math.isfinite(r["values"][m]) for r in done) else None
             for m in METRICS}
-        g["unfinished"] = [{"dir": r["dir"], "seed": r["seed"], "last_epoch": r["last_epoch"], "epochs": r["epochs"]}
+        g["unfinished"] = [{"dir": r["path"], "seed": r["seed"], "last_epoch": r["last_epoch"], "epochs": r["epochs"]}
                            for r in g["unfinished"]]
-        g["runs"] = [r["dir"] for r in done]
+        g["runs"] = [r["path"] for r in done]
         out.append(g)
-    return sorted(out, key=lambda g: (g["recipe"], g["dataset"], g["model"], g["loss"], g["alpha"]))
+    return sorted(out, key=lambda g: (g["recipe"], g["dataset"] or "", g["model"] or "", g["loss"] or "", g["alpha"]))
 
 
 def groups_markdown(groups: list[dict[str, Any]]) -> str:
@@ -132,33 +108,28 @@ def groups_markdown(groups: list[dict[str, Any]]) -> str:
                            "unfinished"], rows)
 
 
-def paper_markdown(groups: list[dict[str, Any]], table: str, recipes: dict[str, Any]) -> tuple[str, dict]:
-    """The paper's layout: rows = methods, and for each paper column our mean ± std (n) beside the paper's value."""
-    res = recipes.get("paper_results", {}).get(table)
-    if res is None:
-        raise UserError(f"--paper {table}: recipes.toml has no [paper_results.{table}]; "
-                        f"choose one of {', '.join(recipes.get('paper_results', {}))}")
-    header, rows, data = ["Method"], [], {}
-    for col in res["order"]:
-        header += [f"{col} ours", f"{col} paper"]
-    for loss, paper_values in res["rows"].items():
-        row, data[loss] = [METHOD_NAMES.get(loss, loss)], {}
-        for col, paper_value in zip(res["order"], paper_values, strict=True):
-            dataset, model = res["columns"][col]
-            match = [g for g in groups if (g["dataset"], g["model"], g["loss"]) == (dataset, model, loss)
-                     and g["recipe"] in res["recipes"]]
-            ours = match[0]["stats"]["acc1"] if match else None
-            row += [fmt(ours), paper_value or "–"]
-            data[loss][col] = {"ours": ours, "paper": paper_value or None}
-        rows.append(row)
-    return f"## {res['caption']}\n\n" + markdown_table(header, rows), {"table": table, "cells": data}
+def paper_tables(records: list[dict[str, Any]], recipes: dict[str, Any], which: str) -> dict[str, dict[str, Any]]:
+    """{table: build_table(...)} for one table (refused when none of its inputs is there) or ``all``."""
+    if which != "all":
+        result = build_table(records, recipes, which)
+        if not any(c["ours"] for r in result["rows"] for c in r["cells"]):
+            spec = spec_of(recipes, which)
+            raise UserError(f"--paper {which}: none of the inputs fills a cell of {which} (it needs "
+                            f"{spec['source']}); make them with: {' ; '.join(spec.get('commands', []))}")
+        return {which: result}
+    return {t: build_table(records, recipes, t) for t in TABLES if t in recipes.get("paper_results", {})}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     recipes = load_recipes(args.recipes) if args.recipes else load_recipes()
-    runs = [read_run(folder, recipes) for folder in find_runs(args.run_dirs)]
-    groups = group_runs(runs)
-    md = "# Collected runs\n\n" + groups_markdown(groups)
+    if args.paper and args.paper != "all":
+        spec_of(recipes, args.paper)  # an unknown table is refused before any input is read
+    if args.paper == "all" and args.out is None:
+        raise UserError("--paper all writes REPRODUCTION.md and TN.md/TN.csv per table: give --out DIR")
+    records = read_inputs(args.inputs)
+    runs = [r for r in records if r["kind"] == "runs"]
+    groups = group_runs(runs, recipes)
+    md = "# Collected runs\n\n" + (groups_markdown(groups) if groups else "No run folders.\n")
     result: dict[str, Any] = {"script": "collect", "groups": groups}
     unfinished = [u for g in groups for u in g["unfinished"]]
     if unfinished:
@@ -166,12 +137,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ["run folder", "seed", "last logged epoch", "epochs"],
             [[u["dir"], u["seed"], "none" if u["last_epoch"] is None else u["last_epoch"], u["epochs"]]
              for u in unfinished])
+    files: dict[str, str] = {}
     if args.paper:
-        paper_md, result["paper"] = paper_markdown(groups, args.paper, recipes)
-        md += "\n" + paper_md
+        result["paper"] = paper_tables(records, recipes, args.paper)
+        for table, res in result["paper"].items():
+            table_md = table_markdown(res)
+            md += "\n" + table_md
+            files[f"{table}.md"], files[f"{table}.csv"] = table_md, table_csv(res)
+        if args.paper == "all":
+            files["REPRODUCTION.md"] = reproduction_markdown(result["paper"])
+    files = {"collect.json": json.dumps(result, indent=2, default=str) + "\n", "collect.md": md, **files}
     print(md, end="")
-    if args.out:
-        write_results(args.out, "collect", result, md)
+    if args.out is not None:
+        existing = [n for n in files if (args.out / n).exists()]
+        if existing and not args.force:
+            raise UserError(f"{args.out / existing[0]} exists ({len(existing)} of the output files do); "
+                            "pass --force to overwrite or choose another --out")
+        for name, text in files.items():
+            atomic_write(args.out / name, text)
     return result
 
 

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
-from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, eval_set, real_labels
-from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
+from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, real_labels
+from maxsup.data.registry import build_split
+from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
+from maxsup.training import atomic_save, atomic_write, load_checkpoint
 
+#: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
 CACHE_VERSION = 1
 
@@ -73,6 +76,14 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
     p.add_argument("--no-progress", action="store_true", help="hide the extraction progress bar")
 
 
+def script_parser(doc: str, *, split: str | None = "test", real_labels: bool = False) -> argparse.ArgumentParser:
+    """An analysis script's parser: described by the first line of ``doc`` (the script's docstring) and holding
+    :func:`add_common_args` (``split``, ``real_labels``: as there); the script adds its own flags."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_common_args(p, split=split, real_labels=real_labels)
+    return p
+
+
 def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     pairs = [parse_checkpoint_arg(c) for c in args.checkpoint]
     names = [n for n, _ in pairs]
@@ -105,11 +116,23 @@ def load_model(name: str, path: Path, device: torch.device | str = "cpu") -> Loa
     """Rebuild the network and its evaluation preprocessing from a convention checkpoint (eval mode)."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, source=str(path))
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a diverged run: every number computed from it would be NaN, or finite nonsense after an argmax
+        raise UserError(f"checkpoint {name} ({path}) has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                        f"its run diverged: analyse an earlier checkpoint or rerun it with a lower lr")
     spec = ckpt.get("eval_transform")
     if not isinstance(spec, dict) or "img_size" not in spec:
         raise UserError(f"{path} has no 'eval_transform' entry (maxsup.data.transforms.transform_spec), so its "
                         f"preprocessing is unknown; re-save it with a trainer of this repository")
     return LoadedModel(name, path, model.to(device).eval(), spec, int(ckpt["arch"]["num_classes"]), ckpt["arch"])
+
+
+def load_models(args: argparse.Namespace, checkpoints: list[tuple[str, Path]] | None = None) -> Iterator[LoadedModel]:
+    """Each ``--checkpoint`` (or each of ``checkpoints``) rebuilt on ``--device``, in order. A generator, so a script
+    that handles one model at a time never holds them all; ``list(load_models(args))`` when it needs them together."""
+    device = device_from_args(args)
+    for name, path in checkpoints_from_args(args) if checkpoints is None else checkpoints:
+        yield load_model(name, path, device)
 
 
 class LabeledSubset(Dataset):
@@ -128,41 +151,11 @@ class LabeledSubset(Dataset):
         return img, self.targets[i]
 
 
-def _base_dataset(name: str, data_path: str | None, train: bool, transform: Any) -> Any:
-    import torchvision
-
-    if name == "fmnist":
-        from maxsup.data.fashion_mnist import FashionMNIST
-
-        return FashionMNIST(data_path, train=train, transform=transform)
-    if name in ("cifar10", "cifar100"):
-        root = Path(data_path or f"datasets/{name}")
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        try:
-            return cls(root, train=train, transform=transform, download=False)
-        except RuntimeError:
-            raise UserError(f"{name.upper()} not found in {root}: pass --data-path to the folder that holds the "
-                            f"extracted torchvision files") from None
-    if name in TRANSFER_DATASETS:  # Table 12 / Table 6 targets with their official train/test splits
-        return transfer_dataset(name, data_path, train, transform)
-    if name in EVAL_SETS:  # test sets: --data-path is the set's folder, --split is ignored
-        if data_path is None:
-            raise UserError(f"--dataset {name} needs --data-path (the folder of the test set)")
-        return eval_set(name, data_path, transform)
-    if data_path is None:
-        raise UserError("--dataset imagefolder needs --data-path (a folder with train/<class>/ and val/<class>/)")
-    folder = Path(data_path) / ("train" if train else "val")
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist; --data-path must contain train/ and val/ class "
-                        f"folders")
-    return torchvision.datasets.ImageFolder(folder, transform=transform)
-
-
 def build_dataset(name: str, data_path: str | None, split: str, transform: Any = None,
                   classes: list[int] | None = None, max_per_class: int | None = None, seed: int = 0) -> LabeledSubset:
     """A split of a dataset, optionally restricted to ``classes`` (relabelled 0..n−1) and ``max_per_class`` samples
     per class (a seeded random subset, kept in dataset order)."""
-    base = _base_dataset(name, data_path, split == "train", transform)
+    base = build_split(name, data_path, train=split == "train", transform=transform)  # test sets: one split
     targets = np.asarray(base.targets, dtype=np.int64)
     names = list(base.classes)
     keep = list(range(len(names))) if classes is None else classes
@@ -213,6 +206,16 @@ def extract_arrays(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     return {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels).long()}
 
 
+def check_finite_arrays(loaded: LoadedModel, arrays: dict[str, torch.Tensor], desc: str) -> None:
+    """Refuse features (N, D) or logits (N, K) with NaN/inf: finite weights can still overflow in float32, and every
+    metric of such arrays would be NaN or finite nonsense (an argmax of NaN is class 0)."""
+    for key in ("features", "logits"):
+        rows = (~torch.isfinite(arrays[key])).any(1)
+        if rows.any():
+            raise UserError(f"checkpoint {loaded.name} ({loaded.path}) gives non-finite {key} for {int(rows.sum())} of "
+                            f"{len(rows)} images of {desc} (overflow in float32?); analyse another checkpoint")
+
+
 def _cache_key(path: Path, dataset: str, data_path: str | None, split: str, classes: list[int] | None,
                max_per_class: int | None, seed: int) -> str:
     st = path.stat()
@@ -249,12 +252,14 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
     if cache.is_file():
         arrays = torch.load(cache, map_location="cpu", weights_only=True)
+        check_finite_arrays(loaded, arrays, desc)  # a cache written before this check existed
     else:
         arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
                                 device=next(loaded.model.parameters()).device, desc=f"{loaded.name} {desc}",
                                 progress=not args.no_progress)
         if ds.class_indices is not None:  # ImageNet-A/R: keep the logits of the 200 classes they contain
             arrays["logits"] = arrays["logits"][:, ds.class_indices]
+        check_finite_arrays(loaded, arrays, desc)
         atomic_save(arrays, cache)
     out = {**arrays, "classes": ds.classes, "cache": str(cache), "dataset": dataset, "split": split}
     if scorer is not None:
@@ -263,8 +268,8 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
 
 
 @functools.lru_cache(maxsize=2)
-def _real_labels(path: str | None) -> list[list[int]]:
-    return real_labels(path)  # read once for all checkpoints
+def _real_labels(source: str | bool) -> list[list[int]]:
+    return real_labels(source)  # read once for all checkpoints
 
 
 def real_scorer(loaded: LoadedModel, ds: LabeledSubset, real: str | bool) -> RealScorer:
@@ -280,7 +285,7 @@ def real_scorer(loaded: LoadedModel, ds: LabeledSubset, real: str | bool) -> Rea
         raise UserError(f"--real-labels: checkpoint {loaded.name} has a {loaded.num_classes}-class head, which "
                         f"matches neither the {len(ds.classes)} selected nor the {len(base_classes)} class folders")
     paths = [ds.base.samples[i][0] for i in ds.indices]
-    return RealScorer(paths, outputs, _real_labels(None if real is True else str(real)))
+    return RealScorer(paths, outputs, _real_labels(real))
 
 
 # --------------------------------------------------------------------------------------------------------------------

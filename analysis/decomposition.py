@@ -12,18 +12,19 @@ Writes ``<out>/decomposition.json`` / ``.md``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from typing import Any
 
 import torch
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
-    checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
+    script_parser,
     write_results,
 )
 from maxsup import label_smoothing_penalty, ls_decomposition, maxsup_penalty
@@ -55,18 +56,15 @@ def decompose(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
-    return p
+    return script_parser(__doc__, split="test")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``decomposition.json``: rows[name] = :func:`decompose` of the split."""
-    device = device_from_args(args)
     rows = {}
-    for name, path in checkpoints_from_args(args):
-        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True)
-        rows[name] = decompose(a["logits"], a["labels"])
+    for loaded in load_models(args):
+        a = cached_arrays(loaded, args, args.split, require_head_match=True)
+        rows[loaded.name] = decompose(a["logits"], a["labels"])
     result = {"script": "decomposition", "dataset": args.dataset, "split": args.split, "rows": rows}
     md = markdown_table(
         ["Method", "misclassified", "regularization", "error ampl.", "error ampl. (correct)",

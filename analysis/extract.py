@@ -7,33 +7,31 @@ Writes ``<out>/extract.json`` / ``.md`` (one row per checkpoint) and the cache f
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from typing import Any
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
-    checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test", real_labels=True)
-    return p
+    return script_parser(__doc__, split="test", real_labels=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Extract (or reuse) the cache of every checkpoint; returns the ``extract.json`` dict."""
-    device = device_from_args(args)
     rows: dict[str, Any] = {}
-    for name, path in checkpoints_from_args(args):
-        loaded = load_model(name, path, device)
+    for loaded in load_models(args):
+        name, path = loaded.name, loaded.path
         a = cached_arrays(loaded, args, args.split, real=args.real_labels)
         same_head = a["logits"].shape[1] == len(a["classes"])
         acc = float((a["logits"].argmax(1) == a["labels"]).float().mean() * 100) if same_head else None

@@ -11,16 +11,17 @@ Writes ``<out>/feature_metrics.json`` and ``.md``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from typing import Any
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
-    checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
+    script_parser,
     write_results,
 )
 from maxsup import class_separation
@@ -30,8 +31,7 @@ SPLITS = {"train": "train", "val": "test"}  # paper column → dataset split
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split=None)
+    p = script_parser(__doc__, split=None)
     p.add_argument("--val-max-per-class", type=int, default=None,
                    help="also cap the val (test) split per class (default: the whole split)")
     return p
@@ -39,10 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``feature_metrics.json``: rows[name][train|val] = {d_within, d_total, r2, n, num_classes}."""
-    device = device_from_args(args)
     rows: dict[str, Any] = {}
-    for name, path in checkpoints_from_args(args):
-        loaded = load_model(name, path, device)
+    for loaded in load_models(args):
+        name = loaded.name
         rows[name] = {}
         for column, split in SPLITS.items():
             cap = args.max_per_class if split == "train" else args.val_max_per_class

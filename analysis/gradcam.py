@@ -13,6 +13,9 @@ Writes ``<out>/gradcam.png`` and ``<out>/gradcam.json``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +26,14 @@ import torch
 from torch import nn
 
 from analysis.common import (
-    add_common_args,
     build_dataset,
     check_head,
-    checkpoints_from_args,
     device_from_args,
-    load_model,
+    load_models,
     parse_classes,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -91,8 +93,7 @@ def default_indices(targets: list[int], num_images: int) -> list[int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
+    p = script_parser(__doc__, split="test")
     p.add_argument("--num-images", type=int, default=4, help="number of images (columns)")
     p.add_argument("--indices", default=None, help="comma list of dataset indices to show instead")
     p.add_argument("--target", choices=("label", "top1"), default="label",
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     plt = pyplot()
     device = device_from_args(args)
-    models = [load_model(name, path, device) for name, path in checkpoints_from_args(args)]
+    models = list(load_models(args))
     classes = parse_classes(args.classes)
     ds = build_dataset(args.dataset, args.data_path, args.split, None, classes, args.max_per_class, args.seed)
     desc = f"{args.dataset} {args.split}"

@@ -13,18 +13,19 @@ Writes ``<out>/linear_transfer.json`` and ``.md``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from typing import Any
 
 from analysis.common import (
     DATASETS,
-    add_common_args,
     cached_arrays,
-    checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
     parse_classes,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -32,8 +33,7 @@ from maxsup.linear_probe import PROBE_MAX_ITER, SOLVERS, linear_probe, regulariz
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split=None)
+    p = script_parser(__doc__, split=None)
     p.add_argument("--source-dataset", choices=DATASETS, default=None,
                    help="also probe the source (training) dataset for reference")
     p.add_argument("--source-data-path", default=None, help="root of --source-dataset")
@@ -65,10 +65,9 @@ def _probe(loaded, args, lambdas, dataset=None, data_path=None, classes="args") 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``linear_transfer.json``: rows[name] = {target: probe dict, source: probe dict (optional)}."""
     lambdas = regularization_grid(args.num_lambdas, *args.lambda_range)
-    device = device_from_args(args)
     rows: dict[str, Any] = {}
-    for name, path in checkpoints_from_args(args):
-        loaded = load_model(name, path, device)
+    for loaded in load_models(args):
+        name = loaded.name
         rows[name] = {"target": _probe(loaded, args, lambdas)}
         if args.source_dataset:
             rows[name]["source"] = _probe(loaded, args, lambdas, args.source_dataset, args.source_data_path,

@@ -12,6 +12,9 @@ Writes ``<out>/logits.png`` and ``<out>/logits.json`` / ``.md``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,12 @@ import numpy as np
 import torch
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
-    checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     markdown_table,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -41,8 +42,7 @@ def logit_stats(logits: torch.Tensor, threshold: float) -> dict[str, np.ndarray]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
+    p = script_parser(__doc__, split="test")
     p.add_argument("--threshold", type=float, default=0.01, help="|z| below this counts as near zero")
     p.add_argument("--xlim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="shared x-range of the density panel (paper: -4 4)")
@@ -54,11 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``logits.json``: rows[name] = {logit_mean, logit_std, near_zero_share_mean, top1_prob_mean, ...}."""
     plt = pyplot()
-    device = device_from_args(args)
     data: dict[str, dict[str, Any]] = {}
-    for name, path in checkpoints_from_args(args):
-        a = cached_arrays(load_model(name, path, device), args, args.split, require_head_match=True)
-        data[name] = {"logits": a["logits"], **logit_stats(a["logits"], args.threshold)}
+    for loaded in load_models(args):
+        a = cached_arrays(loaded, args, args.split, require_head_match=True)
+        data[loaded.name] = {"logits": a["logits"], **logit_stats(a["logits"], args.threshold)}
     flat = np.concatenate([d["logits"].flatten().numpy() for d in data.values()])
     xlim = tuple(args.xlim) if args.xlim else tuple(float(v) for v in np.percentile(flat, [0.5, 99.5]))
     if not xlim[0] < xlim[1]:

@@ -12,6 +12,9 @@ Writes ``<out>/projection.png`` and ``<out>/projection.json``.
 
 from __future__ import annotations
 
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
+
 import argparse
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,13 @@ import numpy as np
 import torch
 
 from analysis.common import (
-    add_common_args,
     cached_arrays,
     checkpoints_from_args,
-    device_from_args,
-    load_model,
+    load_models,
     parse_classes,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -43,8 +45,7 @@ def template_plane(features: torch.Tensor, labels: torch.Tensor, classes: list[i
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split="test")
+    p = script_parser(__doc__, split="test")
     p.add_argument("--proj-classes", default="0,1,2", help="three class indices (after --classes relabelling)")
     p.add_argument("--per-class", type=int, default=80, help="samples plotted per class (paper: 80)")
     return p
@@ -56,12 +57,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(proj_classes) != 3:
         raise UserError(f"--proj-classes needs exactly 3 classes, got {args.proj_classes!r}")
     plt = pyplot()
-    device = device_from_args(args)
     ckpts = checkpoints_from_args(args)
     fig, axes = plt.subplots(1, len(ckpts), figsize=(4.5 * len(ckpts), 4.2), squeeze=False)
     rows: dict[str, Any] = {}
-    for ax, (name, path) in zip(axes[0], ckpts, strict=True):
-        a = cached_arrays(load_model(name, path, device), args, args.split)
+    for ax, loaded in zip(axes[0], load_models(args, ckpts), strict=True):
+        name = loaded.name
+        a = cached_arrays(loaded, args, args.split)
         feats, labels = a["features"], a["labels"]
         missing = [c for c in proj_classes if int((labels == c).sum()) < 2]
         if missing:

@@ -4,16 +4,21 @@ and severity, for every checkpoint.
     python -m analysis.robustness --checkpoint CE=ce.pth --checkpoint LS=ls.pth --checkpoint MaxSup=ms.pth \
         --dataset cifar10 --data-path datasets/cifar10 --precomputed datasets/CIFAR-10-C --out results/t8
 
-Without ``--precomputed`` the corruptions are applied on the fly (``maxsup.corruptions``: corrupt-tta, seeded per
-image, after the evaluation resize/crop). With it, CIFAR-10/100 read the published ``<corruption>.npy`` files and
-``imagefolder`` reads ImageNet-C's ``<corruption>/<severity>/<wnid>/*.JPEG``.
+Without ``--precomputed`` the corruptions are applied on the fly (``maxsup.corruptions``, seeded per image, after the
+evaluation resize/crop) with the constants made for that resolution: CIFAR-10-C's up to 32 px, Tiny-ImageNet-C's up
+to 64 px, ImageNet-C's (corrupt-tta) above; ``constants`` in the results says which. With it, CIFAR-10/100 read the
+published ``<corruption>.npy`` files and ``imagefolder`` reads ImageNet-C's ``<corruption>/<severity>/<wnid>/*.JPEG``.
 
 Writes ``<out>/robustness.json`` = ``{"checkpoints": {NAME: {"clean": M, "corrupted": {CORRUPTION: {"SEVERITY": M}},
-"mean_corrupted": M}}}`` with M = ``{"error", "nll", "ece"}`` (error as a fraction, NLL in nats, 15-bin ECE), the
-Markdown table ``robustness.md`` in Table 8's layout, and ``robustness.png`` (error and ECE against severity).
+"mean_corrupted": M, "constants": TEXT}}}`` with M = ``{"error", "nll", "ece"}`` (error as a fraction, NLL in nats,
+15-bin ECE), the Markdown table ``robustness.md`` in Table 8's layout, and ``robustness.png`` (error and ECE against
+severity).
 """
 
 from __future__ import annotations
+
+if not __package__:  # run by path (python analysis/NAME.py): see analysis/_bootstrap.py
+    import _bootstrap  # noqa: F401
 
 import argparse
 import json
@@ -26,16 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from analysis.common import (
     LabeledSubset,
-    add_common_args,
     build_dataset,
     check_head,
-    checkpoints_from_args,
     device_from_args,
-    load_model,
+    load_models,
     markdown_table,
     parse_classes,
     pyplot,
     save_figure,
+    script_parser,
     write_results,
 )
 from maxsup.cli import run_cli
@@ -47,6 +51,7 @@ from maxsup.corruptions import (
     parse_corruptions,
     parse_severities,
 )
+from maxsup.corruptions_lowres import LOWRES_SCALES, scale_for
 from maxsup.data.imagenet_variants import RestrictLogits
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -54,8 +59,7 @@ from maxsup.metrics import ClassificationMeter
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(p, split=None)
+    p = script_parser(__doc__, split=None)
     p.add_argument("--corruptions", default=None,
                    help="comma list of ImageNet-C corruptions (default: all 15; see maxsup.corruptions.CORRUPTIONS)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma list of severities in 1..5")
@@ -71,15 +75,20 @@ def _metrics(meter: ClassificationMeter) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _evaluate(models: dict[str, torch.nn.Module], dataset: Dataset, args: argparse.Namespace, device: torch.device
-              ) -> dict[str, dict[str, float]]:
-    """One pass over ``dataset`` feeding every model the same (corrupted) batches."""
+def _evaluate(models: dict[str, torch.nn.Module], dataset: Dataset, args: argparse.Namespace, device: torch.device,
+              paths: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """One pass over ``dataset`` feeding every model the same (corrupted) batches; ``paths``: each model's
+    checkpoint, named when its logits come out non-finite."""
     meters = {name: ClassificationMeter() for name in models}
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     for x, y in loader:
         x = x.to(device)
         for name, model in models.items():
-            meters[name].update(model(x).float(), torch.as_tensor(y))
+            logits = model(x).float()
+            if not torch.isfinite(logits).all():  # overflow: NLL/ECE would be NaN, the error rate nonsense
+                raise UserError(f"checkpoint {name} ({paths[name]}) gives non-finite logits (overflow in float32?); "
+                                f"analyse another checkpoint")
+            meters[name].update(logits, torch.as_tensor(y))
     return {name: _metrics(meter) for name, meter in meters.items()}
 
 
@@ -99,6 +108,12 @@ def _precomputed(args: argparse.Namespace, clean: LabeledSubset, corruption: str
     return LabeledSubset(base, clean.indices, clean.targets, clean.classes)
 
 
+def constants_for(size: int) -> str:
+    """Which severity constants the on-the-fly corruptions use at an evaluation size of ``size`` px."""
+    scale = scale_for(size, size)
+    return LOWRES_SCALES[scale][1] if scale in LOWRES_SCALES else "ImageNet-C constants (corrupt-tta)"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns what ``robustness.json`` holds (see the module docstring)."""
     corruptions = parse_corruptions(args.corruptions)
@@ -107,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_cifar10c(args.precomputed, corruptions)
     device = device_from_args(args)
     classes = parse_classes(args.classes)
-    loaded = [load_model(name, path, device) for name, path in checkpoints_from_args(args)]
+    loaded = list(load_models(args))
     # Checkpoints sharing an evaluation transform see each corrupted batch once, together.
     groups: dict[str, list] = {}
     for lm in loaded:
@@ -116,12 +131,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           for lm in loaded}
     for group in groups.values():
         transform = eval_transform(group[0].transform_spec)
+        size = group[0].transform_spec["img_size"]
+        constants = (f"published set {args.precomputed}" if args.precomputed else
+                     f"{constants_for(size)}, applied at {size} px, seeded per image")
+        for lm in group:
+            results[lm.name]["constants"] = constants
         clean = build_dataset(args.dataset, args.data_path, "test", transform, classes, args.max_per_class, args.seed)
         for lm in group:
             check_head(lm, 1000 if clean.class_indices else len(clean.classes), f"{args.dataset} test")
         keep = clean.class_indices  # ImageNet-A/R: the 200 classes' logits only
         models = {lm.name: lm.model if keep is None else RestrictLogits(lm.model, keep).to(device) for lm in group}
-        for name, m in _evaluate(models, clean, args, device).items():
+        paths = {lm.name: lm.path for lm in group}
+        for name, m in _evaluate(models, clean, args, device, paths).items():
             results[name]["clean"] = m
         raw = build_dataset(args.dataset, args.data_path, "test", None, classes, args.max_per_class, args.seed)
         for corruption in corruptions:
@@ -130,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ds = _precomputed(args, clean, corruption, severity, transform)
                 else:
                     ds = CorruptedDataset(raw, corruption, severity, transform, seed=args.seed)
-                for name, m in _evaluate(models, ds, args, device).items():
+                for name, m in _evaluate(models, ds, args, device, paths).items():
                     results[name]["corrupted"][corruption][str(severity)] = m
                 if not args.no_progress:
                     print(f"{corruption} severity {severity} done", file=sys.stderr)
@@ -150,7 +171,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace, corruptions: lis
     for key, label in (("error", "Error"), ("nll", "NLL"), ("ece", "ECE")):
         rows.append([f"{label} (Clean)", *[ck[n]["clean"][key] for n in names]])
         rows.append([f"{label} (Corr)", *[ck[n]["mean_corrupted"][key] for n in names]])
-    source = f"precomputed {args.precomputed}" if args.precomputed else "on the fly (corrupt-tta, seeded per image)"
+    source = "; ".join(sorted({ck[n]["constants"] for n in names}))
     per_sev = [[s, *[sum(ck[n]["corrupted"][c][str(s)]["error"] for c in corruptions) / len(corruptions)
                      for n in names]] for s in severities]
     return (f"# Corruption robustness, {args.dataset} test (Table 8 layout; lower is better)\n\n"

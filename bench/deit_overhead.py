@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
+from _trainers import trainer_module
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Deit"))
+from maxsup import build_criterion
+from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 
-from engine import train_one_epoch  # noqa: E402
-
-from maxsup import build_criterion  # noqa: E402
-from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST  # noqa: E402
+train_one_epoch = trainer_module("Deit", "engine").train_one_epoch
 
 
 def batches(n_steps: int, batch_size: int, img_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

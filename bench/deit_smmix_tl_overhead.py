@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _trainers import trainer_module
 from timm.data import Mixup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Deit"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from maxsup import build_criterion
+from maxsup.models import create_model
 
-from engine import train_one_epoch  # noqa: E402
-from smmix import SMMix, SMMixStep  # noqa: E402
-from token_labeling import TokenLabelStep  # noqa: E402
-
-from maxsup import build_criterion  # noqa: E402
-from maxsup.models import create_model  # noqa: E402
+train_one_epoch = trainer_module("Deit", "engine").train_one_epoch
+_smmix = trainer_module("Deit", "smmix")
+SMMix, SMMixStep = _smmix.SMMix, _smmix.SMMixStep
+TokenLabelStep = trainer_module("Deit", "token_labeling").TokenLabelStep
 
 
 def main() -> None:

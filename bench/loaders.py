@@ -13,7 +13,6 @@ low-resolution phase of progressive resizing). Prints one JSON line; ``ratio`` =
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _trainers import trainer_module
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
@@ -30,14 +30,6 @@ from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maxsup.data.zipcache import ZipCacheDataset, write_zip_cache
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _ffcv_writer():
-    spec = importlib.util.spec_from_file_location("ffcv_write_imagenet", REPO / "Conv" / "ffcv" / "write_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_jpegs(root: Path, n: int, seed: int = 0, quality: int = 90) -> None:
@@ -96,8 +88,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
         tmp = Path(tmp)
         make_jpegs(tmp / "train", args.num_images)
-        beton = _ffcv_writer().write_beton(ImageFolder(str(tmp / "train")), tmp / "train.beton", args.max_resolution,
-                                           args.compress_probability, args.jpeg_quality, num_workers=args.workers)
+        write_beton = trainer_module("Conv/ffcv", "write_imagenet").write_beton
+        beton = write_beton(ImageFolder(str(tmp / "train")), tmp / "train.beton", args.max_resolution,
+                            args.compress_probability, args.jpeg_quality, num_workers=args.workers)
         write_zip_cache(tmp / "train", tmp / "train.zip", tmp / "train_map.txt")
         for res in args.resolutions:
             decoder = RandomResizedCropRGBImageDecoder((res, res))

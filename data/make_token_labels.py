@@ -5,7 +5,7 @@
 ``CKPT`` is a checkpoint this project writes or converts (``arch`` entry; ``--ema`` reads ``model_ema``), or a timm
 model name (ImageNet-pretrained weights from the Hugging Face hub, e.g. ``dm_nfnet_f6`` as in the paper). ``DIR`` is an
 image folder ``DIR/<class>/<image>`` (e.g. ``imagenet/train``). For every image the classifier is applied at every
-position of its last feature map (ViT patch tokens, CNN feature map: ``maxsup.vit.dense_class_scores``) and the top-k
+position of its last feature map (ViT patch tokens, CNN feature map: ``maxsup.models.dense_class_scores``) and the top-k
 scores (logits) and class indices are written as one float16 tensor (2, k, H, W) to ``LABEL_DIR/<class>/<stem>.pt``,
 the official layout, read by ``Deit/main.py --token-label-data LABEL_DIR``. ``LABEL_DIR/meta.json`` records the
 teacher, ``num_classes``, ``topk`` and ``img_size``; the trainer refuses maps whose class count differs from its model.
@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
-from maxsup.vit import dense_class_scores  # noqa: E402
+from maxsup.models.vit import dense_class_scores  # noqa: E402
+from maxsup.training import atomic_save, atomic_write, load_checkpoint  # noqa: E402
 
 #: float16 holds every integer up to 2048 exactly; the official layout stores class indices in it.
 MAX_CLASSES = 2048

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from recipe import ROOT
 
-from maxsup.checkpoint import atomic_write
 from maxsup.errors import UserError
+from maxsup.training import atomic_write
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ PAIRED_METRICS = ("acc", "nll", "ece", "corr_error", "corr_ece", "r2_test", "tra
 # Table 7 analogue (DEMO_SCALE=full or --long-tail): the ResNet recipe on a long-tailed split of the source classes,
 # 1000, 376, 141, 53, 20 training images (many-shot > 100: 3 classes; medium: 2; few-shot < 20: none at full size).
 LT_RATIO = 50
-LT_LOSSES = ("ce", "ls", "maxsup", "focal")
+LT_LOSSES = ("ce", "ls", "maxsup", "focal")  # Table 7 compares MaxSup with Focal loss on long-tailed data
 LT_LABELS = {**LABELS, "focal": "Focal"}
 LT_GROUPS = ("overall", "many", "medium", "few")
 
@@ -80,12 +80,14 @@ SCALES = {
 # Commands
 # --------------------------------------------------------------------------------------------------------------------
 def train_command(backbone: str, loss: str, seed: int, out: Path, scale: Scale, data_path: str | None) -> list[str]:
+    """Every demo run trains from scratch: ``--overwrite`` lets it replace the run a previous ``make demo`` left in
+    ``out`` (the trainers refuse a fresh run into a run folder otherwise)."""
     data = ["--data-path", data_path] if data_path else []
     if backbone == "resnet":
         return [sys.executable, str(ROOT / "Conv/common_resnet/train.py"), *RESNET_RECIPE, *scale.resnet_extra,
-                *data, "--loss", loss, "--seed", str(seed), "--output-dir", str(out)]
+                *data, "--loss", loss, "--seed", str(seed), "--output-dir", str(out), "--overwrite"]
     return ["bash", str(ROOT / "Deit/train_with_MaxSup.sh"), *VIT_RECIPE, *scale.vit_extra, *data, "--loss", loss,
-            "--seed", str(seed), "--output_dir", str(out)]
+            "--seed", str(seed), "--output_dir", str(out), "--overwrite"]
 
 
 # SMMix / Token Labeling (DEMO_AUG, on with DEMO_SCALE=full): the ViT recipe again, same seeds, plus each method's
@@ -144,7 +146,7 @@ def lt_train_command(loss: str, seed: int, out: Path, scale: Scale, data_path: s
 # A finished run is reused only if neither its command nor these trainer files changed since it was made.
 TRAINER_FILES = {"resnet": ("Conv/common_resnet/train.py", "Conv/common_resnet/presets.py"),
                  "vit": ("Deit/train_with_MaxSup.sh", "Deit/main.py", "Deit/engine.py", "Deit/datasets.py")}
-TRAINER_FILES["vit_aug"] = (*TRAINER_FILES["vit"], "Deit/smmix.py", "Deit/token_labeling.py", "maxsup/vit.py")
+TRAINER_FILES["vit_aug"] = (*TRAINER_FILES["vit"], "Deit/smmix.py", "Deit/token_labeling.py", "maxsup/models/vit.py")
 
 
 def run_identity(backbone: str, cmd: list[str]) -> dict[str, Any]:

@@ -3,7 +3,9 @@ and ``results/demo/README.md``."""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from recipe import (
     SOURCE,
 )
 
-from maxsup.checkpoint import atomic_save, atomic_write
 from maxsup.errors import UserError
+from maxsup.recipes import load_recipes, paper_cells
+from maxsup.training import atomic_save, atomic_write
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,36 +149,72 @@ def aggregate(per_seed: list[dict[str, dict[str, float]]], metrics: tuple[str, .
 # --------------------------------------------------------------------------------------------------------------------
 # Paper vs miniature
 # --------------------------------------------------------------------------------------------------------------------
-# (claim, metric, ordering as (loss, relation to the next loss)..., paper numbers)
+# (claim, metric, ordering as (loss, relation to the next loss)..., where the paper's numbers are). The numbers are
+# read from recipes.toml [paper_results.<table>] (analysis.tables.paper_cells, the cells analysis.collect fills):
+# each source is (table, the cell's row / column / metric / selector values, a label for the README).
 CLAIMS = [
     ("T2 d̄_within (train): CE > MaxSup > LS", "d_within_train", [("ce", ">"), ("maxsup", ">"), ("ls", "")],
-     "ResNet-50 ImageNet: 0.311 > 0.293 > 0.263"),
+     [("T2", {"column": "d̄_within Train"}, "ResNet-50 ImageNet")]),
     ("T2 d̄_within (test): CE > MaxSup > LS", "d_within_test", [("ce", ">"), ("maxsup", ">"), ("ls", "")],
-     "ResNet-50 ImageNet val: 0.331 > 0.300 > 0.254"),
+     [("T2", {"column": "d̄_within Val"}, "ResNet-50 ImageNet val")]),
     ("T2 R² (train): MaxSup > LS > CE", "r2_train", [("maxsup", ">"), ("ls", ">"), ("ce", "")],
-     "ResNet-50 ImageNet: 0.519 > 0.469 > 0.403"),
+     [("T2", {"column": "R² Train"}, "ResNet-50 ImageNet")]),
     ("T2 R² (test): MaxSup > LS > CE", "r2_test", [("maxsup", ">"), ("ls", ">"), ("ce", "")],
-     "ResNet-50 ImageNet val: 0.497 > 0.461 > 0.445"),
+     [("T2", {"column": "R² Val"}, "ResNet-50 ImageNet val")]),
     ("T3 transfer: CE ≈ MaxSup > LS", "transfer_acc", [("ce", "≈"), ("maxsup", ">"), ("ls", "")],
-     "CIFAR-10 probe: 81.4 ≈ 81.0 > 74.6"),
+     [("T3", {"column": "CIFAR-10"}, "CIFAR-10 probe (fraction)")]),
     ("Accuracy: MaxSup ≥ LS > CE", "acc", [("maxsup", "≥"), ("ls", ">"), ("ce", "")],
-     "ResNet-50 ImageNet (T4) 77.69 ≥ 76.91 > 76.41; DeiT-S (T5) 76.49 ≥ 76.08 > 74.39"),
+     [("T4", {"column": "IN R-50"}, "ResNet-50 ImageNet (T4)"), ("T5", {"column": "DeiT-S"}, "DeiT-S (T5)")]),
     ("T8 ECE (Corr): CE > LS > MaxSup", "corr_ece", [("ce", ">"), ("ls", ">"), ("maxsup", "")],
-     "ResNet-50 CIFAR-10-C: 0.260 > 0.158 > 0.145"),
+     [("T8", {"row": "ECE (Corr)"}, "ResNet-50 CIFAR-10-C")]),
     ("T8 NLL (Corr): CE > MaxSup > LS", "corr_nll", [("ce", ">"), ("maxsup", ">"), ("ls", "")],
-     "ResNet-50 CIFAR-10-C: 1.819 > 1.770 > 1.476"),
+     [("T8", {"row": "NLL (Corr)"}, "ResNet-50 CIFAR-10-C")]),
     ("T8 error (Corr): MaxSup ≈ LS ≈ CE", "corr_error", [("maxsup", "≈"), ("ls", "≈"), ("ce", "")],
-     "ResNet-50 CIFAR-10-C: 0.362 ≈ 0.359 ≈ 0.354"),
+     [("T8", {"row": "Error (Corr)"}, "ResNet-50 CIFAR-10-C")]),
 ]
-# Table 7 at the demo's imbalance ratio (LT_RATIO = 50), test split; the metrics are summary["long_tail"]'s groups.
+# Table 7 at the demo's imbalance ratio (LT_RATIO), test split; the metrics are summary["long_tail"]'s groups.
+_LT_SOURCE = f"ResNet-32 CIFAR-10-LT, ratio {LT_RATIO}"
 LT_CLAIMS = [
     ("T7 overall: MaxSup > LS > Focal", "overall", [("maxsup", ">"), ("ls", ">"), ("focal", "")],
-     "ResNet-32 CIFAR-10-LT, ratio 50: 81.4 > 80.5 > 76.8"),
+     [("T7", {"column": "Overall", "metric": "acc1", "imb_ratio": LT_RATIO}, _LT_SOURCE)]),
     ("T7 many-shot: MaxSup > LS > Focal", "many", [("maxsup", ">"), ("ls", ">"), ("focal", "")],
-     "ResNet-32 CIFAR-10-LT, ratio 50: 82.3 > 81.1 > 75.3"),
+     [("T7", {"column": "Many", "metric": "test_many_shot_acc1", "imb_ratio": LT_RATIO}, _LT_SOURCE)]),
     ("T7 medium-shot: Focal > LS > MaxSup", "medium", [("focal", ">"), ("ls", ">"), ("maxsup", "")],
-     "ResNet-32 CIFAR-10-LT, ratio 50: 90.4 > 75.4 > 73.4"),
+     [("T7", {"column": "Medium", "metric": "test_medium_shot_acc1", "imb_ratio": LT_RATIO}, _LT_SOURCE)]),
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def _recipes() -> dict[str, Any]:
+    return load_recipes()
+
+
+def paper_numbers(table: str, where: dict[str, Any], losses: list[str]) -> dict[str, float]:
+    """{loss: the paper's number} of the cells of ``table`` that satisfy ``where`` (keys ``row``, ``column``,
+    ``metric`` or selector fields), one per loss (the selector's ``loss`` or ``method``), from recipes.toml."""
+    out: dict[str, float] = {}
+    for cell in paper_cells(_recipes(), table):
+        got = {"row": cell["row"], "column": cell["column"], "metric": cell["metric"], **cell["selector"]}
+        method = cell["selector"].get("loss", cell["selector"].get("method"))
+        if method in losses and cell["paper"] and all(got.get(k) == v for k, v in where.items()):
+            out[method] = cell["paper"]["mean"]
+    if set(out) != set(losses):
+        raise UserError(f"recipes.toml [paper_results.{table}] has no cell {where} for "
+                        f"{sorted(set(losses) - set(out))}")
+    return out
+
+
+def paper_text(sources: list[tuple[str, dict[str, Any], str]], order: list[tuple[str, str]]) -> str:
+    """``ResNet-50 ImageNet: 0.311 > 0.293 > 0.263`` for each source, in the claim's order and relations."""
+    losses = [loss for loss, _ in order]
+    parts = []
+    for table, where, label in sources:
+        digits = paper_cells(_recipes(), table)[0]["digits"]
+        nums = paper_numbers(table, where, losses)
+        parts.append(f"{label}: " + " ".join(f"{nums[loss]:.{digits}f} {rel}" for loss, rel in order).strip())
+    return "; ".join(parts)
+
+
 LT_PAIRED = (*PAIRED, ("maxsup", "focal"))
 APPROX_PP = 0.5  # "≈" for accuracies: within 0.5 percentage points, or within the summed seed std if larger
 FRACTION_METRICS = ("corr_error",)  # errors as fractions: "≈" is within 0.005, the same 0.5 points
@@ -216,7 +255,8 @@ def paired_differences(backbones: dict[str, dict[str, Any]], metrics: tuple[str,
 def verdicts(backbones: dict[str, dict[str, Any]], claims: list[tuple] = CLAIMS) -> list[dict[str, Any]]:
     """One row per claim and backbone; a claim whose metric is missing for a method (None) is left out."""
     rows = []
-    for claim, metric, order, paper in claims:
+    for claim, metric, order, sources in claims:
+        paper = paper_text(sources, order)
         approx = APPROX_PP / 100 if metric in FRACTION_METRICS else APPROX_PP
         for bb, methods in backbones.items():
             stats = {loss: methods[loss][metric] for loss, _ in order}
@@ -283,7 +323,8 @@ def aug_section(aug: dict[str, Any], seeds: list[int], heading: str = AUG_TITLE)
            "Fashion-MNIST's, and the folder's sampling order differs from the IDX dataset's). The maps are "
            "`data/make_token_labels.py --checkpoint <the same seed's plain CE ResNet> --topk 5`: **the teacher is the "
            "demo's own CE ResNet** (its classifier at each position of its last 7×7 feature map, "
-           "`maxsup.vit.dense_class_scores`, pooled to the 4×4 token grid) on the training images it was trained on; "
+           "`maxsup.models.dense_class_scores`, pooled to the 4×4 token grid) on the training images it was trained "
+           "on; "
            "the paper's maps come from NFNet-F6 on held-out ImageNet images. A CNN, because its logits are the "
            "average of those per-position scores; a CLS-token ViT's head never saw patch tokens (with the CE ViT as "
            "teacher the majority token label matched the image label for 36 % of seed 0's images, 79 % with the "
@@ -310,7 +351,53 @@ def _paired_table(paired: list[dict[str, Any]], group: str, group_labels: dict[s
     return _table([group, "Pair", "metric", "per seed", "mean", "95 % interval", "resolved"], rows)
 
 
-def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) -> None:
+REFERENCE_METRICS = (("acc", 2), ("nll", 3), ("ece", 4), ("d_within_test", 3), ("r2_test", 3),
+                     ("transfer_acc", 2), ("corr_error", 3), ("corr_ece", 3))
+
+
+def compare_to_reference(summary: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run beside the committed reference, per backbone / method / headline metric present in both: both
+    means and stds, the difference, and whether it exceeds the combined std √(std_run² + std_ref²) (None when
+    neither has a spread, i.e. one seed each)."""
+    rows = []
+    for bb, methods in summary["backbones"].items():
+        for loss, stats in methods.items():
+            ref = reference.get("backbones", {}).get(bb, {}).get(loss)
+            if ref is None:
+                continue
+            for metric, digits in REFERENCE_METRICS:
+                a, b = stats.get(metric), ref.get(metric)
+                if a is None or b is None:
+                    continue
+                diff = a["mean"] - b["mean"]
+                spread = math.hypot(a["std"] or 0.0, b["std"] or 0.0)
+                rows.append({"backbone": bb, "loss": loss, "metric": metric, "digits": digits, "run": a, "ref": b,
+                             "diff": diff, "exceeds": None if a["std"] is None and b["std"] is None
+                             else abs(diff) > spread})
+    return rows
+
+
+def reference_section(summary: dict[str, Any], reference: dict[str, Any], link: str) -> list[str]:
+    """Markdown: this run beside the committed reference (``link``: its README, relative to this one)."""
+    n_ref, n = len(reference.get("seeds", [])), len(summary["seeds"])
+    head = [f"## This run beside the committed reference ([{link}]({link}), {n_ref} seeds)\n"]
+    run_scale, ref_scale = summary["config"].get("scale"), reference.get("config", {}).get("scale")
+    if run_scale != ref_scale:
+        return head + [f"Not compared: this run is scale `{run_scale}`, the reference scale `{ref_scale}`.\n"]
+    rows = compare_to_reference(summary, reference)
+    verdict = {None: "n/a (one seed each)", True: "**yes**", False: "no"}
+    table = _table(["Backbone", "Method", "metric", f"this run (n={n})", f"reference (n={n_ref})", "difference",
+                    "beyond combined std"],
+                   [[r["backbone"], LABELS.get(r["loss"], r["loss"]), r["metric"], _pm(r["run"], r["digits"]),
+                     _pm(r["ref"], r["digits"]), f"{r['diff']:+.{r['digits']}f}", verdict[r["exceeds"]]]
+                    for r in rows])
+    return head + [f"Both at scale `{run_scale}`. `beyond combined std` compares the difference with √(std_run² + "
+                   "std_reference²) over seeds (with one seed here, the reference's seed spread alone).\n", table]
+
+
+def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str],
+                 reference: dict[str, Any] | None = None, reference_link: str = "") -> None:
+    """``<out>/README.md``; with ``reference`` (the committed summary.json), a section puts this run beside it."""
     cfg, backbones = summary["config"], summary["backbones"]
     tm = cfg["timing"]
     n = len(summary["seeds"])
@@ -326,12 +413,14 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
           f"({tm['runs_trained_now']} runs trained, {tm['runs_reused']} reused"
           + (f", {tm['train_runs_without_record']} of them without a timing record" if tm["train_runs_without_record"]
              else "") + ").\n",
-          f"**Regenerate this version:** `{cfg['command']}` (finished runs in `results/demo/runs/` are reused).\n",
+          f"**Regenerate this version:** `{cfg['command']}` (finished runs in "
+          f"`{cfg.get('runs_dir', 'results/demo/runs')}/` are reused).\n",
           "## Headline (test split of the source classes; transfer = linear probe on the held-out classes)\n",
           _table(["Backbone", "Method", "acc (%)", "ECE", "d̄_within test", "R² test", "transfer acc (%)"],
                  [[bb, LABELS[m], _pm(s["acc"], 2), _pm(s["ece"], 3), _pm(s["d_within_test"], 3),
                    _pm(s["r2_test"], 3), _pm(s["transfer_acc"], 2)]
                   for bb, methods in backbones.items() for m, s in methods.items()]),
+          *(reference_section(summary, reference, reference_link) if reference is not None else []),
           "## Setup\n",
           f"Pretraining on the Fashion-MNIST source classes {SOURCE} (T-shirt, Pullover, Coat, Shirt, Bag); the "
           f"held-out classes {HELD_OUT} are only seen by the transfer probe. Every method uses the same recipe and "
@@ -380,8 +469,10 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
     md.append(f"`python -m analysis.robustness` on {cfg['robustness_per_class']} test images per source class, "
               f"corruptions {', '.join(DEMO_CORRUPTIONS)} (corrupt-tta, seeded per image) at severities "
               f"{', '.join(map(str, DEMO_SEVERITIES))}; (Corr) is the mean over corruptions and severities. Lower "
-              "is better. Paper (CIFAR-10-C, ResNet-50): error MaxSup 0.362 / LS 0.359 / CE 0.354, ECE 0.145 / "
-              "0.158 / 0.260.\n")
+              "is better. Paper (T8, CIFAR-10-C, ResNet-50, MaxSup / LS / CE): "
+              + "; ".join(f"{name} " + " / ".join(f"{v:.3f}" for v in paper_numbers(
+                  "T8", {"row": row}, ["maxsup", "ls", "ce"]).values())
+                          for name, row in (("error", "Error (Corr)"), ("ECE", "ECE (Corr)"))) + ".\n")
     md.append(_table(["Backbone", "Method", "Error (Clean)", "Error (Corr)", "NLL (Corr)", "ECE (Corr)"],
                      [[bb, LABELS[m], _pm({"mean": 1 - s["acc"]["mean"] / 100,
                                            "std": None if s["acc"]["std"] is None else s["acc"]["std"] / 100}, 3),
@@ -391,8 +482,11 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str]) ->
         md.append(f"## Table 7 analogue: long-tailed source classes (imbalance ratio {LT_RATIO})\n")
         md.append(f"The resnet recipe with `--imb-ratio {LT_RATIO}` (a seeded subset, the same for every loss), "
                   "evaluated on the balanced test split. Many-shot: > 100 training images, few-shot: < 20, "
-                  "`n/a` = no class in the group. Paper (CIFAR-10-LT, ResNet-32, ratio 50, test): Focal 76.8, "
-                  "LS 80.5, MaxSup 81.4 overall.\n")
+                  "`n/a` = no class in the group. Paper (T7, CIFAR-10-LT, ResNet-32, ratio "
+                  f"{LT_RATIO}, test, overall): "
+                  + ", ".join(f"{LT_LABELS[k]} {v:.1f}" for k, v in paper_numbers(
+                      "T7", {"column": "Overall", "metric": "acc1", "imb_ratio": LT_RATIO},
+                      ["focal", "ls", "maxsup"]).items()) + ".\n")
         md.append(_table(["Method", "overall acc (%)", "many (%)", "medium (%)", "few (%)"],
                          [[LT_LABELS[m]] + ["n/a" if s[g] is None else _pm(s[g], 2) for g in LT_GROUPS]
                           for m, s in summary["long_tail"].items()]))

@@ -1,7 +1,7 @@
 """`make demo`: the paper's CE / LS / MaxSup comparison in miniature on Fashion-MNIST, on a CPU, in minutes.
 
     python demo/run_demo.py                       # 1 seed, default scale (≈ 15 CPU-minutes of work on 2 cores)
-    SEEDS=5 DEMO_LT=1 DEMO_AUG=all DEMO_AUG_SEEDS=1 python demo/run_demo.py  # the committed results/demo/README.md
+    SEEDS=5 DEMO_LT=1 DEMO_AUG=all DEMO_AUG_SEEDS=1 python demo/run_demo.py --update-reference  # results/demo/
     DEMO_SCALE=smoke python demo/run_demo.py      # < 3 minutes, run by tests/test_demo.py
     DEMO_LOSSES=all python demo/run_demo.py       # adds OLS, Zipf-LS and Logit Penalty
     DEMO_AUG=smmix,tokenlabel python demo/run_demo.py  # adds the ViT with SMMix / MixToken + token labels (extension)
@@ -13,8 +13,10 @@ Steps, all through the repository's command-line tools (one subprocess each), th
    embedded default) a tiny ViT, on the source classes 0,2,4,6,8, once per loss and seed;
 3. ``analysis/*.py`` measure accuracy/NLL/ECE, d̄_within/d̄_total/R² (Table 2), the held-out-class linear probe
    (Table 3), and draw Grad-CAM (Figure 2), logit (Figure 5), projection (Figure 3) and reliability plots;
-4. ``results/demo/summary.json`` (mean/std over seeds) and ``results/demo/README.md`` (tables, figures, and the
-   paper-vs-miniature verdicts) are written; per-run checkpoints, logs and test logits stay in ``results/demo/runs/``.
+4. ``summary.json`` (mean/std over seeds) and ``README.md`` (tables, figures, the paper-vs-miniature verdicts, and
+   this run beside the committed reference) are written to ``results/demo-local/`` (git-ignored); per-run
+   checkpoints, logs and test logits stay in its ``runs/``. The committed 5-seed reference in ``results/demo/`` is
+   rewritten only with ``--update-reference``.
 
 A finished run (same command, complete log) is reused, so an interrupted demo restarts where it stopped.
 """
@@ -79,11 +81,28 @@ from report import (  # noqa: E402
     write_readme,
 )
 
-from maxsup.checkpoint import atomic_write  # noqa: E402
 from maxsup.cli import run_cli  # noqa: E402
 from maxsup.data.fashion_mnist import HELD_OUT_CLASSES, SOURCE_CLASSES, find_fashion_mnist  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.losses import loss_defaults  # noqa: E402
+from maxsup.training import atomic_write  # noqa: E402
+
+#: the committed reference (SEEDS=5 ... --update-reference) and where a plain `make demo` writes (git-ignored)
+REFERENCE_OUT = ROOT / "results" / "demo"
+LOCAL_OUT = ROOT / "results" / "demo-local"
+
+
+def resolve_out(out: Path | None, update_reference: bool) -> Path:
+    """Where the demo writes: the git-ignored ``results/demo-local`` by default; the committed reference only with
+    ``--update-reference`` (an explicit ``--out`` naming the reference without it is refused)."""
+    if update_reference:
+        if out is not None and out.resolve() != REFERENCE_OUT.resolve():
+            raise UserError(f"--update-reference writes {REFERENCE_OUT}; drop --out {out}")
+        return REFERENCE_OUT.resolve()
+    out = (out or LOCAL_OUT).resolve()
+    if out == REFERENCE_OUT.resolve():
+        raise UserError(f"{out} holds the committed reference; pass --update-reference to rewrite it")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -99,7 +118,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--losses", default=os.environ.get("DEMO_LOSSES", "core"),
                    help="core (ce,ls,maxsup), all (adds ols,zipf,lp) or a comma list (env DEMO_LOSSES)")
     p.add_argument("--backbones", default="resnet,vit", help="comma list of resnet, vit")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "demo", help="summary.json, README.md, PNGs")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"summary.json, README.md, PNGs (default: {LOCAL_OUT.relative_to(ROOT)}/, git-ignored)")
+    p.add_argument("--update-reference", action="store_true",
+                   help=f"write the committed reference {REFERENCE_OUT.relative_to(ROOT)}/ instead (its README, "
+                        "summary.json and figures)")
     p.add_argument("--runs-dir", type=Path, default=None, help="checkpoints and analysis (default: <out>/runs)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("DEMO_JOBS", "2")),
                    help="subprocesses run at once (env DEMO_JOBS; default 2 = the cores of the reference machine)")
@@ -117,6 +140,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "<out>/summary.json and <out>/README.md with their table only")
     p.add_argument("--fresh", action="store_true", help="retrain even when a finished run with the same command exists")
     return p
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the README shows where runs are reused from)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def resolve_losses(text: str) -> list[str]:
@@ -227,7 +258,7 @@ def run_aug(args: argparse.Namespace, aug: list[str], seeds: list[int], runs: Pa
             continue
         shutil.rmtree(labels, ignore_errors=True)  # maps of another teacher must not be resumed
         cmds = [token_label_command(teacher, folder, labels),
-                [sys.executable, "-c", "import json, sys; from maxsup.checkpoint import atomic_write; "
+                [sys.executable, "-c", "import json, sys; from maxsup.training import atomic_write; "
                  "atomic_write(sys.argv[1], sys.argv[2])", str(labels / "demo_labels.json"), json.dumps(stamp)]]
         label_jobs.append(Job(f"token labels seed {seed}", cmds, runs / f"seed{seed}" / "logs" / "token_labels.out"))
     run_jobs(label_jobs, args.jobs, "labels")
@@ -304,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not backbones or any(b not in BACKBONES for b in backbones):
         raise UserError(f"--backbones must be a comma list of {', '.join(BACKBONES)}, got {args.backbones!r}")
-    out = args.out.resolve()
+    out = resolve_out(args.out, args.update_reference)
     runs = (args.runs_dir or out / "runs").resolve()
     seeds = list(range(args.seeds))
     t0 = time.time()
@@ -388,7 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env_cmd += " DEMO_LT=1" if args.long_tail and not scale.long_tail else ""
     alpha = loss_defaults("maxsup")  # the demo's LS/MaxSup runs use the loss classes' default α schedule
     config = {
-        "command": f"{env_cmd} make demo", "scale": args.scale, "losses": losses, "backbones": backbones,
+        "command": f"{env_cmd} python demo/run_demo.py --update-reference" if args.update_reference
+        else f"{env_cmd} make demo", "scale": args.scale, "runs_dir": _shown(runs), "losses": losses,
+        "backbones": backbones,
         "source_classes": list(SOURCE_CLASSES), "held_out_classes": list(HELD_OUT_CLASSES),
         "probe_per_class": scale.probe_per_class, "epochs": scale.epochs,
         "robustness_per_class": scale.robustness_per_class, "corruptions": list(DEMO_CORRUPTIONS),
@@ -416,7 +449,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         add_long_tail_verdicts(summary)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_readme(out, summary, figures)
+    reference = None
+    if out != REFERENCE_OUT.resolve() and (REFERENCE_OUT / "summary.json").is_file():
+        reference = json.loads((REFERENCE_OUT / "summary.json").read_text())
+    write_readme(out, summary, figures, reference, os.path.relpath(REFERENCE_OUT / "README.md", out))
     print(f"[demo] done in {_fmt_time(time.time() - t0)} (CPU: training {timing['train_cpu_min_sum']:.1f} min, "
           f"analysis {timing['analysis_cpu_min']:.1f} min): "
           f"{out / 'summary.json'}, {out / 'README.md'}", flush=True)

@@ -4,8 +4,12 @@
 >>> criterion = MaxSupLoss(alpha_start=0.1, alpha_end=0.2, epochs=90)
 >>> criterion.set_epoch(epoch)              # once per epoch
 >>> loss = criterion(model(images), labels)  # CE + α·(z_max − mean z)
+
+Importing :mod:`maxsup` registers the LV-ViT models (``lvvit_t``, ``lvvit_s``, ``lvvit_m``) with timm, so
+``timm.create_model("lvvit_s")`` works afterwards (see :mod:`maxsup.models`).
 """
 
+from . import models  # noqa: F401  (registers lvvit_t/s/m with timm)
 from .features import ClassSeparationAccumulator, class_separation
 from .losses import (
     CRITERIA,

@@ -6,12 +6,21 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .distributed import cleanup_distributed
 from .errors import UserError
+from .io_errors import os_error_line, unwrap_worker_message
+from .training.distributed import cleanup_distributed
 
-#: Exceptions that mean "the input was wrong", not "the code is wrong".
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, NotADirectoryError,
-                                               PermissionError)
+#: Exceptions that mean "the input was wrong", not "the code is wrong". Every ``OSError`` (a missing, read-only,
+#: full or not-a-folder path) is one too: :func:`maxsup.io_errors.os_error_line` says which path and what to do.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line (without ``error: ``) that the CLI prints for a user error ``exc``."""
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    text = unwrap_worker_message(str(exc)).strip()  # a DataLoader worker's error: the worker's own message
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def run_cli(main: Callable[..., Any], argv: list[str] | None = None, exit_code: int = 2) -> Any:
@@ -21,10 +30,7 @@ def run_cli(main: Callable[..., Any], argv: list[str] | None = None, exit_code: 
     try:
         return main(argv) if argv is not None else main()
     except USER_ERRORS as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
-            msg = f"{msg}: {exc.filename}"
-        print(f"error: {msg}", file=sys.stderr, flush=True)
+        print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
         sys.exit(exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,10 +1,13 @@
 """Common corruptions (ImageNet-C, Hendrycks & Dietterich 2019) for paper Table 8, on the fly or precomputed.
 
-On the fly, the 15 corruptions come from ``corrupt-tta`` (a maintained port of the ImageNet-C functions that runs with
-today's scipy and scikit-image at any image size; ``bench/corruption_libraries.py`` shows why not
-``imagecorruptions``). They are applied after the evaluation resize and center crop, before normalisation, as
-ImageNet-C corrupted the 224 px crops. Each image's corruption is seeded by (seed, corruption, severity, index), so a
-rerun sees the same corrupted images whatever the batch size, worker count or order.
+On the fly, the 15 corruptions are applied after the evaluation resize and center crop, before normalisation, with
+the severity constants made for that resolution: CIFAR-10-C's up to 32 px and Tiny-ImageNet-C's up to 64 px
+(:mod:`maxsup.corruptions_lowres`, checked against the published generators), ImageNet-C's above, through
+``corrupt-tta`` (a maintained port of the ImageNet-C functions that runs with today's scipy and scikit-image;
+``bench/corruption_libraries.py`` shows why not ``imagecorruptions``). ImageNet-C's constants on a 28 px image put
+fog or contrast at chance while noise barely registers, so a 28 px run measured collapse rather than robustness.
+Each image's corruption is seeded by (seed, corruption, severity, index), so a rerun sees the same corrupted images
+whatever the batch size, worker count or order.
 
 Precomputed sets: :class:`CIFAR10C` reads the published ``<corruption>.npy`` files (10,000 test images × 5 severities
 stacked, plus ``labels.npy``); :func:`imagenet_c_folder` reads ImageNet-C's ``<corruption>/<severity>/<wnid>/*.JPEG``.
@@ -78,9 +81,16 @@ def _seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def corrupt(image: Image.Image | np.ndarray, corruption: str, severity: int, seed: int = 0) -> Image.Image:
-    """One corrupted copy of ``image`` (PIL or (H, W[, 3]) uint8), same size and mode ('L' stays 'L')."""
+def corrupt(image: Image.Image | np.ndarray, corruption: str, severity: int, seed: int = 0,
+            scale: str | None = None) -> Image.Image:
+    """One corrupted copy of ``image`` (PIL or (H, W[, 3]) uint8), same size and mode ('L' stays 'L').
+
+    ``scale`` picks the severity constants: ``cifar`` (CIFAR-10-C's, for images up to 32 px), ``tiny``
+    (Tiny-ImageNet-C's, up to 64 px) or ``imagenet`` (ImageNet-C's, through corrupt-tta); None picks by the image's
+    larger side (:func:`maxsup.corruptions_lowres.scale_for`)."""
     from corrupt_tta import corrupt as tta_corrupt
+
+    from .corruptions_lowres import corrupt_lowres, scale_for
 
     parse_corruptions([corruption])
     parse_severities([severity])
@@ -88,8 +98,14 @@ def corrupt(image: Image.Image | np.ndarray, corruption: str, severity: int, see
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
+    scale = scale or scale_for(*arr.shape[:2])
+    if scale not in ("cifar", "tiny", "imagenet"):
+        raise UserError(f"unknown corruption scale {scale!r}; use cifar, tiny or imagenet")
     with _seeded(seed):
-        out = tta_corrupt(arr, severity=int(severity), corruption_name=corruption)
+        if scale == "imagenet":
+            out = tta_corrupt(arr, severity=int(severity), corruption_name=corruption)
+        else:
+            out = corrupt_lowres(arr, corruption, int(severity), scale, seed)
     out = Image.fromarray(np.clip(np.asarray(out), 0, 255).astype(np.uint8))
     return out.convert(mode) if mode != "RGB" else out
 

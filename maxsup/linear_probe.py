@@ -282,7 +282,8 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
                  max_iter: int = PROBE_MAX_ITER) -> dict[str, Any]:
     """Kornblith linear-probe protocol; returns a JSON-ready dict.
 
-    If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out.
+    If no validation split is given, a stratified ``val_fraction`` of the training set (seeded) is held out. Training
+    labels of a single class raise ``ValueError`` (the accuracy would be 100 % whatever the features).
 
     Returns keys: ``test_acc`` (%, refit on train+val at the chosen λ), ``best_lambda``, ``best_C``
     (= 1/(λ·n_trainval), scikit-learn's convention for the refit), ``best_index``, ``val_acc`` (%, per λ),
@@ -290,6 +291,10 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
     """
     x_train, y_train = _as_xy(x_train, y_train)
     x_test, y_test = _as_xy(x_test, y_test)
+    present = np.unique(y_train)
+    if len(present) < 2:  # any classifier is 100 % right on one class: the accuracy would say nothing
+        raise ValueError(f"a linear probe needs at least two classes, but the training labels hold one class "
+                         f"({present.tolist()}); select two or more classes")
     if x_val is None:
         tr, va = _stratified_split(y_train, val_fraction, seed)
         x_val, y_val = x_train[va], y_train[va]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import all_reduce_sum
+from .training.distributed import all_reduce_sum
 
 __all__ = ["topk_accuracy", "ECEAccumulator", "expected_calibration_error", "reliability_bins", "ClassificationMeter",
            "shot_accuracy", "shot_accuracy_from_class_counts", "format_shot_accuracy"]

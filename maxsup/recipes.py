@@ -20,7 +20,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport
     import tomli as tomllib
 
-__all__ = ["RECIPES_FILE", "load_recipes", "lookup", "mismatches", "match_recipe"]
+__all__ = ["RECIPES_FILE", "load_recipes", "lookup", "match_alternatives", "match_recipe", "mismatches",
+           "paper_cells", "parse_paper", "spec_of"]
 
 RECIPES_FILE = Path(__file__).resolve().parents[1] / "recipes.toml"
 _MISSING = object()
@@ -94,3 +95,47 @@ def match_recipe(config: Mapping[str, Any], trainer: str, recipes: Mapping[str, 
         if recipe["trainer"] == trainer and not mismatches(recipe, config):
             return rid
     return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# [paper_results.<table>]: the paper's numbers and which runs fill each cell (analysis.collect, demo/report.py)
+# --------------------------------------------------------------------------------------------------------------------
+def spec_of(recipes: dict[str, Any], table: str) -> dict[str, Any]:
+    """``[paper_results.<table>]`` or a one-line error naming the tables there are."""
+    specs = recipes.get("paper_results", {})
+    if table not in specs:
+        raise UserError(f"--paper {table}: recipes.toml has no [paper_results.{table}]; choose one of "
+                        f"{', '.join(specs)} or all")
+    return specs[table]
+
+
+def parse_paper(text: str | float | None) -> dict[str, float | None] | None:
+    """``"77.69±0.07"`` → {mean 77.69, std 0.07}; ``"74.32"`` → std None; ``""`` → None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return {"mean": float(text), "std": None}
+    mean, _, std = text.replace(" ", "").partition("±")
+    try:
+        return {"mean": float(mean), "std": float(std) if std else None}
+    except ValueError:
+        raise UserError(f"recipes.toml: paper value {text!r} is not a number or number±std") from None
+
+
+def match_alternatives(match: Any) -> list[dict[str, Any]]:
+    """A row's ``match``: one selector table, or a list of alternatives → a list of selectors."""
+    return [dict(m) for m in match] if isinstance(match, list) else [dict(match or {})]
+
+
+def paper_cells(recipes: dict[str, Any], table: str) -> list[dict[str, Any]]:
+    """Every cell of a paper table as data: row and column names, metric, the selector a run must match (the
+    column's match updated by the row's first alternative) and the paper's number (:func:`parse_paper`)."""
+    spec = spec_of(recipes, table)
+    out = []
+    for row in spec["rows"]:
+        for j, col in enumerate(spec["columns"]):
+            metric = row["metrics"][j] if "metrics" in row else row.get("metric") or col.get("metric") or spec["metric"]
+            out.append({"row": row["name"], "column": col["name"], "metric": metric,
+                        "selector": {**col.get("match", {}), **match_alternatives(row.get("match"))[0]},
+                        "paper": parse_paper(row["paper"][j]), "digits": spec.get("digits", 2)})
+    return out

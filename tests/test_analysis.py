@@ -16,12 +16,12 @@ from PIL import Image
 from analysis import calibration, decomposition, extract, feature_metrics, gradcam, linear_transfer, logits, projection
 from analysis.common import parse_checkpoint_arg
 from maxsup import build_criterion, class_separation
-from maxsup.checkpoint import atomic_save
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, HELD_OUT_CLASSES, SOURCE_CLASSES, FashionMNIST
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.linear_probe import fit_sweep, linear_probe, regularization_grid, sweep_accuracy
 from maxsup.models import arch_spec, create_model
+from maxsup.training import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,15 +20,16 @@ import torch
 from flat_import import load_flat
 from PIL import Image
 
-from maxsup.checkpoint import load_checkpoint
 from maxsup.data.downsampled import DownsampledImageNet, batch_files, write_downsampled
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.errors import UserError
+from maxsup.training import load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 TRAIN_PY = TRAIN_DIR / "train.py"
 # Small and quick: a CIFAR-style ResNet-10 of width 8 on a few hundred 28–32 px images.
 TINY_MODEL = ["--model", "cifar_resnet10", "--model-kwargs", "width=8", "--print-freq", "1000"]
+TIMING_KEYS = ("train_seconds", "eval_seconds", "train_images_per_s")  # maxsup.timing: differ between equal runs
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -221,6 +222,9 @@ def test_imagefolder_run_then_test_only_reproduces_logged_metrics(tmp_path, caps
     assert [r["epoch"] for r in log] == [0, 1] and log[-1]["test_n"] == 60
     assert log[0]["train_lr"] == pytest.approx(0.05 * 0.01) and log[1]["train_lr"] == pytest.approx(0.05)
     assert log[1]["train_alpha"] == pytest.approx(0.2)
+    # maxsup.timing: the loop's and evaluation's wall clock, images/s = images trained ÷ training seconds
+    assert all(r["train_samples"] == 60 and r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in log)
+    assert all(r["train_images_per_s"] == pytest.approx(60 / r["train_seconds"], rel=1e-9) for r in log)
     ckpt = load_checkpoint(out / "checkpoint.pth")
     assert ckpt["arch"] == {"name": "cifar_resnet10", "num_classes": 10, "kwargs": {"width": 8}}
     assert ckpt["eval_transform"]["img_size"] == 32 and ckpt["eval_transform"]["crop_pct"] == pytest.approx(32 / 37)
@@ -274,7 +278,7 @@ def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatc
     (["--dataset", "fmnist", "--loss", "maxsup", "--label-smoothing", "0.1"], "cannot be combined with --loss maxsup"),
     (["--dataset", "cifar100", "--data-path", "{tmp}/c100"], "extract cifar-100-python.tar.gz so that"),
     (["--dataset", "imagenet32", "--data-path", "{tmp}/in32"], "put train_data_batch_1..10"),
-    (["--dataset", "fmnist", "--classes", "0,x"], "argument --classes: invalid"),
+    (["--dataset", "fmnist", "--classes", "0,x"], "--classes must be a comma-separated list of integers, got '0,x'"),
 ])
 def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--epochs", "1", "-j", "0", "--output-dir",
@@ -332,7 +336,7 @@ def test_resume_after_kill9_is_bit_exact(tmp_path):
     assert all(torch.equal(a["optimizer"]["state"][i]["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
                for i in a["optimizer"]["state"])
     log_a, log_b = (
-        [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in (d / "log.txt").open()]
+        [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in (d / "log.txt").open()]
         for d in (tmp_path / "full", out))
     assert log_a == log_b and [r["epoch"] for r in log_b] == [0, 1, 2, 3]
     assert [r["train_lr"] for r in log_b] == pytest.approx([0.05, 0.01, 0.01, 0.002])
@@ -384,7 +388,8 @@ def test_nan_stops_every_rank_with_one_line_and_keeps_the_checkpoint(one_epoch_r
     out.mkdir()
     (out / "checkpoint.pth").write_bytes((one_epoch_run / "checkpoint.pth").read_bytes())
     before = (out / "checkpoint.pth").read_bytes()
-    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out)], capsys)
+    # --overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error_line([*QUICK, "--epochs", "1", "--lr", "1e30", "--output-dir", str(out), "--overwrite"], capsys)
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad-norm" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before and not list(out.glob(".*.tmp"))
 
@@ -427,7 +432,7 @@ def _same_state(a: dict, b: dict) -> None:
 
 
 def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, monkeypatch):
-    from maxsup import faults
+    from maxsup.training import faults
 
     recipe = [*QUICK, "--loss", "ols", "--epochs", "2", "--mixup-alpha", "0.2"]
     _cli([*recipe, "--output-dir", str(tmp_path / "full")])
@@ -443,7 +448,7 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, m
     assert ("partial" in ckpt) == (step % 4 != 0)  # mid-epoch, unless the signal came during an epoch's last step
     _cli([*recipe, "--output-dir", str(out), "--resume", str(out / "checkpoint.pth")])
     _same_state(load_checkpoint(tmp_path / "full" / "checkpoint.pth"), load_checkpoint(out / "checkpoint.pth"))
-    logs = [[{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in (d / "log.txt").open()]
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in (d / "log.txt").open()]
             for d in (tmp_path / "full", out)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
 
@@ -497,7 +502,7 @@ def test_submitit_preemption_signal_checkpoints_at_a_step_and_requeued_job_resum
     assert "Preempted: checkpoint written at epoch 1, step 1" in out and "at epoch 1, step 1" in out, out[-3000:]
     ref, job_dir = tmp_path / "ref", tmp_path / "job"
     _same_state(load_checkpoint(ref / "checkpoint.pth"), load_checkpoint(job_dir / "checkpoint.pth"))
-    logs = [[{k: v for k, v in r.items() if k != "epoch_time_s"} for r in trainer_log(d)] for d in (ref, job_dir)]
+    logs = [[{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in trainer_log(d)] for d in (ref, job_dir)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
 
 
@@ -524,3 +529,21 @@ def test_two_process_gloo_equals_one_process_at_the_same_global_batch(tmp_path):
     assert torch.allclose(b["criterion"]["soft_labels"], soft, atol=1e-5)
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5), k
+
+
+def test_estimate_times_train_one_epoch_and_writes_nothing(tmp_path, capsys):
+    """--estimate N: 3 warm-up + N steps of train_one_epoch, one JSON line, no output folder."""
+    out = tmp_path / "est"
+    capsys.readouterr()
+    rec = _cli([*QUICK, "-b", "8", "--epochs", "5", "--accum-steps", "2", "--estimate", "1", "--output-dir", str(out)])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(line) == 1 and json.loads(line[0])["seconds_per_step"] == rec["seconds_per_step"]
+    assert rec["estimate"] is True and rec["trainer"] == "common_resnet" and not out.exists()
+    # 60 images at -b 8: 8 batches (the last one short), 4 optimizer steps of 2 batches; 16 images a step
+    assert rec["steps_per_epoch"] == 4 and rec["total_batch_size"] == 16 and rec["accum_steps"] == 2
+    assert rec["seconds_total"] == pytest.approx(rec["seconds_per_step"] * 4 * 5)
+    rec = _cli(["--dataset", "cifar100", "--data-path", str(tmp_path / "none"), *TINY_MODEL, "-b", "16", "-j", "0",
+                "--estimate", "1", "--estimate-synthetic"])
+    assert rec["data"] == "synthetic" and rec["resolution"] == 32 and rec["steps_per_epoch"] == 3125  # 50000 / 16
+    msg = _cli_error_line([*QUICK, "--estimate-synthetic"], capsys)
+    assert "--estimate-synthetic needs --estimate N" in msg

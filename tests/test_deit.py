@@ -20,11 +20,11 @@ import torch
 from flat_import import load_flat_modules
 
 from maxsup import CRITERIA
-from maxsup.checkpoint import load_checkpoint
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
 from maxsup.errors import UserError
+from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = ROOT / "Deit"
@@ -60,6 +60,12 @@ def train(argv: list[str]) -> dict:
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+
+
+def untimed_log(out: Path) -> list[dict]:
+    """log.txt without the wall-clock keys (maxsup.timing), which differ between otherwise identical runs."""
+    timing = ("train_seconds", "eval_seconds", "train_images_per_s")
+    return [{k: v for k, v in r.items() if k not in timing} for r in read_log(out)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -187,6 +193,9 @@ def test_every_loss_trains(loss, image_root, tmp_path):
     assert [e["epoch"] for e in log] == list(range(epochs))
     assert all(e["train_samples"] == 48 and e["test_n"] == 36 for e in log)
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in log)
+    # maxsup.timing: the loop's wall clock and evaluation's, and images/s = images ÷ training seconds
+    assert all(e["train_seconds"] > 0 and e["eval_seconds"] > 0 for e in log)
+    assert all(e["train_images_per_s"] == pytest.approx(48 / e["train_seconds"], rel=1e-9) for e in log)
     if loss in ("ls", "maxsup"):
         assert [e["alpha"] for e in log] == pytest.approx([0.1, 0.2])  # α schedule 0.1 → 0.2 (paper App. F)
     elif loss.startswith("ls-"):
@@ -311,7 +320,7 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
 
     before = (out / "checkpoint.pth").read_bytes()
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1", "--lr", "1e30",
-                      "--output_dir", str(out)], capsys)
+                      "--output_dir", str(out), "--overwrite"], capsys)  # a new run over the folder's checkpoint
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before
 
@@ -382,7 +391,7 @@ def test_kill9_mid_epoch_then_resume_is_bit_exact(tmp_path):
     subprocess.run([*base, "--output_dir", str(run), "--resume", str(run / "checkpoint.pth")], check=True, env=ENV,
                    timeout=300, capture_output=True)
 
-    assert (run / "log.txt").read_text() == (ref / "log.txt").read_text()
+    assert untimed_log(run) == untimed_log(ref)
     a = torch.load(ref / "checkpoint.pth", weights_only=True)
     b = torch.load(run / "checkpoint.pth", weights_only=True)
     for key in ("model", "model_ema"):
@@ -394,7 +403,7 @@ def test_preemption_mid_accumulation_group_checkpoints_and_resumes_bit_exact(tmp
     """SIGUSR1 (test hook, in process) at a random step of a 2-seed sweep with --accum-steps 2: the run stops at the
     end of that accumulation group with a mid-epoch checkpoint, the sweep does not start seed 1, and the resumed run
     ends bit-identical to an uninterrupted one (Mixup draws, EMA and log included)."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     recipe = ["--data-set", "FMNIST", "--classes", "0,2,4", "--limit-per-class", "16", *TINY, "--batch-size", "8",
               "--accum-steps", "2", "--epochs", "2", "--loss", "maxsup", "--mixup", "0.8", "--cutmix", "1.0"]
@@ -414,7 +423,7 @@ def test_preemption_mid_accumulation_group_checkpoints_and_resumes_bit_exact(tmp
     done = (step + 1) // 2 * 2  # batches trained: up to the end of the accumulation group the signal arrived in
     assert ckpt["epoch"] == (done // 6) - 1 and ckpt.get("partial", {}).get("step", 0) == done % 6
     train([*recipe, "--output_dir", str(run), "--resume", str(run / "checkpoint.pth")])
-    assert (run / "log.txt").read_text() == (ref / "log.txt").read_text()
+    assert untimed_log(run) == untimed_log(ref)
     a = torch.load(ref / "checkpoint.pth", weights_only=True)
     b = torch.load(run / "checkpoint.pth", weights_only=True)
     for key in ("model", "model_ema", "criterion"):
@@ -433,3 +442,27 @@ def test_train_with_maxsup_sh_embedded_default(tmp_path):
     assert "Final: acc@1" in proc.stdout and "alpha" in proc.stdout
     log = read_log(tmp_path / "out")
     assert [e["alpha"] for e in log] == pytest.approx([0.1, 0.2]) and log[-1]["test_n"] == 200
+
+
+def test_estimate_times_steps_prints_one_line_and_writes_nothing(image_root, tmp_path, capsys):
+    """--estimate N: the real loop for 3 warm-up + N steps, one JSON line, no file in the output folder."""
+    out = tmp_path / "est"
+    rec = train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+                 "--epochs", "7", "--loss", "maxsup", "--output_dir", str(out), "--estimate", "2", "--batch-size", "8"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(line) == 1 and json.loads(line[0]) == json.loads(json.dumps(rec))
+    assert rec["estimate"] is True and rec["steps"] == 2 and rec["warmup_steps"] == 3 and rec["device_type"] == "cpu"
+    assert rec["steps_per_epoch"] == 6 and rec["total_batch_size"] == 8  # 48 images // 8
+    assert rec["train_seconds"] == pytest.approx(rec["seconds_per_step"] * 6)
+    assert rec["seconds_total"] == pytest.approx(rec["train_seconds"] * 7)
+    assert rec["gpu_hours"] == pytest.approx(rec["seconds_total"] / 3600)
+    assert rec["train_images_per_s"] == pytest.approx(8 / rec["seconds_per_step"])
+    assert not out.exists()
+    # 5 batches are needed (3 warm-up + 2): one epoch of 48 images at batch 16 has 3, so the data is refused
+    err = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY,
+                      "--estimate", "3"], capsys)
+    assert "--estimate 3 needs 6 batches" in err and "--estimate-synthetic" in err
+    # generated data: FMNIST's 60000-image train split sets the epoch length, no data is read
+    rec = train(["--data-set", "FMNIST", "--data-path", str(tmp_path / "none"), *TINY, "--epochs", "2",
+                 "--estimate", "1", "--estimate-synthetic"])
+    assert rec["data"] == "synthetic" and rec["steps_per_epoch"] == 60000 // 16 and rec["resolution"] == 28

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_flat
 from PIL import Image
 
 from maxsup import expected_calibration_error
@@ -125,10 +126,7 @@ def test_bad_losses_is_one_error_line():
 
 
 def _recipe():
-    sys.path.insert(0, str(ROOT / "demo"))
-    import recipe
-
-    return recipe
+    return load_flat(ROOT / "demo", "recipe", ())
 
 
 @pytest.mark.parametrize("method", ["smmix", "tokenlabel"])
@@ -174,10 +172,7 @@ def test_demo_aug_seeds_beyond_seeds_is_one_error_line():
 
 
 def _report():
-    sys.path.insert(0, str(ROOT / "demo"))
-    import report
-
-    return report
+    return load_flat(ROOT / "demo", "report", ("recipe",))
 
 
 def test_long_tail_verdicts_paired_differences_and_fraction_tolerance():
@@ -213,3 +208,71 @@ def test_long_tail_verdicts_paired_differences_and_fraction_tolerance():
         return report.verdicts(bb, claim)[0]["agrees"]
 
     assert error_claim(0.362) and not error_claim(0.37)  # 0.003 apart is ≈, 0.011 apart is not
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the committed reference and the paper's numbers (no demo run: tiny fake outputs)
+# --------------------------------------------------------------------------------------------------------------------
+def test_report_paper_numbers_come_from_recipes_toml(monkeypatch):
+    """The claims' paper numbers are read from recipes.toml [paper_results] (one copy): change it, they change."""
+    import copy
+
+    from maxsup.recipes import load_recipes
+
+    report = _report()
+    assert report.paper_text(report.CLAIMS[0][3], report.CLAIMS[0][2]) == "ResNet-50 ImageNet: 0.311 > 0.293 > 0.263"
+    edited = copy.deepcopy(load_recipes())
+    next(r for r in edited["paper_results"]["T2"]["rows"] if r["name"] == "Baseline")["paper"][0] = "0.999"
+    monkeypatch.setattr(report, "_recipes", lambda: edited)
+    assert report.paper_text(report.CLAIMS[0][3], report.CLAIMS[0][2]) == "ResNet-50 ImageNet: 0.999 > 0.293 > 0.263"
+    lt = report.paper_numbers("T7", {"column": "Overall", "metric": "acc1", "imb_ratio": 50}, ["focal", "ls", "maxsup"])
+    assert lt == {"focal": 76.8, "ls": 80.5, "maxsup": 81.4}  # the test split, not the val rows
+
+
+def _one_seed_run(reference: dict, shift: float) -> dict:
+    """A one-seed summary of the same scale: every reference mean moved by ``shift``, no std."""
+    import copy
+
+    run = copy.deepcopy(reference)
+    run["seeds"] = [0]
+    for methods in run["backbones"].values():
+        for stats in methods.values():
+            for s in stats.values():
+                s.update(mean=s["mean"] + shift, std=None, values=[s["mean"] + shift])
+    return run
+
+
+def test_report_puts_the_run_beside_the_committed_reference(tmp_path):
+    report = _report()
+    reference = json.loads((ROOT / "results" / "demo" / "summary.json").read_text())
+    ref_acc = reference["backbones"]["resnet"]["maxsup"]["acc"]
+    run = _one_seed_run(reference, shift=0.5)
+    rows = {(r["backbone"], r["loss"], r["metric"]): r for r in report.compare_to_reference(run, reference)}
+    r = rows[("resnet", "maxsup", "acc")]
+    assert r["diff"] == pytest.approx(0.5) and r["exceeds"] == (0.5 > ref_acc["std"])
+    report.write_readme(tmp_path, run, {}, reference, "../demo/README.md")
+    text = (tmp_path / "README.md").read_text()
+    assert "## This run beside the committed reference ([../demo/README.md](../demo/README.md), 5 seeds)" in text
+    assert f"| resnet | MaxSup | acc | {ref_acc['mean'] + 0.5:.2f} | {ref_acc['mean']:.2f} ± {ref_acc['std']:.2f} |" \
+           in text
+    other = {**run, "config": {**run["config"], "scale": "smoke"}}
+    assert "Not compared: this run is scale `smoke`" in "".join(report.reference_section(other, reference, "x"))
+
+
+def test_report_default_output_is_git_ignored_and_the_reference_needs_update_reference(tmp_path):
+    sys.path.insert(0, str(ROOT / "demo"))
+    import run_demo
+
+    assert run_demo.resolve_out(None, False) == run_demo.LOCAL_OUT.resolve()
+    assert run_demo.resolve_out(None, True) == run_demo.REFERENCE_OUT.resolve()
+    for name in ("README.md", "summary.json", "calibration.png", "runs/seed0/resnet/ce/log.txt"):
+        ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", str(run_demo.LOCAL_OUT / name)])
+        assert ignored.returncode == 0, name  # a plain `make demo` leaves `git status` clean
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--error-unmatch", "results/demo/summary.json"],
+                             capture_output=True)
+    assert tracked.returncode == 0
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(ROOT / "results" / "demo")], cwd=ROOT,
+                          capture_output=True, text=True, env=_env(PYTHONPATH=str(ROOT)), timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        f"error: {ROOT / 'results' / 'demo'} holds the committed reference; pass --update-reference to rewrite it"]
+    assert run_demo.resolve_out(tmp_path, False) == tmp_path.resolve()

@@ -106,7 +106,7 @@ def trained(betons, tmp_path_factory):
     """The first of two epochs of the tiny CPU recipe, with dotted overrides (lr, output dir, model width, a 32→64
     px ramp). A preemption signal (SIGUSR1 through the test hook) during the epoch's last step (96 images, batch 32)
     stops the run cleanly after that epoch's checkpoint."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     out = tmp_path_factory.mktemp("ffcv_run")
     cfg = ffcv_main.load_config(_argv(betons, out, "--lr.lr=0.05", "--training.epochs=2", *RAMP))
@@ -186,6 +186,9 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
     assert log[0]["val_n"] == 32 and 0.0 <= log[0]["top_1"] <= 100.0 and np.isfinite(log[0]["train_loss"])
     assert log[0]["alpha"] == pytest.approx(0.1)  # MaxSup α at epoch 0 (paper: 0.1 → 0.2)
     assert log[0]["train_res"] == 32
+    # maxsup.timing: every step timed (FFCV's JIT included), images/s = images trained ÷ training seconds
+    assert log[0]["train_samples"] == 96 and log[0]["train_seconds"] > 0 and log[0]["eval_seconds"] > 0
+    assert log[0]["train_images_per_s"] == pytest.approx(96 / log[0]["train_seconds"], rel=1e-9)
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 0
     assert ckpt["arch"] == {"name": "cifar_resnet10", "num_classes": 4, "kwargs": {"blurpool": True, "width": 8}}
@@ -239,7 +242,7 @@ def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from maxsup.errors import UserError
-    from maxsup.runinfo import ScalarWriter
+    from maxsup.training import ScalarWriter
 
     trainer, _, out = trained
     cfg = copy.deepcopy(trainer.cfg)
@@ -631,7 +634,8 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path
     _, _, good = trained
     (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
     before = (tmp_path / "checkpoint.pth").read_bytes()
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--lr.lr=1e30"))
+    # --training.overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--lr.lr=1e30", "--training.overwrite=true"))
     assert "at epoch 0, step" in msg and "--lr.lr" in msg and "--training.clip_grad_norm" in msg, msg
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
     assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
@@ -650,6 +654,25 @@ def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons
     assert classes == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
     msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--model.num_classes=5"))
     assert "holds 4 classes but model.num_classes = 5" in msg
+
+
+def test_a_run_folder_is_not_restarted_by_a_fresh_run_nor_written_by_eval_only(trained, betons, tmp_path, capsys):
+    """One run per folder: a fresh run into a finished run's folder is refused (its checkpoint, log and run.json
+    stay); eval_only into it prints its metrics and writes nothing there (analysis.collect would read its log)."""
+    _, _, good = trained
+    out = tmp_path / "run"
+    out.mkdir()
+    for p in good.iterdir():
+        if p.is_file():
+            (out / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, out, "--lr.lr=0.05", "--training.epochs=2", *RAMP))
+    assert f"{out} already holds a run" in msg
+    assert "--training.resume=auto" in msg and "--training.overwrite=true" in msg
+    stats = ffcv_main.main(_argv(betons, out, "--training.eval_only=true",
+                                 f"--training.resume={out / 'checkpoint.pth'}"))
+    assert 0.0 <= stats["top_1"] <= 100.0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsys):
@@ -681,7 +704,7 @@ def _same_run(ref: Path, out: Path) -> None:
     assert a["epoch"] == b["epoch"] == 1 and "partial" not in b
     for key in ("model", "criterion"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    volatile = ("timestamp", "relative_time", "img_per_s", "val_time")
+    volatile = ("timestamp", "relative_time", "train_seconds", "eval_seconds", "train_images_per_s")
     logs = [[{k: v for k, v in json.loads(line).items() if k not in volatile}
              for line in (d / "log.jsonl").read_text().splitlines()] for d in (ref, out)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [0, 1]
@@ -713,7 +736,7 @@ def test_kill9_at_a_random_step_then_resume_is_bit_exact(betons, reference_run, 
 def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
     """SIGUSR1 during a random step (test hook, in process): checkpoint at the next step boundary, then the resumed
     run ends bit-identical to an uninterrupted one."""
-    from maxsup import faults
+    from maxsup.training import faults
 
     seed = int.from_bytes(os.urandom(4), "little")
     step = int(np.random.default_rng(seed).choice([1, 2, 4, 5]))  # not an epoch's last step (3 per epoch)
@@ -733,3 +756,21 @@ def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
         os.environ.pop(faults.KILL_ENV, None)
         torch.set_num_threads(threads)
     _same_run(reference_run, tmp_path)
+
+
+def test_estimate_times_train_loop_and_writes_nothing(betons, tmp_path, capsys):
+    """--estimate N: warm-up + N steps of train_loop on the .beton, one JSON line, no output folder."""
+    out = tmp_path / "est"
+    capsys.readouterr()
+    rec = ffcv_main.main([*_argv(betons, out, "--training.batch_size=16", "--training.epochs=4", *RAMP),
+                          "--estimate", "2"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(line) == 1 and json.loads(line[0])["seconds_per_step"] == rec["seconds_per_step"]
+    assert rec["estimate"] is True and rec["trainer"] == "ffcv" and not out.exists()
+    assert rec["steps_per_epoch"] == 6 and rec["resolution"] == 64  # 96 images // 16; the last epoch's resolution
+    assert rec["seconds_total"] == pytest.approx(rec["seconds_per_step"] * 6 * 4)
+    rec = ffcv_main.main([*_argv(betons, out, "--model.num_classes=1000", "--training.batch_size=8"),
+                          "--data.train_dataset=", "--estimate=1", "--estimate-synthetic"])
+    assert rec["data"] == "synthetic" and rec["steps_per_epoch"] == 1_281_167 // 8 and not out.exists()
+    msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, out), "--estimate", "x"])
+    assert "--estimate needs a number of steps" in msg

@@ -10,11 +10,11 @@ import torch
 from flat_import import load_flat
 from PIL import Image
 
-from maxsup.checkpoint import atomic_save, load_checkpoint
 from maxsup.data.transfer import CUB200, transfer_dataset
 from maxsup.data.transforms import transform_spec
 from maxsup.errors import UserError
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone
+from maxsup.training import atomic_save, load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.data.fashion_mnist import FashionMNIST, read_idx
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.errors import UserError
 from maxsup.models import arch_spec, create_model, features_and_logits, model_from_checkpoint
+from maxsup.training import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 
 
 def test_atomic_save_keeps_old_file_when_write_fails(tmp_path):
@@ -119,7 +119,7 @@ def test_bad_idx_and_bad_class_list(tmp_path):
 
 
 def test_cli_reports_one_line(tmp_path):
-    code = ("from maxsup.cli import run_cli\nfrom maxsup.checkpoint import load_checkpoint\n"
+    code = ("from maxsup.cli import run_cli\nfrom maxsup.training import load_checkpoint\n"
             f"run_cli(lambda: load_checkpoint({str(tmp_path / 'nope.pth')!r}))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 2

@@ -1,6 +1,6 @@
 """maxsup.hub against real HTTP servers on 127.0.0.1 (a fake GitHub REST API + release downloads, a fake Hugging Face
 hub), real timm/torchvision models and the authors' real DeiT zip class order (read from ../shared/reference, never
-committed). The fake servers publish file names that appear nowhere in maxsup/hub.py: the code has to find them."""
+committed). The fake servers publish file names that appear nowhere in maxsup/hub/: the code has to find them."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from maxsup import hub
-from maxsup.checkpoint import load_checkpoint
 from maxsup.errors import UserError
 from maxsup.models import create_model, model_from_checkpoint
+from maxsup.training import load_checkpoint
 
 ZIP_ORDER_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "deit_zip_class_order.txt"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -173,7 +173,7 @@ def _files_under(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
 
 
-# Names the authors might have used; none of them appears in maxsup/hub.py.
+# Names the authors might have used; none of them appears in maxsup/hub/.
 HF_FILES = {"ResNet50/ce_baseline-epoch=89-Val_Acc_Top1=0.77.ckpt": _blob(1),
             "ResNet50/labelsmooth0.1-epoch=89-Val_Acc_Top1=0.77.ckpt": _blob(2),
             "ResNet50/max_suppression-epoch=89-Val_Acc_Top1=0.78.ckpt": _blob(3),
@@ -393,7 +393,7 @@ def zip_order():
     order = [f"n{7_000_000 + 7919 * i:08d}" for i in range(1000)]
     random.Random(11).shuffle(order)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hub, "ZIP_ORDER_SHA256", hashlib.sha256("\n".join(order).encode()).hexdigest())
+        mp.setattr(hub.zip_order, "ZIP_ORDER_SHA256", hashlib.sha256("\n".join(order).encode()).hexdigest())
         yield order
 
 
@@ -424,7 +424,7 @@ def test_zip_map_download_is_pinned_to_commit_and_file_sha256(zip_order, server,
     assert _files_under(tmp_path / "cache") == []
     assert [r[1] for r in server.requests] == [url_path]  # the commit, never the default branch
     # 2. with the pin matching the served bytes, the file verifies, then its class order; cached for offline use
-    monkeypatch.setattr(hub, "ZIP_MAP_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(hub.zip_order, "ZIP_MAP_SHA256", hashlib.sha256(data).hexdigest())
     assert hub.load_zip_order() == zip_order
     n = len(server.requests)
     assert hub.load_zip_order(offline=True) == zip_order and len(server.requests) == n
@@ -438,7 +438,7 @@ def test_zip_map_download_is_pinned_to_commit_and_file_sha256(zip_order, server,
     swapped[0], swapped[1] = swapped[1], swapped[0]
     bad = _write_zip_map(tmp_path / "bad.txt", swapped).read_bytes()
     server.files[url_path] = bad
-    monkeypatch.setattr(hub, "ZIP_MAP_SHA256", hashlib.sha256(bad).hexdigest())
+    monkeypatch.setattr(hub.zip_order, "ZIP_MAP_SHA256", hashlib.sha256(bad).hexdigest())
     with pytest.raises(hub.ZipMapError, match="does not verify"):
         hub.load_zip_order()
 

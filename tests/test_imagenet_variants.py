@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 
 from analysis import calibration, extract
 from maxsup import hub
-from maxsup.checkpoint import atomic_save, load_checkpoint
+from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.imagenet_variants import (
     ImageNetV2Folder,
@@ -37,6 +37,7 @@ from maxsup.data.zipcache import write_zip_cache
 from maxsup.errors import UserError
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model, model_from_checkpoint
+from maxsup.training import atomic_save, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO / "Conv" / "common_resnet"
@@ -481,8 +482,8 @@ def _run_real_cli(cli: str, data: Path, real: Path | None, resnet_ckpt: Path, ou
         trainer.run_cli(trainer.cli, [*where, *CR_TINY, "--epochs", "1", *flag])
     elif cli == "analysis":
         where = ["--dataset", "fmnist"] if dataset else ["--dataset", "imagefolder", "--data-path", str(data)]
-        hub.run_cli(calibration.main, ["--checkpoint", f"R={resnet_ckpt}", *where, "--no-progress", "--out",
-                                       str(out), *flag])
+        run_cli(calibration.main, ["--checkpoint", f"R={resnet_ckpt}", *where, "--no-progress", "--out",
+                                   str(out), *flag])
     else:
         hub.main(["evaluate", str(resnet_ckpt), "--data-path", str(data / "val"), "--workers", "0", "--device", "cpu",
                   *flag])

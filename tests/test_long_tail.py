@@ -10,12 +10,11 @@ import pytest
 import torch
 from flat_import import load_flat
 
-from maxsup.checkpoint import load_checkpoint
 from maxsup.data import long_tailed_counts, long_tailed_indices
 from maxsup.errors import UserError
-from maxsup.lt_models import CausalNormClassifier
 from maxsup.metrics import format_shot_accuracy, shot_accuracy
-from maxsup.models import create_model, features_and_logits, model_from_checkpoint
+from maxsup.models import CausalNormClassifier, create_model, features_and_logits, model_from_checkpoint
+from maxsup.training import load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
 from maxsup.losses import LOSSES, Loss, loss_defaults, register_loss
-from maxsup.reliability import check_resume
+from maxsup.training import check_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = load_flat(ROOT / "Deit", "main", ("engine", "datasets", "samplers"))

@@ -130,15 +130,23 @@ def test_every_recipe_is_documented_and_every_value_is_sourced():
         assert recipe["readme"] in READMES and any(c[0] == rid and c[1] == recipe["readme"] for c in COMMANDS), rid
         # the paper's headline numbers behind these recipes are stated values, not ours
         assert any("paper" in v for v in recipe["values"].values()), rid
+    assert list(RECIPES["paper_results"]) == [f"T{i}" for i in range(1, 17)]  # every paper table, in order
     for table, res in RECIPES["paper_results"].items():
-        assert set(res["recipes"]) <= set(RECIPES["recipes"]), table
-        assert all(len(row) == len(res["order"]) for row in res["rows"].values()), table
-        assert set(res["order"]) == set(res["columns"]), table
-    # spot checks against paper.md §5, so a wrong table cannot agree with itself
+        assert res["cite"].startswith(f"arXiv 2502.15798, Table {table[1:]}"), table
+        assert res["source"] in ("runs", "feature_metrics", "linear_transfer", "robustness", "mmseg"), table
+        recipe_ids = set(res.get("recipes", [])) | {r for row in res["rows"] for r in row.get("recipes", [])}
+        assert recipe_ids <= set(RECIPES["recipes"]), table
+        assert all(len(row["paper"]) == len(res["columns"]) for row in res["rows"]), table
+        assert all(len(row.get("metrics", res["columns"])) == len(res["columns"]) for row in res["rows"]), table
+        assert res["commands"], table
+    # spot checks against the paper's recipes, so a wrong table cannot agree with itself
     assert RECIPES["recipes"]["ffcv_t4_imagenet"]["values"]["effective_lr"]["value"] == 0.85
     assert RECIPES["recipes"]["c100_t4"]["values"]["lr_gamma"]["value"] == 0.2
     assert RECIPES["recipes"]["t10_imagenet"]["values"]["total_batch_size"]["value"] == 512
-    assert RECIPES["paper_results"]["T4"]["rows"]["maxsup"][1] == "77.69±0.07"
+    t4 = RECIPES["paper_results"]["T4"]
+    assert next(r for r in t4["rows"] if r["name"] == "MaxSup")["paper"][1] == "77.69±0.07"
+    assert RECIPES["paper_results"]["T14"]["rows"][1]["paper"][4] == "0.4690"  # LS R² Train, as printed
+    assert RECIPES["paper_results"]["T16"]["rows"][0]["paper"] == ["231", "232", "231"]
 
 
 def test_readme_blocks_cover_each_table_column():
@@ -170,7 +178,7 @@ def test_drift_is_reported_with_the_paper_citation(capsys, monkeypatch):
     recipe_id, _, _, env, script, args, nproc = next(c for c in COMMANDS if c[0] == "c100_t4")
     config = print_config(script, [*args, "--epochs", "100", "-b", "64"], nproc, env, capsys, monkeypatch)
     problems = mismatches(RECIPES["recipes"][recipe_id], config)
-    assert any(p.startswith("epochs = 100") and "§5.4" in p for p in problems), problems
+    assert any(p.startswith("epochs = 100") and "T4 setup (CIFAR-100)" in p for p in problems), problems
     assert any(p.startswith("total_batch_size = 64") for p in problems), problems
     # the same global batch through accumulation is the recipe again
     config = print_config(script, [*args, "-b", "64", "--accum-steps", "2"], nproc, env, capsys, monkeypatch)
@@ -270,11 +278,13 @@ def test_lookup_nested_and_flat():
 def test_ffcv_recipe_fingerprint_ignores_seed_folder_and_loss_but_not_the_alpha_denominator(capsys, monkeypatch):
     """analysis.collect groups runs by recipe: a seed sweep (one logging.folder per seed) and another loss with its
     options stay one recipe; Table 15's α denominator is another."""
-    from maxsup.runinfo import recipe_fingerprint
+    from maxsup.training import recipe_fingerprint
 
     base = ["--config-file", "Conv/ffcv/configs/rn50_paper_200ep.yaml"]
     runs = [base, [*base, "--training.seed=3", "--logging.folder=runs/x/seed3"],
             [*base, "--loss.name=lp", "--loss.opts=[beta=1e-3]"], [*base, "--loss.name=ce"],
             [*base, "--loss.alpha_denominator=E"]]
-    prints = [recipe_fingerprint(print_config("Conv/ffcv/main.py", r, 8, {}, capsys, monkeypatch)) for r in runs]
+    not_recipe = FFCV.NOT_RECIPE  # the trainer's own keys
+    prints = [recipe_fingerprint(print_config("Conv/ffcv/main.py", r, 8, {}, capsys, monkeypatch), not_recipe)
+              for r in runs]
     assert prints[0] == prints[1] == prints[2] == prints[3] != prints[4]

@@ -1,4 +1,5 @@
-"""maxsup.reliability / maxsup.faults / the durability of maxsup.checkpoint writes (fast, in process)."""
+"""maxsup.training: guards, resume checks, logs, preemption, seed sweeps, fault injection and the durability of
+checkpoint writes (fast, in process)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,25 @@ import pytest
 import torch
 from torch import nn
 
-from maxsup import faults
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
 from maxsup.errors import UserError
-from maxsup.reliability import (
+from maxsup.training import (
     PREEMPT_ENV,
     NonFiniteError,
     Preemption,
     append_log,
+    atomic_save,
+    atomic_write,
     check_finite_model,
     check_resume,
-    checkpoint_trainer,
+    faults,
+    load_checkpoint,
     read_log,
+    repair_log,
+    rng_state,
+    run_seeds,
+    set_rng_state,
+    skip_done_batches,
     step_guard,
-    truncate_log,
 )
 
 
@@ -34,10 +40,10 @@ def test_step_guard_names_epoch_step_and_remedies():
     assert step_guard(torch.tensor(2.5), 0, 0) is False
     assert step_guard(torch.tensor(2.5), 0, 0, stop_requested=True) is True
     with pytest.raises(NonFiniteError) as exc:
-        step_guard(torch.tensor(float("nan")), 3, 17, lr_flag="--optimizer.lr", clip_flag="--optimizer.clip_grad_norm")
+        step_guard(torch.tensor(float("nan")), 3, 17, lr_flag="--lr.lr", clip_flag="--training.clip_grad_norm")
     msg = str(exc.value)
-    assert "the loss is nan at epoch 3, step 17" in msg and "--optimizer.lr" in msg
-    assert "--optimizer.clip_grad_norm" in msg and "last good checkpoint is unchanged" in msg
+    assert "the loss is nan at epoch 3, step 17" in msg and "--lr.lr" in msg
+    assert "--training.clip_grad_norm" in msg and "last good checkpoint is unchanged" in msg
     assert isinstance(exc.value, UserError)  # run_cli prints it as one error line
 
 
@@ -61,13 +67,15 @@ def test_resume_check_names_trainer_and_each_difference(tmp_path):
     assert '--loss maxsup → ce' in msg and "--epochs 4 → 6" in msg
     assert "alpha" not in msg and "model-kwargs" not in msg and "--lr" not in msg  # equal (list == tuple) or free
     check_resume(ckpt, "c.pth", "Deit/main.py", saved, {**saved, "lr": 0.5}, list(saved)[:4])  # same run: fine
-    # checkpoints written before the trainer entry existed are recognised by their args
-    assert checkpoint_trainer({"args": {"data_set": "IMNET"}}) == "Deit/main.py"
-    assert checkpoint_trainer({"args": {"train": {}, "loss": {}}}) == "Conv/ffcv/main.py"
-    assert checkpoint_trainer({"args": {"dataset": "fmnist", "lr_scheduler": "steplr"}}) == \
-        "Conv/common_resnet/train.py"
-    with pytest.raises(UserError, match="not written by any trainer of this repository"):
-        check_resume({"model": {}}, "x.pth", "Deit/main.py", {}, {}, [])
+    # checkpoints written before the trainer entry existed: the trainer recognises its own args
+    old = {"model": {}, "optimizer": {}, "epoch": 0, "args": {"data_set": "IMNET"}}
+    check_resume(old, "c.pth", "deit", {}, {}, [], recognise=lambda a: "data_set" in a)
+    with pytest.raises(UserError, match="c.pth was not written by any trainer of this repository, not by ffcv.*"
+                                        "--training.finetune"):
+        check_resume(old, "c.pth", "ffcv", {}, {}, [], recognise=lambda a: "train" in a,
+                     new_run_hint="--training.finetune")
+    with pytest.raises(UserError, match=r"not a complete deit training checkpoint \(missing optimizer, epoch\)"):
+        check_resume({"trainer": "deit", "model": {}}, "x.pth", "deit", {}, {}, [])
 
 
 def test_log_truncation_drops_later_epochs_and_a_torn_line(tmp_path):
@@ -77,8 +85,13 @@ def test_log_truncation_drops_later_epochs_and_a_torn_line(tmp_path):
     with open(log, "a") as f:
         f.write('{"epoch": 4, "lo')  # a kill during the append
     assert [r["epoch"] for r in read_log(log)] == [0, 1, 2, 3]
-    kept = truncate_log(log, 1)
+    kept = repair_log(log, 1)
     assert [r["epoch"] for r in kept] == [0, 1] and log.read_text().count("\n") == 2
+    # the checkpoint's own record of its epoch replaces the log's (or restores one a kill lost before the append)
+    assert repair_log(log, 1, {"epoch": 1, "loss": 0.25}) == [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.25}]
+    assert read_log(log)[-1] == {"epoch": 1, "loss": 0.25}
+    assert repair_log(log, -1) == [] and log.read_text() == ""  # a fresh start (after --overwrite)
+    assert repair_log(tmp_path / "none.txt", -1) == [] and not (tmp_path / "none.txt").exists()
     log.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')  # damage in the middle is not a kill: say where
     with pytest.raises(UserError, match=r"log.txt:2 is not a JSON record"):
         read_log(log)
@@ -133,7 +146,7 @@ def test_kill_inside_a_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "checkpoint.pth"
     atomic_save({"epoch": 0}, path)
     before = path.read_bytes()
-    code = ("import torch; from maxsup.checkpoint import atomic_save; "
+    code = ("import torch; from maxsup.training import atomic_save; "
             f"atomic_save({{'epoch': 1}}, {str(path)!r}); atomic_save({{'epoch': 2}}, {str(path)!r})")
     env = {**os.environ, faults.KILL_ENV: "save:2"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -165,7 +178,8 @@ def test_fault_hook_counts_steps(monkeypatch):
 
 
 def test_extra_preemption_signal_from_the_environment(monkeypatch):
-    """maxsup.launch adds submitit's SIGUSR2 this way: it then sets the flag instead of submitit's handler running."""
+    """maxsup.training.launch adds submitit's SIGUSR2 this way: it then sets the flag instead of submitit's handler
+    running."""
     sentinel = []
     previous = signal.signal(signal.SIGUSR2, lambda *a: sentinel.append("outer"))
     try:
@@ -180,3 +194,41 @@ def test_extra_preemption_signal_from_the_environment(monkeypatch):
             Preemption()
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_preempted_epoch_skips_the_batches_already_trained_on_and_restores_their_rng():
+    torch.manual_seed(0)
+    partial = {"step": 3, "rng": rng_state()}
+    expected = torch.rand(2)
+    torch.manual_seed(123)  # whatever ran in between
+    batches, first = skip_done_batches(range(10), partial)
+    assert first == 3 and list(batches) == list(range(3, 10))
+    assert torch.equal(torch.rand(2), expected)
+    batches, first = skip_done_batches([7, 8], None)
+    assert first == 0 and list(batches) == [7, 8]
+
+
+def test_preemption_after_an_epoch_stops_the_sweep_and_says_how_to_resume(capsys):
+    def run(seed: int) -> int:
+        with Preemption() as p:
+            p.requested = seed == 3  # the signal arrives during seed 3
+            assert p.stop_after_epoch(0, 2) is (seed == 3)
+        return seed
+
+    assert run_seeds([1, 3, 5], run, "out", "--training.resume=auto") == {"seed1": 1, "seed3": 3}
+    err = capsys.readouterr().err
+    assert "seed sweep stopped during seed 3 (checkpoint in out/seed3); resume it with --training.resume=auto, then " \
+           "run the remaining seeds with --seeds 5" in err
+    with Preemption() as p:  # a signal after the last epoch: the run is complete, not preempted
+        p.requested = True
+        assert p.stop_after_epoch(1, 2) and not p.did_stop
+
+
+@pytest.mark.parametrize("content", [b"", b"epoch: 3\nnot a checkpoint\n", b"\x80\x02}q\x00."[:3]])
+def test_empty_text_or_cut_files_are_one_sentence_naming_the_checkpoint(content, tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(content)
+    # one sentence naming the file: empty (0 bytes), text (not a checkpoint at all) or a cut pickle (unreadable)
+    named = rf"^(checkpoint )?{path} (is empty|is not a torch checkpoint|is not a readable torch checkpoint)"
+    with pytest.raises(UserError, match=named):
+        load_checkpoint(path)

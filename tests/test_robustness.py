@@ -16,14 +16,15 @@ from PIL import Image
 
 from analysis import robustness
 from analysis.common import build_dataset
-from maxsup.checkpoint import atomic_save
 from maxsup.cli import run_cli
 from maxsup.corruptions import CIFAR10C, CORRUPTIONS, CorruptedDataset, corrupt, parse_corruptions, parse_severities
+from maxsup.corruptions_lowres import scale_for
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.errors import UserError
 from maxsup.metrics import ClassificationMeter
 from maxsup.models import arch_spec, create_model
+from maxsup.training import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = transform_spec(28, 1.0, mean=(FMNIST_MEAN,), std=(FMNIST_STD,), grayscale_to_rgb=False)
@@ -75,6 +76,28 @@ def test_all_15_corruptions_change_28px_images_deterministically():
     assert corrupt(big, "fog", 5).size == (224, 224) and corrupt(big, "frost", 1).mode == "RGB"
 
 
+def _grey(size: int, rng: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(rng).integers(64, 193, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("size,scale,noise,contrast", [(28, "cifar", 0.04, 0.75), (32, "cifar", 0.04, 0.75),
+                                                       (64, "tiny", 0.04, 0.4), (224, "imagenet", 0.08, 0.4)])
+def test_severity_constants_follow_the_image_scale(size, scale, noise, contrast):
+    """Severity 1 at 28-32 px is CIFAR-10-C's (noise σ 0.04, contrast ×0.75), not ImageNet-C's (0.08, ×0.4)."""
+    assert scale_for(size, size) == scale
+    flat = Image.fromarray(np.full((size, size, 3), 128, np.uint8))
+    got = np.asarray(corrupt(flat, "gaussian_noise", 1, seed=0), float) - 128
+    assert got.std() / 255 == pytest.approx(noise, rel=0.08)
+    img = _grey(size)
+    ratio = np.asarray(corrupt(img, "contrast", 1), float).std() / np.asarray(img, float).std()
+    assert ratio == pytest.approx(contrast, abs=0.02)
+    # an explicit scale overrides the size rule
+    big = np.asarray(corrupt(flat, "gaussian_noise", 1, seed=0, scale="imagenet"), float) - 128
+    assert big.std() / 255 == pytest.approx(0.08, rel=0.08)
+    with pytest.raises(UserError, match="unknown corruption scale"):
+        corrupt(flat, "fog", 1, scale="mnist")
+
+
 def test_corrupted_dataset_is_independent_of_batching_and_workers():
     raw = FashionMNIST(train=False, limit_per_class=2)
     ds = CorruptedDataset(raw, "shot_noise", 4, eval_transform(SPEC), seed=3)
@@ -95,7 +118,8 @@ def test_robustness_json_schema_clean_metrics_and_outputs(ckpts, tmp_path):
     assert on_disk == json.loads(json.dumps(res)) and list(on_disk) == ["checkpoints"]
     for name in ("CE", "MaxSup"):
         r = on_disk["checkpoints"][name]
-        assert set(r) == {"clean", "corrupted", "mean_corrupted"}
+        assert set(r) == {"clean", "corrupted", "mean_corrupted", "constants"}
+        assert r["constants"].startswith("CIFAR-10-C constants") and "at 28 px" in r["constants"]
         assert set(r["corrupted"]) == {"gaussian_noise", "contrast"}
         assert all(set(per) == {"1", "5"} for per in r["corrupted"].values())
         assert all(set(m) == {"error", "nll", "ece"} for per in r["corrupted"].values() for m in per.values())

@@ -18,7 +18,7 @@ from flat_import import load_flat
 from analysis import collect
 from maxsup.cli import run_cli
 from maxsup.recipes import load_recipes
-from maxsup.runinfo import recipe_fingerprint
+from maxsup.training import recipe_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data-set", "FMNIST", "--classes", "0,1", "--limit-per-class", "16", "--model", "vit_tiny_patch16_224",
@@ -82,7 +82,8 @@ def test_seed_sweep_writes_one_run_folder_per_seed_with_provenance(sweep):
         assert "git_commit" in prov and prov["git_dirty"] in (True, False, None)
     # the two seeds are one recipe
     recs = [json.loads((root / "out" / f"seed{s}" / "run.json").read_text()) for s in (0, 1)]
-    assert recs[0]["recipe"] == recs[1]["recipe"] == recipe_fingerprint(recs[1]["config"])
+    assert recs[0]["recipe"] == recs[1]["recipe"] == recipe_fingerprint(recs[1]["config"], DEIT.NOT_RECIPE)
+    assert recs[0]["recipe"] != recipe_fingerprint(recs[1]["config"])  # the seed, paths and loss are left out
 
 
 def test_ema_is_evaluated_logged_and_selectable_for_eval(sweep, capsys):
@@ -181,18 +182,21 @@ def test_collect_paper_table_beside_the_paper(tmp_path, capsys):
     _fake_run(tmp_path / "ls_s1", "deit_t5", loss="ls", seed=1, acc1=90.0, epochs_done=2)  # unfinished
     result = collect.main([str(tmp_path), "--paper", "T5"])
     out = capsys.readouterr().out
-    assert "| MaxSup | 76.50 ± 0.10 (n=3) | 76.49±0.12 |" in out
-    assert "| Label Smoothing | 76.00 ± – (n=1) | 76.08±0.16 |" in out  # the unfinished 90.0 is not averaged in
-    assert "| Baseline | – | 74.39±0.19 |" in out
-    assert result["paper"]["cells"]["maxsup"]["DeiT-S"]["ours"]["n"] == 3
+    # ours (mean ± sample std, n, seeds) | paper | difference (beyond the combined std √(0.10² + 0.12²)?)
+    assert "| MaxSup | 76.50 ± 0.10 (n=3; seeds 0,1,2) | 76.49 ± 0.12 | +0.01 (≤ σ) |" in out
+    assert "| Label Smoothing | 76.00 (n=1; seeds 0) | 76.08 ± 0.16 | −0.08 (n=1, no verdict) |" in out
+    assert "| Baseline | – | 74.39 ± 0.19 | – |" in out
+    cells = {r["name"]: r["cells"][0] for r in result["paper"]["T5"]["rows"]}
+    assert cells["MaxSup"]["ours"]["n"] == 3 and cells["MaxSup"]["exceeds"] is False
+    assert cells["Label Smoothing"]["ours"]["n"] == 1  # the unfinished 90.0 is not averaged in
     assert {g["recipe"] for g in result["groups"]} == {"deit_t5"}
 
 
 def test_collect_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(collect.main, [str(tmp_path)])
-    assert capsys.readouterr().err.strip() == f"error: no run.json in or below {tmp_path}; was it written by one " \
-                                              "of this repository's trainers?"
+    assert capsys.readouterr().err.strip() == f"error: no run.json (nor analysis output) in or below {tmp_path}; " \
+                                              "was it written by one of this repository's trainers?"
     _fake_run(tmp_path / "a", "deit_t5", loss="maxsup", seed=0, acc1=70.0, epochs_done=3)
     with pytest.raises(SystemExit):
         run_cli(collect.main, [str(tmp_path), "--paper", "T99"])
@@ -201,7 +205,7 @@ def test_collect_errors_are_one_line(tmp_path, capsys):
 
 def test_run_record_alpha_comes_from_the_loss_actually_built():
     from maxsup import build_criterion
-    from maxsup.runinfo import alpha_schedule_of
+    from maxsup.training import alpha_schedule_of
 
     assert alpha_schedule_of(build_criterion("ls", 10, 5, alpha_start=0.1, alpha_end=0.1)) == (0.1, 0.1)
     assert alpha_schedule_of(build_criterion("maxsup", 10, 5, alpha_start=0.1, alpha_end=0.2)) == (0.1, 0.2)

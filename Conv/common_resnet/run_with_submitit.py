@@ -10,8 +10,6 @@ boundary first (README.md, "Resume").
 
 from __future__ import annotations
 
-import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -20,27 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train  # noqa: E402
 
 from maxsup.cli import run_cli  # noqa: E402
-from maxsup.launch import RequeueTask, add_slurm_args, submit  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = train._Parser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
-    return add_slurm_args(parser).parse_args(argv)
-
-
-def prepare(args: argparse.Namespace, checkpoint: str, resume: bool) -> argparse.Namespace:
-    if resume:
-        args.resume = checkpoint
-    return args
+from maxsup.training.launch import launch_argparse  # noqa: E402
 
 
 def main(argv: list[str] | None = None):
-    args = parse_args(argv)
-    if args.output_dir in ("", ".") and args.job_dir:
-        args.output_dir = args.job_dir
-    checkpoint = str(Path(args.output_dir) / "checkpoint.pth")
-    task = RequeueTask(train.main, functools.partial(prepare, args, checkpoint), checkpoint)
-    return submit(task, args, name=f"common_resnet_{args.loss}")
+    parser = train._Parser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
+    return launch_argparse(train.main, parser, argv, output_key="output_dir", resume_key="resume",
+                           overwrite_key="overwrite",
+                           checkpoint_file="checkpoint.pth", name=lambda args: f"common_resnet_{args.loss}",
+                           unset=("", "."))
 
 
 if __name__ == "__main__":

@@ -14,36 +14,33 @@ import datetime
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import presets
 import torch
 import torch.utils.data
-import torchvision
 import utils
 from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.checks import check_accum_steps, check_smoothing
 from maxsup.cli import run_cli
-from maxsup.data import long_tailed_indices
-from maxsup.data.downsampled import DownsampledImageNet
-from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
-from maxsup.data.imagenet_variants import (
-    EVAL_SETS,
-    RealScorer,
-    add_test_set_args,
-    eval_set,
-    extra_val_sets,
-    real_labels,
-    scored_logits,
-)
-from maxsup.data.transfer import TRANSFER_DATASETS, transfer_dataset
-from maxsup.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, transform_spec
-from maxsup.distributed import DistInfo, all_reduce_sum, init_distributed
+from maxsup.data import long_tailed_indices, parse_classes
+from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
+from maxsup.data.registry import DATASETS, build_split, split_num_classes
+from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.errors import UserError
-from maxsup.faults import kill_point
+from maxsup.estimate import (
+    StepClock,
+    SyntheticImages,
+    add_estimate_args,
+    check_estimate,
+    estimate_record,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.losses import (
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -63,23 +60,34 @@ from maxsup.models import (
     load_state_dict_strict,
     model_from_checkpoint,
 )
-from maxsup.reliability import (
+from maxsup.timing import Stopwatch, train_timing
+from maxsup.training import (
+    DistInfo,
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    run_seeds,
-    step_guard,
-    truncate_log,
-)
-from maxsup.runinfo import (
     ScalarWriter,
     add_run_args,
+    all_reduce_sum,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    check_finite_model,
+    claim_run_folder,
+    init_distributed,
+    kill_point,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
-    seed_dir,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
+    seed_everything,
+    seeded_args,
+    skip_done_batches,
+    step_guard,
     write_run_record,
 )
 
@@ -90,20 +98,29 @@ RESUME_KEYS = ("model", "model_kwargs", "dataset", "classes", "epochs", "loss", 
 #: The α schedule's options, which have flags of their own (every paper recipe sets them); None = the loss's default.
 ALPHA_OPTIONS = ("alpha_start", "alpha_end", "alpha_denominator")
 NONFINITE_HINT = {"lr_flag": "--lr", "clip_flag": "--clip-grad-norm"}
+#: Flags that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the global
+#: batch): left out of run.json's recipe fingerprint, so seeds and losses of one recipe are one group of
+#: analysis.collect.
+NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "workers", "print_freq", "data_path", "test_only",
+              "tensorboard", "print_config", "start_epoch", "save_every_epoch", "loss", "alpha_start", "alpha_end",
+              "model", "dataset", "download", "stats_every", "batch_size", "accum_steps", "world_size",
+              "eval_batch_size", "label_smoothing", "loss_opt", "loss_options", "compile", "overwrite", "estimate",
+              "estimate_synthetic")
+#: A folder holding one of these holds a run: a fresh run into it needs --overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Folders a seed sweep moves to <folder>/seed<S>.
+SEED_FOLDERS = ("output_dir", "tensorboard")
 
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-#: dataset → (native image side, mean, std, small_input)
-DATASETS = {
-    "imagefolder": (224, IMAGENET_MEAN, IMAGENET_STD, False),
-    "fmnist": (28, (FMNIST_MEAN,) * 3, (FMNIST_STD,) * 3, True),
-    "cifar10": (32, CIFAR10_MEAN, CIFAR10_STD, True),
-    "cifar100": (32, CIFAR100_MEAN, CIFAR100_STD, True),
-    "imagenet32": (32, IMAGENET_MEAN, IMAGENET_STD, True),
-    "imagenet64": (64, IMAGENET_MEAN, IMAGENET_STD, True),
-    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in EVAL_SETS},  # --test-only: ImageNetV2, -A, -R, ...
-    **{name: (224, IMAGENET_MEAN, IMAGENET_STD, False) for name in TRANSFER_DATASETS},  # T6 fine-tuning: cub200, cars
-}
+
+@dataclass
+class RunState:
+    """What the run learns as it goes, kept out of ``args`` (which stays what the user typed): the first epoch
+    (``--start-epoch``, or after the resumed checkpoint's), a preempted epoch's progress, and the per-class training
+    counts of an ``--imb-ratio`` split (for the many/medium/few-shot accuracy)."""
+
+    start_epoch: int = 0
+    partial: dict[str, Any] | None = None
+    train_class_counts: list[int] | None = None
 
 
 def _autocast(device: torch.device, args: argparse.Namespace):
@@ -137,12 +154,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     # step has the full global batch (batch × processes × N)
     accum = args.accum_steps
     usable = len(data_loader) - len(data_loader) % accum
-    batches = iter(data_loader)
-    first = (partial or {}).get("step", 0)
-    for _ in range(first):  # the same batches as before the interruption (same per-epoch seeds), not trained on
-        next(batches)
-    if partial:
-        set_rng_state(partial["rng"])
+    batches, first = skip_done_batches(data_loader, partial)  # a preempted epoch: the batches already trained on
     for i, (image, target) in enumerate(batches, start=first):
         if i == usable:
             break
@@ -192,6 +204,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     totals = all_reduce_sum(totals).cpu()
     stats = {k: v / max(totals[0].item(), 1.0) for k, v in zip(sums, totals[1:].tolist(), strict=True)}
     stats.update(penalties.compute())
+    stats["samples"] = int(totals[0].item())  # images trained, all ranks (a resumed epoch: since the checkpoint too)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     if hasattr(criterion, "alpha"):
         stats["alpha"] = criterion.alpha
@@ -199,16 +212,17 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device: torch.device,
-             args: argparse.Namespace, log_suffix: str = "", real: RealScorer | None = None) -> dict[str, float]:
+             args: argparse.Namespace, log_suffix: str = "", real: RealScorer | None = None,
+             train_counts: list[int] | None = None) -> dict[str, float]:
     """acc@1 / acc@5 (%), NLL (nats) and 15-bin ECE over the whole evaluation set (each image once, all ranks).
 
     ``real`` (``--real-labels``) adds ReaL top-1 ``real_acc1`` over ``n_real`` images: each rank matches its top-1
     predictions to file names in its sampler's order (sequential, or the rank's ``ShardedEvalSampler`` shard) and
-    the counts are summed over ranks."""
+    the counts are summed over ranks. ``train_counts`` (an ``--imb-ratio`` run's images per class) adds the
+    many/medium/few-shot top-1."""
     model.eval()
     meter = ClassificationMeter()
     preds = []
-    train_counts = getattr(args, "train_class_counts", None)  # set by --imb-ratio: many/medium/few-shot accuracy
     per_class = torch.zeros(2, len(train_counts) if train_counts else 0, dtype=torch.float64)  # correct, total
     with torch.inference_mode():
         for image, target in data_loader:
@@ -241,42 +255,13 @@ def evaluate(model: nn.Module, data_loader: torch.utils.data.DataLoader, device:
 
 
 def _build_dataset(args: argparse.Namespace, train: bool, transform: Any) -> tuple[torch.utils.data.Dataset, int]:
-    """(dataset, number of classes) for one split; missing files raise one actionable sentence."""
-    name = args.dataset
-    if name == "fmnist":
-        ds = FashionMNIST(args.data_path, train=train, transform=transform, classes=args.classes,
-                          download=args.download, limit_per_class=args.limit_per_class)
-        return ds, len(ds.classes)
-    if name in ("cifar10", "cifar100"):
-        root = Path(args.data_path or f"datasets/{name}")
-        cls, archive, folder, k = (
-            (torchvision.datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py", 10) if name == "cifar10"
-            else (torchvision.datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python", 100))
-        try:
-            ds = cls(root, train=train, transform=transform, download=args.download)
-        except RuntimeError:
-            raise UserError(f"{name.upper()} not found in {root}: extract {archive} so that {root / folder} exists, "
-                            f"or add --download") from None
-        return ds, k
-    if args.data_path is None:
-        raise UserError(f"--dataset {name} needs --data-path (see README.md for the expected layout)")
-    if name in TRANSFER_DATASETS:
-        ds = transfer_dataset(name, args.data_path, train, transform)
-        return ds, len(ds.classes)
-    if name in EVAL_SETS:
-        if train:
-            raise UserError(f"--dataset {name} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
-        ds = eval_set(name, args.data_path, transform)
-        return ds, len(ds.classes)
-    if name in ("imagenet32", "imagenet64"):
-        ds = DownsampledImageNet(args.data_path, size=DATASETS[name][0], train=train, transform=transform)
-        return ds, ds.num_classes
-    folder = Path(args.data_path) / ("train" if train else "val")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist; --data-path must contain train/<class>/*.jpg "
-                                f"and val/<class>/*.jpg")
-    ds = torchvision.datasets.ImageFolder(folder, transform=transform)
-    return ds, len(ds.classes)
+    """(dataset, number of classes) for one split (``maxsup.data.registry``); missing files raise one actionable
+    sentence."""
+    if train and DATASETS[args.dataset].eval_only:
+        raise UserError(f"--dataset {args.dataset} is a test set: evaluate a checkpoint with --test-only --resume CKPT")
+    ds = build_split(args.dataset, args.data_path, train=train, transform=transform, classes=args.classes,
+                     download=args.download, limit_per_class=args.limit_per_class, skip_corrupt=args.skip_corrupt)
+    return ds, split_num_classes(ds)
 
 
 def check_same_classes(train: torch.utils.data.Dataset, val: torch.utils.data.Dataset, where: str | None) -> None:
@@ -293,41 +278,42 @@ def check_same_classes(train: torch.utils.data.Dataset, val: torch.utils.data.Da
 
 def eval_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation preprocessing stored in checkpoints (``maxsup.data.transforms.transform_spec``)."""
-    native, mean, std, small = DATASETS[args.dataset]
-    crop = args.val_crop_size or native
-    resize = args.val_resize_size or (crop if small else round(crop * 256 / 224))
-    return transform_spec(crop, crop_pct=crop / resize, mean=mean, std=std, interpolation=args.interpolation)
+    data = DATASETS[args.dataset]
+    crop = args.val_crop_size or data.input_size
+    resize = args.val_resize_size or (crop if data.small_input else round(crop * 256 / 224))
+    return transform_spec(crop, crop_pct=crop / resize, mean=data.mean, std=data.std, interpolation=args.interpolation)
 
 
-def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any]):
+def load_data(args: argparse.Namespace, dist_info: DistInfo, spec: dict[str, Any], state: RunState):
     """Train/eval datasets and samplers. Returns (dataset or None under --test-only, dataset_test, train_sampler,
-    test_sampler, num_classes)."""
+    test_sampler, num_classes); an ``--imb-ratio`` split's class counts go to ``state``."""
     if args.classes is not None and args.dataset != "fmnist":
         raise UserError(f"--classes selects Fashion-MNIST classes; it is not supported with --dataset {args.dataset}")
     if args.limit_per_class is not None and args.dataset != "fmnist":
         raise UserError(f"--limit-per-class is only supported with --dataset fmnist, not {args.dataset}")
     if args.imb_ratio is not None and args.dataset not in ("fmnist", "cifar10", "cifar100"):
         raise UserError(f"--imb-ratio is supported with --dataset fmnist, cifar10 or cifar100, not {args.dataset}")
-    native, mean, std, small = DATASETS[args.dataset]
+    data = DATASETS[args.dataset]
     print(f"Loading data ({args.dataset})")
     t0 = time.time()
     dataset_test, num_classes = _build_dataset(args, False, eval_transform(spec))
     dataset = None
     if not args.test_only:
         train_tf = presets.ClassificationPresetTrain(
-            args.train_crop_size or native, mean, std, small_input=small, interpolation=args.interpolation,
-            hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment, random_erase_prob=args.random_erase)
+            args.train_crop_size or data.input_size, data.mean, data.std, small_input=data.small_input,
+            interpolation=args.interpolation, hflip_prob=args.hflip_prob, auto_augment_policy=args.auto_augment,
+            random_erase_prob=args.random_erase)
         if args.train_transform == "eval":
             train_tf = eval_transform(spec)
         dataset, num_classes_train = _build_dataset(args, True, train_tf)
         check_same_classes(dataset, dataset_test, args.data_path)
         num_classes = max(num_classes, num_classes_train)  # a downsampled-ImageNet val split may miss classes
         if args.imb_ratio is not None:  # paper Table 7: exponential long-tail profile, a seeded subset
-            keep, args.train_class_counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed,
-                                                                num_classes)
+            keep, counts = long_tailed_indices(dataset.targets, args.imb_ratio, args.seed, num_classes)
+            state.train_class_counts = list(counts)
             dataset = torch.utils.data.Subset(dataset, keep.tolist())
             print(f"Long-tailed training split (imbalance ratio {args.imb_ratio:g}, seed {args.seed}): per-class "
-                  f"counts {args.train_class_counts}")
+                  f"counts {state.train_class_counts}")
     print(f"Took {time.time() - t0:.1f}s: {len(dataset) if dataset else 0} train / {len(dataset_test)} test images, "
           f"{num_classes} classes")
 
@@ -354,10 +340,12 @@ def _check_args(args: argparse.Namespace) -> None:
         # Upstream silently ignored --label-smoothing next to MaxSup; here LS is a loss of its own.
         raise UserError(f"--label-smoothing is the LS loss with a fixed α and cannot be combined with --loss "
                         f"{args.loss}; drop it, or use --loss ls --alpha-start A --alpha-end A")
-    if not 0 <= args.label_smoothing < 1:
-        raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    check_smoothing(args.label_smoothing, "--label-smoothing")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    check_estimate(args.estimate, args.estimate_synthetic)
+    if args.estimate and args.test_only:
+        raise UserError("--estimate times training steps; it cannot be combined with --test-only")
     if args.imb_ratio is not None and not args.imb_ratio >= 1:
         raise UserError(f"--imb-ratio must be >= 1 (largest / smallest class size, e.g. 100), got {args.imb_ratio}")
     if args.epochs < 1 or args.batch_size < 1:
@@ -445,16 +433,26 @@ def _extra_val_loaders(args: argparse.Namespace, spec: dict[str, Any], dist_info
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics."""
+    """Train (or with ``--test-only`` evaluate); returns the last evaluation metrics. A training run claims its
+    ``--output-dir`` for as long as it runs (one run per folder, ``maxsup.training.runfolder``); an evaluation writes
+    nothing there."""
     _check_args(args)
+    folder = None if args.test_only or args.estimate else args.output_dir  # evaluations and estimates write nothing
+    with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
+                          resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
+                          overwrite_hint="--overwrite"):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     dist_info = init_distributed(args.device)
     device = dist_info.device
     is_main = dist_info.rank == 0
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir and is_main:
+    output_dir = Path(args.output_dir) if args.output_dir and not args.estimate else None  # --estimate writes nothing
+    if output_dir and is_main and not args.test_only:
         output_dir.mkdir(parents=True, exist_ok=True)
     print(args)
-    utils.seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    seed_everything(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
 
@@ -462,9 +460,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     spec = eval_spec(args)
     if args.test_only and checkpoint.get("eval_transform"):
         spec = checkpoint["eval_transform"]  # evaluate exactly as the checkpoint's trainer did
+    state = RunState(start_epoch=args.start_epoch)
     if args.test_only and checkpoint.get("train_class_counts"):
-        args.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
-    dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec)
+        state.train_class_counts = checkpoint["train_class_counts"]  # a long-tailed run: report the shot groups
+    if args.estimate_synthetic:  # generated images at the training crop, the train split's length; no data read
+        n_images, num_classes = train_split_size(args.dataset, args.classes, args.limit_per_class)
+        dataset = dataset_test = SyntheticImages(n_images, args.train_crop_size or DATASETS[args.dataset].input_size,
+                                                 num_classes, args.seed)
+        train_sampler = torch.utils.data.DistributedSampler(dataset) if dist_info.distributed else None
+        test_sampler = None
+    else:
+        dataset, dataset_test, train_sampler, test_sampler, num_classes = load_data(args, dist_info, spec, state)
     num_classes = args.num_classes or num_classes
     data_loader_test = torch.utils.data.DataLoader(dataset_test, batch_size=args.eval_batch_size or args.batch_size,
                                                    sampler=test_sampler, num_workers=args.workers,
@@ -472,7 +478,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     extra_val = _extra_val_loaders(args, spec, dist_info, num_classes)  # checked before anything is written
     real = None  # file names and class wnids are checked here, before any training or evaluation
     if args.real_labels:
-        labels = real_labels(None if args.real_labels is True else args.real_labels)
+        labels = real_labels(args.real_labels)
         real = RealScorer.from_dataset(dataset_test, labels)
 
     if args.test_only:
@@ -485,11 +491,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model = scored_logits(model, dataset_test)  # ImageNet-A/R: score only the 200 classes they contain
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        metrics = evaluate(model, data_loader_test, device, args, real=real)
+        counts = state.train_class_counts
+        metrics = evaluate(model, data_loader_test, device, args, real=real, train_counts=counts)
         if args.model_ema and "model_ema" in checkpoint:
             ema = model_from_checkpoint(checkpoint, key="model_ema", source=args.resume).to(device)
             ema = scored_logits(ema, dataset_test)
-            metrics = {"model": metrics, "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real)}
+            metrics = {"model": metrics,
+                       "model_ema": evaluate(ema, data_loader_test, device, args, " (EMA)", real, counts)}
         return metrics
 
     # Seeded per epoch (utils.epoch_seed): shuffling and the workers' augmentation randomness.
@@ -501,6 +509,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=args.drop_last,
         collate_fn=presets.MixupCutmixCollate(batch_transform) if batch_transform else None,
         generator=loader_generator)
+    check_accum_steps(len(data_loader), args.accum_steps, images=len(data_loader.sampler), batch_size=args.batch_size)
 
     print(f"Creating model {args.model}")
     model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
@@ -541,46 +550,52 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         adjust = dist_info.world_size * args.batch_size * args.accum_steps * args.model_ema_steps / args.epochs
         alpha = min(1.0, (1.0 - args.model_ema_decay) * adjust)
         model_ema = utils.exponential_moving_average(model_without_ddp, 1.0 - alpha, device)
+    if args.estimate:  # N steps of train_one_epoch (maxsup.estimate), one JSON line, nothing written
+        clock = StepClock(data_loader, args.estimate, args.accum_steps, device)
+        train_one_epoch(model, criterion, optimizer, clock, device, 0, args, model_ema, scaler)
+        return print_estimate(estimate_record(
+            clock, trainer="common_resnet", steps_per_epoch=len(data_loader) // args.accum_steps,
+            epochs=args.epochs, world_size=dist_info.world_size, device=device, model=args.model, loss=args.loss,
+            total_batch_size=args.batch_size * dist_info.world_size * args.accum_steps,
+            resolution=args.train_crop_size or DATASETS[args.dataset].input_size,
+            data="synthetic" if args.estimate_synthetic else args.data_path or args.dataset))
 
-    partial = None
-    if checkpoint is not None:
-        saved = checkpoint.get("args", {})
-        keys = [*RESUME_KEYS, *ALPHA_OPTIONS]
-        check_resume(checkpoint, args.resume, TRAINER,
-                     {**saved, "num_classes": checkpoint.get("arch", {}).get("num_classes")},
-                     {**vars(args), "num_classes": num_classes}, [*keys, "num_classes"], flag=_resume_flag,
-                     required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"))
+    if checkpoint is not None:  # continue the same run: checked, then every state restored
+        keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
+        checkpoint = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": num_classes}, keys,
+                                 saved=lambda c: {**c.get("args", {}),
+                                                  "num_classes": c.get("arch", {}).get("num_classes")},
+                                 required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"),
+                                 flag=_resume_flag,
+                                 recognise=lambda saved_args: "dataset" in saved_args and "lr_scheduler" in saved_args)
         load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        criterion.load_state_dict(checkpoint["criterion"])
         if model_ema is not None:
             load_state_dict_strict(model_ema.module, checkpoint["model_ema"], args.resume)
             model_ema.n_averaged.copy_(checkpoint["model_ema_n_averaged"])
-        if scaler is not None and "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        args.start_epoch = checkpoint["epoch"] + 1
-        partial = checkpoint.get("partial")  # written on preemption: continue inside args.start_epoch
-        where = f", step {partial['step']}" if partial else ""
-        print(f"Resumed from {args.resume} at epoch {args.start_epoch}{where}")
+        # the RNG state stays: exact resume comes from the per-epoch reseeding (utils.epoch_seed)
+        resumed = restore_state(checkpoint, {"optimizer": optimizer, "lr_scheduler": lr_scheduler,
+                                             "criterion": criterion, "scaler": scaler}, rng=False)
+        state.start_epoch, state.partial = resumed.start_epoch, resumed.partial
+        print(resumed.describe(args.resume))
 
     log_path = output_dir / "log.txt" if output_dir else None
     if is_main and output_dir:
         atomic_write(output_dir / "args.json", json.dumps(utils.plain(vars(args)), indent=2) + "\n")
-        truncate_log(log_path, args.start_epoch - 1)
+        repair_log(log_path, state.start_epoch - 1)
         dataset_name = "imagenet" if args.dataset == "imagefolder" and num_classes == 1000 else args.dataset
         write_run_record(output_dir, trainer="common_resnet", config=resolved_config(args, dist_info.world_size),
                          dataset=dataset_name, model=args.model, loss="ls" if args.label_smoothing else args.loss,
                          epochs=args.epochs, seed=args.seed, alpha=alpha_schedule_of(criterion),
                          world_size=dist_info.world_size, device=device, log_file="log.txt",
-                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"})
+                         metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
+                         not_recipe=NOT_RECIPE)
     tb = ScalarWriter(args.tensorboard, enabled=is_main)
 
     print("Start training")
     start_time = time.time()
     metrics: dict[str, Any] = {}
 
-    def state(epoch: int) -> dict[str, Any]:
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
         ckpt = {
             "trainer": TRAINER,
             "model": model_without_ddp.state_dict(),
@@ -593,8 +608,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "criterion": criterion.state_dict(),
             "rng": rng_state(),  # informative at epoch ends (exact resume comes from the per-epoch reseeding)
         }
-        if getattr(args, "train_class_counts", None):
-            ckpt["train_class_counts"] = list(args.train_class_counts)  # --imb-ratio's long-tailed split
+        if state.train_class_counts:
+            ckpt["train_class_counts"] = list(state.train_class_counts)  # --imb-ratio's long-tailed split
         if model_ema is not None:
             ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
             ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()
@@ -609,24 +624,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             atomic_save(ckpt, output_dir / name)
 
     with Preemption() as preemption:
-        for epoch in range(args.start_epoch, args.epochs):
+        for epoch in range(state.start_epoch, args.epochs):
             seed = utils.epoch_seed(args.seed, epoch, dist_info.rank)
-            utils.seed_everything(seed)
+            seed_everything(seed)
             loader_generator.manual_seed(seed)
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
-            epoch_start = time.time()
+            watch = Stopwatch(device)  # maxsup.timing: the loop's wall clock, without evaluation and checkpoints
             train_stats = train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, args, model_ema,
-                                          scaler, preemption, partial if epoch == args.start_epoch else None)
+                                          scaler, preemption, state.partial if epoch == state.start_epoch else None)
             if "preempted" in train_stats:  # SIGTERM/SIGUSR1: checkpoint this step boundary, then exit cleanly
                 step = train_stats["preempted"]["step"]
-                save({**state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
-                print(f"Preempted: checkpoint written at epoch {epoch}, step {step}; rerun with --resume "
-                      f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'} to continue", flush=True)
-                preemption.stopped()
+                save({**checkpoint_state(epoch - 1), "partial": train_stats["preempted"]}, epoch, step)
+                preemption.checkpointed(epoch, step, "rerun with --resume "
+                                        f"{output_dir / 'checkpoint.pth' if output_dir else '<checkpoint>'}")
                 return metrics
+            resumed = (state.partial or {}).get("seen", 0) * dist_info.world_size if epoch == state.start_epoch else 0
+            timing = train_timing(train_stats["samples"] - resumed, watch.seconds())
             lr_scheduler.step()
-            metrics = evaluate(model, data_loader_test, device, args, real=real)
+            watch = Stopwatch(device)
+            metrics = evaluate(model, data_loader_test, device, args, real=real, train_counts=state.train_class_counts)
             criterion.on_eval(metrics["acc1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                       **{f"test_{k}": v for k, v in metrics.items()}}
@@ -634,31 +651,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 net = scored_logits(model, loader.dataset)
                 record.update({f"{name}_{k}": v for k, v in evaluate(net, loader, device, args, f" ({name})").items()})
             if model_ema is not None:
-                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real)
+                ema_metrics = evaluate(model_ema, data_loader_test, device, args, log_suffix=" (EMA)", real=real,
+                                       train_counts=state.train_class_counts)
                 record.update({f"test_ema_{k}": v for k, v in ema_metrics.items()})
-            record["epoch_time_s"] = round(time.time() - epoch_start, 2)
+            record.update(timing, eval_seconds=watch.seconds())
             tb.log(record, epoch)
-            ckpt = state(epoch)
+            ckpt = checkpoint_state(epoch)
             if args.save_every_epoch:
                 save(ckpt, epoch, len(data_loader), f"model_{epoch}.pth")
             save(ckpt, epoch, len(data_loader))
             if is_main and output_dir:
                 append_log(log_path, record)  # after the checkpoint: a resumed run re-logs what it repeats
-            if all_reduce_sum(torch.tensor([float(preemption.requested)], device=device)).item():
-                print(f"Preempted: stopping after the checkpoint of epoch {epoch}", flush=True)
-                if epoch + 1 < args.epochs:
-                    preemption.stopped()
+            if preemption.stop_after_epoch(epoch, args.epochs, device):
                 break
 
     tb.close()
     total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     print(f"Training time {total}")
     return metrics
-
-
-def class_list(text: str) -> list[int]:
-    """``"0,2,4"`` → ``[0, 2, 4]`` (argparse type of --classes)."""
-    return [int(c) for c in text.split(",")]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -674,7 +684,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "datasets/cifar10 or datasets/cifar100)")
     parser.add_argument("--download", action="store_true",
                         help="download fmnist/cifar10/cifar100 into --data-path if missing")
-    parser.add_argument("--classes", default=None, type=class_list,
+    parser.add_argument("--classes", default=None, type=parse_classes,
                         help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
     parser.add_argument("--limit-per-class", default=None, type=int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
@@ -714,6 +724,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # optimisation
     parser.add_argument("--epochs", default=90, type=int, help="number of epochs")
     parser.add_argument("-b", "--batch-size", default=32, type=int, help="images per process per step")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="--dataset imagefolder: skip empty, truncated or non-image files (counted) and read the "
+                             "next training image in place of one that fails to decode mid-epoch (logged by name)")
     parser.add_argument("--accum-steps", default=1, type=int,
                         help="gradient accumulation: one optimizer step per N batches; global batch = b × nproc × N")
     parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")
@@ -763,12 +776,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
     parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
     add_run_args(parser)
+    add_estimate_args(parser)
     parser.add_argument("--use-deterministic-algorithms", action="store_true",
                         help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --output-dir that holds one (run.json or checkpoint.pth); without "
+                             "it such a run is refused")
     parser.add_argument("--finetune", default="", type=str,
                         help="initialise from this checkpoint's backbone (ours, or a released one converted by "
                              "maxsup.hub convert); the head is replaced when the class count differs")
@@ -796,9 +813,8 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
         return print_config(config)
     if seeds is None or args.test_only:  # --test-only evaluates one checkpoint, whatever SEEDS says
         return main(args)
-    return run_seeds(seeds, lambda seed: main(argparse.Namespace(**{
-        **vars(args), "seed": seed, "seeds": None, "output_dir": seed_dir(args.output_dir, seed),
-        "tensorboard": seed_dir(args.tensorboard, seed)})), lambda seed: seed_dir(args.output_dir, seed))
+    return run_seeds(seeds, lambda seed: main(seeded_args(args, seed, "seed", SEED_FOLDERS, clear=("seeds",))),
+                     args.output_dir, "--resume")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Small helpers for train.py: weight-decay groups, EMA, seeding, key=value flags (logs: maxsup.reliability)."""
+"""Small helpers for train.py: weight-decay groups, EMA, seeding, key=value flags (logs: maxsup.training)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from maxsup.checkpoint import atomic_write, seed_everything  # noqa: F401  (used as utils.seed_everything)
 from maxsup.errors import UserError
 
 NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,

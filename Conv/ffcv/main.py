@@ -13,7 +13,8 @@ in torch, so no cupy is needed.
 Besides the config keys: ``--print-config`` prints the resolved config (nested sections, the loss's resolved options,
 plus world_size, per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without
 reading data; ``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into
-``<logging.folder>/seed<S>``.
+``<logging.folder>/seed<S>``; ``--estimate N`` (``--estimate-synthetic``: no .beton) times N training steps and prints
+one JSON line (``maxsup.estimate``), writing nothing.
 """
 
 import contextlib
@@ -38,31 +39,50 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from maxsup import ClassificationMeter, build_criterion
-from maxsup.checkpoint import atomic_save, atomic_write, load_checkpoint, rng_state, set_rng_state
+from maxsup.checks import check_accum_steps
 from maxsup.cli import run_cli
 from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
-from maxsup.distributed import all_reduce_sum, barrier, init_distributed, rank, world_size
 from maxsup.errors import UserError
-from maxsup.faults import kill_point
+from maxsup.estimate import (
+    StepClock,
+    SyntheticBatches,
+    estimate_record,
+    pop_estimate_flags,
+    print_estimate,
+    train_split_size,
+)
 from maxsup.losses import PenaltyStatsMeter, compute_loss, resolve_loss_options
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
-from maxsup.reliability import (
+from maxsup.timing import Stopwatch, train_timing
+from maxsup.training import (
     Preemption,
-    append_log,
-    check_finite_model,
-    check_resume,
-    run_seeds,
-    step_guard,
-    truncate_log,
-)
-from maxsup.runinfo import (
     ScalarWriter,
+    all_reduce_sum,
     alpha_schedule_of,
+    append_log,
+    atomic_save,
+    atomic_write,
+    barrier,
+    check_finite_model,
+    claim_run_folder,
+    holds_run,
+    init_distributed,
+    kill_point,
     launcher_world_size,
+    load_checkpoint,
+    open_resume,
     parse_seeds,
     print_config,
+    rank,
+    repair_log,
+    restore_state,
+    rng_state,
+    run_seeds,
     seed_dir,
+    skip_done_batches,
+    step_guard,
+    world_size,
     write_run_record,
 )
 
@@ -72,6 +92,17 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALPHA_KEYS = ("alpha_start", "alpha_end", "alpha_denominator")  # loss.<key>, as the other trainers' --alpha-* flags
 TRAINER = "Conv/ffcv/main.py"
 NONFINITE_HINT = {"lr_flag": "--lr.lr", "clip_flag": "--training.clip_grad_norm"}
+RESUME_FLAG = "--training.resume=auto"
+OVERWRITE_FLAG = "--training.overwrite=true"
+#: A folder holding one of these holds a run: a fresh run into it needs training.overwrite.
+RUN_MARKERS = ("run.json", "checkpoint.pth")
+#: Config keys that do not change what is trained: left out of run.json's recipe fingerprint, so seeds and losses of
+#: one recipe are one group of analysis.collect. Matched on the whole dotted key, its last part, or (a dotted entry)
+#: its section: ``loss.options`` leaves out every ``loss.options.<option>``; the α denominator still splits a group.
+NOT_RECIPE = ("seed", "seeds", "folder", "resume", "device", "num_workers", "eval_only", "tensorboard", "progress",
+              "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "in_memory",
+              "compile", "model.arch", "loss.name", "opts", "loss.options", "alpha_start", "alpha_end", "overwrite",
+              "allow_missing_sidecar")
 
 
 def resume_flag(key: str) -> str:
@@ -312,10 +343,11 @@ def read_sidecar(path: str, labels: np.ndarray) -> dict[str, Any]:
     return info
 
 
-def check_beton(path: str, role: str, num_classes: int) -> Beton:
+def check_beton(path: str, role: str, num_classes: int, allow_missing_sidecar: bool = False) -> Beton:
     """Raise a one-line UserError unless ``path`` is a .beton with an RGB ``image`` and an int ``label`` field whose
     labels lie in [0, num_classes), or, for an ImageNet-A/R .beton, index its sidecar's ``class_indices``, which lie
-    in [0, num_classes)."""
+    in [0, num_classes). A .beton without its sidecar is refused unless ``allow_missing_sidecar``
+    (``data.allow_missing_sidecar``), which logs that its class order goes unchecked."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
@@ -335,6 +367,12 @@ def check_beton(path: str, role: str, num_classes: int) -> Beton:
                         f"write it with write_imagenet.py")
     labels = reader.metadata[f"f{reader.field_names.index('label')}"]
     info = read_sidecar(path, labels)
+    if not Path(f"{path}.classes.json").is_file():  # without it, differently ordered splits train on shifted labels
+        if not allow_missing_sidecar:
+            raise UserError(f"{path} has no sidecar {path}.classes.json, so its class order cannot be checked; "
+                            f"rewrite it with Conv/ffcv/write_imagenet.py, or pass --data.allow_missing_sidecar=true")
+        print(f"warning: {path} has no sidecar {path}.classes.json; its class order is not checked "
+              f"(data.allow_missing_sidecar = true)", flush=True)
     keep = info.get("class_indices")
     if keep is not None:
         if role == "train":
@@ -488,7 +526,9 @@ class ImageNetTrainer:
     """ffcv-imagenet's trainer shape: ``create_*`` builds each part, ``train`` runs ``train_loop`` / ``eval_and_log``
     per epoch and writes an atomic checkpoint after each."""
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], estimate: bool = False, synthetic: bool = False):
+        """``estimate``: build only what training steps need (no val loader, resume or output folder) for
+        :meth:`estimate`; ``synthetic``: generated batches instead of ``data.train_dataset``."""
         self.cfg = cfg
         import ffcv  # noqa: F401  before init_distributed silences print on rank > 0: numba's import inspects print
         self.dist = init_distributed(cfg.training.device or None)
@@ -503,17 +543,28 @@ class ImageNetTrainer:
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
         roles = ("val",) if cfg.training.eval_only else ("train", "val")
+        roles = () if synthetic else ("train",) if estimate else roles
         # fail fast, before any JIT work
-        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg.model.num_classes) for role in roles}
+        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg.model.num_classes, d.allow_missing_sidecar)
+                       for role in roles}
         check_classes(self.betons, cfg.model.num_classes)
-        self.real = load_real_labels(self.betons["val"], d.real_labels) if d.real_labels else None
+        real = d.real_labels and not estimate
+        self.real = load_real_labels(self.betons["val"], d.real_labels) if real else None
         self.partial: dict[str, Any] | None = None
-        if not cfg.training.eval_only:
+        if synthetic:  # uint8 batches on the device, as FFCV hands them over; the train split's length
+            n = train_split_size(dataset_name(cfg))[0] // (self.per_process_batch * self.dist.world_size)
+            res = train_resolution(0, cfg.resolution)
+            self.train_loader = self.decoder = SyntheticBatches(n, self.per_process_batch, cfg.model.num_classes,
+                                                                (res, res), self.device, seed=cfg.training.seed)
+        elif not cfg.training.eval_only:
             self.train_loader, self.decoder = self.create_train_loader()
-        self.val_loader = self.create_val_loader()
+        if not estimate:
+            self.val_loader = self.create_val_loader()
         self.model, self.scaler = self.create_model_and_scaler()
         self.criterion = self.create_criterion()
         self.optimizer = self.create_optimizer()
+        if estimate:
+            return
         self.resume()
         self.initialize_logger()
 
@@ -544,6 +595,9 @@ class ImageNetTrainer:
         if n < self.per_process_batch * self.dist.world_size:
             raise UserError(f"{d.train_dataset} has {n} images, fewer than one batch of training.batch_size = "
                             f"{self.cfg.training.batch_size} (the last partial batch is dropped)")
+        check_accum_steps(n // (self.per_process_batch * self.dist.world_size), self.cfg.training.accum_steps,
+                          images=n // self.dist.world_size, batch_size=self.cfg.training.batch_size,
+                          batch_flag="training.batch_size", accum_flag="training.accum_steps")  # drop_last batches
         res = train_resolution(self.start_epoch, self.cfg.resolution)
         decoder = seeded_crop_flip_decoder((res, res), self.cfg.training.seed)
         order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
@@ -642,29 +696,29 @@ class ImageNetTrainer:
             path = str(self.checkpoint_path()) if self.checkpoint_path().is_file() else ""
         if not path:
             if self.cfg.training.eval_only:
-                raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
+                raise UserError("training.eval_only needs a checkpoint: pass --training.resume=<checkpoint.pth>")
             return
-        ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
-        missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
-        if missing:
-            raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
         if self.cfg.training.eval_only:
+            ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
+            missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
+            if missing:
+                raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
             head = ckpt.get("arch", {}).get("num_classes")
             if head is not None and head != self.cfg.model.num_classes:
                 raise UserError(f"{path} has a {head}-class head but model.num_classes = "
                                 f"{self.cfg.model.num_classes}; evaluate it with --model.num_classes={head} on "
                                 f"data with {head} classes")
         else:
-            saved = _flatten(ckpt["args"]) if isinstance(ckpt.get("args"), dict) else {}
             current = _flatten(resolved_config(self.cfg, self.dist.world_size))
-            check_resume(ckpt, path, TRAINER, saved, current, resume_keys(current), flag=resume_flag)
+            ckpt = open_resume(path, TRAINER, current, resume_keys(current), flag=resume_flag,
+                               saved=lambda c: _flatten(c["args"]) if isinstance(c.get("args"), dict) else {},
+                               required=("model", "epoch", "optimizer", "criterion"),
+                               recognise=lambda a: isinstance(a.get("training"), dict) and isinstance(a.get("loss"),
+                                                                                                     dict),
+                               new_run_hint="--training.finetune")
         load_state_dict_strict(self.module, ckpt["model"], path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.criterion.load_state_dict(ckpt["criterion"])
-        set_rng_state(ckpt["rng"])
-        self.start_epoch = ckpt["epoch"] + 1
-        self.partial = ckpt.get("partial")
+        resumed = restore_state(ckpt, {"optimizer": self.optimizer, "scaler": self.scaler, "criterion": self.criterion})
+        self.start_epoch, self.partial = resumed.start_epoch, resumed.partial
         if not self.cfg.training.eval_only:
             # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
             self.train_loader.next_epoch = self.start_epoch
@@ -679,7 +733,7 @@ class ImageNetTrainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_loop(self, epoch: int, preemption: Preemption | None = None) -> dict[str, Any]:
-        """One epoch. Each step ends with :func:`maxsup.reliability.step_guard` (NaN/inf on any rank stops all;
+        """One epoch. Each step ends with :func:`maxsup.training.step_guard` (NaN/inf on any rank stops all;
         a preemption signal returns ``{"preempted": progress}`` at that step boundary). ``self.partial`` (from a
         preemption checkpoint) skips the steps already done."""
         t = self.cfg.training
@@ -693,11 +747,8 @@ class ImageNetTrainer:
         penalties = PenaltyStatsMeter(self.cfg.logging.stats_every)  # on the device; one sync at the end of the epoch
         if "penalties" in partial:
             penalties.load_state_dict(partial["penalties"], self.device)
-        first = partial.get("step", 0)
-        start = time.perf_counter()
-        batches = iter(self.train_loader)
-        for _ in range(first):  # FFCV's order is a function of (seed, epoch): skip what was already trained on
-            next(batches)
+        watch = Stopwatch(self.device)  # maxsup.timing: the whole loop, the first (FFCV JIT) iteration included
+        batches, first = skip_done_batches(self.train_loader, partial)  # FFCV's order is a function of (seed, epoch)
         bar = tqdm(batches, total=iters, initial=first, desc=f"epoch {epoch}",
                    disable=not (self.main and self.cfg.logging.progress))
         clip = t.clip_grad_norm
@@ -707,8 +758,6 @@ class ImageNetTrainer:
             if it == usable:
                 break
             kill_point("step")
-            if it == first + 1:  # time from the second batch: the first one includes FFCV's JIT compilation
-                start = time.perf_counter()
             last_micro = (it + 1) % accum == 0
             lr = self.get_lr(epoch + it / iters)
             for group in self.optimizer.param_groups:
@@ -736,11 +785,11 @@ class ImageNetTrainer:
             if step_guard(loss, epoch, it, stop_requested=stop, **NONFINITE_HINT) and last_micro and it + 1 < usable:
                 return {"preempted": {"step": it + 1, "loss_sum": loss_sum.item(),
                                       "penalties": penalties.state_dict()}}
-        elapsed = time.perf_counter() - start
+        timing = train_timing((usable - first) * self.per_process_batch * self.dist.world_size, watch.seconds())
         self.criterion.on_epoch_end()  # OLS updates its soft targets here (all-reduced under DDP)
         train_loss = all_reduce_sum(loss_sum).item() / (max(usable, 1) * self.dist.world_size)
         return {"train_loss": train_loss, "lr": lr, "train_res": res, "alpha": getattr(self.criterion, "alpha", None),
-                "img_per_s": max(iters - first - 1, 1) * self.per_process_batch * self.dist.world_size / elapsed,
+                "train_samples": usable * self.per_process_batch * self.dist.world_size, **timing,
                 **{f"train_{k}": v for k, v in penalties.compute().items()}}
 
     @torch.no_grad()
@@ -753,7 +802,6 @@ class ImageNetTrainer:
         keep_idx = None if keep is None else torch.tensor(keep, device=self.device)
         meter = ClassificationMeter(self.cfg.model.num_classes if keep is None else len(keep))
         preds = []
-        start = time.perf_counter()
         for images, target in self.val_loader:
             images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std,
                                self.cfg.training.channels_last)
@@ -774,12 +822,13 @@ class ImageNetTrainer:
             pred = gather_in_order(local, self.betons["val"].num_samples)
             real = RealScorer.result(*self.real.counts(pred))
             stats.update(test_real_acc1=real["real_acc1"], test_n_real=real["n_real"])
-        return {**stats, "val_time": time.perf_counter() - start}
+        return stats
 
     def eval_and_log(self, epoch: int, extra: dict[str, Any] | None = None,
                      before_log: Any = None) -> dict[str, Any]:
         """Validate, then ``before_log()`` (the checkpoint), then log: a kill never logs an unsaved epoch."""
-        stats = self.val_loop()
+        watch = Stopwatch(self.device)
+        stats = {**self.val_loop(), "eval_seconds": watch.seconds()}
         if not self.cfg.training.eval_only:
             self.criterion.on_eval(stats["top_1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         self.last_metrics = stats
@@ -800,47 +849,77 @@ class ImageNetTrainer:
                 if "preempted" in train_stats:  # checkpoint at this step boundary, then exit cleanly
                     step = train_stats["preempted"]["step"]
                     self.save_checkpoint(epoch - 1, step, train_stats["preempted"])
-                    print(f"preempted: checkpoint written at epoch {epoch}, step {step}; rerun with "
-                          f"--train.resume=auto to continue", flush=True)
-                    preemption.stopped()
+                    preemption.checkpointed(epoch, step, f"rerun with {RESUME_FLAG}")
                     break
                 stats = self.eval_and_log(epoch, train_stats,
                                           lambda e=epoch: self.save_checkpoint(e, len(self.train_loader)))
-                if all_reduce_sum(torch.tensor([float(preemption.requested)], device=self.device)).item():
-                    if epoch + 1 < epochs:
-                        preemption.stopped()
+                if preemption.stop_after_epoch(epoch, epochs, self.device):
                     break
         barrier()
         self.tensorboard.close()
         return stats
 
+    def estimate(self, steps: int) -> dict[str, Any]:
+        """``--estimate N``: warm-up + N steps of :meth:`train_loop` at the last epoch's resolution (progressive
+        resizing ends there; earlier epochs cost less), one JSON line (``maxsup.estimate``), nothing written."""
+        t = self.cfg.training
+        epoch = t.epochs - 1
+        full = len(self.train_loader)
+        self.train_loader = StepClock(self.train_loader, steps, t.accum_steps, self.device)
+        self.train_loop(epoch)
+        synthetic = isinstance(self.decoder, SyntheticBatches)
+        return print_estimate(estimate_record(
+            self.train_loader, trainer="ffcv", steps_per_epoch=full // t.accum_steps, epochs=t.epochs,
+            world_size=self.dist.world_size, total_batch_size=t.batch_size, device=self.device,
+            model=self.cfg.model.arch, loss=self.cfg.loss.name,
+            resolution=train_resolution(epoch, self.cfg.resolution),
+            data="synthetic" if synthetic else self.cfg.data.train_dataset))
+
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
         self.start_time = time.time()
+        # eval_only writes its log into its own folder, never into a training run's folder (it prints only)
+        self.writes_folder = not (self.cfg.training.eval_only and holds_run(self.output_dir, RUN_MARKERS))
+        if not self.writes_folder and self.main:
+            print(f"eval_only: {self.output_dir} holds a training run; the evaluation is printed, not logged there")
         self.tensorboard = ScalarWriter(self.cfg.logging.tensorboard, enabled=self.main)
-        if not self.main:
+        if not self.main or not self.writes_folder:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         config = resolved_config(self.cfg, self.dist.world_size)
         params = {**_flatten(config), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
-        if self.cfg.training.eval_only:
+        if self.cfg.training.eval_only:  # its own folder: params.json and the evaluation's log line
             return
-        truncate_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
+        repair_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
         write_run_record(self.output_dir, trainer="ffcv", config=config,
                          dataset=dataset_name(self.cfg),
                          model=self.cfg.model.arch, loss=self.cfg.loss.name, epochs=self.cfg.training.epochs,
                          seed=self.cfg.training.seed, world_size=self.dist.world_size, device=self.device,
                          alpha=alpha_schedule_of(self.criterion),
-                         log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"})
+                         log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"},
+                         not_recipe=NOT_RECIPE)
 
     def log(self, content: dict[str, Any]) -> None:
         if not self.main:
             return
         record = {"timestamp": time.time(), "relative_time": time.time() - self.start_time, **content}
         print(json.dumps(record), flush=True)
-        append_log(self.output_dir / "log.jsonl", record)
+        if self.writes_folder:
+            append_log(self.output_dir / "log.jsonl", record)
+
+
+def train_in_folder(cfg: DictConfig) -> dict[str, Any]:
+    """One run; training claims ``logging.folder`` for as long as it runs (one run per folder,
+    ``maxsup.training.runfolder``), ``training.eval_only`` writes nothing there."""
+    t = cfg.training
+    out = Path(cfg.logging.folder)
+    resume = str(out / "checkpoint.pth") if t.resume == "auto" and (out / "checkpoint.pth").is_file() else \
+        (t.resume if t.resume != "auto" else "")
+    with claim_run_folder(None if t.eval_only else out, RUN_MARKERS, resume_from=resume, overwrite=t.overwrite,
+                          resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
+        return ImageNetTrainer(cfg).train()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -851,7 +930,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, value in _flatten(OmegaConf.to_container(read_yaml(DEFAULT_CONFIG))).items():
             print(f"  --{key}={json.dumps(value)}")
         return {}
-    argv = list(argv)
+    argv, estimate, synthetic = pop_estimate_flags(argv)  # --estimate N [--estimate-synthetic]: time, write nothing
     show = "--print-config" in argv
     argv = [a for a in argv if a != "--print-config"]
     seeds_arg = None
@@ -865,17 +944,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if show:
         return print_config({**resolved_config(cfg, launcher_world_size()),
                              "seeds": seeds if seeds is not None else [cfg.training.seed]})
+    if estimate and cfg.training.eval_only:
+        raise UserError("--estimate times training steps; it cannot be combined with --training.eval_only=true")
+    if estimate:
+        return ImageNetTrainer(cfg, estimate=True, synthetic=synthetic).estimate(estimate)
     if seeds is None or cfg.training.eval_only:  # eval_only evaluates one checkpoint, whatever SEEDS says
-        return ImageNetTrainer(cfg).train()
+        return train_in_folder(cfg)
 
     def run(seed: int) -> dict[str, Any]:  # one run folder (and TensorBoard folder) per seed, one after the other
         cfg_seed = copy.deepcopy(cfg)
         cfg_seed.training.seed = seed
         cfg_seed.logging.folder = seed_dir(cfg.logging.folder, seed)
         cfg_seed.logging.tensorboard = seed_dir(cfg.logging.tensorboard, seed)
-        return ImageNetTrainer(cfg_seed).train()
+        return train_in_folder(cfg_seed)
 
-    return run_seeds(seeds, run, lambda seed: seed_dir(cfg.logging.folder, seed))
+    return run_seeds(seeds, run, cfg.logging.folder, RESUME_FLAG)
 
 
 if __name__ == "__main__":

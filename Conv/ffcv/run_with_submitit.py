@@ -12,21 +12,16 @@ continues with ``--training.resume=auto``; SIGTERM/SIGUSR1 make the trainer chec
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import sys
 from pathlib import Path
 
 from maxsup.cli import run_cli
-from maxsup.launch import RequeueTask, add_slurm_args, submit
+from maxsup.training.launch import add_slurm_args, launch_argv
 
 _spec = importlib.util.spec_from_file_location("ffcv_main", Path(__file__).with_name("main.py"))
 ffcv_main = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ffcv_main)
-
-
-def prepare(argv: list[str], resume: bool) -> list[str]:
-    return [*argv, "--training.resume=auto"] if resume else argv
 
 
 def main(argv: list[str] | None = None):
@@ -35,9 +30,9 @@ def main(argv: list[str] | None = None):
     if args.job_dir and not any(a.startswith("--logging.folder") for a in config_argv):
         config_argv = [*config_argv, f"--logging.folder={args.job_dir}"]
     cfg = ffcv_main.load_config(config_argv)  # refuse a bad config now, not after the job waited in the queue
-    checkpoint = str(Path(cfg.logging.folder) / "checkpoint.pth")
-    task = RequeueTask(ffcv_main.main, functools.partial(prepare, config_argv), checkpoint)
-    return submit(task, args, name=f"ffcv_{cfg.loss.name}")
+    return launch_argv(ffcv_main.main, config_argv, args, cfg.logging.folder, checkpoint_file="checkpoint.pth",
+                       resume_flag=ffcv_main.RESUME_FLAG,
+                       overwrite_flag=ffcv_main.OVERWRITE_FLAG, name=f"ffcv_{cfg.loss.name}")
 
 
 if __name__ == "__main__":

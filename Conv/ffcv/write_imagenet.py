@@ -17,25 +17,31 @@ sample's ``ILSVRC2012_val_%08d`` file name, in ``.beton`` order, which ReaL labe
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import hashlib
 import io
 import json
+import multiprocessing as mp
+import multiprocessing.queues
 import os
 import re
+import sys
+import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets import ImageFolder
 
-from maxsup.checkpoint import atomic_path, atomic_write
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
+from maxsup.data.imagecheck import CheckedImageFolder
 from maxsup.data.zipcache import parse_map
 from maxsup.errors import UserError
+from maxsup.training import atomic_path, atomic_write
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -73,15 +79,20 @@ class ZipMembers(Dataset):
         if self._archive is None or self._archive[0] != os.getpid():  # one handle per writer process (fork-safe)
             self._archive = (os.getpid(), zipfile.ZipFile(self.zip_path))
         name, label = self.samples[index]
-        return Image.open(io.BytesIO(self._archive[1].read(name))).convert("RGB"), label
+        try:
+            return Image.open(io.BytesIO(self._archive[1].read(name))).convert("RGB"), label
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot decode {name!r} in {self.zip_path} ({exc}); re-create the zip without "
+                            f"it") from None
 
 
 def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None,
-                fashion_mnist: str | None = None, layout: str = "imagefolder") -> Dataset:
+                fashion_mnist: str | None = None, layout: str = "imagefolder", skip_corrupt: bool = False) -> Dataset:
     """The split to convert: (PIL RGB image, int label) pairs, labels in ImageFolder (sorted folder) or map order;
     ``layout`` for ``data_dir``: ``imagenetv2`` (folders 0..999, label = int(name)), ``imagenet-sketch`` (wnid
     folders, label = the wnid's ImageNet-1k index) or ``imagenet-a`` / ``imagenet-r`` (wnid folders, label = position
-    in the sorted 1k indices of the wnids present, ``class_indices``)."""
+    in the sorted 1k indices of the wnids present, ``class_indices``). ``skip_corrupt``: drop the ImageFolder files
+    that fail :mod:`maxsup.data.imagecheck`'s up-front check instead of refusing them."""
     if sum(x is not None for x in (data_dir, zip_path, fashion_mnist)) != 1:
         raise UserError("give exactly one source: --data-dir <ImageFolder split>, --zip <file.zip> --map <map.txt>, "
                         "or --fashion-mnist train|test")
@@ -100,8 +111,8 @@ def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None
         return eval_set(layout, root)
     if not root.is_dir():
         raise UserError(f"source folder not found: {root}; pass an ImageFolder split (<dir>/<class>/<image>)")
-    try:
-        return ImageFolder(str(root))  # its default loader converts grayscale/CMYK to RGB
+    try:  # RGB like ImageFolder's default loader; corrupt files named up front (or skipped) or when read
+        return CheckedImageFolder(root, skip_corrupt=skip_corrupt, substitute=False)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
         raise UserError(f"{root} is not an ImageFolder split (<dir>/<class>/<image>): {exc}") from None
 
@@ -143,6 +154,80 @@ def sidecar(dataset: Dataset, labels: np.ndarray, layout: str = "imagefolder") -
     return info
 
 
+class _Guarded(Dataset):
+    """``dataset`` as FFCV's writer processes read it. The first item that raises records its message (shared
+    memory) and is written as a placeholder, as is every later item, undecoded: the writer's processes then finish
+    their queue, so FFCV's main loop ends and frees its shared memory instead of waiting forever for a dead
+    process's share; :func:`write_beton` then discards the file and raises the message."""
+
+    PLACEHOLDER = (Image.new("RGB", (8, 8)), 0)
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.error = mp.Array("c", 2048)  # inherited by the writer processes (FFCV passes the dataset to them)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if self.error.value:
+            return self.PLACEHOLDER
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # noqa: BLE001  any failure of the source ends the write with its message
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            msg = text if isinstance(exc, UserError) else \
+                f"cannot read image {index} of the source ({type(exc).__name__}: {text})"
+            with self.error.get_lock():
+                if not self.error.value:
+                    self.error.value = msg.encode()[:2047]
+            return self.PLACEHOLDER
+
+    def message(self) -> str:
+        return self.error.value.decode(errors="replace")
+
+
+class _DeadWorkerWatch:
+    """Ends FFCV's wait for its writer processes when one of them dies (killed, out of memory): FFCV polls a counter
+    that a dead process never advances. A thread watches the children and interrupts the main thread; ``abort``
+    then stops the rest and frees the shared memory."""
+
+    def __init__(self):
+        self.dead: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        seen: set = set()
+        while not self._done.wait(0.2):
+            seen.update(mp.active_children())
+            codes = [p.exitcode for p in seen if p.exitcode not in (None, 0)]
+            if codes:
+                self.dead = codes[0]
+                _thread.interrupt_main()
+                return
+
+    def __enter__(self) -> _DeadWorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    @staticmethod
+    def abort(writer: Any) -> None:
+        for p in mp.active_children():
+            for arg in getattr(p, "_args", ()):  # FFCV's work queue: do not wait at exit to flush what is left in it
+                if isinstance(arg, multiprocessing.queues.Queue):
+                    arg.cancel_join_thread()
+            p.terminate()
+            p.join(5)
+        shm = getattr(writer, "metadata_sm", None)
+        if shm is not None and hasattr(shm, "unlink"):
+            shm.close()
+            shm.unlink()
+
+
 def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 500, compress_probability: float = 0.5,
                 jpeg_quality: int = 90, num_workers: int = 16, chunk_size: int = 100,
                 write_mode: str = "proportion", layout: str = "imagefolder") -> Path:
@@ -166,9 +251,21 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
     fields = {"image": RGBImageField(write_mode=write_mode, max_resolution=max_resolution,
                                      compress_probability=compress_probability, jpeg_quality=jpeg_quality),
               "label": IntField()}
-    with atomic_path(write_path) as tmp:
-        # DatasetWriter shows its own tqdm progress bar.
-        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(dataset, chunksize=chunk_size)
+    guarded = _Guarded(dataset)
+    with atomic_path(write_path) as tmp:  # any failure below removes the temporary .beton
+        writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)  # shows its own tqdm progress bar
+        try:
+            with _DeadWorkerWatch() as watch:
+                writer.from_indexed_dataset(guarded, chunksize=chunk_size)
+        except KeyboardInterrupt:
+            if watch.dead is None:
+                raise
+            _DeadWorkerWatch.abort(writer)
+            print(file=sys.stderr)  # end FFCV's progress bar line: the error is a line of its own
+            raise UserError(f"an FFCV writer process died (exit code {watch.dead}; out of memory?); nothing was "
+                            f"written to {write_path}; rerun, with fewer --num-workers if memory is short") from None
+        if guarded.message():
+            raise UserError(f"{guarded.message()} (nothing was written to {write_path})")
         labels = Reader(str(tmp)).metadata["f1"]
         # A .beton stores no class names; the trainer compares these lists for train and val (a shifted label set
         # would otherwise train silently), and reads class_indices / files from here. The sidecar is replaced before
@@ -199,14 +296,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="ffcv RGBImageField write mode")
     parser.add_argument("--num-workers", type=int, default=16, help="encoder processes")
     parser.add_argument("--chunk-size", type=int, default=100, help="images per worker task")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="--data-dir: skip empty, truncated or non-image files (counted) instead of refusing them; "
+                             "a file that fails to decode later still ends the write (maxsup/data/imagecheck.py)")
     parser.add_argument("--subset", type=int, default=-1, help="write only this many images, spread evenly (-1: all)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = get_args_parser().parse_args(argv)
-    dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist, args.layout),
-                          args.subset)
+    dataset = take_subset(load_source(args.data_dir, args.zip, args.map, args.fashion_mnist, args.layout,
+                                      args.skip_corrupt), args.subset)
     layout = args.layout if args.data_dir is not None else "zip" if args.zip is not None else "fashion-mnist"
     path = write_beton(dataset, args.write_path, args.max_resolution, args.compress_probability, args.jpeg_quality,
                        args.num_workers, args.chunk_size, args.write_mode, layout)

@@ -1,9 +1,16 @@
-"""Dataset readers shared by the trainers, analysis/ and data/ scripts."""
+"""Dataset readers shared by the trainers, analysis/ and data/ scripts.
+
+:mod:`.registry` is the one table of datasets (``--dataset`` names → readers, native size, normalisation) that
+``Conv/common_resnet``, ``Deit`` and ``analysis/`` build their splits from: ``build_split("cifar10", root,
+train=True, transform=...)``.
+"""
 
 from ..errors import UserError
 from .long_tail import long_tailed_counts, long_tailed_indices
+from .registry import DATASETS, DatasetSpec, build_split, split_num_classes
 
-__all__ = ["parse_classes", "long_tailed_counts", "long_tailed_indices"]
+__all__ = ["parse_classes", "long_tailed_counts", "long_tailed_indices", "DATASETS", "DatasetSpec", "build_split",
+           "split_num_classes"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:

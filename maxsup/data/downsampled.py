@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_write
 from ..errors import UserError
+from ..training.checkpoint import atomic_write
 
 __all__ = ["DownsampledImageNet", "write_downsampled", "batch_files", "SIZES", "DEFAULT_TRAIN_BATCH"]
 

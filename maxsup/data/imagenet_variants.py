@@ -168,12 +168,16 @@ N_VAL = 50000
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(\.\w+)?")
 
 
-def real_labels(path: str | os.PathLike | None = None) -> list[list[int]]:
-    """The ReaL relabels of ImageNet val (``real.json``; default: timm's bundled copy): 50,000 lists of ImageNet-1k
-    indices, entry i for ``ILSVRC2012_val_%08d`` (i + 1); an empty list means the image is left out."""
-    where = path or "timm's real.json"
+def real_labels(path: str | os.PathLike | bool | None = None) -> list[list[int]]:
+    """The ReaL relabels of ImageNet val (``real.json``): 50,000 lists of ImageNet-1k indices, entry i for
+    ``ILSVRC2012_val_%08d`` (i + 1); an empty list means the image is left out.
+
+    ``path``: a real.json file, or None / True for timm's bundled copy (True is what ``--real-labels`` without a
+    value gives, see :func:`add_real_labels_arg`, so ``real_labels(args.real_labels)`` reads what the flag asks)."""
+    bundled = path is None or path is True
+    where = "timm's real.json" if bundled else path
     try:
-        if path is None:
+        if bundled:
             text = resources.files("timm.data._info").joinpath("imagenet_real_labels.json").read_text()
         else:
             text = Path(path).read_text()

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checkpoint import atomic_path, atomic_write
 from ..errors import UserError
+from ..training.checkpoint import atomic_path, atomic_write
 
 __all__ = ["parse_map", "ZipCacheDataset", "write_zip_cache", "looks_truncated", "IMAGE_EXTENSIONS"]
 
@@ -35,20 +35,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 def parse_map(map_path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
     """Read a map file into ``[(zip_member, label), ...]`` in file order.
 
-    Every malformed line raises :class:`UserError` naming ``file:line``: not exactly two tab-separated fields, an
-    empty member name, a non-integer or negative label, or (when ``num_classes`` is given) a label ≥ num_classes.
+    Every malformed line raises :class:`UserError` naming ``file:line``: not UTF-8, not exactly two tab-separated
+    fields, an empty member name, a member listed twice, a non-integer or negative label, or (when ``num_classes`` is
+    given) a label ≥ num_classes.
     """
     map_path = Path(map_path)
     if not map_path.is_file():
         raise UserError(f"map file not found: {map_path}; build it with data/prepare_imagenet_zip.py")
     entries: list[tuple[str, int]] = []
-    with open(map_path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
+    first_line: dict[str, int] = {}  # member -> line: a member listed twice would be counted twice
+    with open(map_path, "rb") as f:
+        for lineno, raw_bytes in enumerate(f, start=1):
+            where = f"{map_path}:{lineno}"
+            try:
+                line = raw_bytes.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start}); re-create the map with "
+                                f"data/prepare_imagenet_zip.py") from None
             if not line.strip():
                 continue
             fields = line.split("\t")
-            where = f"{map_path}:{lineno}"
             if len(fields) != 2 or not fields[0]:
                 raise UserError(f"{where}: expected '<path>\\t<label>' (one tab), got {line[:80]!r}")
             name, label_text = fields
@@ -61,6 +67,10 @@ def parse_map(map_path: str | os.PathLike, num_classes: int | None = None) -> li
             if num_classes is not None and label >= num_classes:
                 raise UserError(f"{where}: label {label} is >= the number of classes ({num_classes}); fix the map "
                                 f"or pass the right --nb-classes")
+            if name in first_line:
+                raise UserError(f"{where}: {name!r} is listed again (first on line {first_line[name]}); remove the "
+                                f"duplicate so that no image counts twice")
+            first_line[name] = lineno
             entries.append((name, label))
     if not entries:
         raise UserError(f"{map_path} lists no images")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum
+from ..training.distributed import all_reduce_sum
 from .functional import _class_logits, label_smoothing_penalty, ls_decomposition, maxsup_penalty
 
 __all__ = ["PENALTY_KEYS", "penalty_stats", "penalty_stats_tensor", "PenaltyStatsMeter"]

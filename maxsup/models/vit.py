@@ -32,18 +32,20 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data.mixup import cutmix_bbox_and_lam
+from einops import rearrange
 from timm.layers import PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from .errors import UserError
+from ..errors import UserError
+from .outputs import classifier_layer
 
 __all__ = ["TokenHeadViT", "LVViT", "with_token_head", "patch_grid", "dense_class_scores", "mix_tokens",
-           "lvvit_t", "lvvit_s", "lvvit_m"]
+           "mixtoken_box", "lvvit_t", "lvvit_s", "lvvit_m"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -54,34 +56,46 @@ def patch_grid(vit: VisionTransformer) -> tuple[int, int]:
     return tuple(int(g) for g in vit.patch_embed.grid_size)
 
 
+def mixtoken_box(grid: tuple[int, int], lam: float) -> tuple[int, int, int, int]:
+    """The official LV-ViT MixToken box on a ``grid`` = (rows, cols) token grid: (r0, r1, c0, c1), end exclusive.
+
+    Side lengths ``int(rows·√(1 − lam))`` × ``int(cols·√(1 − lam))``; a uniform centre (numpy: row, then column),
+    both edges at ``centre ∓ side // 2``, clipped to the grid. This is the official ``rand_bbox``
+    (``tlt/models/lvvit.py``), not timm's CutMix box, whose upper edge ``centre + (side + 1) // 2`` makes odd sides
+    one token longer (mean mixed area 0.295 of the grid instead of the official 0.269 for lam ~ Beta(1, 1)).
+    """
+    rows, cols = grid
+    ratio = np.sqrt(1.0 - lam)
+    cut_r, cut_c = int(rows * ratio), int(cols * ratio)
+    cr, cc = np.random.randint(rows), np.random.randint(cols)
+    r0, r1 = int(np.clip(cr - cut_r // 2, 0, rows)), int(np.clip(cr + cut_r // 2, 0, rows))
+    c0, c1 = int(np.clip(cc - cut_c // 2, 0, cols)), int(np.clip(cc + cut_c // 2, 0, cols))
+    return r0, r1, c0, c1
+
+
 def mix_tokens(tokens: Tensor, grid: tuple[int, int], lam: float) -> tuple[Tensor, tuple[int, int, int, int] | None]:
     """MixToken (Jiang et al. 2021): replace a random box of the patch grid by the flipped batch's tokens.
 
     Args:
         tokens: (B, N, D) patch embeddings, N = rows·cols in row-major order.
-        lam: the Beta(1, 1) draw; the box covers about (1 − lam) of the grid (timm's CutMix box, numpy RNG).
+        lam: the Beta(1, 1) draw; the box (:func:`mixtoken_box`, numpy RNG) covers about (1 − lam) of the grid.
     Returns:
         the mixed tokens and the box (r0, r1, c0, c1) on the grid, end exclusive (None when it is empty).
     """
-    b, n, d = tokens.shape
-    (r0, r1, c0, c1), _ = cutmix_bbox_and_lam((b, d, *grid), lam, correct_lam=True)
-    r0, r1, c0, c1 = int(r0), int(r1), int(c0), int(c1)
+    r0, r1, c0, c1 = mixtoken_box(grid, lam)
     if r1 <= r0 or c1 <= c0:
         return tokens, None
-    grid_tokens = tokens.reshape(b, *grid, d)
-    mixed = grid_tokens.clone()
-    mixed[:, r0:r1, c0:c1] = grid_tokens.flip(0)[:, r0:r1, c0:c1]
-    return mixed.reshape(b, n, d), (r0, r1, c0, c1)
+    return _swap_box(tokens, grid, (r0, r1, c0, c1)), (r0, r1, c0, c1)
 
 
-def _unmix(aux: Tensor, grid: tuple[int, int], bbox: tuple[int, int, int, int]) -> Tensor:
-    """Undo :func:`mix_tokens` on per-token outputs (B, N, K): the box of row i comes from row B−1−i."""
-    b, n, k = aux.shape
+def _swap_box(t: Tensor, grid: tuple[int, int], bbox: tuple[int, int, int, int]) -> Tensor:
+    """(B, N, C) per-token values whose box (r0, r1, c0, c1) on the grid comes from row B−1−i; the swap is its own
+    inverse, so it both mixes tokens (:func:`mix_tokens`) and un-mixes the per-token outputs of a mixed batch."""
     r0, r1, c0, c1 = bbox
-    g = aux.reshape(b, *grid, k)
+    g = rearrange(t, "b (row col) c -> b row col c", row=grid[0])
     out = g.clone()
     out[:, r0:r1, c0:c1] = g.flip(0)[:, r0:r1, c0:c1]
-    return out.reshape(b, n, k)
+    return rearrange(out, "b row col c -> b (row col) c")
 
 
 @contextmanager
@@ -121,7 +135,8 @@ class _DenseTokenForward:
         x = vit.patch_embed(x)
         bbox = None
         if mix:
-            lam = float(torch.distributions.Beta(self.mix_beta, self.mix_beta).sample())
+            # numpy, as the official forward: with the same numpy seed, lam and the box are the official draws
+            lam = float(np.random.beta(self.mix_beta, self.mix_beta))
             x, bbox = mix_tokens(x, patch_grid(vit), lam)
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)
@@ -147,7 +162,7 @@ class _DenseTokenForward:
             return cls
         aux = self.aux_head(patches)
         if bbox is not None:
-            aux = _unmix(aux, patch_grid(vit), bbox)
+            aux = _swap_box(aux, patch_grid(vit), bbox)  # un-mix: aux[i] describes image i's patches
         return cls, aux, bbox
 
     def _region_logits(self, patches: Tensor, mask: Tensor) -> Tensor:
@@ -249,8 +264,7 @@ class ConvPatchEmbed(PatchEmbed):
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
-        x = self.proj(x)
-        return x.flatten(2).transpose(1, 2)  # (B, N, D), row-major grid as timm's PatchEmbed
+        return rearrange(self.proj(x), "b d row col -> b (row col) d")  # row-major grid as timm's PatchEmbed
 
 
 class ScaledResidualBlock(Block):
@@ -273,6 +287,8 @@ class LVViT(_DenseTokenForward, VisionTransformer):
     def __init__(self, skip_lam: float = 1.0, stem_width: int = 64, mix_token: bool = True, **kwargs: Any):
         kwargs.setdefault("qkv_bias", False)
         kwargs.setdefault("mlp_ratio", 3.0)
+        # The official LV-ViT uses nn.LayerNorm (eps 1e-5); timm's ViT default (1e-6) moved outputs by up to 1.3e-3.
+        kwargs.setdefault("norm_layer", partial(nn.LayerNorm, eps=1e-5))
         super().__init__(embed_layer=partial(ConvPatchEmbed, width=stem_width),
                          block_fn=partial(ScaledResidualBlock, skip_lam=skip_lam), **kwargs)
         self.aux_head = nn.Linear(self.embed_dim, self.num_classes)
@@ -327,8 +343,6 @@ def dense_class_scores(model: nn.Module, x: Tensor) -> Tensor:
       the last feature map, i.e. the map whose global average gives the model's logits (the official
       ``generate_label.py`` does the same with a 1×1 convolution).
     """
-    from .models import classifier_layer
-
     if isinstance(model, (LVViT, TokenHeadViT)):
         vit = model.backbone
         tokens, _ = model._tokens(x, mix=False)
@@ -366,5 +380,5 @@ def dense_class_scores(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _grid_logits(per_token: Tensor, grid: tuple[int, int]) -> Tensor:
-    b, _, k = per_token.shape
-    return per_token.transpose(1, 2).reshape(b, k, *grid)
+    """(B, N, K) per-token logits, N row-major over ``grid`` → (B, K, rows, cols)."""
+    return rearrange(per_token, "b (row col) k -> b k row col", row=grid[0])

@@ -37,11 +37,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_save, atomic_write
-from .errors import UserError
+from ..errors import UserError
+from ..models import compare_keys, describe_keys, strip_prefixes
+from ..training.checkpoint import atomic_save, atomic_write
+from .convert import load_released_checkpoint
+from .registry import LayoutError
 
 __all__ = ["DEIT_SMALL", "timm_vit_to_mmseg", "deit_backbone_state_dict", "mmseg_config", "export_mmseg"]
 
@@ -88,35 +92,29 @@ def timm_vit_to_mmseg(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def deit_backbone_state_dict(raw: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
     """The DeiT-S weights of a loaded checkpoint, checked key by key and shape by shape against timm's
     ``deit_small_patch16_224`` (the authors' ``our_patch16_224`` has the same layout)."""
-    import timm
-
-    from .hub import LayoutError, _describe_keys, _strip
-
     if isinstance(raw.get("model"), Mapping):
         sd = raw["model"]
     elif isinstance(raw.get("state_dict"), Mapping):
         sd = raw["state_dict"]
     else:
         sd = raw
-    sd = _strip({k: v for k, v in sd.items() if isinstance(v, Tensor)})
+    sd = strip_prefixes({k: v for k, v in sd.items() if isinstance(v, Tensor)})
     arch = raw.get("arch")
     if isinstance(arch, Mapping) and arch.get("name") not in (None, DEIT_SMALL):
         raise UserError(f"{source} is a {arch.get('name')} checkpoint; export-mmseg writes DeiT-Small "
                         f"({DEIT_SMALL}) backbones, the model of the paper's Table 9")
     if "patch_embed.proj.weight" not in sd:
         raise UserError(f"{source} holds no DeiT/ViT weights (no 'patch_embed.proj.weight'); first keys: "
-                        f"{_describe_keys(sd)}")
+                        f"{describe_keys(sd)}")
     backbone = {k: v for k, v in sd.items() if not k.startswith("head.")}
     with torch.device("meta"):  # names and shapes only: no memory, no init
         own = timm.create_model(DEIT_SMALL, pretrained=False, num_classes=0).state_dict()  # head = Identity
-    unexpected = [k for k in backbone if k not in own]
-    missing = [k for k in own if k not in backbone]
-    shapes = [f"{k} {tuple(backbone[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in backbone and backbone[k].shape != v.shape]
-    if unexpected or missing or shapes:
+    mismatch = compare_keys(own, backbone)
+    if mismatch:
         raise LayoutError(f"{source} is not a DeiT-Small ({DEIT_SMALL}) backbone: unexpected keys: "
-                          f"{', '.join(unexpected[:4]) or 'none'}; missing keys: {', '.join(missing[:4]) or 'none'}; "
-                          f"wrong shapes: {'; '.join(shapes[:2]) or 'none'}")
+                          f"{', '.join(mismatch.unexpected[:4]) or 'none'}; missing keys: "
+                          f"{', '.join(mismatch.missing[:4]) or 'none'}; wrong shapes: "
+                          f"{'; '.join(mismatch.shapes[:2]) or 'none'}")
     return backbone
 
 
@@ -246,8 +244,6 @@ def export_mmseg(ckpt: str | os.PathLike, out: str | os.PathLike, config: str | 
     """Write ``out`` = ``{'state_dict': <MMSeg VisionTransformer keys>, 'meta': {...}}`` (MMSeg's backbone reads
     ``state_dict`` when present) and, unless ``write_config`` is False, the UperNet config (default
     ``<out stem>_upernet_ade20k.py`` beside ``out``) pointing at it. Both writes are atomic."""
-    from .hub import load_released_checkpoint
-
     out = Path(out)
     raw = load_released_checkpoint(ckpt)
     mapped = timm_vit_to_mmseg(deit_backbone_state_dict(raw, str(ckpt)))

@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from ..io_errors import check_checkpoint_file, write_failed
 from .faults import kill_point
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
@@ -65,10 +65,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _atomic(path: str | os.PathLike, write, kind: str = "write") -> Path:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:  # a full disk or a lost mount: name the file; atomic_path removes the temporary file
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as exc:
+            failed = write_failed(path, exc)
+            if failed is None:
+                raise
+            raise failed from None
         kill_point(kind)  # test hook: MAXSUP_KILL_AT=save:N dies here, with the new file written but not renamed
     return Path(path)
 
@@ -84,6 +90,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return _atomic(path, lambda f: f.write(payload))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     allow_namespace: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
@@ -95,6 +106,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    check_checkpoint_file(path)  # empty or text: torch's weights-only unpickler would answer KeyError/IndexError
     try:
         if allow_namespace:
             with torch.serialization.safe_globals([argparse.Namespace]):
@@ -103,14 +115,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         hint = "" if allow_namespace else " (if it stores argparse.Namespace args, load it with allow_namespace=True)"
-        raise UserError(f"{path} holds objects outside the weights-only allow-list{hint}: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{path} is not a readable torch checkpoint (truncated or wrong file?): "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"{path} holds objects outside the weights-only allow-list{hint}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001  torch.load of a non-checkpoint raises anything (EOFError without a
+        # message for an empty file, KeyError / IndexError from the unpickler for text, BadZipFile, RuntimeError)
+        raise UserError(f"{path} is not a readable torch checkpoint (empty, truncated or not a checkpoint): "
+                        f"{_first_line(exc)}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def rng_state() -> dict[str, Any]:

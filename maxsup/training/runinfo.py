@@ -1,9 +1,10 @@
-"""What a run is and where it ran: the resolved-config dump (``--print-config``), seed sweeps, and the run record.
+"""What a run is and where it ran: the resolved-config dump (``--print-config``) and the run record.
 
 Every trainer writes ``<output_dir>/run.json`` (:func:`write_run_record`) at start-up. It holds what
-``python -m analysis.collect`` groups by (dataset, model, loss + α schedule, recipe fingerprint), where the trainer's
-per-epoch log is and which of its keys are top-1 / NLL / ECE, and the provenance of the run (git commit and whether
-the tree was dirty, torch / timm / CUDA versions, device names, world size).
+``python -m analysis.collect`` needs: the resolved config (its group key: every value that changes what is trained,
+``analysis/pooling.py``), dataset, model, loss and α schedule, where the trainer's per-epoch log is and which of its
+keys are top-1 / NLL / ECE, and the provenance of the run (git commit and whether the tree was dirty, torch / timm /
+CUDA versions, device names, world size).
 """
 
 from __future__ import annotations
@@ -17,33 +18,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .checkpoint import atomic_write
-from .errors import UserError
 
-__all__ = ["NOT_RECIPE", "RUN_RECORD", "ScalarWriter", "add_run_args", "alpha_schedule_of", "is_launcher_main",
-           "launcher_world_size", "parse_seeds", "print_config", "provenance", "recipe_fingerprint", "seed_dir",
-           "write_run_record"]
+__all__ = ["RUN_RECORD", "ScalarWriter", "add_run_args", "alpha_schedule_of", "is_launcher_main",
+           "launcher_world_size", "print_config", "provenance", "recipe_fingerprint", "write_run_record"]
 
 RUN_RECORD = "run.json"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-#: Config keys that do not change what is trained (paths, logging, workers, the seed, the loss itself, the split of the
-#: global batch into processes × accumulation steps): left out of the recipe fingerprint, so runs that differ only
-#: there fall into one group of ``analysis.collect``.
-NOT_RECIPE = frozenset({
-    "seed", "seeds", "output_dir", "resume", "device", "num_workers", "workers", "print_freq", "data_path",
-    "eval", "eval_ema", "test_only", "eval_only", "dist_eval", "tensorboard", "print_config", "progress", "start_epoch",
-    "save_every_epoch", "pin_mem", "loss", "alpha_start", "alpha_end", "model", "data_set", "dataset", "download",
-    "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "eval_batch_size",
-    "in_memory", "loss.type", "model.arch", "allow_ls_with_maxsup", "skip_corrupt", "cache", "label_smoothing",
-    "loss_kwargs", "lp_beta", "cp_beta", "ols_a", "ols_init_smoothing", "zipf_lam", "zipf_power", "compile",
-    "loss_opt", "loss_options", "folder", "loss.name", "opts", "loss.options",
-})
-
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def launcher_world_size() -> int:
     """The number of processes the launcher starts: torchrun's ``WORLD_SIZE`` (the shell launchers export their
@@ -70,31 +56,6 @@ def print_config(config: Mapping[str, Any]) -> dict[str, Any]:
         sys.stdout.write(json.dumps(cfg, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
     return cfg
-
-
-def parse_seeds(text: str | None, env: Mapping[str, str] | None = None) -> list[int] | None:
-    """``--seeds 0,3,7`` → [0, 3, 7]; without ``--seeds``, ``SEEDS=N`` in the environment → [0 … N−1]
-    (the meaning ``make demo`` gives it); neither → None (a single run with ``--seed``)."""
-    env = os.environ if env is None else env
-    if text:
-        try:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--seeds must be a comma list of integers like 0,3,7, got {text!r}") from None
-        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise UserError(f"--seeds needs distinct non-negative integers, got {text!r}")
-        return seeds
-    n = env.get("SEEDS", "").strip()
-    if not n:
-        return None
-    if not n.isdigit() or int(n) < 1:
-        raise UserError(f"SEEDS must be a positive integer (seeds 0..SEEDS-1), got {n!r}")
-    return list(range(int(n)))
-
-
-def seed_dir(output_dir: str, seed: int) -> str:
-    """Run folder of one seed of a sweep: ``<output_dir>/seed<seed>``."""
-    return str(Path(output_dir) / f"seed{seed}") if output_dir else ""
 
 
 def _git(*args: str) -> str | None:
@@ -143,13 +104,15 @@ def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def recipe_fingerprint(config: Mapping[str, Any]) -> str:
-    """8 hex digits identifying the recipe: every config key except :data:`NOT_RECIPE` (matched on the whole dotted
-    key, its last part, or a dotted entry's section: ``loss.options`` leaves out ``loss.options.beta``), so the seed,
-    paths and the loss do not split a group."""
-    sections = tuple(f"{p}." for p in NOT_RECIPE if "." in p)
+def recipe_fingerprint(config: Mapping[str, Any], not_recipe: Iterable[str] = ()) -> str:
+    """8 hex digits identifying the recipe: every config key except the trainer's ``not_recipe`` keys (those that do
+    not change what is trained: paths, logging, workers, the seed, the loss itself, the split of the global batch;
+    matched on the whole dotted key, its last part, or a dotted entry's section: ``loss.options`` leaves out
+    ``loss.options.beta``), so runs that differ only there fall into one group of ``analysis.collect``."""
+    skip = frozenset(not_recipe)
+    sections = tuple(f"{p}." for p in skip if "." in p)
     kept = {k: v for k, v in sorted(_flat(config).items())
-            if k not in NOT_RECIPE and k.rpartition(".")[2] not in NOT_RECIPE and not k.startswith(sections)}
+            if k not in skip and k.rpartition(".")[2] not in skip and not k.startswith(sections)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -174,15 +137,17 @@ def alpha_schedule_of(criterion: Any) -> tuple[float, float] | None:
 def write_run_record(output_dir: str | os.PathLike, *, trainer: str, config: Mapping[str, Any], dataset: str,
                      model: str, loss: str, alpha: tuple[float, float] | None, epochs: int, seed: int,
                      world_size: int, device: Any, log_file: str, metric_keys: Mapping[str, str],
-                     recipe: str | None = None) -> dict[str, Any]:
+                     not_recipe: Iterable[str] = (), recipe: str | None = None) -> dict[str, Any]:
     """Write ``<output_dir>/run.json`` atomically; returns it.
 
     ``metric_keys`` maps ``acc1`` / ``nll`` / ``ece`` to the keys of one line of ``log_file`` (JSON lines, one per
-    epoch, with an ``epoch`` key counted from 0); ``alpha`` is (start, end) for losses with an α schedule."""
+    epoch, with an ``epoch`` key counted from 0); ``alpha`` is (start, end) for losses with an α schedule;
+    ``not_recipe``: the config keys left out of the recipe fingerprint (:func:`recipe_fingerprint`)."""
     record = {
         "trainer": trainer, "dataset": dataset, "model": model, "loss": loss,
         "alpha": list(alpha) if alpha is not None else None, "epochs": epochs, "seed": seed,
-        "recipe": recipe or recipe_fingerprint(config), "log_file": log_file, "metric_keys": dict(metric_keys),
+        "recipe": recipe or recipe_fingerprint(config, not_recipe), "log_file": log_file,
+        "metric_keys": dict(metric_keys),
         "config": dict(config), "provenance": provenance(world_size, device),
     }
     atomic_write(Path(output_dir) / RUN_RECORD, json.dumps(record, indent=2, default=str) + "\n")

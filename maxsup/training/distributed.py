@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_main_process", "rank", "world_size", "barrier",
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "rank", "world_size", "barrier",
            "all_reduce_sum"]
 
 
@@ -57,10 +57,6 @@ def _silence_print() -> None:
             builtin_print(*args, **kwargs)
 
     builtins.print = print_main_only
-
-
-def is_main_process() -> bool:
-    return rank() == 0
 
 
 def rank() -> int:

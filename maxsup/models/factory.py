@@ -1,0 +1,111 @@
+"""Model factory shared by every trainer, the hub and analysis/: build by name, describe, rebuild from a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torchvision
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..training.checkpoint import load_checkpoint
+from .lt_models import CifarResNet32
+from .outputs import classifier_layer
+from .resnet import CIFAR_RESNETS, CifarResNet, apply_blurpool
+from .state_dict import compare_keys, load_state_dict_strict, strip_prefixes
+from .vit import with_token_head
+
+__all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_pretrained_backbone"]
+
+
+def _torchvision_names() -> set[str]:
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a classifier by name.
+
+    * ``cifar_resnet10/18/34/50/101``: :class:`CifarResNet` (kwargs ``width``, ``in_chans``);
+    * ``resnet32``: :class:`maxsup.models.CifarResNet32` (kwargs ``width``, ``head=linear|causal_norm``, the
+      causal-norm head's ``num_heads, tau, gamma, alpha, momentum``);
+    * ``cifar_mobilenet_v2``: torchvision MobileNetV2 with a stride-1 stem;
+    * any torchvision classification model (``resnet18/50/101``, ``mobilenet_v2``, ...), randomly initialised;
+    * any timm model (``deit_small_patch16_224``, ``vit_tiny_patch16_224`` with ``img_size=32, patch_size=4``,
+      ``lvvit_t/s/m``, ...).
+
+    ``blurpool=True`` applies :func:`apply_blurpool` afterwards. ``token_head="smmix"|"dense"|"mixtoken"`` gives a
+    ViT the SMMix / Token Labeling head and forward (:func:`maxsup.models.with_token_head`).
+    """
+    token_head = kwargs.pop("token_head", None)
+    if token_head is not None:
+        return with_token_head(create_model(name, num_classes, blurpool=blurpool, **kwargs), token_head, name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if name in CIFAR_RESNETS:
+        block, layers = CIFAR_RESNETS[name]
+        model = CifarResNet(block, layers, num_classes=num_classes, **kwargs)
+    elif name == "resnet32":  # paper Table 7's long-tailed CIFAR backbone (128-d feature)
+        model = CifarResNet32(num_classes=num_classes, **kwargs)
+    elif name == "cifar_mobilenet_v2":
+        # torchvision MobileNetV2 with a stride-1 stem (the usual CIFAR adaptation: 32 px → 4×4 final map)
+        model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
+        model.features[0][0].stride = (1, 1)
+    elif name in _torchvision_names():
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    else:
+        if not timm.is_model(name):  # lvvit_t/s/m are registered with timm by maxsup.models.vit
+            raise ValueError(f"unknown model {name!r}: use {', '.join(CIFAR_RESNETS)}, resnet32, cifar_mobilenet_v2, a "
+                             f"torchvision classification model (e.g. resnet50, mobilenet_v2) or a timm model name "
+                             f"(e.g. deit_small_patch16_224)")
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    return apply_blurpool(model) if blurpool else model
+
+
+def arch_spec(name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:
+    """The ``arch`` entry of a checkpoint: everything :func:`create_model` needs to rebuild the network."""
+    return {"name": name, "num_classes": int(num_classes), "kwargs": dict(kwargs)}
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], key: str = "model", source: str = "checkpoint") -> nn.Module:
+    """Rebuild the network described by ``ckpt['arch']`` and load ``ckpt[key]`` strictly."""
+    arch = ckpt.get("arch")
+    if not isinstance(arch, dict) or "name" not in arch or "num_classes" not in arch:
+        found = sorted(ckpt)[:8]
+        raise UserError(f"{source} has no 'arch' entry, so its architecture cannot be determined (top-level keys: "
+                        f"{', '.join(map(str, found))}); convert it with `python -m maxsup.hub convert`")
+    if key not in ckpt:
+        raise UserError(f"{source} has no '{key}' weights (keys: {', '.join(sorted(map(str, ckpt)))})")
+    model = create_model(arch["name"], arch["num_classes"], **arch.get("kwargs", {}))
+    load_state_dict_strict(model, ckpt[key], source)
+    return model
+
+
+# Fine-tuning (paper Table 6: CUB / Cars; the recipe is ours, see Conv/common_resnet/README.md)
+def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") -> dict[str, Any]:
+    """Initialise ``model`` from a checkpoint for fine-tuning: every weight except the classifier must match; the
+    classifier is kept from the checkpoint when its class count equals the model's, else left freshly initialised.
+
+    ``path``: any checkpoint of this repository, or a released one converted by ``python -m maxsup.hub convert``
+    (a bare state_dict also works). Returns ``{"loaded": n_tensors, "head_replaced": bool}``.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"--finetune {path}: no '{key}' state_dict inside (top-level keys: "
+                        f"{', '.join(sorted(map(str, ckpt))[:8])})")
+    state = strip_prefixes(state)
+    head = classifier_layer(model)
+    head_name = next(name for name, m in model.named_modules() if m is head)
+    head_keys = {f"{head_name}.{k}" for k in head.state_dict()}
+    own = model.state_dict()
+    replace = any(k in state and tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
+    if replace:
+        state = {k: v for k, v in state.items() if k not in head_keys}
+        own = {k: v for k, v in own.items() if k not in head_keys}
+    mismatch = compare_keys(own, state)
+    if mismatch:
+        raise UserError(f"--finetune {path} does not fit the model's backbone: {mismatch.summary(3)} (same --model "
+                        f"and --model-kwargs as the pretraining run?)")
+    model.load_state_dict(state, strict=not replace)
+    return {"loaded": len(state), "head_replaced": replace}

@@ -1,0 +1,456 @@
+"""Bad values, corrupt files and OS errors (issue 24, items 2-5): each is one ``error:`` line and a non-zero exit,
+alike in the three trainers, the FFCV writer and the analysis scripts, and a failed write never costs the last good
+checkpoint. Tiny generated images and models only."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flat_import import load_flat, load_flat_modules
+from PIL import Image
+
+import maxsup.training.checkpoint as checkpoint_mod
+from maxsup.cli import run_cli
+from maxsup.data.zipcache import parse_map
+from maxsup.errors import UserError
+from maxsup.training import atomic_save, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+
+resnet_train = load_flat(ROOT / "Conv" / "common_resnet", "train", ("presets", "utils", "sampler"))
+deit_main = load_flat_modules(ROOT / "Deit", ("main", "engine", "datasets", "samplers"))["main"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _error_line(fn, argv, capsys) -> str:
+    """Run ``fn`` through run_cli; assert one ``error:`` line on stderr and a non-zero exit; return the line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(fn, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code not in (0, None) and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def _image_folder(root: Path, per_class: int = 6, size: int = 16, classes: int = 2) -> Path:
+    """``root/{train,val}/c<k>/<i>.png``: random RGB images, ``per_class`` per class and split."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _jpeg_with_garbage_inside(path: Path) -> None:
+    """A JPEG that starts with SOI and ends with EOI (so a head/tail check passes) but does not decode."""
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + os.urandom(64) + b"\xff\xd9")
+
+
+RESNET_TINY = ["--model", "cifar_resnet10", "--model-kwargs", "width=4", "--print-freq", "1000", "--epochs", "1",
+               "--train-crop-size", "16", "--val-crop-size", "16", "--lr", "0.01"]
+DEIT_TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "16",
+             "--model-kwargs", '{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}',
+             "--batch-size", "4", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0",
+             "--color-jitter", "0", "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3",
+             "--unscale-lr", "--num_workers", "0", "--print-freq", "0", "--epochs", "1"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. checkpoint files that are empty, text or not a checkpoint; failed writes keep the last good one
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, what", [(b"", "empty"), (b"epoch 3 top1 77.1\n", "not a torch checkpoint"),
+                                           (b"\x89PNG\r\n\x1a\n" + bytes(40), "not a torch checkpoint"),
+                                           (b"PK\x03\x04" + bytes(30), "not a readable torch checkpoint")])
+def test_unreadable_checkpoint_is_a_user_error_naming_the_path(content, what, tmp_path):
+    bad = tmp_path / "ckpt.pth"
+    bad.write_bytes(content)
+    with pytest.raises(UserError) as exc:
+        load_checkpoint(bad)
+    assert str(bad) in str(exc.value) and what in str(exc.value) and len(str(exc.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_real_checkpoints_pass_the_sniffing(legacy, tmp_path):
+    """The up-front check must not refuse torch's zip format nor its pre-1.6 pickle format."""
+    path = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.arange(3.0)}, "epoch": 2}, path, _use_new_zipfile_serialization=not legacy)
+    assert load_checkpoint(path)["epoch"] == 2
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad_ckpts")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "text.pth").write_text("hello, I am a text file\n")
+    return {"empty": root / "empty.pth", "text": root / "text.pth"}
+
+
+@pytest.mark.parametrize("kind", ["empty", "text"])
+def test_common_resnet_resume_from_unreadable_checkpoint_is_one_line(kind, bad_checkpoints, tmp_path, capsys):
+    msg = _error_line(resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4",
+                                         *RESNET_TINY, "-j", "0", "--resume", str(bad_checkpoints[kind]),
+                                         "--output-dir", str(tmp_path / "out")], capsys)
+    assert str(bad_checkpoints[kind]) in msg
+
+
+@pytest.mark.parametrize("kind", ["empty", "text"])
+def test_deit_resume_from_unreadable_checkpoint_is_one_line(kind, bad_checkpoints, tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY,
+                                      "--resume", str(bad_checkpoints[kind]), "--output_dir", str(tmp_path / "o")],
+                      capsys)
+    assert str(bad_checkpoints[kind]) in msg
+
+
+class _FullDisk(io.RawIOBase):
+    """A writable file object whose disk is full: every ``write`` raises ENOSPC."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_during_checkpoint_write_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                         capsys):
+    path = tmp_path / "checkpoint.pth"
+    good = {"model": {"w": torch.arange(4.0)}, "epoch": 3}
+    atomic_save(good, path)
+    real_open = open
+
+    def full_open(file, mode="r", *args, **kwargs):  # the temporary checkpoint file lands on a full disk
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            f.close()
+            return _FullDisk()
+        return f
+
+    monkeypatch.setattr(checkpoint_mod, "open", full_open, raising=False)
+    msg = _error_line(lambda: atomic_save({"model": {"w": torch.zeros(4)}, "epoch": 4}, path), None, capsys)
+    assert str(path) in msg and "space" in msg, msg
+    monkeypatch.undo()
+    again = load_checkpoint(path)
+    assert again["epoch"] == 3 and torch.equal(again["model"]["w"], good["model"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left
+
+
+def test_torch_writer_failure_names_the_file_and_other_errors_stay_bugs(tmp_path):
+    from maxsup.io_errors import write_failed
+
+    path = tmp_path / "checkpoint.pth"
+    torch_msg = ("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file "
+                 "write failed")
+    err = write_failed(path, RuntimeError(torch_msg))
+    assert isinstance(err, UserError) and str(path) in str(err) and "free space" in str(err)
+    assert write_failed(path, RuntimeError("a bug in __reduce__")) is None  # re-raised as it is
+
+
+@pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free space"), (errno.EROFS, "read-only"),
+                                        (errno.EACCES, "permission"), (errno.ENOTDIR, "not a folder"),
+                                        (errno.EEXIST, "not a folder")])
+def test_os_errors_at_the_top_level_are_one_line_naming_the_path(code, hint, capsys):
+    def fail():
+        raise OSError(code, os.strerror(code), "/runs/exp1/checkpoint.pth")
+
+    msg = _error_line(fail, None, capsys)
+    assert "/runs/exp1/checkpoint.pth" in msg and hint in msg, msg
+
+
+def test_output_dir_that_is_a_file_is_one_line_in_common_resnet(tmp_path, capsys):
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    msg = _error_line(resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4",
+                                         *RESNET_TINY, "-j", "0", "--output-dir", str(target)], capsys)
+    assert str(target) in msg and "not a folder" in msg
+
+
+def test_output_dir_that_is_a_file_is_one_line_in_deit(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY,
+                                      "--output_dir", str(target / "sub")], capsys)
+    assert str(target) in msg and "not a folder" in msg
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the errno mapping is tested above")
+def test_read_only_output_dir_is_one_line(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    msg = _error_line(resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4",
+                                         *RESNET_TINY, "-j", "0", "--output-dir", str(ro / "run")], capsys)
+    assert str(ro) in msg and "permission" in msg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. values checked at the start
+# --------------------------------------------------------------------------------------------------------------------
+def test_common_resnet_refuses_more_accumulation_steps_than_batches(tmp_path, capsys):
+    """2 classes × 8 images, -b 4: 4 batches per epoch; --accum-steps 5 would train zero optimizer steps."""
+    out = tmp_path / "out"
+    msg = _error_line(resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "8",
+                                         *RESNET_TINY, "-b", "4", "-j", "0", "--accum-steps", "5",
+                                         "--output-dir", str(out)], capsys)
+    assert "4 batches per epoch" in msg and "--accum-steps 5" in msg and "--batch-size" in msg, msg
+    assert not (out / "checkpoint.pth").exists()
+
+
+def test_deit_accumulation_rule_is_the_shared_one(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)  # 8 train images, -b 4: 2 batches per epoch
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY,
+                                      "--accum-steps", "3", "--output_dir", str(tmp_path / "o")], capsys)
+    assert "2 batches per epoch" in msg and "--accum-steps 3" in msg and "--batch-size" in msg, msg
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.5", "1.0"])
+def test_deit_smoothing_outside_0_1_is_refused(value, tmp_path, capsys):
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(tmp_path), *DEIT_TINY, "--loss", "ce",
+                                      "--smoothing", value, "--output_dir", str(tmp_path / "o")], capsys)
+    assert "--smoothing must be in [0, 1)" in msg and value in msg
+
+
+def test_zip_map_with_duplicate_entries_is_refused(tmp_path):
+    m = tmp_path / "val_map.txt"
+    m.write_text("a.JPEG\t0\nb.JPEG\t1\na.JPEG\t0\n")
+    with pytest.raises(UserError, match=r"val_map.txt:3: 'a.JPEG' is listed again \(first on line 1\)"):
+        parse_map(m)
+
+
+def test_non_utf8_zip_map_names_file_and_line(tmp_path):
+    m = tmp_path / "train_map.txt"
+    m.write_bytes(b"c0/a.JPEG\t0\nc0/\xe9t\xe9.JPEG\t0\n")  # Latin-1 é in a file name
+    with pytest.raises(UserError, match=r"train_map.txt:2: not UTF-8"):
+        parse_map(m)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3. corrupt images: one policy
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["zero-byte", "not-an-image", "garbage-inside"])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_common_resnet_corrupt_image_is_one_line_naming_the_file(kind, workers, tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)
+    bad = data / "train" / "c1" / "bad.jpg"
+    if kind == "zero-byte":
+        bad.write_bytes(b"")
+    elif kind == "not-an-image":
+        bad.write_text("this is a README, not a picture\n")
+    else:
+        _jpeg_with_garbage_inside(bad)
+    msg = _error_line(resnet_train.cli, ["--dataset", "imagefolder", "--data-path", str(data), *RESNET_TINY, "-b", "4",
+                                         "-j", str(workers), "--output-dir", str(tmp_path / "out")], capsys)
+    assert str(bad) in msg and "--skip-corrupt" in msg, msg
+
+
+def test_common_resnet_skip_corrupt_trains_on_the_rest(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)
+    (data / "train" / "c0" / "empty.png").write_bytes(b"")
+    _jpeg_with_garbage_inside(data / "train" / "c1" / "bad.jpg")
+    out = tmp_path / "out"
+    run_cli(resnet_train.cli, ["--dataset", "imagefolder", "--data-path", str(data), *RESNET_TINY, "-b", "4", "-j",
+                               "0", "--skip-corrupt", "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "skipped 1 corrupt image" in printed  # empty.png: found by the upfront check
+    assert "bad.jpg" in printed  # decodes badly mid-epoch: named, replaced by another image of the split
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 0
+
+
+def test_deit_corrupt_image_in_a_worker_keeps_the_file_name(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", per_class=4)
+    bad = data / "train" / "c0" / "bad.jpg"
+    _jpeg_with_garbage_inside(bad)
+    argv = ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY, "--output_dir", str(tmp_path / "o")]
+    argv[argv.index("--num_workers") + 1] = "1"
+    msg = _error_line(deit_main.cli, argv, capsys)
+    assert str(bad) in msg and "--skip-corrupt" in msg, msg
+
+
+WRITER = ROOT / "Conv" / "ffcv" / "write_imagenet.py"
+
+
+@pytest.mark.ffcv
+@pytest.mark.timeout(60)
+def test_ffcv_writer_with_a_corrupt_image_ends_with_one_line_and_cleans_up(tmp_path):
+    """Formerly: a worker traceback, then the writer hung forever with a temporary file and shared memory left."""
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
+    data = _image_folder(tmp_path / "data", per_class=10)
+    bad = data / "train" / "c1" / "broken.jpg"
+    _jpeg_with_garbage_inside(bad)
+    out = tmp_path / "betons"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(WRITER), "--data-dir", str(data / "train"), "--write-path",
+                           str(out / "train.beton"), "--num-workers", "2", "--chunk-size", "2",
+                           "--max-resolution", "16"], capture_output=True, text=True, env=ENV, timeout=50)
+    errors = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1 and str(bad) in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    assert list(out.iterdir()) == []  # no temporary .beton, no sidecar
+
+
+DYING_WORKER = """
+import os, sys
+from PIL import Image
+from torch.utils.data import Dataset
+from maxsup.cli import run_cli
+sys.path.insert(0, {ffcv!r})
+import write_imagenet
+
+class Dying(Dataset):  # a writer process killed mid-write (out of memory, kill -9)
+    def __len__(self):
+        return 40
+    def __getitem__(self, i):
+        if i == 25:
+            os._exit(9)
+        return Image.new("RGB", (8, 8)), i % 2
+
+run_cli(lambda: write_imagenet.write_beton(Dying(), {out!r}, num_workers=2, chunk_size=2))
+"""
+
+
+@pytest.mark.ffcv
+@pytest.mark.timeout(60)
+def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path):
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
+    out = tmp_path / "betons"
+    out.mkdir()
+    code = DYING_WORKER.format(ffcv=str(WRITER.parent), out=str(out / "x.beton"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=50)
+    errors = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "writer process died (exit code 9" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    assert list(out.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. FFCV: sidecar and accumulation
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_betons(tmp_path_factory) -> dict[str, Path]:
+    """2 classes × 6 images per split; the train folder also holds an empty file, skipped by --skip-corrupt."""
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
+    root = tmp_path_factory.mktemp("betons")
+    data = _image_folder(root / "data", per_class=6)
+    (data / "train" / "c0" / "empty.png").write_bytes(b"")
+    for split in ("train", "val"):
+        proc = subprocess.run([sys.executable, str(WRITER), "--data-dir", str(data / split), "--write-path",
+                               str(root / f"{split}.beton"), "--num-workers", "1", "--max-resolution", "16",
+                               "--skip-corrupt"], check=True, capture_output=True, text=True, env=ENV, timeout=120)
+        (root / f"{split}.stdout").write_text(proc.stdout)
+    return {"train": root / "train.beton", "val": root / "val.beton"}
+
+
+@pytest.mark.ffcv
+def test_ffcv_writer_skip_corrupt_writes_the_rest(tiny_betons):
+    from ffcv.reader import Reader
+
+    assert "skipped 1 corrupt image" in (tiny_betons["train"].parent / "train.stdout").read_text()
+    assert Reader(str(tiny_betons["train"])).num_samples == 12
+    assert json.loads(Path(f"{tiny_betons['train']}.classes.json").read_text())["num_samples"] == 12
+
+
+def _ffcv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--config-file", str(ROOT / "Conv" / "ffcv" / "configs" / "fmnist_cpu.yaml"),
+            f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
+            "--model.num_classes=2", "--data.num_workers=1", f"--logging.folder={out}", *extra]
+
+
+def _ffcv_main():
+    return load_flat(ROOT / "Conv" / "ffcv", "main", ())
+
+
+@pytest.mark.ffcv
+def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path, capsys):
+    """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than training.accum_steps 8."""
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--training.batch_size=16",
+                                               "--training.accum_steps=8"), capsys)
+    assert "6 batches per epoch" in msg and "training.accum_steps 8" in msg and "training.batch_size" in msg, msg
+
+
+@pytest.mark.ffcv
+def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_path, capsys):
+    lone = tmp_path / "train.beton"
+    lone.write_bytes(tiny_betons["train"].read_bytes())
+    betons = {**tiny_betons, "train": lone}
+    msg = _error_line(_ffcv_main().main, _ffcv(betons, tmp_path / "o", "--training.batch_size=4"), capsys)
+    assert f"{lone}.classes.json" in msg and "data.allow_missing_sidecar" in msg, msg
+    ffcv_main = _ffcv_main()
+    beton = ffcv_main.check_beton(str(lone), "train", 2, allow_missing_sidecar=True)
+    assert beton.classes is None and beton.num_samples == 12
+    assert "class order is not checked" in capsys.readouterr().out
+
+
+@pytest.mark.ffcv
+@pytest.mark.parametrize("kind", ["empty", "text"])
+def test_ffcv_resume_from_unreadable_checkpoint_is_one_line(kind, tiny_betons, bad_checkpoints, tmp_path, capsys):
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--training.batch_size=4",
+                                               f"--training.resume={bad_checkpoints[kind]}"), capsys)
+    assert str(bad_checkpoints[kind]) in msg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. analysis refuses non-finite models
+# --------------------------------------------------------------------------------------------------------------------
+def _analysis_ckpt(path: Path, poison: str | None = None) -> Path:
+    from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD
+    from maxsup.data.transforms import transform_spec
+    from maxsup.models import arch_spec, create_model
+
+    torch.manual_seed(0)
+    kw = {"width": 4, "in_chans": 1}
+    model = create_model("cifar_resnet10", 3, **kw)
+    state = model.state_dict()
+    if poison == "nan":
+        state["fc.weight"][0, 0] = float("nan")
+    elif poison == "overflow":  # finite weights whose logits overflow float32
+        state["fc.weight"].fill_(3e38)
+    atomic_save({"model": state, "arch": arch_spec("cifar_resnet10", 3, **kw), "epoch": 0,
+                 "eval_transform": transform_spec(28, 1.0, mean=(FMNIST_MEAN,), std=(FMNIST_STD,),
+                                                  grayscale_to_rgb=False)}, path)
+    return path
+
+
+@pytest.mark.parametrize("script", ["calibration", "decomposition", "logits", "feature_metrics", "robustness"])
+@pytest.mark.parametrize("poison, what", [("nan", "non-finite weights"), ("overflow", "non-finite")])
+def test_analysis_refuses_a_non_finite_model(script, poison, what, tmp_path, capsys):
+    import importlib
+
+    module = importlib.import_module(f"analysis.{script}")
+    ckpt = _analysis_ckpt(tmp_path / f"{poison}.pth", poison)
+    extra = ["--corruptions", "contrast", "--severities", "1"] if script == "robustness" else []
+    msg = _error_line(module.main, ["--checkpoint", f"X={ckpt}", "--dataset", "fmnist", "--classes", "0,1,2",
+                                    "--max-per-class", "4", "--out", str(tmp_path / "res"), "--no-progress", *extra],
+                      capsys)
+    assert str(ckpt) in msg and what in msg, msg
+    assert not list((tmp_path / "res").glob("*.json"))
+
+
+def test_linear_transfer_refuses_a_single_class(tmp_path, capsys):
+    from analysis import linear_transfer
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    msg = _error_line(linear_transfer.main, ["--checkpoint", f"X={ckpt}", "--dataset", "fmnist", "--classes", "4",
+                                             "--max-per-class", "10", "--out", str(tmp_path / "res"),
+                                             "--no-progress", "--num-lambdas", "3"], capsys)
+    assert "one class" in msg and "two" in msg, msg
