@@ -72,24 +72,23 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: object):
 
 
 def _lvvit(name: str, pretrained: bool, **kwargs: object):
-    if pretrained:
-        raise ValueError(f"{name}: the official LV-ViT weights are loaded with `python -m maxsup.hub convert`; "
-                         f"torch.hub builds the architecture only (pretrained=False)")
+    if pretrained:  # the official release (zihangJiang/TokenLabeling), through the same verified download
+        return _released(f"{name}_official", True, **kwargs)
     return create_model(name, **kwargs)
 
 
 def lvvit_t(pretrained: bool = False, **kwargs: object):
-    """LV-ViT-T (Token Labeling), randomly initialised."""
+    """LV-ViT-T (Token Labeling); ``pretrained=True``: the official 224-px weights (``lvvit_t_official``)."""
     return _lvvit("lvvit_t", pretrained, **kwargs)
 
 
 def lvvit_s(pretrained: bool = False, **kwargs: object):
-    """LV-ViT-S (Token Labeling), randomly initialised."""
+    """LV-ViT-S (Token Labeling); ``pretrained=True``: the official 224-px weights (``lvvit_s_official``)."""
     return _lvvit("lvvit_s", pretrained, **kwargs)
 
 
 def lvvit_m(pretrained: bool = False, **kwargs: object):
-    """LV-ViT-M (Token Labeling), randomly initialised."""
+    """LV-ViT-M (Token Labeling); ``pretrained=True``: the official 224-px weights (``lvvit_m_official``)."""
     return _lvvit("lvvit_m", pretrained, **kwargs)
 
 

@@ -71,11 +71,15 @@ from maxsup.losses import (  # noqa: E402
 )
 from maxsup.models import (  # noqa: E402
     CIFAR_RESNETS,
+    Weights,
     arch_spec,
     create_model,
+    load_any_checkpoint,
     load_pretrained_backbone,
-    load_state_dict_strict,
+    load_weights,
     patch_grid,
+    read_weights,
+    token_head_of,
 )
 from maxsup.timing import Stopwatch, train_timing  # noqa: E402
 from maxsup.training import (  # noqa: E402
@@ -90,7 +94,6 @@ from maxsup.training import (  # noqa: E402
     claim_run_folder,
     init_distributed,
     launcher_world_size,
-    load_checkpoint,
     open_resume,
     parse_seeds,
     print_config,
@@ -384,15 +387,13 @@ def token_head_mode(args: argparse.Namespace) -> str | None:
 
 
 def eval_token_head(path: str) -> str | None:
-    """The ``token_head`` a checkpoint of this trainer was built with (``arch.kwargs``), for ``--eval``: evaluation
-    rebuilds the head (and its eval rule) from the checkpoint, not from training flags. None for other files."""
+    """The ``token_head`` the checkpoint's network was built with (this trainer's ``arch.kwargs``, or ``smmix`` for an
+    official SMMix file), for ``--eval``: evaluation rebuilds the head (and its eval rule) from the checkpoint, not
+    from training flags. None for other files."""
     try:
-        ckpt = load_checkpoint(path)
+        return token_head_of(read_weights(load_any_checkpoint(path), path))
     except UserError:
-        return None  # the resume step below reports an unreadable file
-    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
-    kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
-    return kwargs.get("token_head") if isinstance(kwargs, dict) else None
+        return None  # the evaluation step below reports an unreadable file
 
 
 def token_train_step(args: argparse.Namespace, model: torch.nn.Module, nb_classes: int):
@@ -432,12 +433,17 @@ def amp_dtype_for(args: argparse.Namespace, device: torch.device) -> torch.dtype
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[mode]
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[str, Any], path: str) -> None:
-    """Strict load; a checkpoint from another architecture names both and lists the mismatched keys."""
+def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], arch: dict[str, Any], path: str,
+                       ema: bool = False) -> Weights:
+    """Strict load of a checkpoint of any layout ``maxsup.models.read_weights`` knows (ours, DeiT's and SMMix's
+    ``{'model'}``, timm-train, LV-ViT's bare ``.pth.tar``); a checkpoint from another architecture names both and
+    lists the mismatched keys."""
     try:
-        load_state_dict_strict(model, ckpt["model"], source=path)
+        return load_weights(model, ckpt, source=path, ema=ema)
     except UserError as exc:
-        theirs = ckpt.get("arch", {}).get("name", "an unknown architecture")
+        theirs = (ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}).get("name")
+        if theirs is None or theirs == arch["name"]:
+            raise
         raise UserError(f"{path} was trained as {theirs}, this run builds {arch['name']}: {exc}") from None
 
 
@@ -589,15 +595,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # --- resume ----------------------------------------------------------------------------------------------
     start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
-    if args.eval:  # evaluate the weights of any Deit checkpoint (its EMA with --eval-ema)
-        ckpt = load_checkpoint(args.resume)
-        if "model" not in ckpt:
-            raise UserError(f"{args.resume} has no 'model' entry; is it a checkpoint written by {TRAINER}?")
-        if args.eval_ema:
-            if ckpt.get("model_ema") is None:
-                raise UserError(f"--eval-ema: {args.resume} has no EMA weights (trained with --no-model-ema)")
-            ckpt = {**ckpt, "model": ckpt["model_ema"]}
-        load_model_weights(model_without_ddp, ckpt, arch, args.resume)
+    if args.eval:  # the weights of any known checkpoint layout (its EMA with --eval-ema): ours, DeiT, SMMix, LV-ViT
+        weights = load_model_weights(model_without_ddp, load_any_checkpoint(args.resume), arch, args.resume,
+                                     ema=args.eval_ema)
+        if weights.layout != "maxsup" and weights.args.get("cache") and not args.cache:
+            # the authors' DeiT-S release: trained on their zip maps, whose class order is not ImageFolder's
+            print(f"warning: {args.resume} was trained with --cache on its authors' zip maps, so its logits may be in "
+                  f"their class order; evaluate with --cache on those maps, or convert it first with `python -m "
+                  f"maxsup.hub convert {args.resume} OUT.pth --arch {args.model}` (it permutes the head)")
     elif args.resume:  # continue the same run: checked, then every state and the RNG restored
         keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,

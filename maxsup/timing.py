@@ -20,7 +20,10 @@ import time
 
 import torch
 
-__all__ = ["Stopwatch", "synced_clock", "train_timing"]
+__all__ = ["TIMING_KEYS", "Stopwatch", "synced_clock", "train_timing"]
+
+#: The wall-clock keys of an epoch's log record: they differ between otherwise identical runs.
+TIMING_KEYS = ("train_seconds", "eval_seconds", "train_images_per_s")
 
 
 def synced_clock(device: torch.device | str | None = None) -> float:

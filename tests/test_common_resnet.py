@@ -23,13 +23,13 @@ from PIL import Image
 from maxsup.data.downsampled import DownsampledImageNet, batch_files, write_downsampled
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.errors import UserError
+from maxsup.timing import TIMING_KEYS
 from maxsup.training import load_checkpoint
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "Conv" / "common_resnet"
 TRAIN_PY = TRAIN_DIR / "train.py"
 # Small and quick: a CIFAR-style ResNet-10 of width 8 on a few hundred 28–32 px images.
 TINY_MODEL = ["--model", "cifar_resnet10", "--model-kwargs", "width=8", "--print-freq", "1000"]
-TIMING_KEYS = ("train_seconds", "eval_seconds", "train_images_per_s")  # maxsup.timing: differ between equal runs
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -24,6 +24,7 @@ from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
 from maxsup.errors import UserError
+from maxsup.timing import TIMING_KEYS
 from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,7 @@ def read_log(out: Path) -> list[dict]:
 
 def untimed_log(out: Path) -> list[dict]:
     """log.txt without the wall-clock keys (maxsup.timing), which differ between otherwise identical runs."""
-    timing = ("train_seconds", "eval_seconds", "train_images_per_s")
-    return [{k: v for k, v in r.items() if k not in timing} for r in read_log(out)]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_log(out)]
 
 
 # --------------------------------------------------------------------------------------------------------------------

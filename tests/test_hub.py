@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import pickle
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ from maxsup.training import load_checkpoint
 
 ZIP_ORDER_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "deit_zip_class_order.txt"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DEIT_ASSET = f"/{hub.AUTHORS_REPO}/releases/download/checkpoint_deit/deit_s_maxsup_best_ep297.pth"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -36,12 +39,15 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeServer:
     """Serves ``files[url_path] = bytes`` (HF headers ETag/X-Repo-Commit, Range support) and ``api[url_path] = obj``
     as JSON (query strings ignored). ``truncate_once``: paths whose first GET is cut after half the body.
-    ``requests``: (method, path, Range)."""
+    ``fail[url_path]``: every GET of that path fails: ``"reset"`` (TCP RST before any answer), ``"short"`` (200 with
+    the full Content-Length, then 1000 bytes and a close, whatever Range asks), ``"size"`` (HEAD announces 10 bytes
+    more than GET sends). ``requests``: (method, path, Range)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.api: dict[str, object] = {}
         self.truncate_once: set[str] = set()
+        self.fail: dict[str, str] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         server = self
 
@@ -70,17 +76,29 @@ class FakeServer:
                 data = server.files.get(path)
                 if data is None:
                     return self._send(404, b'{"message": "Not Found"}', {"X-Error-Code": "EntryNotFound"})
+                if server.fail.get(path) == "reset" and self.command == "GET":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return self.connection.close()
+                if server.fail.get(path) == "short" and self.command == "GET":
+                    rng = None  # the same short answer to every request, resumed or not
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 chunk = data[start:]
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(chunk)))
+                announced = len(chunk) + (10 if server.fail.get(path) == "size" and self.command == "HEAD" else 0)
+                self.send_header("Content-Length", str(announced))
                 self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if self.command == "HEAD":
+                    return
+                if server.fail.get(path) == "short":
+                    self.wfile.write(chunk[:1000])
+                    self.wfile.flush()
+                    self.close_connection = True
                     return
                 if path in server.truncate_once:
                     server.truncate_once.discard(path)
@@ -98,21 +116,21 @@ class FakeServer:
 
     # GitHub -------------------------------------------------------------------------------------------------------
     def release(self, tag: str, assets: dict[str, bytes], *, title: str | None = None, tagged: bool = True,
-                digest: bool = True, bad_digest: set[str] = frozenset()) -> dict:
-        """Publish a release: its assets under /downloads/..., its JSON at /repos/{repo}/releases/tags/{tag}
-        (only if ``tagged``) and in the /repos/{repo}/releases list."""
+                digest: bool = True, bad_digest: set[str] = frozenset(), repo: str = hub.AUTHORS_REPO) -> dict:
+        """Publish a release of ``repo``: its assets under /{repo}/releases/download/{tag}/..., its JSON at
+        /repos/{repo}/releases/tags/{tag} (only if ``tagged``) and in the /repos/{repo}/releases list."""
         listed = []
         for name, data in assets.items():
-            path = f"/downloads/{tag}/{name}"
+            path = f"/{repo}/releases/download/{tag}/{name}"
             self.files[path] = data
             sha = "0" * 64 if name in bad_digest else hashlib.sha256(data).hexdigest()
             listed.append({"name": name, "size": len(data), "state": "uploaded", "content_type": "application/zip",
                            "digest": f"sha256:{sha}" if digest else None, "browser_download_url": self.url + path})
         rel = {"tag_name": tag, "name": title if title is not None else tag, "assets": listed}
-        repo = f"/repos/{hub.AUTHORS_REPO}/releases"
+        api = f"/repos/{repo}/releases"
         if tagged:
-            self.api[f"{repo}/tags/{tag}"] = rel
-        self.api[repo] = [r for r in self.api.get(repo, []) if r["tag_name"] != tag] + [rel]
+            self.api[f"{api}/tags/{tag}"] = rel
+        self.api[api] = [r for r in self.api.get(api, []) if r["tag_name"] != tag] + [rel]
         return rel
 
     # Hugging Face -------------------------------------------------------------------------------------------------
@@ -208,13 +226,13 @@ def test_download_finds_fetches_and_verifies_unseen_names_then_works_offline(ser
         got[method] = Path(capsys.readouterr().out.strip())
     assert hub.main(["download", "deit_small_maxsup"]) == 0
     deit = Path(capsys.readouterr().out.strip())
-    assert deit == tmp_path / "cache" / "github" / "checkpoint_deit" / "deit_s_maxsup_best_ep297.pth"
+    assert deit == tmp_path / "cache" / "github" / hub.AUTHORS_REPO / "checkpoint_deit" / "deit_s_maxsup_best_ep297.pth"
     assert deit.read_bytes() == DEIT_ASSETS["deit_s_maxsup_best_ep297.pth"]
     for method, name in zip(("baseline", "ls", "maxsup"), list(HF_FILES)[:3], strict=True):
         assert got[method].name == Path(name).name and got[method].read_bytes() == HF_FILES[name]
     # the release was listed through the REST API and the asset fetched from its browser_download_url
     assert ("GET", f"/repos/{hub.AUTHORS_REPO}/releases/tags/checkpoint_deit", None) in server.requests
-    assert ("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None) in server.requests
+    assert ("GET", DEIT_ASSET, None) in server.requests
 
     n = len(server.requests)
     assert hub.download("deit_small_maxsup", offline=True) == deit
@@ -225,7 +243,7 @@ def test_download_finds_fetches_and_verifies_unseen_names_then_works_offline(ser
     assert out == tmp_path / "w" / list(HF_FILES)[2] and out.read_bytes() == HF_FILES[list(HF_FILES)[2]]
     assert hub.download("resnet50_maxsup", dest=tmp_path / "w", offline=True) == out  # found there, verified
     hub.download("deit_small_maxsup")
-    assert server.requests.count(("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None)) == 1
+    assert server.requests.count(("GET", DEIT_ASSET, None)) == 1
 
 
 def test_list_remote_prints_the_rule_and_what_it_picks(server, capsys):
@@ -316,7 +334,7 @@ def test_sha256_mismatch_deletes_the_file(server, tmp_path, capsys, name):
 def test_interrupted_github_download_resumes_with_range(server, tmp_path):
     data = os.urandom(300_000)
     server.release("checkpoint_deit", {"deit_small_maxsup.pth": data})
-    path = "/downloads/checkpoint_deit/deit_small_maxsup.pth"
+    path = f"/{hub.AUTHORS_REPO}/releases/download/checkpoint_deit/deit_small_maxsup.pth"
     server.truncate_once.add(path)
     with pytest.raises(hub.DownloadError, match="interrupted after 150000 bytes.*re-run"):
         hub.download("deit_small_maxsup", dest=tmp_path)
@@ -351,6 +369,54 @@ def test_unknown_name_and_network_failure_are_one_line(monkeypatch, tmp_path, ca
     for name in ("deit_small_maxsup", "resnet50_ls"):
         err = _cli_error(capsys, ["download", name])
         assert "cannot reach" in err and "--offline" in err and "--dest" in err, err
+
+
+LVVIT_ASSETS = {"lvvit_s-26M-224-83.3.pth.tar": _blob(11), "lvvit_s-26M-384-84.4.pth.tar": _blob(12),
+                "lvvit_m-56M-224-84.0.pth.tar": _blob(13), "lvvit_m-56M-384-85.4.pth.tar": _blob(14)}
+
+
+def test_official_lvvit_downloads_from_its_own_repository_and_is_verified(server, tmp_path, capsys):
+    """The LV-ViT entries name their publisher's repository and file; the same verified path as the MaxSup ones."""
+    server.release("1.0", LVVIT_ASSETS, repo=hub.LVVIT_REPO)
+    server.release("v0.2.0", {"lvvit_t.pth": _blob(10)}, repo=hub.LVVIT_REPO)
+    server.release("1.0", {"lvvit_s-26M-224-83.3.pth.tar": _blob(99)})  # same tag in the authors' repo: not used
+    for name, asset, tag in (("lvvit_s_official", "lvvit_s-26M-224-83.3.pth.tar", "1.0"),
+                             ("lvvit_m_official", "lvvit_m-56M-224-84.0.pth.tar", "1.0"),
+                             ("lvvit_t_official", "lvvit_t.pth", "v0.2.0")):
+        got = hub.download(name)
+        assert got == tmp_path / "cache" / "github" / hub.LVVIT_REPO / tag / asset
+        assert got.read_bytes() == {**LVVIT_ASSETS, "lvvit_t.pth": _blob(10)}[asset]
+        assert ("GET", f"/repos/{hub.LVVIT_REPO}/releases/tags/{tag}", None) in server.requests
+        assert hub.download(name, offline=True) == got
+    assert hub.REGISTRY["lvvit_s_official"].top1 == 83.3 and hub.REGISTRY["lvvit_t_official"].top1 == 79.1
+
+    server.release("1.0", LVVIT_ASSETS, repo=hub.LVVIT_REPO, bad_digest={"lvvit_m-56M-224-84.0.pth.tar"})
+    dest = tmp_path / "fresh"
+    err = _cli_error(capsys, ["download", "lvvit_m_official", "--dest", str(dest)])
+    assert "sha256 mismatch for lvvit_m-56M-224-84.0.pth.tar: the API states" in err
+    assert _files_under(dest) == []
+    hub.main(["list"])
+    out = capsys.readouterr().out
+    assert f"GitHub release {hub.LVVIT_REPO}@v0.2.0" in out and "the file named lvvit_t.pth" in out
+
+
+@pytest.mark.parametrize("failure", ["reset", "short", "size"])
+def test_hugging_face_network_failures_are_one_line_and_leave_no_partial_file(server, tmp_path, capsys, failure):
+    server.hf_repo(HF_FILES)
+    name = list(HF_FILES)[2]  # the MaxSup file
+    server.fail[f"/{hub.HF_RESNET_REPO}/resolve/main/{name}"] = failure
+    dest = tmp_path / "weights"
+    err = _cli_error(capsys, ["download", "resnet50_maxsup", "--dest", str(dest)])
+    assert "Hugging Face hub" in err and "re-run the same command" in err, err
+    if failure == "size":  # the server contradicts itself: not a network outage, so no offline advice
+        assert "wrong size" in err and "offline" not in err
+    else:
+        assert {"reset": "ReadError", "short": "RemoteProtocolError"}[failure] in err or "Connection" in err, err
+    assert _files_under(dest) == []
+    hf = tmp_path / "cache" / "huggingface"
+    assert not [p for p in _files_under(hf) if p.suffix == ".incomplete" or "blobs" in p.parts]
+    del server.fail[f"/{hub.HF_RESNET_REPO}/resolve/main/{name}"]
+    assert hub.download("resnet50_maxsup", dest=dest).read_bytes() == HF_FILES[name]  # the next run starts clean
 
 
 def test_module_entry_point_reports_without_traceback(tmp_path):
@@ -516,7 +582,10 @@ def test_resnet_layouts_load_strictly_into_blurpool_resnet(blurpool_resnet, layo
     src, dst = tmp_path / "src.ckpt", tmp_path / "dst.pth"
     torch.save(_layouts(blurpool_resnet)[layout], src)
     hub.main(["convert", str(src), str(dst), "--arch", "resnet18"])
-    assert json.loads(capsys.readouterr().out)["layout"] == layout
+    report = json.loads(capsys.readouterr().out)
+    # maxsup.models.LAYOUTS names the container: torchvision references share DeiT's {'model': ...}
+    assert report["layout"] == {"lightning": "lightning", "ffcv-imagenet": "bare", "torchvision": "deit"}[layout]
+    assert ("'module.'/'_orig_mod.' prefixes removed" in report["renames"]) == (layout == "ffcv-imagenet")
     ckpt = load_checkpoint(dst)
     assert ckpt["arch"] == {"name": "resnet18", "num_classes": 10, "kwargs": {"blurpool": True}}
     assert ckpt["eval_transform"]["img_size"] == 256  # ffcv-imagenet evaluates at 256 px
@@ -542,7 +611,8 @@ def test_unknown_resnet_layout_shows_first_unexpected_keys(tmp_path, capsys):
     src = tmp_path / "odd.pth"
     torch.save({"model": sd}, src)
     err = _cli_error(capsys, ["convert", str(src), str(tmp_path / "dst.pth"), "--arch", "resnet18"])
-    assert "match no known layout" in err and "first unexpected keys: backbone.layer1.0.conv1.weight" in err
+    assert "fit no known layout" in err and "first unexpected keys: backbone.layer1.0.conv1.weight" in err
+    assert all(name in err for name in ("maxsup", "deit", "timm-train", "lightning", "bare"))  # the layouts tried
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hub import FakeServer, server  # noqa: F401  (the loopback server fixture)
+from test_hub import DEIT_ASSET, FakeServer, server  # noqa: F401  (the loopback server fixture)
 
 import hubconf
+from maxsup import hub
 from maxsup.errors import UserError
 from maxsup.models import create_model
 
@@ -48,7 +49,7 @@ def test_deit_small_maxsup_downloads_verifies_and_matches_the_released_weights(s
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert not loaded.training
     assert loaded.eval_transform["crop_pct"] == 0.875 and loaded.eval_transform["interpolation"] == "bicubic"
-    assert ("GET", "/downloads/checkpoint_deit/deit_s_maxsup_best_ep297.pth", None) in server.requests
+    assert ("GET", DEIT_ASSET, None) in server.requests
 
 
 def test_a_file_that_fails_its_digest_is_refused(server, deit_release):  # noqa: F811
@@ -57,6 +58,19 @@ def test_a_file_that_fails_its_digest_is_refused(server, deit_release):  # noqa:
     server.release("checkpoint_deit", {name: blob}, bad_digest={name})
     with pytest.raises(UserError, match="sha256 mismatch"):
         torch.hub.load(REPO, "deit_small_maxsup", source="local", pretrained=True)
+
+
+def test_lvvit_pretrained_is_the_official_release_verified(server):  # noqa: F811
+    """lvvit_t(pretrained=True): LV-ViT's bare state_dict from zihangJiang/TokenLabeling's release v0.2.0."""
+    torch.manual_seed(0)
+    model = create_model("lvvit_t", 1000).eval()
+    server.release("v0.2.0", {"lvvit_t.pth": _saved(model.state_dict())}, repo=hub.LVVIT_REPO)
+    loaded = torch.hub.load(REPO, "lvvit_t", source="local", pretrained=True)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert (loaded.eval_transform["crop_pct"], loaded.eval_transform["interpolation"]) == (0.9, "bicubic")
+    assert ("GET", f"/{hub.LVVIT_REPO}/releases/download/v0.2.0/lvvit_t.pth", None) in server.requests
 
 
 def test_released_architecture_without_weights_and_constructors():

@@ -1,4 +1,5 @@
-"""The authors' released checkpoints: registry, verified download, conversion to this project's format, evaluation.
+"""Released checkpoints (the authors' MaxSup releases, the official LV-ViT weights): registry, verified download,
+conversion to this project's format, evaluation.
 
     python -m maxsup.hub list [--remote]
     python -m maxsup.hub download deit_small_maxsup [--dest DIR] [--filename NAME] [--offline]
@@ -35,7 +36,7 @@ re-exported here (``from maxsup.hub import convert_checkpoint``).
 """
 
 from .cli import get_args_parser, main
-from .convert import convert_checkpoint, load_released_checkpoint, normalize_resnet_state_dict
+from .convert import convert_checkpoint, eval_transform_for, load_released_checkpoint, normalize_resnet_state_dict
 from .download import RemoteFile, download, github_release, list_remote, pick_file
 from .evaluate import evaluate_checkpoint
 from .fetch import fetch_url, sha256_file
@@ -44,6 +45,7 @@ from .publish import export, push
 from .registry import (
     AUTHORS_REPO,
     HF_RESNET_REPO,
+    LVVIT_REPO,
     REGISTRY,
     ChecksumError,
     DownloadError,
@@ -66,7 +68,8 @@ from .zip_order import (
     zip_to_standard_permutation,
 )
 
-__all__ = ["ReleasedCheckpoint", "REGISTRY", "AUTHORS_REPO", "HF_RESNET_REPO", "DownloadError", "ChecksumError",
+__all__ = ["ReleasedCheckpoint", "REGISTRY", "AUTHORS_REPO", "HF_RESNET_REPO", "LVVIT_REPO", "eval_transform_for",
+           "DownloadError", "ChecksumError",
            "LayoutError", "ZipMapError", "RemoteFile", "file_rule", "matches_rule", "get_entry", "pick_file",
            "list_remote", "github_release", "cache_dir", "download", "fetch_url", "sha256_file",
            "load_released_checkpoint", "ZIP_MAP_PATH", "ZIP_MAP_COMMIT", "ZIP_MAP_SHA256", "ZIP_ORDER_SHA256",

@@ -63,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an upstream checkpoint to this project's format")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--arch", required=True, help="deit_small_patch16_224 or a torchvision ResNet (resnet50)")
+    p.add_argument("--arch", required=True, help="a timm name (deit_small_patch16_224, lvvit_s) or a torchvision "
+                   "ResNet (resnet50); the file may be ours, DeiT's/SMMix's {'model'}, timm-train, LV-ViT's bare "
+                   "state_dict or Lightning")
     p.add_argument("--offline", action="store_true", help="do not download the zip map")
     add_convert(p)
     p = sub.add_parser("evaluate", help="top-1/top-5/NLL/ECE of a registry name or checkpoint on an ImageFolder")

@@ -1,6 +1,10 @@
 """Load an upstream checkpoint safely and turn it into this project's convention (``model``, ``arch``,
 ``eval_transform``, ``args``, ``epoch``, ``hub``), loading it strictly into the rebuilt network on the way.
 
+* The file's layout is found by :func:`maxsup.models.read_weights`, the detector ``Deit/main.py --eval`` and
+  ``--finetune`` use too; each architecture's own eval crop and interpolation is recorded
+  (:func:`eval_transform_for`: LV-ViT 0.9 for T/S and 1.0 for M, bicubic; DeiT 0.875 bicubic).
+
 * The DeiT-Small's head is permuted from the authors' zip label order to sorted-wnid order
   (:mod:`maxsup.hub.zip_order`).
 * The ResNet-50s come from ffcv-based training with BlurPool; their keys only load strictly into a BlurPool
@@ -13,7 +17,7 @@ so exactly that one type is allow-listed (and logged) when the plain load refuse
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -25,82 +29,65 @@ from torch import Tensor
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, transform_spec
 from ..errors import UserError
-from ..models import arch_spec, compare_keys, create_model, describe_keys, strip_prefixes
-from ..training.checkpoint import load_checkpoint
-from .registry import FFCV_EVAL, REGISTRY, LayoutError, ZipMapError
+from ..models import (
+    LAYOUTS,
+    LayoutError,
+    arch_spec,
+    compare_keys,
+    create_model,
+    describe_keys,
+    fit_keys,
+    load_any_checkpoint,
+    read_weights,
+    token_head_of,
+)
+from .registry import FFCV_EVAL, ZipMapError
 from .zip_order import load_zip_order, zip_to_standard_permutation
 
-__all__ = ["load_released_checkpoint", "normalize_resnet_state_dict", "convert_checkpoint"]
+__all__ = ["load_released_checkpoint", "normalize_resnet_state_dict", "eval_transform_for", "convert_checkpoint"]
 
 log = logging.getLogger("maxsup.hub")
 
 
-def _plain(value: Any) -> Any:
-    """Args as primitives so the converted checkpoint loads with ``weights_only=True``."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
-
-
 def load_released_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(weights_only=True)``; if the file pickles ``argparse.Namespace`` (the authors' DeiT ``args``),
-    retry with exactly that type allow-listed. ``args`` is returned as a plain dict."""
-    try:
-        ckpt = load_checkpoint(path)
-    except UserError as exc:
-        if "Namespace" not in str(exc):
-            raise
-        log.warning("%s pickles argparse.Namespace; loading with weights_only=True and exactly argparse.Namespace "
-                    "allow-listed (torch.serialization.safe_globals)", path)
-        ckpt = load_checkpoint(path, allow_namespace=True)
-    if isinstance(ckpt.get("args"), argparse.Namespace):
-        ckpt["args"] = _plain(vars(ckpt["args"]))
-    return ckpt
+    retry with exactly that type allow-listed. ``args`` is returned as a plain dict
+    (:func:`maxsup.models.load_any_checkpoint`)."""
+    return load_any_checkpoint(path)
 
 
 def normalize_resnet_state_dict(raw: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
-    """Accept the three ResNet layouts (data/README.md, "ResNet-50 key layouts and BlurPool") and return
-    (torchvision-named state_dict, layout).
+    """(torchvision-named state_dict, layout) of a ResNet checkpoint in any layout :func:`maxsup.models.read_weights`
+    knows: Lightning (Conv/ffcv), a bare ``module.``-prefixed state_dict (ffcv-imagenet ``final_weights.pt``),
+    ``{'model': ...}`` (torchvision references, our trainers). BlurPool-wrapped convolutions keep their
+    ``.conv.weight`` / ``.blur_filter`` keys."""
+    weights = read_weights(raw)
+    return weights.state_dict, weights.layout
 
-    * ``lightning``: ``{'state_dict': {'model.conv1.weight', ..., 'criterion.*'}}`` (Conv/ffcv, PyTorch Lightning);
-    * ``ffcv-imagenet``: a raw DDP state_dict, ``{'module.conv1.weight', ...}`` (ffcv-imagenet ``final_weights.pt``);
-    * ``torchvision``: ``{'model': {...}, 'optimizer': ...}`` (torchvision references / our trainers).
-    BlurPool-wrapped convolutions keep their ``.conv.weight`` / ``.blur_filter`` keys.
+
+def eval_transform_for(arch: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Each architecture's own published eval transform (kwargs of ``transform_spec``), recorded on convert.
+
+    * ResNets from ffcv (BlurPool): :data:`FFCV_EVAL` (256 px); plain torchvision ResNets: Resize(256) +
+      CenterCrop(224), bilinear (torchvision references);
+    * LV-ViT: the official ``default_cfgs`` (``tlt/models/lvvit.py``): crop 0.9 for T and S, 1.0 for M and L,
+      bicubic;
+    * DeiT and other timm ViTs: DeiT's ``--eval-crop-ratio 0.875``, bicubic (``Deit/datasets.py``).
     """
-    if isinstance(raw.get("state_dict"), Mapping):
-        sd, layout = dict(raw["state_dict"]), "lightning"
-    elif isinstance(raw.get("model"), Mapping):
-        sd, layout = dict(raw["model"]), "torchvision"
-    else:
-        sd, layout = dict(raw), "raw"
-    if layout == "lightning" or any(str(k).startswith("model.") for k in sd):
-        sd = {k[len("model."):]: v for k, v in sd.items() if str(k).startswith("model.")}  # drops criterion.*
-    stripped = strip_prefixes(sd)
-    if layout == "raw" and stripped.keys() != sd.keys():
-        layout = "ffcv-imagenet"
-    bad = [k for k, v in stripped.items() if not isinstance(v, Tensor)]
-    if bad or not stripped:
-        raise LayoutError(f"checkpoint keys match no known ResNet layout (Lightning 'state_dict' with 'model.' "
-                          f"prefix, ffcv-imagenet 'module.' prefix, or {{'model': state_dict}}); first keys: "
-                          f"{describe_keys(raw)}")
-    return stripped, layout
+    kwargs = dict(kwargs or {})
+    if arch.startswith("resnet"):
+        return dict(FFCV_EVAL) if kwargs.get("blurpool") else {"img_size": 224, "crop_pct": 0.875,
+                                                                "interpolation": "bilinear"}
+    img_size = kwargs.get("img_size", 224)
+    img_size = int(img_size[0] if isinstance(img_size, (list, tuple)) else img_size)
+    if arch.startswith("lvvit"):
+        crop = 1.0 if arch.startswith(("lvvit_m", "lvvit_l")) else 0.9
+        return {"img_size": img_size, "crop_pct": crop, "interpolation": "bicubic"}
+    return {"img_size": img_size, "crop_pct": 0.875, "interpolation": "bicubic"}
 
 
-def _check_strict(arch: str, num_classes: int, kwargs: dict[str, Any], sd: Mapping[str, Tensor], source: str,
-                  layouts: str) -> None:
-    """What ``load_state_dict(strict=True)`` checks (names and shapes), against a model built on the meta device
-    (no memory, no weight init), so a bad file fails with the first offending keys."""
-    with torch.device("meta"):
-        own = create_model(arch, num_classes, **kwargs).state_dict()
+def _check_shapes(arch: str, own: Mapping[str, Tensor], sd: Mapping[str, Tensor], source: str) -> None:
     mismatch = compare_keys(own, sd)
-    if mismatch.unexpected or mismatch.missing:
-        raise LayoutError(f"{source}: keys match no known layout ({layouts}); first unexpected keys: "
-                          f"{', '.join(mismatch.unexpected[:5]) or 'none'}; first missing keys: "
-                          f"{', '.join(mismatch.missing[:5]) or 'none'}")
     if mismatch.shapes:
         raise LayoutError(f"{source}: {len(mismatch.shapes)} tensors have the wrong shape for {arch} "
                           f"(e.g. {mismatch.shapes[0]})")
@@ -118,47 +105,57 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
                        zip_map: str | os.PathLike | None = None, plain_torchvision: bool = False,
                        eval_transform: Mapping[str, Any] | None = None, offline: bool = False,
                        source: str = "checkpoint") -> dict[str, Any]:
-    """Turn an upstream checkpoint into this project's convention (``model``, ``arch``, ``eval_transform``,
-    ``args``, ``epoch``, ``hub``), loading it strictly into the rebuilt network on the way.
+    """Turn a checkpoint of any layout :func:`maxsup.models.read_weights` knows (ours, DeiT's and SMMix's
+    ``{'model'}``, timm-train, LV-ViT's bare ``.pth.tar``, Lightning, ffcv-imagenet) into this project's convention
+    (``model``, ``arch``, ``eval_transform``, ``args``, ``epoch``, ``hub``), loading it strictly into the rebuilt
+    network on the way.
 
     Args:
-        raw: the loaded upstream file. arch: ``deit_small_patch16_224`` (any timm name) or a torchvision ResNet
+        raw: the loaded file. arch: a timm name (``deit_small_patch16_224``, ``lvvit_s``) or a torchvision ResNet
             name (``resnet50``). label_order: ``auto`` permutes the classifier rows from the authors' zip order to
             sorted-wnid order when ``raw['args']['cache']`` is true; ``zip`` always, ``standard`` never.
         plain_torchvision: load BlurPool weights into a plain torchvision ResNet by dropping the blur filters.
             This changes the network's function (lower accuracy): for feature extraction/fine-tuning only.
+        eval_transform: kwargs of ``transform_spec``; default: the file's own (ours) or :func:`eval_transform_for`.
     """
-    args = raw.get("args") or {}
-    args = _plain(vars(args)) if isinstance(args, argparse.Namespace) else _plain(args)
-    args = args if isinstance(args, dict) else {}
+    weights = read_weights(raw, source)
+    args = weights.args
     remapped = _wants_zip_order(label_order, args)
     # The map is checked before the (slow) model build, so a bad map fails fast.
     perm = torch.tensor(zip_to_standard_permutation(load_zip_order(zip_map, offline=offline))) if remapped else None
-    is_resnet = arch.startswith("resnet")
-    if is_resnet:
-        sd, layout = normalize_resnet_state_dict(raw)
+    sd = weights.state_dict
+    kwargs: dict[str, Any] = {}
+    if weights.arch is not None and weights.arch.get("name") == arch:  # ours: rebuild exactly what was trained
+        kwargs = {k: v for k, v in (weights.arch.get("kwargs") or {}).items() if k != "blurpool"}
+    if arch.startswith("resnet"):
         blurpool = any(k.endswith(".blur_filter") for k in sd)
         if blurpool and plain_torchvision:
             log.warning("--plain-torchvision: dropping the BlurPool filters; the network computes a different "
                         "function than the one trained (expect lower accuracy)")
             sd = {re.sub(r"\.conv\.weight$", ".weight", k): v for k, v in sd.items() if not k.endswith(".blur_filter")}
+            weights = dataclasses.replace(weights, state_dict=sd)
             blurpool = False
+        if blurpool:
+            kwargs["blurpool"] = True
         classifier = "fc"
-        layouts = "Lightning 'model.', ffcv-imagenet 'module.', torchvision {'model': ...}"
-        default_eval = FFCV_EVAL if blurpool else {"img_size": 224, "crop_pct": 0.875, "interpolation": "bilinear"}
     else:
-        sd = raw["model"] if isinstance(raw.get("model"), Mapping) else raw
-        sd, layout, blurpool = strip_prefixes(sd), "deit", False
-        classifier = "head"
-        layouts = "DeiT {'model': state_dict} loading strictly into timm " + arch
-        default_eval = REGISTRY["deit_small_maxsup"].eval_transform
+        head = token_head_of(weights)
+        if head and "token_head" not in kwargs:
+            kwargs["token_head"] = head  # an SMMix file: its token head is kept (as TokenHeadViT's aux_head)
+        classifier = "backbone.head" if head else "head"
     weight_key = f"{classifier}.weight"
-    if weight_key not in sd:
-        raise LayoutError(f"{source}: keys match no known layout ({layouts}); no {weight_key!r}, first keys: "
-                          f"{describe_keys(sd)}")
-    num_classes = int(sd[weight_key].shape[0])
-    kwargs = {"blurpool": True} if blurpool else {}
-    _check_strict(arch, num_classes, kwargs, sd, source, layouts)
+    plain_key = weight_key.removeprefix("backbone.")
+    head_weight = sd.get(weight_key, sd.get(plain_key))
+    if head_weight is None:
+        raise LayoutError(f"{source}: keys fit no {arch} checkpoint (read as {weights.layout!r}; tried "
+                          f"{', '.join(LAYOUTS)}): no {plain_key!r}; first keys: {describe_keys(sd)}")
+    num_classes = int(head_weight.shape[0])
+    # names and shapes as load_state_dict(strict=True) checks them, against a model built on the meta device
+    # (no memory, no weight init), so a bad file fails with the first offending keys
+    with torch.device("meta"):
+        own = create_model(arch, num_classes, **kwargs).state_dict()
+    sd, rename = fit_keys(weights, own, source)
+    _check_shapes(arch, own, sd, source)
 
     if perm is not None:
         if len(perm) != num_classes:
@@ -169,14 +166,18 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
                 sd[key] = sd[key][perm]
         log.info("permuted %s rows from the authors' zip label order to sorted-wnid (ImageFolder) order", classifier)
 
-    spec = transform_spec(mean=IMAGENET_MEAN, std=IMAGENET_STD, **(eval_transform or default_eval))
+    if eval_transform is None and weights.layout == "maxsup" and isinstance(raw.get("eval_transform"), Mapping):
+        spec = dict(raw["eval_transform"])
+    else:
+        spec = transform_spec(mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                              **(eval_transform or eval_transform_for(arch, kwargs)))
     return {
         "model": {k: v.contiguous() for k, v in sd.items()},
         "arch": arch_spec(arch, num_classes, **kwargs),
         "eval_transform": spec,
         "args": args,
-        "epoch": int(raw.get("epoch", -1)) if isinstance(raw.get("epoch", -1), int) else -1,
-        "hub": {"source": source, "layout": layout, "label_order": "zip->standard" if remapped else "standard",
+        "epoch": weights.epoch,
+        "hub": {"source": source, "layout": weights.layout, "renames": [*weights.renames, rename],
+                "label_order": "zip->standard" if remapped else "standard",
                 "plain_torchvision": bool(plain_torchvision)},
     }
-

@@ -10,6 +10,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def list_remote(entry: ReleasedCheckpoint, revision: str | None = None) -> tuple
                                     asset.get("browser_download_url")))
         return files, f"the GitHub release {release.get('tag_name', revision)!r} of {entry.repo}"
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     endpoint = hf_endpoint()
     probe(endpoint, cache_dir() / "huggingface")  # fail fast: huggingface_hub retries an unreachable host
@@ -144,7 +145,7 @@ def list_remote(entry: ReleasedCheckpoint, revision: str | None = None) -> tuple
         raise DownloadError(f"the Hugging Face repo {entry.repo} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
         raise DownloadError(f"the Hugging Face repo {entry.repo} was not found at {endpoint}") from None
-    except (HfHubHTTPError, OSError) as exc:
+    except _hf_transport_errors() as exc:
         raise DownloadError(f"cannot list {entry.repo} on the Hugging Face hub ({type(exc).__name__}); "
                             f"{offline_hint(cache_dir() / 'huggingface')}") from None
     files = [RemoteFile(f.path, f.size, f.lfs.sha256 if getattr(f, "lfs", None) else None)
@@ -178,6 +179,11 @@ def _record_key(entry: ReleasedCheckpoint, revision: str, name: str) -> str:
     return f"{entry.source}:{entry.repo}@{revision}/{name}"
 
 
+def _github_folder(entry: ReleasedCheckpoint, revision: str) -> Path:
+    """Cache folder of a GitHub release: per repository, since two publishers may both tag ``1.0``."""
+    return cache_dir() / "github" / entry.repo / revision
+
+
 def _hf_cached_files(entry: ReleasedCheckpoint, revision: str) -> tuple[Path | None, list[str]]:
     """Snapshot folder and file names huggingface_hub's cache holds for ``entry`` at ``revision``."""
     repo_dir = cache_dir() / "huggingface" / f"models--{entry.repo.replace('/', '--')}"
@@ -189,20 +195,62 @@ def _hf_cached_files(entry: ReleasedCheckpoint, revision: str) -> tuple[Path | N
     return snapshot, sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
 
 
+def _hf_transport_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when the connection fails: 2.x speaks httpx (``huggingface_hub.errors.HTTPError``,
+    not an OSError); 0.x speaks requests, whose errors are OSErrors."""
+    from huggingface_hub import errors
+
+    return tuple(t for t in (getattr(errors, "HTTPError", None), errors.HfHubHTTPError, OSError) if t is not None)
+
+
+@contextmanager
+def _quiet_huggingface_hub():
+    """huggingface_hub logs a warning per retry ("Error while downloading ... Trying to resume"); the failure that
+    remains is reported once, as one line, by :func:`_hf_fetch`."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _remove_incomplete(entry: ReleasedCheckpoint) -> None:
+    """Partial blobs (``*.incomplete``) huggingface_hub may leave in ``entry``'s cache after a failed download."""
+    blobs = cache_dir() / "huggingface" / f"models--{entry.repo.replace('/', '--')}" / "blobs"
+    for part in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+        part.unlink(missing_ok=True)
+
+
 def _hf_fetch(entry: ReleasedCheckpoint, filename: str, revision: str) -> Path:
+    """``hf_hub_download`` into ``<cache>/huggingface``; every failure is one :class:`DownloadError` line and leaves
+    no partial file behind."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     hf_cache = cache_dir() / "huggingface"
+    what = f"{entry.repo}/{filename}"
     try:
-        return Path(hf_hub_download(entry.repo, filename, revision=revision, cache_dir=hf_cache,
-                                    endpoint=hf_endpoint()))
+        with _quiet_huggingface_hub():
+            return Path(hf_hub_download(entry.repo, filename, revision=revision, cache_dir=hf_cache,
+                                        endpoint=hf_endpoint()))
+    except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError) the hub could not be reached
+        message = f"cannot reach the Hugging Face hub for {what} and it is not cached; {offline_hint(hf_cache)}"
     except EntryNotFoundError:
-        raise DownloadError(f"{filename} is listed in {entry.repo} but cannot be downloaded (not found); pass "
-                            f"another with --filename") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise DownloadError(f"cannot get {entry.repo}/{filename} from the Hugging Face hub ({type(exc).__name__}); "
-                            f"{offline_hint(hf_cache)}") from None
+        message = f"{filename} is listed in {entry.repo} but cannot be downloaded (not found); pass another with " \
+                  f"--filename"
+    except _hf_transport_errors() as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if "consistency check failed" in reason.lower():  # the server's body and its announced size differ
+            message = (f"download of {what} from the Hugging Face hub came back with the wrong size ({reason}); the "
+                       f"partial file was deleted; re-run the same command, and if it happens again the server's "
+                       f"copy differs from what it announces")
+        else:
+            message = (f"download of {what} from the Hugging Face hub failed ({type(exc).__name__}: {reason}); the "
+                       f"partial file was deleted; re-run the same command to retry, or {offline_hint(hf_cache)}")
+    _remove_incomplete(entry)
+    raise DownloadError(message)
 
 
 def _verify_or_delete(path: Path, sha256: str | None, size: int | None, label: str, what: str) -> None:
@@ -224,9 +272,10 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
     The file is picked by :func:`file_rule` (or ``filename``) from the live listing, and verified against the size
     and sha256 the API states (GitHub asset ``digest``, Hugging Face LFS oid). Where the API gives no sha256, the
     hash is recorded on first download (``<cache>/sha256_records.json``) and checked on every later use. GitHub
-    assets go to ``dest`` (default ``<cache>/github/<tag>/``) with resume; Hugging Face files use huggingface_hub's
-    cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given. ``offline=True`` picks from
-    the cache (or ``dest``) and never touches the network. ``sha256`` overrides every other expectation.
+    assets go to ``dest`` (default ``<cache>/github/<owner>/<repo>/<tag>/``) with resume; Hugging Face files use
+    huggingface_hub's cache (``<cache>/huggingface``) and are copied atomically into ``dest`` when given.
+    ``offline=True`` picks from the cache (or ``dest``) and never touches the network. ``sha256`` overrides every
+    other expectation.
     """
     entry = get_entry(name)
     revision = revision or entry.revision
@@ -248,7 +297,7 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
     if entry.source == "github":
         if not chosen.url:
             raise DownloadError(f"{where} lists {chosen.name} without a download URL")
-        path = (Path(dest) if dest is not None else cache_dir() / "github" / revision) / chosen.name
+        path = (Path(dest) if dest is not None else _github_folder(entry, revision)) / chosen.name
         if path.is_file():
             _verify_or_delete(path, expected, size, chosen.name, what)
             log.info("using the verified copy %s", path)
@@ -274,7 +323,7 @@ def download(name: str, dest: str | os.PathLike | None = None, filename: str | N
 def _download_offline(entry: ReleasedCheckpoint, revision: str, dest: str | os.PathLike | None,
                       filename: str | None, sha256: str | None) -> Path:
     hint = "; download it first without --offline, or put the file in a folder and pass --dest DIR"
-    folder = Path(dest) if dest is not None else cache_dir() / "github" / revision
+    folder = Path(dest) if dest is not None else _github_folder(entry, revision)
     # paths relative to the folder: a Hugging Face file copied with --dest keeps its folders (ResNet50/x.ckpt)
     names = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
              if p.is_file() and not p.name.endswith(".part")] if folder.is_dir() else []

@@ -1,5 +1,6 @@
-"""What is known about the authors' released checkpoints (repository, release tag or revision, model, method), the
-rule that picks each one's file from a live listing, the endpoints and cache folder, and the hub's error types."""
+"""What is known about the released checkpoints (the authors' MaxSup releases and the official LV-ViT weights):
+repository, release tag or revision, model, method, eval transform, published top-1; the rule that picks each one's
+file from a live listing, the endpoints and cache folder, and the hub's error types."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..models.state_dict import LayoutError
 
-__all__ = ["AUTHORS_REPO", "HF_RESNET_REPO", "DownloadError", "ChecksumError", "LayoutError", "ZipMapError",
-           "ReleasedCheckpoint", "REGISTRY", "FFCV_EVAL", "CHECKPOINT_SUFFIXES", "METHOD_PATTERNS", "file_rule",
-           "matches_rule", "get_entry", "cache_dir", "github_api_base", "github_raw_base", "hf_endpoint"]
+__all__ = ["AUTHORS_REPO", "HF_RESNET_REPO", "LVVIT_REPO", "DownloadError", "ChecksumError", "LayoutError",
+           "ZipMapError", "ReleasedCheckpoint", "REGISTRY", "FFCV_EVAL", "CHECKPOINT_SUFFIXES", "METHOD_PATTERNS",
+           "file_rule", "matches_rule", "get_entry", "cache_dir", "github_api_base", "github_raw_base", "hf_endpoint"]
 
 AUTHORS_REPO = "ZhouYuxuanYX/Maximum-Suppression-Regularization"
 HF_RESNET_REPO = "zhouyuxuanyx/MaxSup-Regularized-ResNet50"
+#: The official LV-ViT code and weights (Jiang et al., NeurIPS 2021), GitHub releases 1.0 and v0.2.0.
+LVVIT_REPO = "zihangJiang/TokenLabeling"
 
 
 class DownloadError(UserError):
@@ -25,10 +29,6 @@ class DownloadError(UserError):
 
 class ChecksumError(UserError):
     """A downloaded file does not have the sha256 the registry expects; nothing was kept."""
-
-
-class LayoutError(UserError):
-    """A state_dict matches none of the key layouts this module knows."""
 
 
 class ZipMapError(UserError):
@@ -40,24 +40,34 @@ class ZipMapError(UserError):
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReleasedCheckpoint:
-    """One released model. The file name is not recorded: :func:`download` lists the release (GitHub) or the
-    repository (Hugging Face) and picks the file by :func:`file_rule` (``--filename`` picks one explicitly)."""
+    """One released model. :func:`download` lists the release (GitHub) or the repository (Hugging Face) of ``repo``
+    and picks the file by :func:`file_rule`: the one ``filename`` where the publisher names it (LV-ViT's README),
+    else by ``method`` (``--filename`` picks one explicitly). ``top1``: the top-1 (%) the publisher's README states,
+    None where it states none."""
 
     name: str
     source: str  # "github" (release asset) or "hf" (Hugging Face model repo)
     repo: str
     revision: str  # GitHub release tag (or title) / Hugging Face revision
     arch: str
-    method: str  # "baseline", "ls" or "maxsup"
+    method: str  # "baseline", "ls", "maxsup" (picks the file by METHOD_PATTERNS) or the recipe, e.g. "token_labeling"
     description: str
     eval_transform: dict[str, Any] = field(default_factory=dict)  # kwargs of maxsup.data.transforms.transform_spec
     single_model: bool = False  # True: the release holds one model, so any checkpoint file is a candidate
+    filename: str | None = None  # the asset's name, where the publisher's README names it
+    top1: float | None = None
 
 
 # ffcv-imagenet evaluates at 256 px: a centre square of 224/256 of the short side resized to 256x256
 # (CenterCropRGBImageDecoder((256, 256), ratio=224/256)) ~ Resize(292) + CenterCrop(256).
 FFCV_EVAL = {"img_size": 256, "crop_pct": 224 / 256, "interpolation": "bilinear"}
 _RESNET_NOTE = "ResNet-50 (ffcv, BlurPool), trained with {}; sorted-wnid labels"
+# LV-ViT's default_cfgs (tlt/models/lvvit.py): crop 0.9 for T and S, 1.0 for M and L, bicubic.
+def _lvvit_eval(crop_pct: float) -> dict[str, Any]:
+    return {"img_size": 224, "crop_pct": crop_pct, "interpolation": "bicubic"}
+
+
+_LVVIT_NOTE = "official LV-ViT-{} (Token Labeling + MixToken, NFNet-F6 label maps), 224 px; README top-1 {}"
 
 REGISTRY: dict[str, ReleasedCheckpoint] = {
     c.name: c for c in (
@@ -72,6 +82,15 @@ REGISTRY: dict[str, ReleasedCheckpoint] = {
                            _RESNET_NOTE.format("label smoothing"), FFCV_EVAL),
         ReleasedCheckpoint("resnet50_maxsup", "hf", HF_RESNET_REPO, "main", "resnet50", "maxsup",
                            _RESNET_NOTE.format("MaxSup"), FFCV_EVAL),
+        ReleasedCheckpoint("lvvit_t_official", "github", LVVIT_REPO, "v0.2.0", "lvvit_t", "token_labeling",
+                           _LVVIT_NOTE.format("T", 79.1), _lvvit_eval(0.9),
+                           filename="lvvit_t.pth", top1=79.1),
+        ReleasedCheckpoint("lvvit_s_official", "github", LVVIT_REPO, "1.0", "lvvit_s", "token_labeling",
+                           _LVVIT_NOTE.format("S", 83.3), _lvvit_eval(0.9),
+                           filename="lvvit_s-26M-224-83.3.pth.tar", top1=83.3),
+        ReleasedCheckpoint("lvvit_m_official", "github", LVVIT_REPO, "1.0", "lvvit_m", "token_labeling",
+                           _LVVIT_NOTE.format("M", 84.0), _lvvit_eval(1.0),
+                           filename="lvvit_m-56M-224-84.0.pth.tar", top1=84.0),
     )
 }
 
@@ -88,6 +107,8 @@ METHOD_PATTERNS = {
 def file_rule(entry: ReleasedCheckpoint) -> str:
     """The documented rule that picks ``entry``'s file from a listing (printed by ``list``)."""
     kind = f"checkpoint file ({'/'.join(CHECKPOINT_SUFFIXES)})"
+    if entry.filename is not None:
+        return f"the file named {entry.filename} (as the publisher's README names it)"
     if entry.single_model:
         return f"the one {kind} in the release"
     others = [m for m in METHOD_PATTERNS if m != entry.method]
@@ -96,6 +117,8 @@ def file_rule(entry: ReleasedCheckpoint) -> str:
 
 
 def matches_rule(entry: ReleasedCheckpoint, path: str) -> bool:
+    if entry.filename is not None:
+        return path == entry.filename
     low = path.lower()
     if not low.endswith(CHECKPOINT_SUFFIXES):
         return False

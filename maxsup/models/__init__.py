@@ -6,7 +6,8 @@
 * :mod:`.lt_models`: paper Table 7's ResNet-32 and the causal-norm (TDE) head.
 * :mod:`.vit`: :class:`TokenHeadViT` (timm ViT + token head for SMMix / Token Labeling), LV-ViT, dense class scores.
 * :mod:`.outputs`: the classifier layer, penultimate features, per-position logits (Zipf-LS ``dense``).
-* :mod:`.state_dict`: wrapper-prefix stripping and the strict key/shape check every loader uses.
+* :mod:`.state_dict`: the one checkpoint-layout detector (:func:`read_weights`, :func:`fit_keys`,
+  :func:`load_weights`), wrapper-prefix stripping and the strict key/shape check every loader uses.
 
 Importing :mod:`maxsup` or :mod:`maxsup.models` registers ``lvvit_t``, ``lvvit_s`` and ``lvvit_m`` with timm
 (``@register_model`` in :mod:`.vit`), so ``timm.create_model("lvvit_s")`` works after ``import maxsup``; this is
@@ -17,7 +18,20 @@ from .factory import arch_spec, create_model, load_pretrained_backbone, model_fr
 from .lt_models import LT_HEADS, CausalNormClassifier, CifarResNet32
 from .outputs import classifier_layer, features_and_logits, logits_and_dense_logits, unwrap_model
 from .resnet import CIFAR_RESNETS, BlurPoolConv2d, CifarResNet, apply_blurpool
-from .state_dict import compare_keys, describe_keys, load_state_dict_strict, strip_prefixes
+from .state_dict import (
+    LAYOUTS,
+    LayoutError,
+    Weights,
+    compare_keys,
+    describe_keys,
+    fit_keys,
+    load_any_checkpoint,
+    load_state_dict_strict,
+    load_weights,
+    read_weights,
+    strip_prefixes,
+    token_head_of,
+)
 from .vit import (
     TOKEN_HEAD_MODES,
     LVViT,
@@ -35,4 +49,5 @@ __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dic
            "classifier_layer", "load_pretrained_backbone", "logits_and_dense_logits", "unwrap_model", "CifarResNet",
            "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS", "CifarResNet32", "CausalNormClassifier", "LT_HEADS",
            "LVViT", "TokenHeadViT", "TOKEN_HEAD_MODES", "with_token_head", "dense_class_scores", "patch_grid",
-           "mix_tokens", "lvvit_t", "lvvit_s", "lvvit_m", "strip_prefixes", "describe_keys", "compare_keys"]
+           "mix_tokens", "lvvit_t", "lvvit_s", "lvvit_m", "strip_prefixes", "describe_keys", "compare_keys", "LAYOUTS",
+           "LayoutError", "Weights", "read_weights", "fit_keys", "token_head_of", "load_weights", "load_any_checkpoint"]

@@ -6,14 +6,13 @@ from typing import Any
 
 import timm
 import torchvision
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import UserError
-from ..training.checkpoint import load_checkpoint
 from .lt_models import CifarResNet32
 from .outputs import classifier_layer
 from .resnet import CIFAR_RESNETS, CifarResNet, apply_blurpool
-from .state_dict import compare_keys, load_state_dict_strict, strip_prefixes
+from .state_dict import compare_keys, fit_keys, load_any_checkpoint, load_state_dict_strict, read_weights
 from .vit import with_token_head
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_pretrained_backbone"]
@@ -86,20 +85,20 @@ def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") ->
     """Initialise ``model`` from a checkpoint for fine-tuning: every weight except the classifier must match; the
     classifier is kept from the checkpoint when its class count equals the model's, else left freshly initialised.
 
-    ``path``: any checkpoint of this repository, or a released one converted by ``python -m maxsup.hub convert``
-    (a bare state_dict also works). Returns ``{"loaded": n_tensors, "head_replaced": bool}``.
+    ``path``: a checkpoint of any layout :func:`maxsup.models.read_weights` knows (this repository's, DeiT's and
+    SMMix's ``{'model'}``, timm-train ``{'state_dict', 'args'}``, LV-ViT's bare ``.pth.tar``, Lightning), with
+    ``module.`` prefixes removed; ``key="model_ema"`` takes the EMA weights. Returns ``{"loaded": n_tensors,
+    "head_replaced": bool, "layout": str}``.
     """
-    ckpt = load_checkpoint(path)
-    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else ckpt
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UserError(f"--finetune {path}: no '{key}' state_dict inside (top-level keys: "
-                        f"{', '.join(sorted(map(str, ckpt))[:8])})")
-    state = strip_prefixes(state)
+    weights = read_weights(load_any_checkpoint(path), f"--finetune {path}", ema=key != "model")
     head = classifier_layer(model)
-    head_name = next(name for name, m in model.named_modules() if m is head)
-    head_keys = {f"{head_name}.{k}" for k in head.state_dict()}
+    # LV-ViT's and the token-head ViTs' aux_head is a classifier too (per patch token): replaced with the head
+    heads = [name for name, m in model.named_modules() if m is head or name.split(".")[-1] == "aux_head"]
+    head_keys = {f"{name}.{k}" for name in heads for k in model.get_submodule(name).state_dict()}
     own = model.state_dict()
-    replace = any(k in state and tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
+    # names first (with the head left out, so that a replaced head's absence is no error), then shapes
+    state, _ = fit_keys(weights, own, f"--finetune {path}", ignore=head_keys)
+    replace = any(k not in state or tuple(state[k].shape) != tuple(own[k].shape) for k in head_keys)
     if replace:
         state = {k: v for k, v in state.items() if k not in head_keys}
         own = {k: v for k, v in own.items() if k not in head_keys}
@@ -108,4 +107,4 @@ def load_pretrained_backbone(model: nn.Module, path: str, key: str = "model") ->
         raise UserError(f"--finetune {path} does not fit the model's backbone: {mismatch.summary(3)} (same --model "
                         f"and --model-kwargs as the pretraining run?)")
     model.load_state_dict(state, strict=not replace)
-    return {"loaded": len(state), "head_replaced": replace}
+    return {"loaded": len(state), "head_replaced": replace, "layout": weights.layout}

@@ -19,8 +19,9 @@
   VisionTransformer with LV-ViT's 4-layer convolutional patch embedding, residual branches divided by ``skip_lam``,
   ``qkv_bias=False``, MLP ratio 3 and the ``aux_head``; same forward protocol (``dense_eval=True``). Its parameter
   names follow the official release (``patch_embed.conv1``, ``blocks.i.attn.qkv``, ``aux_head``), so the official
-  checkpoints should load (not tried: they are not downloadable here). LV-ViT-S has 26.15M parameters and LV-ViT-T
-  8.53M, the official README's counts (checked in ``tests/test_smmix_token_labeling.py``).
+  ``state_dict`` loads strictly (registry entries ``lvvit_{t,s,m}_official`` in :mod:`maxsup.hub`). LV-ViT-S has
+  26.15M parameters and LV-ViT-T 8.53M, the official README's counts (checked in
+  ``tests/test_smmix_token_labeling.py``).
 
 * :func:`dense_class_scores`: the classifier applied at every spatial position of any model this project builds
   (ViT patch tokens, CNN feature maps), for ``data/make_token_labels.py``.
@@ -306,7 +307,10 @@ class LVViT(_DenseTokenForward, VisionTransformer):
 
 def _lvvit(pretrained: bool, **kwargs: Any) -> LVViT:
     if pretrained:
-        raise UserError("no hosted LV-ViT weights are wired in; load the official .pth with --resume/--finetune")
+        raise UserError("timm's pretrained=True is not wired to LV-ViT; get the official weights with `python -m "
+                        "maxsup.hub download lvvit_s_official` (or _t, _m), then evaluate them with `Deit/main.py "
+                        "--eval --resume FILE --model lvvit_s` or fine-tune with `--finetune FILE` (any layout: the "
+                        "bare .pth.tar, a timm-train or DeiT file), or use torch.hub's lvvit_s(pretrained=True)")
     for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(k, None)
     return LVViT(**kwargs)
