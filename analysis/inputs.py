@@ -158,10 +158,11 @@ def read_run(folder: Path) -> dict[str, Any]:
     finished = bool(epochs) and last["epoch"] >= rec["epochs"] - 1 and "acc1" in values
     config = rec["config"]
     derived = {"trainer": rec["trainer"], "dataset": rec.get("dataset"), "model": rec.get("model")}
-    finetune = flatten(config).get("finetune") or flatten(config).get("train.finetune")
+    flat = flatten(config)  # FFCV: training.finetune (train.finetune in runs before its OmegaConf config)
+    finetune = flat.get("finetune") or flat.get("training.finetune") or flat.get("train.finetune")
     if finetune:
         derived["finetune_method"] = _pretrained_method(str(finetune))
-    fields = {**flatten(config), **derived, "loss": rec.get("loss")}
+    fields = {**flat, **derived, "loss": rec.get("loss")}
     prov = rec.get("provenance", {})
     hardware = f"{prov.get('world_size', '?')} × {', '.join(sorted(set(prov.get('device_names') or ['?'])))}"
     return {"kind": "runs", "path": str(folder), "seed": rec["seed"], "fields": fields,

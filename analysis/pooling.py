@@ -49,7 +49,7 @@ MISSING = object()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections → dotted keys (``{"loss": {"type": "ls"}}`` → ``{"loss.type": "ls"}``); lists stay values."""
+    """Nested sections → dotted keys (``{"loss": {"name": "ls"}}`` → ``{"loss.name": "ls"}``); lists stay values."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, Mapping) and value:
@@ -75,12 +75,17 @@ def group_key(config: Mapping[str, Any], extra: Mapping[str, Any] | None = None)
 
 
 def field(fields: Mapping[str, Any], key: str) -> Any:
-    """``fields[key]``; else the one dotted key whose last part is ``key`` (``alpha_denominator`` finds FFCV's
-    ``loss.alpha_denominator`` or a ``loss_options.alpha_denominator``); else :data:`MISSING`."""
+    """``fields[key]``; else the value of the dotted keys whose last part is ``key`` (``alpha_denominator`` finds a
+    ``loss_options.alpha_denominator``). Where several hold it, those set (not None) must agree: FFCV's
+    ``loss.alpha_denominator`` is null unless given, its resolved value is ``loss.options.alpha_denominator``. Else
+    :data:`MISSING`."""
     if key in fields:
         return fields[key]
-    hits = [k for k in fields if k.rpartition(".")[2] == key]
-    return fields[hits[0]] if len(hits) == 1 else MISSING
+    hits = [fields[k] for k in fields if k.rpartition(".")[2] == key]
+    if len(hits) > 1:
+        hits = [v for v in hits if v is not None]
+        hits = hits[:1] if hits and all(_hashable(v) == _hashable(hits[0]) for v in hits) else hits
+    return hits[0] if len(hits) == 1 else MISSING
 
 
 def same(got: Any, want: Any) -> bool:

@@ -489,12 +489,13 @@ def part_ffcv(device: torch.device, sz: dict[str, Any], result: dict[str, Any], 
     cuda = device.type == "cuda"
     conf = ffcv_main.load_config([
         f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
-        f"--data.min_res={cfg['res']}", f"--data.max_res={cfg['res']}", f"--data.val_res={cfg['res']}",
-        "--data.num_workers=2", "--data.in_memory=true", f"--model.arch={cfg['model']}",
-        f"--model.num_classes={cfg['k']}", *(f"--model.kwargs.{k}={v}" for k, v in cfg["kw"].items()),
-        f"--train.batch_size={cfg['batch']}", f"--train.output_dir={tmp / 'ffcv_out'}", "--train.progress=false",
-        f"--train.device={device.type}", f"--train.precision={'fp16' if cuda else 'fp32'}",
-        f"--train.channels_last={'true' if cuda else 'false'}", "--train.epochs=2"])
+        f"--resolution.min_res={cfg['res']}", f"--resolution.max_res={cfg['res']}",
+        f"--validation.resolution={cfg['res']}", "--data.num_workers=2", "--data.in_memory=true",
+        f"--model.arch={cfg['model']}", f"--model.num_classes={cfg['k']}",
+        *(f"--model.kwargs.{k}={v}" for k, v in cfg["kw"].items()),
+        f"--training.batch_size={cfg['batch']}", f"--logging.folder={tmp / 'ffcv_out'}", "--logging.progress=false",
+        f"--training.device={device.type}", f"--training.precision={'fp16' if cuda else 'fp32'}",
+        f"--training.channels_last={'true' if cuda else 'false'}", "--training.epochs=2"])
     reset_peak(device)
     trainer = ffcv_main.ImageNetTrainer(conf)
     loader = trainer.train_loader

@@ -74,6 +74,8 @@ def mismatches(recipe: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
     out = []
     for key, entry in recipe["values"].items():
         got = lookup(config, key)
+        if (got is None or got is _MISSING) and entry.get("only_if_set"):  # e.g. the α of a loss without one
+            continue
         if got is _MISSING:
             out.append(f"{key}: missing (recipe: {entry['value']!r})")
         elif not _equal(got, entry["value"]):

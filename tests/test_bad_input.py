@@ -392,9 +392,9 @@ def test_ffcv_writer_skip_corrupt_writes_the_rest(tiny_betons):
 
 
 def _ffcv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["--config", str(ROOT / "Conv" / "ffcv" / "configs" / "fmnist_cpu.toml"),
+    return ["--config-file", str(ROOT / "Conv" / "ffcv" / "configs" / "fmnist_cpu.yaml"),
             f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
-            "--model.num_classes=2", "--data.num_workers=1", f"--train.output_dir={out}", *extra]
+            "--model.num_classes=2", "--data.num_workers=1", f"--logging.folder={out}", *extra]
 
 
 def _ffcv_main():
@@ -403,10 +403,10 @@ def _ffcv_main():
 
 @pytest.mark.ffcv
 def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path, capsys):
-    """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than train.accum_steps 8."""
-    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=16",
-                                               "--train.accum_steps=8"), capsys)
-    assert "6 batches per epoch" in msg and "train.accum_steps 8" in msg and "train.batch_size" in msg, msg
+    """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than training.accum_steps 8."""
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--training.batch_size=16",
+                                               "--training.accum_steps=8"), capsys)
+    assert "6 batches per epoch" in msg and "training.accum_steps 8" in msg and "training.batch_size" in msg, msg
 
 
 @pytest.mark.ffcv
@@ -414,7 +414,7 @@ def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_
     lone = tmp_path / "train.beton"
     lone.write_bytes(tiny_betons["train"].read_bytes())
     betons = {**tiny_betons, "train": lone}
-    msg = _error_line(_ffcv_main().main, _ffcv(betons, tmp_path / "o", "--train.batch_size=4"), capsys)
+    msg = _error_line(_ffcv_main().main, _ffcv(betons, tmp_path / "o", "--training.batch_size=4"), capsys)
     assert f"{lone}.classes.json" in msg and "data.allow_missing_sidecar" in msg, msg
     ffcv_main = _ffcv_main()
     beton = ffcv_main.check_beton(str(lone), "train", 2, allow_missing_sidecar=True)
@@ -425,8 +425,8 @@ def test_ffcv_beton_without_sidecar_is_refused_unless_accepted(tiny_betons, tmp_
 @pytest.mark.ffcv
 @pytest.mark.parametrize("kind", ["empty", "text"])
 def test_ffcv_resume_from_unreadable_checkpoint_is_one_line(kind, tiny_betons, bad_checkpoints, tmp_path, capsys):
-    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--train.batch_size=4",
-                                               f"--train.resume={bad_checkpoints[kind]}"), capsys)
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--training.batch_size=4",
+                                               f"--training.resume={bad_checkpoints[kind]}"), capsys)
     assert str(bad_checkpoints[kind]) in msg
 
 

@@ -21,6 +21,7 @@ from analysis import collect
 from analysis.pooling import MISSING, field, flatten
 from analysis.tables import TABLES, _alternatives, _recipe_ok
 from maxsup.cli import run_cli
+from maxsup.losses import resolve_loss_options
 from maxsup.recipes import load_recipes
 from maxsup.training import write_run_record
 
@@ -93,12 +94,12 @@ def fake_run(folder: Path, trainer: str, config: dict[str, Any], *, dataset: str
     """A run folder as the trainers write it: run.json (write_run_record) and a JSON-lines log."""
     config = json.loads(json.dumps(config))
     flat = flatten(config)
-    loss = flat.get("loss.type", flat.get("loss"))
+    loss = flat.get("loss.name", flat.get("loss"))
     if trainer == "common_resnet" and config.get("label_smoothing"):
         loss = "ls"  # as Conv/common_resnet/train.py records --label-smoothing runs
     model = flat.get("model.arch", flat.get("model"))
-    epochs = flat.get("train.epochs", flat.get("epochs"))
-    _set(config, "train.seed" if trainer == "ffcv" else "seed", seed)
+    epochs = flat.get("training.epochs", flat.get("epochs"))
+    _set(config, "training.seed" if trainer == "ffcv" else "seed", seed)
     log_file, metric_keys = TRAINER_INFO[trainer]
     write_run_record(folder, trainer=trainer, config=config, dataset=dataset, model=model, loss=loss,
                      alpha=None, epochs=epochs, seed=seed, world_size=hardware[1], device="cpu",
@@ -133,14 +134,18 @@ def _config_for(documented: dict[str, Any], spec: dict[str, Any], row: dict[str,
             elif key == "loss" and value == "ls" and "ls" not in choices.get("loss", ["ls"]):
                 # the recipe's LS is --label-smoothing (T7, T8), which the trainer records as loss "ls"
                 config.update(loss="ce", label_smoothing=max(choices["label_smoothing"]))
+            elif key == "loss" and isinstance(config["loss"], dict):  # FFCV: the name and its resolved options
+                config["loss"].update(name=value, options=resolve_loss_options(value, []))
             elif key == "loss":
-                _set(config, "loss.type" if isinstance(config["loss"], dict) else "loss", value)
+                _set(config, "loss", value)
             elif key == "finetune_method":
                 config["finetune"] = f"runs/t10_r50_{value}/checkpoint.pth"
-            else:
+            else:  # every dotted key of that name (FFCV: loss.alpha_start and the resolved loss.options.alpha_start)
                 flat = flatten(config)
-                name = key if key in flat else next(k for k in flat if k.rpartition(".")[2] == key)
-                _set(config, name, value)
+                names = [key] if key in flat else [k for k in flat if k.rpartition(".")[2] == key]
+                assert names, f"{rid}'s config has no {key}"
+                for name in names:
+                    _set(config, name, value)
         record = {"trainer": _trainer_of(rid), "config": config}
         if not spec.get("recipes") or _recipe_ok(record, rids, spec.get("ignore", []), RECIPES):
             return _trainer_of(rid), config, dataset
@@ -342,7 +347,7 @@ def test_global_batch_pools_however_it_is_split(tmp_path, capsys):
 def test_time_per_epoch_refuses_different_hardware(documented, tmp_path, capsys):
     for loss, hw in (("ce", ("NVIDIA A100", 8)), ("maxsup", ("NVIDIA H100", 8))):
         config = json.loads(json.dumps(documented["ffcv_t4_imagenet"]))
-        config["loss"]["type"] = loss
+        config["loss"].update(name=loss, options=resolve_loss_options(loss, []))
         fake_run(tmp_path / loss, "ffcv", config, dataset="imagenet", seed=0, hardware=hw,
                  epochs_logged=[{"train_seconds": 230.0, "top_1": 70.0}])
     err = _refusal([str(tmp_path), "--paper", "T16"], capsys)
@@ -351,7 +356,7 @@ def test_time_per_epoch_refuses_different_hardware(documented, tmp_path, capsys)
 
 def test_estimate_lines_fill_t16_marked_as_estimates(documented, tmp_path, capsys):
     config = json.loads(json.dumps(documented["ffcv_t4_imagenet"]))
-    config["loss"]["type"] = "maxsup"
+    config["loss"]["name"] = "maxsup"
     folder = tmp_path / "est"
     fake_run(folder, "ffcv", config, dataset="imagenet", seed=0, epochs_logged=[{"top_1": 1.0}])
     (folder / "log.jsonl").write_text(json.dumps({"estimate": True, "seconds_per_step": 0.37,
@@ -400,3 +405,8 @@ def test_field_lookup_finds_nested_and_resolved_loss_options():
     assert field({"loss.alpha_denominator": "E"}, "alpha_denominator") == "E"
     assert field({"loss_options.alpha_denominator": "E-1"}, "alpha_denominator") == "E-1"
     assert field({"a.x": 1, "b.x": 2}, "x") is MISSING  # ambiguous: never guessed
+    # FFCV: loss.alpha_denominator is null unless given; the resolved value is loss.options.alpha_denominator
+    ffcv = {"loss.alpha_denominator": None, "loss.options.alpha_denominator": "E-1"}
+    assert field(ffcv, "alpha_denominator") == "E-1"
+    assert field({"loss.alpha_start": 0.2, "loss.options.alpha_start": 0.2}, "alpha_start") == 0.2
+    assert field({"loss.alpha_start": None, "loss.options.alpha_start": None}, "alpha_start") is MISSING

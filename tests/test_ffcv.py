@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,7 +31,8 @@ FFCV_DIR = Path(__file__).resolve().parents[1] / "Conv" / "ffcv"
 FMNIST_CLASSES = (0, 2, 4)  # T-shirt/top, Pullover, Coat
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 SIZE = 32
-RAMP = ("--data.max_res=64", "--data.start_ramp=0", "--data.end_ramp=1")  # 32 px at epoch 0, 64 px at 1
+# 32 px at epoch 0, 64 px at 1
+RAMP = ("--resolution.max_res=64", "--resolution.start_ramp=0", "--resolution.end_ramp=1")
 
 
 def _load(name: str, path: Path):
@@ -93,10 +95,10 @@ def betons(tmp_path_factory) -> dict[str, Path]:
 
 
 def _argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["--config", str(FFCV_DIR / "configs" / "fmnist_cpu.toml"),
+    return ["--config-file", str(FFCV_DIR / "configs" / "fmnist_cpu.yaml"),
             f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
-            "--model.num_classes=4", "--model.kwargs.width=8", "--train.batch_size=32", "--train.epochs=1",
-            "--train.progress=false", "--data.num_workers=2", f"--train.output_dir={out}", *extra]
+            "--model.num_classes=4", "--model.kwargs.width=8", "--training.batch_size=32", "--training.epochs=1",
+            "--logging.progress=false", "--data.num_workers=2", f"--logging.folder={out}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def trained(betons, tmp_path_factory):
     from maxsup.training import faults
 
     out = tmp_path_factory.mktemp("ffcv_run")
-    cfg = ffcv_main.load_config(_argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
+    cfg = ffcv_main.load_config(_argv(betons, out, "--lr.lr=0.05", "--training.epochs=2", *RAMP))
     faults.reset()
     os.environ[faults.KILL_ENV] = "step:3:USR1"
     try:
@@ -169,8 +171,8 @@ def test_ffcv_loader_returns_labels_shapes_and_pixels(trained, betons):
 
 def test_train_loader_follows_progressive_resizing(trained):
     trainer, _, _ = trained
-    assert ffcv_main.train_resolution(0, trainer.cfg["data"]) == 32
-    assert ffcv_main.train_resolution(1, trainer.cfg["data"]) == 64
+    assert ffcv_main.train_resolution(0, trainer.cfg.resolution) == 32
+    assert ffcv_main.train_resolution(1, trainer.cfg.resolution) == 64
     trainer.decoder.output_size = (64, 64)
     images, target = next(iter(trainer.train_loader))
     assert images.shape == (32, 3, 64, 64) and target.shape == (32,)
@@ -198,10 +200,11 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
 def test_dotted_override_takes_effect(trained):
     trainer, _, out = trained
     params = json.loads((out / "params.json").read_text())
-    assert params["optimizer.lr"] == 0.05 and params["model.kwargs"] == {"width": 8}
+    assert params["lr.lr"] == 0.05 and params["model.kwargs"] == {"width": 8}
+    assert params["loss.options.alpha_start"] == 0.1  # the loss class's default, resolved
     assert params["loader"] == "ffcv.loader.loader.Loader"
     iters = len(trainer.train_loader)
-    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg["scheduler"], 0.05, 2)
+    expected = ffcv_main.learning_rate((iters - 1) / iters, trainer.cfg.lr, 2)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)  # the optimizer really used 0.05
     assert trainer.model.layer1[0].conv1.out_channels == 8
 
@@ -210,7 +213,7 @@ def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
     _, _, out = trained
     before = torch.load(out / "checkpoint.pth", weights_only=True)
     resumed = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
-        _argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", "--train.resume=auto",
+        _argv(betons, out, "--lr.lr=0.05", "--training.epochs=2", "--training.resume=auto",
               *RAMP)))
     _KEEP_ALIVE.append(resumed)
     assert resumed.start_epoch == 1 and resumed.train_loader.next_epoch == 1
@@ -226,14 +229,14 @@ def test_resume_continues_and_eval_only_reproduces_metrics(trained, betons):
     assert not torch.equal(after["model"]["fc.weight"], before["model"]["fc.weight"])
     # Evaluating the saved checkpoint reproduces the logged validation metrics exactly.
     evaluator = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
-        _argv(betons, out / "eval", "--train.eval_only=true", f"--train.resume={out / 'checkpoint.pth'}")))
+        _argv(betons, out / "eval", "--training.eval_only=true", f"--training.resume={out / 'checkpoint.pth'}")))
     _KEEP_ALIVE.append(evaluator)
     stats = evaluator.train()
     assert stats["top_1"] == log[1]["top_1"] and stats["val_nll"] == pytest.approx(log[1]["val_nll"], rel=1e-6)
 
 
 def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
-    """train.accum_steps: one optimizer step per N batches, a last incomplete group skipped (the module's trained
+    """training.accum_steps: one optimizer step per N batches, a last incomplete group skipped (the module's trained
     trainer, 96 images in batches of 32: 3 batches, N = 2 → 1 step); run.json; TensorBoard scalars = the log line.
     Runs after the tests that read the trainer's state; the trainer's files are not touched."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -243,7 +246,7 @@ def test_accumulation_run_record_and_tensorboard(trained, tmp_path):
 
     trainer, _, out = trained
     cfg = copy.deepcopy(trainer.cfg)
-    cfg["train"]["accum_steps"] = 2
+    cfg.training.accum_steps = 2
     assert ffcv_main.per_process_batch(cfg, 1) == 16 and ffcv_main.per_process_batch(cfg, 2) == 8
     with pytest.raises(UserError, match="not divisible by the 3 processes"):
         ffcv_main.per_process_batch(cfg, 3)
@@ -380,8 +383,8 @@ def test_imagenet_a_beton_scores_the_logits_of_its_classes(betons, test_sets, ev
     side = json.loads(Path(f"{test_sets['a']}.classes.json").read_text())
     assert side["layout"] == "imagenet-a" and side["class_indices"] == list(A_INDICES) and "files" not in side
     assert Reader(str(test_sets["a"])).metadata["f1"].tolist() == [k for k, n in enumerate(KEEP) for _ in range(n)]
-    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--train.eval_only=true", "--model.num_classes=1000",
-                                      f"--train.resume={eval_ckpts['a']}",
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--training.eval_only=true",
+                                      "--model.num_classes=1000", f"--training.resume={eval_ckpts['a']}",
                                       f"--data.val_dataset={test_sets['a']}"))
     trainer = ffcv_main.ImageNetTrainer(cfg)
     _KEEP_ALIVE.append(trainer)
@@ -418,12 +421,12 @@ def test_real_top1_on_a_val_beton_matches_the_relabels(betons, test_sets, eval_c
     side = json.loads(Path(f"{test_sets['val']}.classes.json").read_text())
     assert side["classes"] == [imagenet_wnids()[i] for i in REAL_INDICES]
     ckpt = eval_ckpts["real"]
-    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--train.eval_only=true", f"--train.resume={ckpt}",
-                                      f"--data.val_dataset={test_sets['val']}"))
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path / "eval", "--training.eval_only=true",
+                                      f"--training.resume={ckpt}", f"--data.val_dataset={test_sets['val']}"))
     logits, targets, files = _torch_logits(ckpt, test_sets["val_dir"], cfg)
     assert side["files"] == files
     hits, n = _write_relabels(tmp_path / "real.json", files, logits)
-    cfg["data"]["real_labels"] = str(tmp_path / "real.json")
+    cfg.data.real_labels = str(tmp_path / "real.json")
     trainer = ffcv_main.ImageNetTrainer(cfg)
     _KEEP_ALIVE.append(trainer)
     stats = trainer.train()
@@ -441,7 +444,7 @@ def test_torchrun_two_process_real_top1_gathers_predictions_in_order(betons, tes
     """Two gloo ranks read images r, r + 2, ... of the 29-image val .beton; ReaL matches file names in .beton order,
     so each rank's predictions are put back in that order before scoring (same numbers as one process)."""
     ckpt = eval_ckpts["real"]
-    argv = _argv(betons, tmp_path / "ddp", "--train.eval_only=true", f"--train.resume={ckpt}",
+    argv = _argv(betons, tmp_path / "ddp", "--training.eval_only=true", f"--training.resume={ckpt}",
                  f"--data.val_dataset={test_sets['val']}", f"--data.real_labels={tmp_path / 'real.json'}",
                  "--data.num_workers=1")
     cfg = ffcv_main.load_config(argv)
@@ -479,7 +482,7 @@ def test_bad_sidecar_or_real_request_is_one_line(case, betons, test_sets, eval_c
     beton = _edit_sidecar(test_sets[which], tmp_path, edit)
     ckpt, extra = (eval_ckpts["a"], "--model.num_classes=1000") if which == "a" else \
         (eval_ckpts["real"], "--data.real_labels=true")
-    argv = _argv(betons, tmp_path / "eval", "--train.eval_only=true", f"--train.resume={ckpt}",
+    argv = _argv(betons, tmp_path / "eval", "--training.eval_only=true", f"--training.resume={ckpt}",
                  f"--data.val_dataset={beton}", extra)
     msg = _cli_error(capsys, ffcv_main.main, argv)
     assert expected in msg and str(beton) in msg, msg
@@ -502,7 +505,7 @@ def test_imagenet_a_val_is_checked_against_the_train_classes():
 def test_adaptive_ls_teacher_is_checkpointed(betons, tmp_path):
     out = tmp_path / "als"
     trainer = ffcv_main.ImageNetTrainer(ffcv_main.load_config(
-        _argv(betons, out, "--loss.type=adaptive-ls", "--loss.alpha_denominator=E", "--train.stats_every=1")))
+        _argv(betons, out, "--loss.name=adaptive-ls", "--logging.stats_every=1")))
     _KEEP_ALIVE.append(trainer)
     stats = trainer.train()
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -513,40 +516,73 @@ def test_adaptive_ls_teacher_is_checkpointed(betons, tmp_path):
     assert 0 <= log["alpha"] <= 0.2 and log["train_maxsup_penalty"] >= 0
 
 
-def test_loss_options_are_validated(betons, tmp_path):
-    with pytest.raises(UserError, match="zipf_dense is a mode of loss.type = 'zipf'"):
-        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.zipf_dense=true"))
-    with pytest.raises(UserError, match="loss.alpha_denominator = 'T'"):
+def test_loss_options_are_validated_by_the_registry(betons, tmp_path):
+    with pytest.raises(UserError, match="loss 'maxsup' has no option 'dense'"):
+        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.opts=[dense=true]"))
+    with pytest.raises(UserError, match="alpha denominator must be one of E-1, E, got 'T'"):
         ffcv_main.load_config(_argv(betons, tmp_path, "--loss.alpha_denominator=T"))
-    cfg = ffcv_main.load_config(_argv(betons, tmp_path, "--loss.type=focal", "--loss.focal_gamma=1.5"))
-    assert cfg["loss"]["focal_gamma"] == 1.5
+    with pytest.raises(UserError, match="loss 'ce' has no option 'alpha_start'"):
+        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.name=ce", "--loss.alpha_start=0.3"))
+    with pytest.raises(UserError, match="unknown loss 'maxsupp'"):
+        ffcv_main.load_config(_argv(betons, tmp_path, "--loss.name=maxsupp"))
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path, "--loss.name=focal", "--loss.opts=[gamma=1.5]"))
+    assert ffcv_main.resolved_config(cfg, 1)["loss"]["options"] == {"gamma": 1.5}
+    cfg = ffcv_main.load_config(_argv(betons, tmp_path, "--loss.opts=[alpha_end=0.3]", "--loss.alpha_start=0"))
+    loss = ffcv_main.resolved_config(cfg, 1)["loss"]
+    assert loss["options"] == {"alpha_start": 0.0, "alpha_end": 0.3, "alpha_denominator": "E-1"}
+    assert (loss["alpha_start"], loss["alpha_end"]) == (0.0, None)  # as given; the resolved values are the options
+    lp = ffcv_main.resolved_config(ffcv_main.load_config(_argv(betons, tmp_path, "--loss.name=lp")), 1)["loss"]
+    assert lp["options"] == {"beta": 2e-3}  # LP has no α schedule
 
 
 def test_schedules_match_the_recipes():
-    step = {"type": "step", "step_length": 30, "step_ratio": 0.1}
-    assert [ffcv_main.learning_rate(e, step, 0.8, 90) for e in (0, 29.9, 30, 60.5)] == pytest.approx(
+    step = {"lr": 0.8, "lr_schedule_type": "step", "step_length": 30, "step_ratio": 0.1}
+    assert [ffcv_main.learning_rate(e, step, 90) for e in (0, 29.9, 30, 60.5)] == pytest.approx(
         [0.8, 0.8, 0.08, 0.008])
-    cosine = {"type": "cosine", "warmup_epochs": 0, "min_lr": 0.0}
-    assert ffcv_main.learning_rate(0, cosine, 0.85, 200) == pytest.approx(0.85)
-    assert ffcv_main.learning_rate(100, cosine, 0.85, 200) == pytest.approx(0.425)
-    assert ffcv_main.learning_rate(200, cosine, 0.85, 200) == pytest.approx(0.0, abs=1e-12)
-    tri = {"type": "triangular", "peak_epoch": 2}
-    assert [ffcv_main.learning_rate(e, tri, 1.7, 88) for e in (0, 1, 2, 45, 88)] == pytest.approx(
+    cosine = {"lr": 0.85, "lr_schedule_type": "cosine", "warmup_epochs": 0, "min_lr": 0.0}
+    assert ffcv_main.learning_rate(0, cosine, 200) == pytest.approx(0.85)
+    assert ffcv_main.learning_rate(100, cosine, 200) == pytest.approx(0.425)
+    assert ffcv_main.learning_rate(200, cosine, 200) == pytest.approx(0.0, abs=1e-12)
+    tri = {"lr": 1.7, "lr_schedule_type": "triangular", "lr_peak_epoch": 2}
+    assert [ffcv_main.learning_rate(e, tri, 88) for e in (0, 1, 2, 45, 88)] == pytest.approx(
         [1.7e-4, (1.7e-4 + 1.7) / 2, 1.7, 1.7 * 43 / 86, 0.0])
     ramp = {"min_res": 160, "max_res": 192, "start_ramp": 65, "end_ramp": 76, "res_step": 32}
     assert [ffcv_main.train_resolution(e, ramp) for e in (0, 65, 70, 76, 87)] == [160, 160, 160, 192, 192]
 
 
 def test_recipe_configs_resolve_to_the_paper_and_release_settings():
-    cfg = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / "rn50_paper_200ep.toml")])
-    assert (cfg["train"]["epochs"], cfg["optimizer"]["lr"], cfg["scheduler"]["type"], cfg["train"]["batch_size"]) == (
+    cfg = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / "rn50_paper_200ep.yaml")])
+    assert (cfg.training.epochs, cfg.lr.lr, cfg.lr.lr_schedule_type, cfg.training.batch_size) == (
         200, 0.85, "cosine", 2048)
-    assert cfg["optimizer"]["weight_decay"] == 1e-4 and cfg["optimizer"]["momentum"] == 0.9
-    rel = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / "rn50_release_90ep_step.toml")])
-    assert (rel["train"]["epochs"], rel["optimizer"]["lr"], rel["scheduler"]["type"]) == (90, 0.8, "step")
+    assert cfg.training.weight_decay == 1e-4 and cfg.training.momentum == 0.9
+    rel = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / "rn50_release_90ep_step.yaml")])
+    assert (rel.training.epochs, rel.lr.lr, rel.lr.lr_schedule_type, rel.dist.sync_bn) == (90, 0.8, "step", True)
     for name, arch in (("rn18", "resnet18"), ("rn101", "resnet101"), ("mbv2", "mobilenet_v2")):
-        cfg = ffcv_main.load_config(["--config", str(FFCV_DIR / "configs" / f"{name}.toml")])
-        assert cfg["model"]["arch"] == arch and cfg["train"]["epochs"] == 200 and cfg["scheduler"]["type"] == "cosine"
+        cfg = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / f"{name}.yaml")])  # extends rn50
+        assert (cfg.model.arch, cfg.training.epochs, cfg.lr.lr_schedule_type, cfg.resolution.start_ramp) == (
+            arch, 200, "cosine", 148)
+
+
+def test_ffcv_imagenet_habits_and_typed_overrides(tmp_path):
+    """--config-file, ffcv-imagenet's 0/1 for booleans, values typed by their key (a string key keeps its text),
+    `extends`, and one error line naming the key for a wrong type, an unknown key or the old --config flag."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("extends: " + str(FFCV_DIR / "configs" / "rn50_paper_200ep.yaml") + "\nlr: {lr: 0.5}\n")
+    cfg = ffcv_main.load_config(["--config-file", str(recipe), "--data.in_memory=0", "--validation.lr_tta", "0",
+                                 "--data.val_dataset=/data/1e3", "--data.real_labels=true", "--data.num_workers=3"])
+    assert (cfg.lr.lr, cfg.training.epochs, cfg.data.in_memory, cfg.validation.lr_tta) == (0.5, 200, False, False)
+    assert (cfg.data.val_dataset, cfg.data.real_labels, cfg.data.num_workers) == ("/data/1e3", "true", 3)
+    for argv, msg in (
+            (["--data.num_workers=2.5"], "config key 'data.num_workers' in the command line: Value '2.5'"),
+            (["--lr.peak=3"], "unknown config key 'lr.peak' in the command line; did you mean 'lr.lr_peak_epoch'?"),
+            (["--config", "x.toml"], "--config is now --config-file"),
+            (["--config-file", str(tmp_path / "none.yaml")], "config file not found"),
+            (["--lr.lr_schedule_type=cyclic"], "lr.lr_schedule_type = 'cyclic' is not one of triangular, step")):
+        with pytest.raises(UserError, match=re.escape(msg)):
+            ffcv_main.load_config(argv)
+    recipe.write_text("training:\n  epochs: [1\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        ffcv_main.load_config(["--config-file", str(recipe)])
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -579,11 +615,11 @@ def test_beton_without_expected_fields_is_one_line(capsys, betons, tmp_path):
 
 
 def test_unknown_config_key_names_the_nearest_valid_key(repo_root, python_exe):
-    proc = subprocess.run([python_exe, str(FFCV_DIR / "main.py"), "--optimizer.lrr=0.85"], capture_output=True,
+    proc = subprocess.run([python_exe, str(FFCV_DIR / "main.py"), "--lr.lrr=0.85"], capture_output=True,
                           text=True, cwd=repo_root, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown config key 'optimizer.lrr' in the command line; did you mean 'optimizer.lr'?"]
+        "error: unknown config key 'lr.lrr' in the command line; did you mean 'lr.lr'?"]
 
 
 def test_writer_missing_source_folder_is_one_line(capsys, tmp_path):
@@ -598,9 +634,9 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path
     _, _, good = trained
     (tmp_path / "checkpoint.pth").write_bytes((good / "checkpoint.pth").read_bytes())
     before = (tmp_path / "checkpoint.pth").read_bytes()
-    # --train.overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=1e30", "--train.overwrite=true"))
-    assert "at epoch 0, step" in msg and "--optimizer.lr" in msg and "--optimizer.clip_grad_norm" in msg, msg
+    # --training.overwrite: a new run over the folder's checkpoint, which the NaN must leave as it was
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--lr.lr=1e30", "--training.overwrite=true"))
+    assert "at epoch 0, step" in msg and "--lr.lr" in msg and "--training.clip_grad_norm" in msg, msg
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
     assert not (tmp_path / "log.jsonl").exists()  # nothing logged for an epoch that was never saved
 
@@ -608,9 +644,12 @@ def test_nan_loss_is_one_line_and_keeps_the_checkpoint(trained, betons, tmp_path
 def test_resume_refuses_changed_loss_and_eval_refuses_other_head(trained, betons, tmp_path, capsys):
     _, _, good = trained
     ckpt = good / "checkpoint.pth"
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--optimizer.lr=0.05", "--train.epochs=2",
-                                                    "--loss.type=ce", f"--train.resume={ckpt}", *RAMP))
-    assert f"cannot resume {ckpt}" in msg and '--loss.type maxsup → ce' in msg and "--train.epochs" not in msg
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--lr.lr=0.05", "--training.epochs=2",
+                                                    "--loss.name=ce", f"--training.resume={ckpt}", *RAMP))
+    assert f"cannot resume {ckpt}" in msg and '--loss.name maxsup → ce' in msg and "--training.epochs" not in msg
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--lr.lr=0.05", "--training.epochs=2",
+                                                    "--loss.opts=[alpha_end=0.3]", f"--training.resume={ckpt}", *RAMP))
+    assert "--loss.opts=[alpha_end=...] 0.2 → 0.3" in msg and "--loss.name" not in msg
     classes = json.loads(Path(f"{betons['val']}.classes.json").read_text())["classes"]
     assert classes == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
     msg = _cli_error(capsys, ffcv_main.main, _argv(betons, tmp_path, "--model.num_classes=5"))
@@ -627,9 +666,11 @@ def test_a_run_folder_is_not_restarted_by_a_fresh_run_nor_written_by_eval_only(t
         if p.is_file():
             (out / p.name).write_bytes(p.read_bytes())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, out, "--optimizer.lr=0.05", "--train.epochs=2", *RAMP))
-    assert f"{out} already holds a run" in msg and "--train.resume=auto" in msg and "--train.overwrite=true" in msg
-    stats = ffcv_main.main(_argv(betons, out, "--train.eval_only=true", f"--train.resume={out / 'checkpoint.pth'}"))
+    msg = _cli_error(capsys, ffcv_main.main, _argv(betons, out, "--lr.lr=0.05", "--training.epochs=2", *RAMP))
+    assert f"{out} already holds a run" in msg
+    assert "--training.resume=auto" in msg and "--training.overwrite=true" in msg
+    stats = ffcv_main.main(_argv(betons, out, "--training.eval_only=true",
+                                 f"--training.resume={out / 'checkpoint.pth'}"))
     assert 0.0 <= stats["top_1"] <= 100.0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -655,7 +696,7 @@ def reference_run(betons, tmp_path_factory) -> Path:
     return out
 
 
-EXACT = ("--train.epochs=2", "--optimizer.lr=0.05", "--loss.type=ols")
+EXACT = ("--training.epochs=2", "--lr.lr=0.05", "--loss.name=ols")
 
 
 def _same_run(ref: Path, out: Path) -> None:
@@ -687,7 +728,7 @@ def test_kill9_at_a_random_step_then_resume_is_bit_exact(betons, reference_run, 
     killed = run(MAXSUP_KILL_AT=kill_at)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
-    resumed = run("--train.resume=auto")
+    resumed = run("--training.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _same_run(reference_run, tmp_path)
 
@@ -709,7 +750,8 @@ def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
         del os.environ[faults.KILL_ENV]
         ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
         assert ckpt["partial"]["step"] == step % 3 and ckpt["epoch"] == step // 3 - 1
-        ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, tmp_path, *EXACT, "--train.resume=auto"))).train()
+        resumed = ffcv_main.load_config(_argv(betons, tmp_path, *EXACT, "--training.resume=auto"))
+        ffcv_main.ImageNetTrainer(resumed).train()
     finally:
         os.environ.pop(faults.KILL_ENV, None)
         torch.set_num_threads(threads)
@@ -720,13 +762,14 @@ def test_estimate_times_train_loop_and_writes_nothing(betons, tmp_path, capsys):
     """--estimate N: warm-up + N steps of train_loop on the .beton, one JSON line, no output folder."""
     out = tmp_path / "est"
     capsys.readouterr()
-    rec = ffcv_main.main([*_argv(betons, out, "--train.batch_size=16", "--train.epochs=4", *RAMP), "--estimate", "2"])
+    rec = ffcv_main.main([*_argv(betons, out, "--training.batch_size=16", "--training.epochs=4", *RAMP),
+                          "--estimate", "2"])
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     assert len(line) == 1 and json.loads(line[0])["seconds_per_step"] == rec["seconds_per_step"]
     assert rec["estimate"] is True and rec["trainer"] == "ffcv" and not out.exists()
     assert rec["steps_per_epoch"] == 6 and rec["resolution"] == 64  # 96 images // 16; the last epoch's resolution
     assert rec["seconds_total"] == pytest.approx(rec["seconds_per_step"] * 6 * 4)
-    rec = ffcv_main.main([*_argv(betons, out, "--model.num_classes=1000", "--train.batch_size=8"),
+    rec = ffcv_main.main([*_argv(betons, out, "--model.num_classes=1000", "--training.batch_size=8"),
                           "--data.train_dataset=", "--estimate=1", "--estimate-synthetic"])
     assert rec["data"] == "synthetic" and rec["steps_per_epoch"] == 1_281_167 // 8 and not out.exists()
     msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, out), "--estimate", "x"])

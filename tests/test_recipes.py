@@ -157,7 +157,8 @@ def test_readme_blocks_cover_each_table_column():
             seen = set()
             for c in COMMANDS:
                 if c[0] == rid:
-                    seen.add(c[5][c[5].index("--model") + 1] if "--model" in c[5] else c[5][c[5].index("--config") + 1])
+                    flag = "--model" if "--model" in c[5] else "--config-file"
+                    seen.add(c[5][c[5].index(flag) + 1])
             assert len(seen) == len(recipe["choices"][key]), (rid, seen)
 
 
@@ -200,13 +201,37 @@ def test_deit_print_config_global_batch_and_scaled_lr(world, accum, batch, capsy
 
 
 def test_ffcv_print_config_nested_with_accumulation(capsys, monkeypatch):
-    args = ["--config", "Conv/ffcv/configs/rn50_paper_200ep.toml", "--train.accum_steps=2", "--seeds", "0,3,7"]
+    args = ["--config-file", "Conv/ffcv/configs/rn50_paper_200ep.yaml", "--training.accum_steps=2", "--seeds", "0,3,7"]
     cfg = print_config("Conv/ffcv/main.py", args, 4, {}, capsys, monkeypatch)
-    assert cfg["optimizer"]["lr"] == 0.85 and cfg["train"]["epochs"] == 200 and cfg["model"]["arch"] == "resnet50"
+    assert cfg["lr"]["lr"] == 0.85 and cfg["training"]["epochs"] == 200 and cfg["model"]["arch"] == "resnet50"
     assert cfg["per_process_batch_size"] == 256 and cfg["total_batch_size"] == 2048 and cfg["world_size"] == 4
     assert cfg["seeds"] == [0, 3, 7]
-    with pytest.raises(UserError, match="not divisible by the 3 processes × train.accum_steps = 2"):
+    with pytest.raises(UserError, match="not divisible by the 3 processes × training.accum_steps = 2"):
         print_config("Conv/ffcv/main.py", args, 3, {}, capsys, monkeypatch)
+
+
+def test_ffcv_loss_section_reads_the_registry(capsys, monkeypatch):
+    """A loss registered outside the trainer (here, in this test) is a valid loss.name; its options and their
+    defaults come from its signature, typed; the FFCV config lists no loss of its own."""
+    from torch import nn
+
+    from maxsup.losses import LOSSES, register_loss
+
+    @register_loss("test-scaled-ce")
+    class ScaledCE(nn.Module):
+        def __init__(self, scale: float = 0.5, squared: bool = False) -> None:
+            super().__init__()
+            self.scale, self.squared = scale, squared
+
+    try:
+        args = ["--loss.name=test-scaled-ce", "--loss.opts=[squared=1]"]
+        cfg = print_config("Conv/ffcv/main.py", args, 1, {}, capsys, monkeypatch)
+        assert cfg["loss"]["options"] == {"scale": 0.5, "squared": True} and cfg["loss"]["alpha_start"] is None
+        with pytest.raises(UserError, match="loss 'test-scaled-ce' has no option 'beta'"):
+            print_config("Conv/ffcv/main.py", ["--loss.name=test-scaled-ce", "--loss.opts=[beta=1]"], 1, {}, capsys,
+                         monkeypatch)
+    finally:
+        del LOSSES["test-scaled-ce"]
 
 
 def test_seeds_from_env_or_flag_and_bad_values(capsys, monkeypatch):
@@ -243,3 +268,23 @@ def test_lookup_nested_and_flat():
     assert lookup({"train": {"epochs": 3}}, "train.epochs") == 3
     assert lookup({"epochs": 3}, "epochs") == 3
     assert mismatches({"values": {"a.b": {"value": 1, "paper": "T0"}}}, {"a": {}}) == ["a.b: missing (recipe: 1)"]
+    # only_if_set: FFCV's loss.alpha_* are null for a loss without an α schedule, which still follows the recipe
+    alpha = {"values": {"loss.options.alpha_start": {"value": 0.1, "ours": "x", "only_if_set": True}}}
+    assert mismatches(alpha, {"loss": {"options": {}}}) == []
+    assert mismatches(alpha, {"loss": {"options": {"alpha_start": 0.2}}}) == [
+        "loss.options.alpha_start = 0.2, recipe 0.1 (ours: x)"]
+
+
+def test_ffcv_recipe_fingerprint_ignores_seed_folder_and_loss_but_not_the_alpha_denominator(capsys, monkeypatch):
+    """analysis.collect groups runs by recipe: a seed sweep (one logging.folder per seed) and another loss with its
+    options stay one recipe; Table 15's α denominator is another."""
+    from maxsup.training import recipe_fingerprint
+
+    base = ["--config-file", "Conv/ffcv/configs/rn50_paper_200ep.yaml"]
+    runs = [base, [*base, "--training.seed=3", "--logging.folder=runs/x/seed3"],
+            [*base, "--loss.name=lp", "--loss.opts=[beta=1e-3]"], [*base, "--loss.name=ce"],
+            [*base, "--loss.alpha_denominator=E"]]
+    not_recipe = FFCV.NOT_RECIPE  # the trainer's own keys
+    prints = [recipe_fingerprint(print_config("Conv/ffcv/main.py", r, 8, {}, capsys, monkeypatch), not_recipe)
+              for r in runs]
+    assert prints[0] == prints[1] == prints[2] == prints[3] != prints[4]

@@ -40,10 +40,10 @@ def test_step_guard_names_epoch_step_and_remedies():
     assert step_guard(torch.tensor(2.5), 0, 0) is False
     assert step_guard(torch.tensor(2.5), 0, 0, stop_requested=True) is True
     with pytest.raises(NonFiniteError) as exc:
-        step_guard(torch.tensor(float("nan")), 3, 17, lr_flag="--optimizer.lr", clip_flag="--optimizer.clip_grad_norm")
+        step_guard(torch.tensor(float("nan")), 3, 17, lr_flag="--lr.lr", clip_flag="--training.clip_grad_norm")
     msg = str(exc.value)
-    assert "the loss is nan at epoch 3, step 17" in msg and "--optimizer.lr" in msg
-    assert "--optimizer.clip_grad_norm" in msg and "last good checkpoint is unchanged" in msg
+    assert "the loss is nan at epoch 3, step 17" in msg and "--lr.lr" in msg
+    assert "--training.clip_grad_norm" in msg and "last good checkpoint is unchanged" in msg
     assert isinstance(exc.value, UserError)  # run_cli prints it as one error line
 
 
@@ -71,9 +71,9 @@ def test_resume_check_names_trainer_and_each_difference(tmp_path):
     old = {"model": {}, "optimizer": {}, "epoch": 0, "args": {"data_set": "IMNET"}}
     check_resume(old, "c.pth", "deit", {}, {}, [], recognise=lambda a: "data_set" in a)
     with pytest.raises(UserError, match="c.pth was not written by any trainer of this repository, not by ffcv.*"
-                                        "--train.finetune"):
+                                        "--training.finetune"):
         check_resume(old, "c.pth", "ffcv", {}, {}, [], recognise=lambda a: "train" in a,
-                     new_run_hint="--train.finetune")
+                     new_run_hint="--training.finetune")
     with pytest.raises(UserError, match=r"not a complete deit training checkpoint \(missing optimizer, epoch\)"):
         check_resume({"trainer": "deit", "model": {}}, "x.pth", "deit", {}, {}, [])
 
@@ -215,9 +215,9 @@ def test_preemption_after_an_epoch_stops_the_sweep_and_says_how_to_resume(capsys
             assert p.stop_after_epoch(0, 2) is (seed == 3)
         return seed
 
-    assert run_seeds([1, 3, 5], run, "out", "--train.resume=auto") == {"seed1": 1, "seed3": 3}
+    assert run_seeds([1, 3, 5], run, "out", "--training.resume=auto") == {"seed1": 1, "seed3": 3}
     err = capsys.readouterr().err
-    assert "seed sweep stopped during seed 3 (checkpoint in out/seed3); resume it with --train.resume=auto, then " \
+    assert "seed sweep stopped during seed 3 (checkpoint in out/seed3); resume it with --training.resume=auto, then " \
            "run the remaining seeds with --seeds 5" in err
     with Preemption() as p:  # a signal after the last epoch: the run is complete, not preempted
         p.requested = True

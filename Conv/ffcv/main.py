@@ -1,21 +1,21 @@
 """FFCV ImageNet trainer for ResNet / MobileNetV2 with MaxSup (paper Table 4), in the ffcv-imagenet idiom.
 
-One trainer class whose methods map to concerns, a TOML config (``config.toml`` + ``--config configs/<recipe>.toml``)
-with dotted command-line overrides, the resolved config in ``<output_dir>/params.json`` and JSON-lines logs in
-``<output_dir>/log.jsonl``. Runs on GPU (NCCL) and on CPU (gloo): images leave FFCV as uint8 and are normalised in
-torch, so no cupy is needed.
+One trainer class whose methods map to concerns; ffcv-imagenet's config sections (``data``, ``resolution``,
+``validation``, ``model``, ``lr``, ``training``, ``dist``, ``logging``, plus ``loss``) as typed OmegaConf sections
+with their defaults in ``config.yaml``; a recipe through ``--config-file configs/<recipe>.yaml`` and dotted
+command-line overrides; the resolved config in ``<logging.folder>/params.json`` and JSON-lines logs in
+``<logging.folder>/log.jsonl``. Runs on GPU (NCCL) and on CPU (gloo): images leave FFCV as uint8 and are normalised
+in torch, so no cupy is needed.
 
-    torchrun --nproc_per_node=4 Conv/ffcv/main.py --config Conv/ffcv/configs/rn50_paper_200ep.toml \\
+    torchrun --nproc_per_node=4 Conv/ffcv/main.py --config-file Conv/ffcv/configs/rn50_paper_200ep.yaml \\
         --data.train_dataset=/data/ffcv/train_500_0.50_90.ffcv --data.val_dataset=/data/ffcv/val_500_0.50_90.ffcv
 
-Besides the config keys: ``--print-config`` prints the resolved config (nested sections, plus world_size,
-per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without reading data;
-``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into ``<train.output_dir>/seed<S>``;
-``--estimate N`` (``--estimate-synthetic``: no .beton) times N training steps and prints one JSON line
-(``maxsup.estimate``), writing nothing.
+Besides the config keys: ``--print-config`` prints the resolved config (nested sections, the loss's resolved options,
+plus world_size, per_process_batch_size, total_batch_size, effective_lr, seeds) as one JSON object and exits without
+reading data; ``--seeds 0,3,7`` (or env ``SEEDS=N``: seeds 0..N-1) trains one run per seed into
+``<logging.folder>/seed<S>``; ``--estimate N`` (``--estimate-synthetic``: no .beton) times N training steps and prints
+one JSON line (``maxsup.estimate``), writing nothing.
 """
-
-from __future__ import annotations
 
 import contextlib
 import copy
@@ -25,11 +25,15 @@ import json
 import math
 import sys
 import time
+from dataclasses import field, make_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -48,7 +52,7 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
-from maxsup.losses import ALPHA_DENOMINATORS, PenaltyStatsMeter, compute_loss
+from maxsup.losses import PenaltyStatsMeter, compute_loss, resolve_loss_options
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
 from maxsup.timing import Stopwatch, train_timing
 from maxsup.training import (
@@ -82,223 +86,212 @@ from maxsup.training import (
     write_run_record,
 )
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the tomli backport
-    import tomli as tomllib
-
-DEFAULT_CONFIG = Path(__file__).with_name("config.toml")
-LOSSES = ("ce", "ls", "maxsup", "lp", "cp", "ols", "zipf", "logitnorm", "focal", "adaptive-ls", "maxsup-adaptive")
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 SCHEDULES = ("triangular", "step", "cosine")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FREE_TABLES = ("model.kwargs",)  # tables whose keys are not fixed by config.toml
+ALPHA_KEYS = ("alpha_start", "alpha_end", "alpha_denominator")  # loss.<key>, as the other trainers' --alpha-* flags
 TRAINER = "Conv/ffcv/main.py"
-NONFINITE_HINT = {"lr_flag": "--optimizer.lr", "clip_flag": "--optimizer.clip_grad_norm"}
-RESUME_FLAG = "--train.resume=auto"
-OVERWRITE_FLAG = "--train.overwrite=true"
-#: A folder holding one of these holds a run: a fresh run into it needs train.overwrite.
+NONFINITE_HINT = {"lr_flag": "--lr.lr", "clip_flag": "--training.clip_grad_norm"}
+RESUME_FLAG = "--training.resume=auto"
+OVERWRITE_FLAG = "--training.overwrite=true"
+#: A folder holding one of these holds a run: a fresh run into it needs training.overwrite.
 RUN_MARKERS = ("run.json", "checkpoint.pth")
-#: Config keys (whole or last dotted part) that do not change what is trained: left out of run.json's recipe
-#: fingerprint, so seeds and losses of one recipe are one group of analysis.collect.
-NOT_RECIPE = ("seed", "seeds", "output_dir", "resume", "device", "num_workers", "eval_only", "tensorboard", "progress",
+#: Config keys that do not change what is trained: left out of run.json's recipe fingerprint, so seeds and losses of
+#: one recipe are one group of analysis.collect. Matched on the whole dotted key, its last part, or (a dotted entry)
+#: its section: ``loss.options`` leaves out every ``loss.options.<option>``; the α denominator still splits a group.
+NOT_RECIPE = ("seed", "seeds", "folder", "resume", "device", "num_workers", "eval_only", "tensorboard", "progress",
               "train_dataset", "val_dataset", "stats_every", "batch_size", "accum_steps", "world_size", "in_memory",
-              "compile", "model.arch", "loss.type", "alpha_start", "alpha_end", "lp_beta", "cp_beta", "ols_a",
-              "ols_init_smoothing", "zipf_lam", "zipf_power", "overwrite")
+              "compile", "model.arch", "loss.name", "opts", "loss.options", "alpha_start", "alpha_end", "overwrite",
+              "allow_missing_sidecar")
+
+
+def resume_flag(key: str) -> str:
+    """What a user types to change ``key`` (a ``resume_keys`` entry)."""
+    option = key.removeprefix("loss.options.")
+    return f"--loss.opts=[{option}=...]" if option != key else f"--{key}"
 
 
 def resume_keys(flat: dict[str, Any]) -> list[str]:
-    """Config keys that define a run: the model, the loss and its options, the number of epochs."""
-    return [k for k in flat if k.startswith(("model.", "loss.")) or k == "train.epochs"]
+    """Config keys that define a run: the model, the loss and its resolved options, the number of epochs."""
+    defining = ("model.", "loss.name", "loss.options.")
+    return [k for k in flat if k.startswith(defining) or k in ("training.epochs", "training.use_blurpool")]
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Config: config.toml, then a recipe file (which may `extends` another), then dotted command-line overrides
+# Config (OmegaConf): config.yaml is the schema, in ffcv-imagenet's sections; each key takes the type of its default
 # --------------------------------------------------------------------------------------------------------------------
+def _kind(default: Any) -> Any:
+    if default is None:  # loss.alpha_*: null = the loss class's default; the registry types a value given here
+        return Any
+    if isinstance(default, list):
+        return list[type(default[0])] if default else list[str]
+    return dict[str, Any] if isinstance(default, dict) else type(default)  # model.kwargs: free-form
+
+
+def config_schema(defaults: dict[str, dict[str, Any]]) -> Any:
+    """One dataclass per section of ``defaults`` (config.yaml), typed by the defaults: OmegaConf then refuses an
+    unknown key and converts or refuses each value given for a key."""
+    sections = {name: make_dataclass(name, [(k, _kind(v), MISSING) for k, v in keys.items()])
+                for name, keys in defaults.items()}
+    return make_dataclass("Config", [(name, cls, field(default_factory=cls)) for name, cls in sections.items()])
+
+
 def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (ffcv-imagenet's params.json); ``model.kwargs`` stays one value."""
     out: dict[str, Any] = {}
     for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name not in FREE_TABLES:
-            out.update(_flatten(value, f"{name}."))
+        if isinstance(value, dict) and f"{prefix}{key}" != "model.kwargs":
+            out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[name] = value
+            out[f"{prefix}{key}"] = value
     return out
 
 
-def _unknown_key(key: str, known: dict[str, Any], where: str) -> UserError:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {sorted({k.split('.')[0] for k in known})}"
-    return UserError(f"unknown config key '{key}' in {where}{hint}")
-
-
-def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
-    """Check ``value`` against the type of the default (ints are accepted for floats)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise UserError(f"config key '{key}' in {where} must be of type {type(default).__name__} "
-                        f"(like {default!r}), got {value!r}")
-    return value
-
-
-def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
-    section, _, name = key.rpartition(".")
-    node = cfg
-    for part in section.split("."):
-        node = node[part]
-    node[name] = value
-
-
-def _apply(cfg: dict[str, Any], updates: dict[str, Any], where: str) -> None:
-    known = _flatten(cfg)
-    for key, value in updates.items():
-        free = next((t for t in FREE_TABLES if key.startswith(t + ".")), None)
-        if free is not None:
-            _get(cfg, free)[key[len(free) + 1:]] = value
-        elif key not in known:
-            raise _unknown_key(key, known, where)
-        else:
-            _set(cfg, key, _coerce(key, value, known[key], where))
-
-
-def _get(cfg: dict[str, Any], key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+def _merge(cfg: DictConfig, update: Any, where: str) -> DictConfig:
+    """``cfg`` updated by ``update`` through the typed sections; a wrong key or type is one UserError line."""
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path} is not valid TOML: {exc}") from None
+        return OmegaConf.merge(cfg, update)
+    except OmegaConfBaseException as exc:
+        key = exc.full_key or ""
+        if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+            close = difflib.get_close_matches(key, list(_flatten(OmegaConf.to_container(cfg))), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid sections: {', '.join(cfg)}"
+            raise UserError(f"unknown config key '{key}' in {where}{hint}") from None
+        raise UserError(f"config key '{key}' in {where}: {str(exc).splitlines()[0]}") from None
 
 
-def _recipe_updates(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Flattened keys of a recipe file; ``extends = "other.toml"`` (relative to the file) is applied first."""
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A config file; one that says ``extends: other.yaml`` (relative to it) is that file with these overrides."""
     path = path.resolve()
     if path in seen:
         raise UserError(f"config files extend each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
-    raw = _read_toml(path)
-    parent = raw.pop("extends", None)
-    updates = _recipe_updates(path.parent / parent, seen + (path,)) if parent else {}
-    updates.update(_flatten(raw))
-    return updates
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML literal (``0.85``, ``true``, ``[1, 2]``, ``"x"``), else the raw string (``--data.val_dataset=/x``)."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, DictConfig):
+        raise UserError(f"{path} must hold sections (data:, lr:, training:, ...), not a {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    return OmegaConf.merge(read_yaml(path.parent / parent, seen + (path,)), raw) if parent else raw
 
 
-def load_config(argv: list[str]) -> dict[str, Any]:
-    """Resolve ``config.toml`` + ``--config <recipe.toml>`` + ``--section.key=value`` overrides into a nested dict."""
-    cfg = _read_toml(DEFAULT_CONFIG)
-    overrides: dict[str, str] = {}
-    recipe: Path | None = None
+def load_config(argv: list[str]) -> DictConfig:
+    """config.yaml, then ``--config-file <recipe.yaml>``, then ``--section.key=value`` (or ``--section.key value``)
+    overrides, checked against the typed sections. A value is converted to its key's type (``--data.in_memory=1``,
+    ``--lr.lr=0.85``); a list or a ``model.kwargs`` entry is YAML (``--loss.opts='[beta=1e-3]'``)."""
+    defaults = read_yaml(DEFAULT_CONFIG)
+    cfg = OmegaConf.merge(OmegaConf.structured(config_schema(OmegaConf.to_container(defaults))), defaults)
+    overrides: list[tuple[str, str]] = []
     args = list(argv)
     while args:
         arg = args.pop(0)
         if not arg.startswith("--"):
-            raise UserError(f"unexpected argument {arg!r}; use --config <file.toml> and --section.key=value overrides")
+            raise UserError(f"unexpected argument {arg!r}; use --config-file <file.yaml> and --section.key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if not args:
                 raise UserError(f"{arg} needs a value: {arg}=<value>")
             value = args.pop(0)
         if key == "config":
-            recipe = Path(value)
+            raise UserError("--config is now --config-file <file.yaml> (ffcv-imagenet's flag; the recipes are YAML)")
+        if key == "config-file":
+            cfg = _merge(cfg, read_yaml(Path(value)), value)
         else:
-            overrides[key] = value
-    if recipe is not None:
-        _apply(cfg, _recipe_updates(recipe), str(recipe))
-    known = _flatten(cfg)
-    for key, text in overrides.items():  # string keys keep the raw text (a path like /data/1e3 stays a string)
-        _apply(cfg, {key: text if isinstance(known.get(key), str) else _parse_value(text)}, "the command line")
+            overrides.append((key, value))
+    for key, text in overrides:  # after the file, whatever their order
+        current = OmegaConf.select(cfg, key, default=MISSING)
+        if current is MISSING or current is None or OmegaConf.is_config(current) or key.startswith("model.kwargs."):
+            update = OmegaConf.from_dotlist([f"{key}={text}"])  # YAML: a list, a model.kwargs entry, a loss.alpha_*
+        else:  # a typed key converts the raw text itself: a path like /data/1e3, or "true", stays a string
+            update = OmegaConf.create()
+            OmegaConf.update(update, key, text)
+        cfg = _merge(cfg, update, "the command line")
     validate_config(cfg)
     return cfg
 
 
-def validate_config(cfg: dict[str, Any]) -> None:
-    choices = {"loss.type": LOSSES, "scheduler.type": SCHEDULES, "train.precision": tuple(PRECISIONS),
-               "loss.alpha_denominator": ALPHA_DENOMINATORS}
-    for key, allowed in choices.items():
-        if _get(cfg, key) not in allowed:
-            raise UserError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
-    d, t = cfg["data"], cfg["train"]
-    if not (d["min_res"] <= d["max_res"] and d["start_ramp"] <= d["end_ramp"]):
-        raise UserError("progressive resizing needs data.min_res <= data.max_res and data.start_ramp <= data.end_ramp")
-    if t["epochs"] < 1 or t["batch_size"] < 1:
-        raise UserError(f"train.epochs and train.batch_size must be >= 1 (got {t['epochs']}, {t['batch_size']})")
-    if t["accum_steps"] < 1:
-        raise UserError(f"train.accum_steps must be >= 1, got {t['accum_steps']}")
-    if cfg["loss"]["zipf_dense"] and cfg["loss"]["type"] != "zipf":
-        raise UserError(f"loss.zipf_dense is a mode of loss.type = 'zipf', not of {cfg['loss']['type']!r}")
-    if t["stats_every"] < 1:
-        raise UserError(f"train.stats_every must be >= 1, got {t['stats_every']}")
-    if len(d["mean"]) != 3 or len(d["std"]) != 3:
+def loss_options(loss: DictConfig) -> dict[str, Any]:
+    """Every keyword option the loss is built with: its class defaults, then ``loss.opts``, then the ``loss.alpha_*``
+    that are set (``maxsup.losses.resolve_loss_options``, which checks the name and each option)."""
+    try:
+        return resolve_loss_options(loss.name, loss.opts, **{k: loss[k] for k in ALPHA_KEYS})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    for key, allowed in {"lr.lr_schedule_type": SCHEDULES, "training.precision": tuple(PRECISIONS)}.items():
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise UserError(f"{key} = {OmegaConf.select(cfg, key)!r} is not one of {', '.join(allowed)}")
+    r, t = cfg.resolution, cfg.training
+    if not (r.min_res <= r.max_res and r.start_ramp <= r.end_ramp):
+        raise UserError("progressive resizing needs resolution.min_res <= max_res and resolution.start_ramp <= "
+                        "end_ramp")
+    for key, value in {"training.epochs": t.epochs, "training.batch_size": t.batch_size,
+                       "training.accum_steps": t.accum_steps, "logging.stats_every": cfg.logging.stats_every}.items():
+        if value < 1:
+            raise UserError(f"{key} must be >= 1, got {value}")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UserError("data.mean and data.std need three values (RGB, in [0, 1])")
+    try:  # building the loss checks the values too (an α denominator other than E-1 / E, ...)
+        build_criterion(cfg.loss.name, cfg.model.num_classes, t.epochs, **loss_options(cfg.loss))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
-def per_process_batch(cfg: dict[str, Any], world: int) -> int:
-    """train.batch_size is the global batch: processes × accumulation steps × this."""
-    total, accum = cfg["train"]["batch_size"], cfg["train"]["accum_steps"]
+def per_process_batch(cfg: DictConfig, world: int) -> int:
+    """training.batch_size is the global batch: processes × accumulation steps × this."""
+    total, accum = cfg.training.batch_size, cfg.training.accum_steps
     if total % (world * accum):
-        raise UserError(f"train.batch_size = {total} is not divisible by the {world} processes × "
-                        f"train.accum_steps = {accum}")
+        raise UserError(f"training.batch_size = {total} is not divisible by the {world} processes × "
+                        f"training.accum_steps = {accum}")
     return total // (world * accum)
 
 
-def dataset_name(cfg: dict[str, Any]) -> str:
+def dataset_name(cfg: DictConfig) -> str:
     """``imagenet`` for a 1000-class .beton, else the training file's stem (e.g. ``fmnist_train``)."""
-    return "imagenet" if cfg["model"]["num_classes"] == 1000 else Path(cfg["data"]["train_dataset"]).stem
+    return "imagenet" if cfg.model.num_classes == 1000 else Path(cfg.data.train_dataset).stem
 
 
-def resolved_config(cfg: dict[str, Any], world: int) -> dict[str, Any]:
-    """The nested config plus what the launcher makes of it (``--print-config``, run.json). The lr is used as given
-    (no batch scaling), so ``effective_lr`` is ``optimizer.lr``."""
-    return {**copy.deepcopy(cfg), "world_size": world, "per_process_batch_size": per_process_batch(cfg, world),
-            "total_batch_size": cfg["train"]["batch_size"], "effective_lr": cfg["optimizer"]["lr"]}
+def resolved_config(cfg: DictConfig, world: int) -> dict[str, Any]:
+    """The nested config, every option the loss is built with (``loss.options``), and what the launcher makes of it
+    (``--print-config``, params.json, run.json, the checkpoint's ``args``). The lr is used as given (no batch
+    scaling), so ``effective_lr`` is ``lr.lr``."""
+    out = OmegaConf.to_container(cfg)
+    out["loss"]["options"] = loss_options(cfg.loss)
+    return {**out, "world_size": world, "per_process_batch_size": per_process_batch(cfg, world),
+            "total_batch_size": cfg.training.batch_size, "effective_lr": cfg.lr.lr}
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Schedules (pure functions of the fractional epoch; the trainer sets the lr every iteration, as ffcv-imagenet does)
 # --------------------------------------------------------------------------------------------------------------------
-def learning_rate(epoch: float, sched: dict[str, Any], lr: float, epochs: int) -> float:
-    """Learning rate at fractional ``epoch`` ∈ [0, epochs].
+def learning_rate(epoch: float, sched: Any, epochs: int) -> float:
+    """Learning rate at fractional ``epoch`` ∈ [0, epochs] from the ``lr`` section ``sched``.
 
     * ``step``: the authors' released config (lr 0.8, ×0.1 every 30 epochs, 90 epochs);
     * ``cosine``: paper Table 4 (lr 0.85, 200 epochs), optional linear warm-up;
-    * ``triangular``: ffcv-imagenet's cyclic schedule, 1e-4·lr → lr at ``peak_epoch`` → 0 at the end.
+    * ``triangular``: ffcv-imagenet's cyclic schedule, 1e-4·lr → lr at ``lr_peak_epoch`` → 0 at the end.
     """
-    if sched["type"] == "step":
+    lr = sched["lr"]
+    if sched["lr_schedule_type"] == "step":
         return lr * sched["step_ratio"] ** math.floor(epoch / sched["step_length"])
-    if sched["type"] == "cosine":
+    if sched["lr_schedule_type"] == "cosine":
         warmup = sched["warmup_epochs"]
         if epoch < warmup:
             return lr * epoch / warmup
         progress = (epoch - warmup) / max(epochs - warmup, 1e-8)
         return sched["min_lr"] + 0.5 * (lr - sched["min_lr"]) * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return float(np.interp(epoch, [0, sched["peak_epoch"], epochs], [1e-4 * lr, lr, 0.0]))
+    return float(np.interp(epoch, [0, sched["lr_peak_epoch"], epochs], [1e-4 * lr, lr, 0.0]))
 
 
-def train_resolution(epoch: int, data: dict[str, Any]) -> int:
-    """Progressive resizing: min_res until start_ramp, linear to max_res at end_ramp, rounded to res_step."""
-    res = np.interp(epoch, [data["start_ramp"], data["end_ramp"]], [data["min_res"], data["max_res"]])
-    return int(round(res / data["res_step"])) * data["res_step"]
+def train_resolution(epoch: int, res: Any) -> int:
+    """Progressive resizing (the ``resolution`` section): min_res until start_ramp, linear to max_res at end_ramp,
+    rounded to res_step."""
+    value = np.interp(epoch, [res["start_ramp"], res["end_ramp"]], [res["min_res"], res["max_res"]])
+    return int(round(value / res["res_step"])) * res["res_step"]
 
 
 class Beton(NamedTuple):
@@ -538,32 +531,32 @@ class ImageNetTrainer:
         :meth:`estimate`; ``synthetic``: generated batches instead of ``data.train_dataset``."""
         self.cfg = cfg
         import ffcv  # noqa: F401  before init_distributed silences print on rank > 0: numba's import inspects print
-        self.dist = init_distributed(cfg["train"]["device"] or None)
+        self.dist = init_distributed(cfg.training.device or None)
         self.device = self.dist.device
         self.main = self.dist.rank == 0
-        torch.manual_seed(cfg["train"]["seed"] + self.dist.rank)
-        np.random.seed(cfg["train"]["seed"] + self.dist.rank)
-        d = cfg["data"]
-        self.mean = torch.tensor(d["mean"], device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(d["std"], device=self.device).view(1, 3, 1, 1) * 255
-        self.output_dir = Path(cfg["train"]["output_dir"])
+        torch.manual_seed(cfg.training.seed + self.dist.rank)
+        np.random.seed(cfg.training.seed + self.dist.rank)
+        d = cfg.data
+        self.mean = torch.tensor(list(d.mean), device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(list(d.std), device=self.device).view(1, 3, 1, 1) * 255
+        self.output_dir = Path(cfg.logging.folder)
         self.start_epoch = 0
         self.last_metrics: dict[str, float] = {}
-        roles = ("val",) if cfg["train"]["eval_only"] else ("train", "val")
+        roles = ("val",) if cfg.training.eval_only else ("train", "val")
         roles = () if synthetic else ("train",) if estimate else roles
         # fail fast, before any JIT work
-        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg["model"]["num_classes"],
-                                         d["allow_missing_sidecar"]) for role in roles}
-        check_classes(self.betons, cfg["model"]["num_classes"])
-        real = d["real_labels"] and not estimate
-        self.real = load_real_labels(self.betons["val"], d["real_labels"]) if real else None
+        self.betons = {role: check_beton(d[f"{role}_dataset"], role, cfg.model.num_classes, d.allow_missing_sidecar)
+                       for role in roles}
+        check_classes(self.betons, cfg.model.num_classes)
+        real = d.real_labels and not estimate
+        self.real = load_real_labels(self.betons["val"], d.real_labels) if real else None
         self.partial: dict[str, Any] | None = None
         if synthetic:  # uint8 batches on the device, as FFCV hands them over; the train split's length
             n = train_split_size(dataset_name(cfg))[0] // (self.per_process_batch * self.dist.world_size)
-            res = train_resolution(0, d)
-            self.train_loader = self.decoder = SyntheticBatches(n, self.per_process_batch, cfg["model"]["num_classes"],
-                                                                (res, res), self.device, seed=cfg["train"]["seed"])
-        elif not cfg["train"]["eval_only"]:
+            res = train_resolution(0, cfg.resolution)
+            self.train_loader = self.decoder = SyntheticBatches(n, self.per_process_batch, cfg.model.num_classes,
+                                                                (res, res), self.device, seed=cfg.training.seed)
+        elif not cfg.training.eval_only:
             self.train_loader, self.decoder = self.create_train_loader()
         if not estimate:
             self.val_loader = self.create_val_loader()
@@ -597,20 +590,20 @@ class ImageNetTrainer:
     def create_train_loader(self):
         from ffcv.loader import Loader, OrderOption
 
-        d = self.cfg["data"]
+        d = self.cfg.data
         n = self.betons["train"].num_samples
         if n < self.per_process_batch * self.dist.world_size:
-            raise UserError(f"{d['train_dataset']} has {n} images, fewer than one batch of train.batch_size = "
-                            f"{self.cfg['train']['batch_size']} (the last partial batch is dropped)")
-        check_accum_steps(n // (self.per_process_batch * self.dist.world_size), self.cfg["train"]["accum_steps"],
-                          images=n // self.dist.world_size, batch_size=self.cfg["train"]["batch_size"],
-                          batch_flag="train.batch_size", accum_flag="train.accum_steps")  # drop_last batches
-        res = train_resolution(self.start_epoch, d)
-        decoder = seeded_crop_flip_decoder((res, res), self.cfg["train"]["seed"])
+            raise UserError(f"{d.train_dataset} has {n} images, fewer than one batch of training.batch_size = "
+                            f"{self.cfg.training.batch_size} (the last partial batch is dropped)")
+        check_accum_steps(n // (self.per_process_batch * self.dist.world_size), self.cfg.training.accum_steps,
+                          images=n // self.dist.world_size, batch_size=self.cfg.training.batch_size,
+                          batch_flag="training.batch_size", accum_flag="training.accum_steps")  # drop_last batches
+        res = train_resolution(self.start_epoch, self.cfg.resolution)
+        decoder = seeded_crop_flip_decoder((res, res), self.cfg.training.seed)
         order = OrderOption.RANDOM if self.dist.distributed else OrderOption.QUASI_RANDOM
-        loader = Loader(d["train_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
-                        order=order, os_cache=d["in_memory"], drop_last=True, distributed=self.dist.distributed,
-                        seed=self.cfg["train"]["seed"],
+        loader = Loader(d.train_dataset, batch_size=self.per_process_batch, num_workers=d.num_workers,
+                        order=order, os_cache=d.in_memory, drop_last=True, distributed=self.dist.distributed,
+                        seed=self.cfg.training.seed,
                         pipelines={"image": [decoder, *self._image_tail()],
                                    "label": self._label_pipeline()})
         make_order_pure(loader)
@@ -620,36 +613,35 @@ class ImageNetTrainer:
         from ffcv.fields.decoders import CenterCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
 
-        d = self.cfg["data"]
-        res = d["val_res"]
-        decoder = CenterCropRGBImageDecoder((res, res), ratio=d["val_crop_ratio"])
+        d, v = self.cfg.data, self.cfg.validation
+        decoder = CenterCropRGBImageDecoder((v.resolution, v.resolution), ratio=v.crop_ratio)
         # Rank r reads images r, r + W, ...: every image once at any world size (ffcv's distributed=True pads the
         # sequential order with duplicates, which would bias accuracy, NLL and ECE).
         n = self.betons["val"].num_samples
         shard = np.arange(self.dist.rank, n, self.dist.world_size)
-        return Loader(d["val_dataset"], batch_size=self.per_process_batch, num_workers=d["num_workers"],
+        return Loader(d.val_dataset, batch_size=self.per_process_batch, num_workers=d.num_workers,
                       order=OrderOption.SEQUENTIAL, drop_last=False, indices=shard,
                       pipelines={"image": [decoder, *self._image_tail()], "label": self._label_pipeline()})
 
     # ---------------------------------------------------------------------------------------------------- model
     def create_model_and_scaler(self):
-        m = self.cfg["model"]
-        model = create_model(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"])
-        if self.cfg["train"]["finetune"]:  # paper Table 6: a pretrained backbone (a resume overrides it later)
-            info = load_pretrained_backbone(model, self.cfg["train"]["finetune"])
-            print(f"fine-tuning from {self.cfg['train']['finetune']}: {info['loaded']} tensors loaded, head "
+        m, t = self.cfg.model, self.cfg.training
+        model = create_model(m.arch, m.num_classes, blurpool=t.use_blurpool, **m.kwargs)
+        if t.finetune:  # paper Table 6: a pretrained backbone (a resume overrides it later)
+            info = load_pretrained_backbone(model, t.finetune)
+            print(f"fine-tuning from {t.finetune}: {info['loaded']} tensors loaded, head "
                   f"{'replaced' if info['head_replaced'] else 'kept'}")
-        if self.cfg["train"]["sync_bn"] and self.dist.distributed:
+        if self.cfg.dist.sync_bn and self.dist.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
-        if self.cfg["train"]["channels_last"]:
+        if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.distributed:
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None)
-        if self.cfg["train"]["compile"]:
+        if t.compile:
             model = torch.compile(model)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg["train"]["precision"] == "fp16")
+        scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         return model, scaler
 
     @property
@@ -657,27 +649,20 @@ class ImageNetTrainer:
         return unwrap_model(self.model)
 
     def create_criterion(self) -> nn.Module:
-        loss = self.cfg["loss"]
-        kw = {"lp": {"beta": loss["lp_beta"]}, "cp": {"beta": loss["cp_beta"]},
-              "ols": {"a": loss["ols_a"], "init_smoothing": loss["ols_init_smoothing"]},
-              "zipf": {"lam": loss["zipf_lam"], "power": loss["zipf_power"], "dense": loss["zipf_dense"]},
-              "logitnorm": {"tau": loss["logitnorm_tau"]}, "focal": {"gamma": loss["focal_gamma"]},
-              "adaptive-ls": {"alpha_max": loss["adaptive_alpha_max"]},
-              "maxsup-adaptive": {"alpha_max": loss["adaptive_alpha_max"]}}.get(loss["type"], {})
-        return build_criterion(loss["type"], self.cfg["model"]["num_classes"], self.cfg["train"]["epochs"],
-                               alpha_start=loss["alpha_start"], alpha_end=loss["alpha_end"],
-                               alpha_denominator=loss["alpha_denominator"], model=self.module, **kw).to(self.device)
+        loss = self.cfg.loss
+        return build_criterion(loss.name, self.cfg.model.num_classes, self.cfg.training.epochs, model=self.module,
+                               **loss_options(loss)).to(self.device)
 
     def create_optimizer(self) -> torch.optim.Optimizer:
         """SGD; BatchNorm parameters get no weight decay unless optimizer.bn_weight_decay (grouped by module type,
         so torchvision's ``downsample.1`` BN is included, unlike ffcv-imagenet's ``'bn' in name`` test)."""
-        o = self.cfg["optimizer"]
+        t = self.cfg.training
         norm, rest = [], []
         for module in self.module.modules():
             is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-            (norm if is_norm and not o["bn_weight_decay"] else rest).extend(module.parameters(recurse=False))
-        groups = [{"params": rest, "weight_decay": o["weight_decay"]}, {"params": norm, "weight_decay": 0.0}]
-        return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+            (norm if is_norm and not t.bn_wd else rest).extend(module.parameters(recurse=False))
+        groups = [{"params": rest, "weight_decay": t.weight_decay}, {"params": norm, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=self.cfg.lr.lr, momentum=t.momentum, nesterov=t.nesterov)
 
     # ---------------------------------------------------------------------------------------------------- state
     def checkpoint_path(self) -> Path:
@@ -688,14 +673,14 @@ class ImageNetTrainer:
         check_finite_model(self.module, epoch if partial is None else epoch + 1, step, **NONFINITE_HINT)  # all ranks
         if not self.main:
             return
-        d, m = self.cfg["data"], self.cfg["model"]
+        d, m, v = self.cfg.data, self.cfg.model, self.cfg.validation
         atomic_save({
             "trainer": TRAINER,
             "model": self.module.state_dict(),
-            "arch": arch_spec(m["arch"], m["num_classes"], blurpool=m["blurpool"], **m["kwargs"]),
+            "arch": arch_spec(m.arch, m.num_classes, blurpool=self.cfg.training.use_blurpool, **m.kwargs),
             # ffcv's center crop (ratio × short side, resized to val_res) = Resize(val_res / ratio) + CenterCrop.
-            "eval_transform": transform_spec(d["val_res"], crop_pct=d["val_crop_ratio"], mean=d["mean"], std=d["std"]),
-            "args": copy.deepcopy(self.cfg),
+            "eval_transform": transform_spec(v.resolution, crop_pct=v.crop_ratio, mean=list(d.mean), std=list(d.std)),
+            "args": resolved_config(self.cfg, self.dist.world_size),
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -706,67 +691,68 @@ class ImageNetTrainer:
         }, self.checkpoint_path())
 
     def resume(self) -> None:
-        path = self.cfg["train"]["resume"]
+        path = self.cfg.training.resume
         if path == "auto":
             path = str(self.checkpoint_path()) if self.checkpoint_path().is_file() else ""
         if not path:
-            if self.cfg["train"]["eval_only"]:
-                raise UserError("train.eval_only needs a checkpoint: pass --train.resume=<checkpoint.pth>")
+            if self.cfg.training.eval_only:
+                raise UserError("training.eval_only needs a checkpoint: pass --training.resume=<checkpoint.pth>")
             return
-        if self.cfg["train"]["eval_only"]:
+        if self.cfg.training.eval_only:
             ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each tensor to its parameter
             missing = [k for k in ("model", "epoch", "optimizer", "criterion") if k not in ckpt]
             if missing:
                 raise UserError(f"{path} is not a Conv/ffcv checkpoint (missing {', '.join(missing)})")
             head = ckpt.get("arch", {}).get("num_classes")
-            if head is not None and head != self.cfg["model"]["num_classes"]:
+            if head is not None and head != self.cfg.model.num_classes:
                 raise UserError(f"{path} has a {head}-class head but model.num_classes = "
-                                f"{self.cfg['model']['num_classes']}; evaluate it with --model.num_classes={head} on "
+                                f"{self.cfg.model.num_classes}; evaluate it with --model.num_classes={head} on "
                                 f"data with {head} classes")
         else:
-            current = _flatten(self.cfg)
-            ckpt = open_resume(path, TRAINER, current, resume_keys(current), flag=lambda k: f"--{k}",
+            current = _flatten(resolved_config(self.cfg, self.dist.world_size))
+            ckpt = open_resume(path, TRAINER, current, resume_keys(current), flag=resume_flag,
                                saved=lambda c: _flatten(c["args"]) if isinstance(c.get("args"), dict) else {},
                                required=("model", "epoch", "optimizer", "criterion"),
-                               recognise=lambda a: isinstance(a.get("train"), dict) and isinstance(a.get("loss"), dict),
-                               new_run_hint="--train.finetune")
+                               recognise=lambda a: isinstance(a.get("training"), dict) and isinstance(a.get("loss"),
+                                                                                                     dict),
+                               new_run_hint="--training.finetune")
         load_state_dict_strict(self.module, ckpt["model"], path)
         resumed = restore_state(ckpt, {"optimizer": self.optimizer, "scaler": self.scaler, "criterion": self.criterion})
         self.start_epoch, self.partial = resumed.start_epoch, resumed.partial
-        if not self.cfg["train"]["eval_only"]:
+        if not self.cfg.training.eval_only:
             # FFCV's sample order is a function of (seed, epoch): continue where the checkpoint stopped.
             self.train_loader.next_epoch = self.start_epoch
         print(f"resumed from {path} (epoch {ckpt['epoch']} done)")
 
     # ---------------------------------------------------------------------------------------------------- loops
     def get_lr(self, epoch: float) -> float:
-        return learning_rate(epoch, self.cfg["scheduler"], self.cfg["optimizer"]["lr"], self.cfg["train"]["epochs"])
+        return learning_rate(epoch, self.cfg.lr, self.cfg.training.epochs)
 
     def autocast(self):
-        dtype = PRECISIONS[self.cfg["train"]["precision"]]
+        dtype = PRECISIONS[self.cfg.training.precision]
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_loop(self, epoch: int, preemption: Preemption | None = None) -> dict[str, Any]:
         """One epoch. Each step ends with :func:`maxsup.training.step_guard` (NaN/inf on any rank stops all;
         a preemption signal returns ``{"preempted": progress}`` at that step boundary). ``self.partial`` (from a
         preemption checkpoint) skips the steps already done."""
-        t = self.cfg["train"]
+        t = self.cfg.training
         self.model.train()
-        res = train_resolution(epoch, self.cfg["data"])
+        res = train_resolution(epoch, self.cfg.resolution)
         self.decoder.output_size = (res, res)  # progressive resizing (no recompilation needed)
         self.criterion.set_epoch(epoch)
         iters = len(self.train_loader)
         partial, self.partial = self.partial or {}, None
         loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
-        penalties = PenaltyStatsMeter(t["stats_every"])  # on the device; one sync at the end of the epoch
+        penalties = PenaltyStatsMeter(self.cfg.logging.stats_every)  # on the device; one sync at the end of the epoch
         if "penalties" in partial:
             penalties.load_state_dict(partial["penalties"], self.device)
         watch = Stopwatch(self.device)  # maxsup.timing: the whole loop, the first (FFCV JIT) iteration included
         batches, first = skip_done_batches(self.train_loader, partial)  # FFCV's order is a function of (seed, epoch)
         bar = tqdm(batches, total=iters, initial=first, desc=f"epoch {epoch}",
-                   disable=not (self.main and t["progress"]))
-        clip = self.cfg["optimizer"]["clip_grad_norm"]
-        accum = t["accum_steps"]  # one optimizer step per `accum` batches; a last incomplete group is skipped
+                   disable=not (self.main and self.cfg.logging.progress))
+        clip = t.clip_grad_norm
+        accum = t.accum_steps  # one optimizer step per `accum` batches; a last incomplete group is skipped
         usable = iters - iters % accum
         for it, (images, target) in enumerate(bar, start=first):
             if it == usable:
@@ -776,7 +762,7 @@ class ImageNetTrainer:
             lr = self.get_lr(epoch + it / iters)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std, t["channels_last"])
+            images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std, t.channels_last)
             target = target.to(self.device, non_blocking=True).long()
             if it % accum == 0:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -814,14 +800,14 @@ class ImageNetTrainer:
         self.model.eval()
         keep = self.betons["val"].class_indices
         keep_idx = None if keep is None else torch.tensor(keep, device=self.device)
-        meter = ClassificationMeter(self.cfg["model"]["num_classes"] if keep is None else len(keep))
+        meter = ClassificationMeter(self.cfg.model.num_classes if keep is None else len(keep))
         preds = []
         for images, target in self.val_loader:
             images = normalize(images.to(self.device, non_blocking=True), self.mean, self.std,
-                               self.cfg["train"]["channels_last"])
+                               self.cfg.training.channels_last)
             with self.autocast():
                 logits = self.model(images).float()
-                if self.cfg["data"]["flip_tta"]:  # ffcv-imagenet's lr_tta; averaged so NLL/ECE stay meaningful
+                if self.cfg.validation.lr_tta:  # averaged (ffcv-imagenet sums), so NLL/ECE stay meaningful
                     logits = (logits + self.model(torch.flip(images, dims=[3])).float()) / 2
             if keep_idx is not None:
                 logits = logits.index_select(1, keep_idx)
@@ -843,7 +829,7 @@ class ImageNetTrainer:
         """Validate, then ``before_log()`` (the checkpoint), then log: a kill never logs an unsaved epoch."""
         watch = Stopwatch(self.device)
         stats = {**self.val_loop(), "eval_seconds": watch.seconds()}
-        if not self.cfg["train"]["eval_only"]:
+        if not self.cfg.training.eval_only:
             self.criterion.on_eval(stats["top_1"])  # Adaptive LS: the best checkpoint so far becomes its teacher
         self.last_metrics = stats
         if before_log is not None:
@@ -853,8 +839,8 @@ class ImageNetTrainer:
         return stats
 
     def train(self) -> dict[str, Any]:
-        epochs = self.cfg["train"]["epochs"]
-        if self.cfg["train"]["eval_only"]:
+        epochs = self.cfg.training.epochs
+        if self.cfg.training.eval_only:
             return self.eval_and_log(self.start_epoch - 1, {"eval_only": True})
         stats: dict[str, Any] = dict(self.last_metrics)
         with Preemption() as preemption:
@@ -876,40 +862,41 @@ class ImageNetTrainer:
     def estimate(self, steps: int) -> dict[str, Any]:
         """``--estimate N``: warm-up + N steps of :meth:`train_loop` at the last epoch's resolution (progressive
         resizing ends there; earlier epochs cost less), one JSON line (``maxsup.estimate``), nothing written."""
-        t, epoch = self.cfg["train"], self.cfg["train"]["epochs"] - 1
+        t = self.cfg.training
+        epoch = t.epochs - 1
         full = len(self.train_loader)
-        self.train_loader = StepClock(self.train_loader, steps, t["accum_steps"], self.device)
+        self.train_loader = StepClock(self.train_loader, steps, t.accum_steps, self.device)
         self.train_loop(epoch)
         synthetic = isinstance(self.decoder, SyntheticBatches)
         return print_estimate(estimate_record(
-            self.train_loader, trainer="ffcv", steps_per_epoch=full // t["accum_steps"], epochs=t["epochs"],
-            world_size=self.dist.world_size, total_batch_size=t["batch_size"], device=self.device,
-            model=self.cfg["model"]["arch"], loss=self.cfg["loss"]["type"],
-            resolution=train_resolution(epoch, self.cfg["data"]),
-            data="synthetic" if synthetic else self.cfg["data"]["train_dataset"]))
+            self.train_loader, trainer="ffcv", steps_per_epoch=full // t.accum_steps, epochs=t.epochs,
+            world_size=self.dist.world_size, total_batch_size=t.batch_size, device=self.device,
+            model=self.cfg.model.arch, loss=self.cfg.loss.name,
+            resolution=train_resolution(epoch, self.cfg.resolution),
+            data="synthetic" if synthetic else self.cfg.data.train_dataset))
 
     # ---------------------------------------------------------------------------------------------------- logging
     def initialize_logger(self) -> None:
         self.start_time = time.time()
-        # eval_only writes its log into its own output_dir, never into a training run's folder (it prints only)
-        self.writes_folder = not (self.cfg["train"]["eval_only"] and holds_run(self.output_dir, RUN_MARKERS))
+        # eval_only writes its log into its own folder, never into a training run's folder (it prints only)
+        self.writes_folder = not (self.cfg.training.eval_only and holds_run(self.output_dir, RUN_MARKERS))
         if not self.writes_folder and self.main:
             print(f"eval_only: {self.output_dir} holds a training run; the evaluation is printed, not logged there")
-        self.tensorboard = ScalarWriter(self.cfg["logging"]["tensorboard"], enabled=self.main)
+        self.tensorboard = ScalarWriter(self.cfg.logging.tensorboard, enabled=self.main)
         if not self.main or not self.writes_folder:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        params = {**_flatten(self.cfg), "world_size": self.dist.world_size, "device": str(self.device),
+        config = resolved_config(self.cfg, self.dist.world_size)
+        params = {**_flatten(config), "world_size": self.dist.world_size, "device": str(self.device),
                   "loader": type(self.val_loader).__module__ + "." + type(self.val_loader).__name__}
         atomic_write(self.output_dir / "params.json", json.dumps(params, indent=2, default=str) + "\n")
-        m, loss = self.cfg["model"], self.cfg["loss"]
-        if self.cfg["train"]["eval_only"]:  # its own folder: params.json and the evaluation's log line
+        if self.cfg.training.eval_only:  # its own folder: params.json and the evaluation's log line
             return
         repair_log(self.output_dir / "log.jsonl", self.start_epoch - 1)  # epochs past the checkpoint, a torn line
-        write_run_record(self.output_dir, trainer="ffcv", config=resolved_config(self.cfg, self.dist.world_size),
+        write_run_record(self.output_dir, trainer="ffcv", config=config,
                          dataset=dataset_name(self.cfg),
-                         model=m["arch"], loss=loss["type"], epochs=self.cfg["train"]["epochs"],
-                         seed=self.cfg["train"]["seed"], world_size=self.dist.world_size, device=self.device,
+                         model=self.cfg.model.arch, loss=self.cfg.loss.name, epochs=self.cfg.training.epochs,
+                         seed=self.cfg.training.seed, world_size=self.dist.world_size, device=self.device,
                          alpha=alpha_schedule_of(self.criterion),
                          log_file="log.jsonl", metric_keys={"acc1": "top_1", "nll": "val_nll", "ece": "val_ece"},
                          not_recipe=NOT_RECIPE)
@@ -923,14 +910,14 @@ class ImageNetTrainer:
             append_log(self.output_dir / "log.jsonl", record)
 
 
-def train_in_folder(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One run; training claims ``train.output_dir`` for as long as it runs (one run per folder,
-    ``maxsup.training.runfolder``), ``eval_only`` writes nothing there."""
-    t = cfg["train"]
-    out = Path(t["output_dir"])
-    resume = str(out / "checkpoint.pth") if t["resume"] == "auto" and (out / "checkpoint.pth").is_file() else \
-        (t["resume"] if t["resume"] != "auto" else "")
-    with claim_run_folder(None if t["eval_only"] else out, RUN_MARKERS, resume_from=resume, overwrite=t["overwrite"],
+def train_in_folder(cfg: DictConfig) -> dict[str, Any]:
+    """One run; training claims ``logging.folder`` for as long as it runs (one run per folder,
+    ``maxsup.training.runfolder``), ``training.eval_only`` writes nothing there."""
+    t = cfg.training
+    out = Path(cfg.logging.folder)
+    resume = str(out / "checkpoint.pth") if t.resume == "auto" and (out / "checkpoint.pth").is_file() else \
+        (t.resume if t.resume != "auto" else "")
+    with claim_run_folder(None if t.eval_only else out, RUN_MARKERS, resume_from=resume, overwrite=t.overwrite,
                           resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
         return ImageNetTrainer(cfg).train()
 
@@ -939,8 +926,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("config keys (defaults from config.toml):")
-        for key, value in _flatten(_read_toml(DEFAULT_CONFIG)).items():
+        print("config keys (defaults and comments in config.yaml):")
+        for key, value in _flatten(OmegaConf.to_container(read_yaml(DEFAULT_CONFIG))).items():
             print(f"  --{key}={json.dumps(value)}")
         return {}
     argv, estimate, synthetic = pop_estimate_flags(argv)  # --estimate N [--estimate-synthetic]: time, write nothing
@@ -956,22 +943,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = parse_seeds(seeds_arg)
     if show:
         return print_config({**resolved_config(cfg, launcher_world_size()),
-                             "seeds": seeds if seeds is not None else [cfg["train"]["seed"]]})
-    if estimate and cfg["train"]["eval_only"]:
-        raise UserError("--estimate times training steps; it cannot be combined with --train.eval_only=true")
+                             "seeds": seeds if seeds is not None else [cfg.training.seed]})
+    if estimate and cfg.training.eval_only:
+        raise UserError("--estimate times training steps; it cannot be combined with --training.eval_only=true")
     if estimate:
         return ImageNetTrainer(cfg, estimate=True, synthetic=synthetic).estimate(estimate)
-    if seeds is None or cfg["train"]["eval_only"]:  # eval_only evaluates one checkpoint, whatever SEEDS says
+    if seeds is None or cfg.training.eval_only:  # eval_only evaluates one checkpoint, whatever SEEDS says
         return train_in_folder(cfg)
 
     def run(seed: int) -> dict[str, Any]:  # one run folder (and TensorBoard folder) per seed, one after the other
         cfg_seed = copy.deepcopy(cfg)
-        cfg_seed["train"]["seed"] = seed
-        cfg_seed["train"]["output_dir"] = seed_dir(cfg["train"]["output_dir"], seed)
-        cfg_seed["logging"]["tensorboard"] = seed_dir(cfg["logging"]["tensorboard"], seed)
+        cfg_seed.training.seed = seed
+        cfg_seed.logging.folder = seed_dir(cfg.logging.folder, seed)
+        cfg_seed.logging.tensorboard = seed_dir(cfg.logging.tensorboard, seed)
         return train_in_folder(cfg_seed)
 
-    return run_seeds(seeds, run, cfg["train"]["output_dir"], RESUME_FLAG)
+    return run_seeds(seeds, run, cfg.logging.folder, RESUME_FLAG)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Launch Conv/ffcv/main.py on Slurm through submitit, with automatic requeue and resume.
 
     python Conv/ffcv/run_with_submitit.py --nodes 1 --ngpus 8 --partition gpu --job_dir jobs/rn50_maxsup \\
-        --config Conv/ffcv/configs/rn50_paper_200ep.toml --data.train_dataset=/data/ffcv/train.ffcv \\
-        --data.val_dataset=/data/ffcv/val.ffcv --train.output_dir=runs/rn50_maxsup
+        --config-file Conv/ffcv/configs/rn50_paper_200ep.yaml --data.train_dataset=/data/ffcv/train.ffcv \\
+        --data.val_dataset=/data/ffcv/val.ffcv --logging.folder=runs/rn50_maxsup
 
 The launcher's own flags (``--ngpus``, ``--nodes``, ...) come first or anywhere; everything else is the trainer's
-config (``--config`` and dotted overrides). ``--train.output_dir`` defaults to ``--job_dir``. A requeued job continues
-with ``--train.resume=auto``; SIGTERM/SIGUSR1 make the trainer checkpoint at the next step boundary first.
+config (``--config-file`` and dotted overrides). ``--logging.folder`` defaults to ``--job_dir``. A requeued job
+continues with ``--training.resume=auto``; SIGTERM/SIGUSR1 make the trainer checkpoint at the next step boundary first.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ _spec.loader.exec_module(ffcv_main)
 def main(argv: list[str] | None = None):
     parser = add_slurm_args(argparse.ArgumentParser("Submitit for Conv/ffcv + MaxSup"))
     args, config_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.job_dir and not any(a.startswith("--train.output_dir") for a in config_argv):
-        config_argv = [*config_argv, f"--train.output_dir={args.job_dir}"]
+    if args.job_dir and not any(a.startswith("--logging.folder") for a in config_argv):
+        config_argv = [*config_argv, f"--logging.folder={args.job_dir}"]
     cfg = ffcv_main.load_config(config_argv)  # refuse a bad config now, not after the job waited in the queue
-    return launch_argv(ffcv_main.main, config_argv, args, cfg["train"]["output_dir"], checkpoint_file="checkpoint.pth",
+    return launch_argv(ffcv_main.main, config_argv, args, cfg.logging.folder, checkpoint_file="checkpoint.pth",
                        resume_flag=ffcv_main.RESUME_FLAG,
-                       overwrite_flag=ffcv_main.OVERWRITE_FLAG, name=f"ffcv_{cfg['loss']['type']}")
+                       overwrite_flag=ffcv_main.OVERWRITE_FLAG, name=f"ffcv_{cfg.loss.name}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def load_source(data_dir: str | None, zip_path: str | None, map_path: str | None
                         "or --fashion-mnist train|test")
     if layout != "imagefolder" and data_dir is None:
         raise UserError(f"--layout {layout} describes the folders of --data-dir; use it with --data-dir")
-    if fashion_mnist is not None:  # the tiny CPU recipe (configs/fmnist_cpu.toml), from the Debian package files
+    if fashion_mnist is not None:  # the tiny CPU recipe (configs/fmnist_cpu.yaml), from the Debian package files
         return FashionMNIST(train=fashion_mnist == "train", transform=_to_rgb)
     if zip_path is not None:
         if map_path is None:
@@ -282,7 +282,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zip", default=None, help="zip cache to convert instead (needs --map)")
     parser.add_argument("--map", default=None, help="map file of --zip (<member>\\t<label> per line)")
     parser.add_argument("--fashion-mnist", default=None, choices=["train", "test"],
-                        help="convert this Fashion-MNIST split instead (28 px, for configs/fmnist_cpu.toml)")
+                        help="convert this Fashion-MNIST split instead (28 px, for configs/fmnist_cpu.yaml)")
     parser.add_argument("--layout", default="imagefolder",
                         choices=["imagefolder", "imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r"],
                         help="labels of --data-dir: sorted class folders, ImageNetV2's int(folder name), "

@@ -167,7 +167,7 @@ def launch_argparse(run: Callable[[argparse.Namespace], Any], parser: argparse.A
 def launch_argv(run: Callable[[list[str]], Any], argv: list[str], args: argparse.Namespace, output_dir: str, *,
                 checkpoint_file: str, resume_flag: str, overwrite_flag: str, name: str) -> Any:
     """Submit a trainer that takes its own command line (``run(argv)``; ``args``: the Slurm flags parsed with
-    :func:`add_slurm_args`); a requeued job appends ``resume_flag`` (e.g. ``--train.resume=auto``) once
+    :func:`add_slurm_args`); a requeued job appends ``resume_flag`` (e.g. ``--training.resume=auto``) once
     ``<output_dir>/<checkpoint_file>`` exists, else ``overwrite_flag`` (it stopped before its first checkpoint)."""
     checkpoint = str(Path(output_dir) / checkpoint_file)
     task = RequeueTask(run, functools.partial(_add_resume_flag, list(argv), resume_flag), checkpoint,

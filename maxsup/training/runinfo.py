@@ -107,10 +107,12 @@ def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def recipe_fingerprint(config: Mapping[str, Any], not_recipe: Iterable[str] = ()) -> str:
     """8 hex digits identifying the recipe: every config key except the trainer's ``not_recipe`` keys (those that do
     not change what is trained: paths, logging, workers, the seed, the loss itself, the split of the global batch;
-    matched on the whole dotted key or its last part), so runs that differ only there fall into one group of
-    ``analysis.collect``."""
+    matched on the whole dotted key, its last part, or a dotted entry's section: ``loss.options`` leaves out
+    ``loss.options.beta``), so runs that differ only there fall into one group of ``analysis.collect``."""
     skip = frozenset(not_recipe)
-    kept = {k: v for k, v in sorted(_flat(config).items()) if k not in skip and k.rpartition(".")[2] not in skip}
+    sections = tuple(f"{p}." for p in skip if "." in p)
+    kept = {k: v for k, v in sorted(_flat(config).items())
+            if k not in skip and k.rpartition(".")[2] not in skip and not k.startswith(sections)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

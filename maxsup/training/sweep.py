@@ -54,7 +54,7 @@ def seeded_args(args: argparse.Namespace, seed: int, seed_key: str, folder_keys:
 def run_seeds(seeds: Iterable[int], run: Callable[[int], Any], output_dir: str, resume_hint: str) -> dict[str, Any]:
     """``{"seed<S>": run(S)}`` for each seed in turn; after a run that stopped on a preemption signal the sweep
     stops too, saying so in one line: where that run's checkpoint is (``seed_dir(output_dir, S)``) and how to
-    continue (``resume_hint``, the trainer's resume flag, e.g. "--resume" or "--train.resume=auto")."""
+    continue (``resume_hint``, the trainer's resume flag, e.g. "--resume" or "--training.resume=auto")."""
     seeds, results = list(seeds), {}
     for i, seed in enumerate(seeds):
         Preemption.last = None
