@@ -40,7 +40,11 @@ NOT_TRAINED = frozenset({
     "lr", "unscale_lr",
     # logging, printing, resume and evaluation-only switches
     "print_freq", "stats_every", "tensorboard", "print_config", "progress", "start_epoch", "save_every_epoch",
-    "eval", "eval_ema", "test_only", "eval_only", "skip_corrupt", "real_labels", "extra_val",
+    "eval", "eval_ema", "test_only", "eval_only", "skip_corrupt", "real_labels", "extra_val", "overwrite",
+    "estimate", "estimate_synthetic", "allow_missing_sidecar",
+    # loss options as typed (``--loss-opt``, FFCV's ``loss.opts`` and its unset-or-given α): what they resolve to
+    # is in ``loss_options`` / ``loss.options`` (every option, defaults filled in), which stays in the key
+    "loss_opt", "opts", "loss.alpha_start", "loss.alpha_end", "loss.alpha_denominator",
 })
 #: Whole config sections that are logging only (FFCV's ``logging.*``).
 NOT_TRAINED_PREFIXES = ("logging.",)

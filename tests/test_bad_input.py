@@ -402,6 +402,15 @@ def _ffcv_main():
 
 
 @pytest.mark.ffcv
+@pytest.mark.parametrize("flags,text", [(["--loss.name=ls", "--loss.alpha_end=1.0"], "alpha_end = 1.0 is a label"),
+                                        (["--loss.name=lp", "--loss.opts=[beta=-1]"], "beta = -1.0 must be >= 0")])
+def test_ffcv_loss_values_out_of_range_are_one_line(flags, text, tiny_betons, tmp_path, capsys):
+    msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", *flags), capsys)
+    assert text in msg, msg
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.ffcv
 def test_ffcv_refuses_more_accumulation_steps_than_batches(tiny_betons, tmp_path, capsys):
     """12 train images, global batch 16 = 8 steps × 2: 6 batches of 2 per epoch, fewer than training.accum_steps 8."""
     msg = _error_line(_ffcv_main().main, _ffcv(tiny_betons, tmp_path / "o", "--training.batch_size=16",

@@ -327,6 +327,22 @@ def test_t7_val_rows_are_the_best_epoch_and_test_rows_the_last(documented, tmp_p
     assert [cells[("test, 50 · MaxSup", col)]["ours"]["mean"] for col in ("Overall", "Many", "Medium")] == [80, 82, 70]
 
 
+def test_loss_options_pool_by_what_they_resolve_to_not_how_they_were_typed(tmp_path):
+    """--overwrite, and α given as a flag, as --loss-opt or left at the class default, do not split a recipe."""
+    plain = print_config(COMMON.cli, [*T10, "--loss", "maxsup"], 8)
+    typed = print_config(COMMON.cli, [*T10, "--loss", "maxsup", "--overwrite", "--loss-opt", "alpha_end=0.2"], 8)
+    _acc_run(tmp_path / "plain", "common_resnet", plain, "imagenet", 0, 77.0)
+    _acc_run(tmp_path / "typed", "common_resnet", typed, "imagenet", 1, 77.4)
+    result = collect.main([str(tmp_path), "--paper", "T10"])
+    cell = next(c for r in result["paper"]["T10"]["rows"] if r["name"] == "MaxSup" for c in r["cells"]
+                if c["column"] == "R-50")
+    assert cell["ours"]["n"] == 2 and cell["ours"]["mean"] == pytest.approx(77.2)
+    # ... but another resolved value is another recipe
+    other = print_config(COMMON.cli, [*T10, "--loss", "maxsup", "--loss-opt", "alpha_end=0.3"], 8)
+    _acc_run(tmp_path / "other", "common_resnet", other, "imagenet", 2, 76.0)
+    assert len(collect.main([str(tmp_path)])["groups"]) == 2
+
+
 def test_global_batch_pools_however_it_is_split(tmp_path, capsys):
     """8 × 64 (the README) and 4 × 64 × --accum-steps 2 (its alternative) are one recipe: total batch 512."""
     eight = print_config(COMMON.cli, [*T10, "--loss", "maxsup"], 8)
