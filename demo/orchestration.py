@@ -48,6 +48,9 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
+    # Deit/train_with_MaxSup.sh picks the checkout's .venv by itself; the demo's steps run under the demo's own
+    # interpreter instead, so a demo started from any environment trains with that environment's packages.
+    env.setdefault("PYTHON", sys.executable)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env

@@ -276,3 +276,14 @@ def test_report_default_output_is_git_ignored_and_the_reference_needs_update_ref
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
         f"error: {ROOT / 'results' / 'demo'} holds the committed reference; pass --update-reference to rewrite it"]
     assert run_demo.resolve_out(tmp_path, False) == tmp_path.resolve()
+
+
+def test_demo_steps_use_the_demo_interpreter(monkeypatch):
+    """The ViT step is ``Deit/train_with_MaxSup.sh``, which otherwise picks the checkout's ``.venv`` (or the PATH's
+    python3); the demo hands it its own interpreter, so a demo started from another environment (a worktree without
+    ``.venv``, a conda env) trains with the packages it was started with. A ``PYTHON`` the user set still wins."""
+    orchestration = load_flat(ROOT / "demo", "orchestration", ("recipe",))
+    monkeypatch.delenv("PYTHON", raising=False)
+    assert orchestration._child_env({})["PYTHON"] == sys.executable
+    monkeypatch.setenv("PYTHON", "/opt/other/python")
+    assert orchestration._child_env({})["PYTHON"] == "/opt/other/python"
