@@ -319,6 +319,18 @@ def pyplot() -> Any:
     return plt
 
 
+def checkpoint_panels(args: argparse.Namespace, panel_size: tuple[float, float]
+                      ) -> tuple[Any, Iterator[tuple[Any, LoadedModel]]]:
+    """A figure with one row of panels, one per ``--checkpoint`` (``panel_size``: (width, height) in inches each),
+    and the (axes, model) pairs in ``--checkpoint`` order. The models load one at a time as the pairs are consumed
+    (:func:`load_models`), so a script never holds them all."""
+    plt = pyplot()
+    ckpts = checkpoints_from_args(args)
+    width, height = panel_size
+    fig, axes = plt.subplots(1, len(ckpts), figsize=(width * len(ckpts), height), squeeze=False)
+    return fig, zip(axes[0], load_models(args, ckpts), strict=True)
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Atomically save a matplotlib figure as PNG and close it."""
     import io
