@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from analysis import calibration
-from analysis.common import LabeledSubset, checkpoint_panels, pyplot
+from analysis.common import build_dataset, checkpoint_panels, pyplot
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD
+from maxsup.data.imagenet_variants import imagenet_wnids
 from maxsup.data.transforms import transform_spec
 from maxsup.errors import UserError
 from maxsup.models import arch_spec, create_model
@@ -60,19 +61,16 @@ def test_checkpoint_panels_refuses_a_missing_checkpoint_before_drawing(tmp_path)
     assert plt.get_fignums() == before  # no figure left open
 
 
-class _Folder:
-    """Stands in for an image-folder reader: ``subset`` and ``class_indices`` as ImageNet-A/R's ``WnidFolder``."""
-
-    def __init__(self, classes: list[str], class_indices: list[int] | None = None):
-        self.classes, self.targets = classes, list(range(len(classes)))
-        self.subset, self.class_indices = class_indices is not None, class_indices
-
-
-def test_head_size_is_1000_for_imagenet_a_r_subsets_else_one_output_per_class():
-    """The head a checkpoint needs (``check_head`` in ``cached_arrays`` and ``robustness``): ImageNet-A/R keep their
-    classes' logits of a 1k head; every other set, including a ``--classes`` subset, needs one output per class."""
-    wnids = ["n01498041", "n01531178", "n01534433"]
-    a_r = LabeledSubset(_Folder(wnids, class_indices=[6, 11, 13]), np.arange(3), [0, 1, 2], wnids)
-    assert a_r.head_size == 1000 and a_r.class_indices == [6, 11, 13]
-    picked = LabeledSubset(_Folder([f"c{i}" for i in range(10)]), np.arange(4), [0, 1, 0, 1], ["c3", "c7"])
-    assert picked.head_size == 2 and picked.class_indices is None
+def test_head_size_is_1000_for_imagenet_a_else_one_output_per_selected_class(tmp_path):
+    """The head a checkpoint needs (``check_head`` in ``cached_arrays`` and ``robustness``): ImageNet-A/R are scored
+    on their classes' logits of a 1k head; any other set, a ``--classes`` subset included, needs one output per
+    class it keeps."""
+    wnids = imagenet_wnids()
+    for k in (13, 6):  # two of ImageNet-A's classes; labels 0, 1 follow the sorted wnids (1k indices 6, 13)
+        (tmp_path / wnids[k]).mkdir()
+        for j in range(2):
+            Image.new("RGB", (8, 8), (40 * j, k, 0)).save(tmp_path / wnids[k] / f"{j}.JPEG")
+    a = build_dataset("imagenet-a", str(tmp_path), "test")
+    assert a.head_size == 1000 and a.class_indices == [6, 13] and a.targets == [0, 0, 1, 1]
+    picked = build_dataset("fmnist", None, "test", classes=[7, 3], max_per_class=2)
+    assert picked.head_size == 2 and picked.class_indices is None and sorted(picked.targets) == [0, 0, 1, 1]
