@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"{name}: ECE {100 * rows[name]['ece_15']:.2f}%")
         ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "calibration.png")
     result = {"script": "calibration", "png": str(png), "panels": len(fig.axes), "dataset": args.dataset,
               "split": args.split, "rows": rows}

@@ -338,11 +338,13 @@ def checkpoint_panels(args: argparse.Namespace, panel_size: tuple[float, float]
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Atomically save a matplotlib figure as PNG and close it."""
+    """Lay out a matplotlib figure (``tight_layout``), atomically save it as PNG (``dpi`` pixels per inch) and close
+    it; returns ``path``."""
     import io
 
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)

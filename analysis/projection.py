@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows[name]["n_per_class"].append(len(idx))
         ax.set_title(name)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "projection.png")
     result = {"script": "projection", "png": str(png), "panels": len(fig.axes), "dataset": args.dataset,
               "split": args.split, "proj_classes": proj_classes, "per_class": args.per_class, "rows": rows}

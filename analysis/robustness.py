@@ -195,7 +195,6 @@ def _figure(result: dict[str, Any], severities: list[int], path: Path) -> None:
         ax.set(xlabel="severity (0 = clean)", ylabel=label, xticks=xs)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
