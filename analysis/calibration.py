@@ -21,10 +21,8 @@ import numpy as np
 
 from analysis.common import (
     cached_arrays,
-    checkpoints_from_args,
-    load_models,
+    checkpoint_panels,
     markdown_table,
-    pyplot,
     save_figure,
     script_parser,
     write_results,
@@ -42,11 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``calibration.json``: rows[name] = {acc1, nll, ece_15, ece_10, n, reliability: {...}}, plus
     real_acc1 and n_real (ReaL top-1 on ImageNet val) with ``--real-labels``."""
-    plt = pyplot()
-    ckpts = checkpoints_from_args(args)
-    fig, axes = plt.subplots(1, len(ckpts), figsize=(4 * len(ckpts), 4), squeeze=False)
+    fig, panels = checkpoint_panels(args, (4, 4))
     rows: dict[str, Any] = {}
-    for ax, loaded in zip(axes[0], load_models(args, ckpts), strict=True):
+    for ax, loaded in panels:
         name = loaded.name
         a = cached_arrays(loaded, args, args.split, require_head_match=True, real=args.real_labels)
         meter = ClassificationMeter(n_bins=15)
@@ -65,9 +61,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"{name}: ECE {100 * rows[name]['ece_15']:.2f}%")
         ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "calibration.png")
-    result = {"script": "calibration", "png": str(png), "panels": len(ckpts), "dataset": args.dataset,
+    result = {"script": "calibration", "png": str(png), "panels": len(fig.axes), "dataset": args.dataset,
               "split": args.split, "rows": rows}
     real = ["ReaL acc@1 (%)"] if args.real_labels else []
     md = markdown_table(["Method", "acc@1 (%)", *real, "NLL", "ECE 15 bins", "ECE 10 bins"],

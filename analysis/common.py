@@ -143,6 +143,12 @@ class LabeledSubset(Dataset):
         # ImageNet-A/R: the 1k logits to keep (labels are positions in this list); None = use every logit
         self.class_indices: list[int] | None = base.class_indices if getattr(base, "subset", False) else None
 
+    @property
+    def head_size(self) -> int:
+        """Outputs a classifier needs to score these labels: ImageNet-A/R's 200 classes are read off an ImageNet-1k
+        head (``class_indices``); any other set needs one output per class."""
+        return 1000 if self.class_indices else len(self.classes)
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -245,7 +251,7 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
                        args.seed)
     desc = f"{dataset} {split}" + (f" classes {','.join(map(str, classes))}" if classes else "")
     if require_head_match:
-        check_head(loaded, 1000 if ds.class_indices else len(ds.classes), desc)
+        check_head(loaded, ds.head_size, desc)
     scorer = real_scorer(loaded, ds, real) if real else None  # bad names fail before the extraction
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
     key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
@@ -319,12 +325,26 @@ def pyplot() -> Any:
     return plt
 
 
+def checkpoint_panels(args: argparse.Namespace, panel_size: tuple[float, float]
+                      ) -> tuple[Any, Iterator[tuple[Any, LoadedModel]]]:
+    """A figure with one row of panels, one per ``--checkpoint`` (``panel_size``: (width, height) in inches each),
+    and the (axes, model) pairs in ``--checkpoint`` order. The models load one at a time as the pairs are consumed
+    (:func:`load_models`), so a script never holds them all."""
+    plt = pyplot()
+    ckpts = checkpoints_from_args(args)
+    width, height = panel_size
+    fig, axes = plt.subplots(1, len(ckpts), figsize=(width * len(ckpts), height), squeeze=False)
+    return fig, zip(axes[0], load_models(args, ckpts), strict=True)
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Atomically save a matplotlib figure as PNG and close it."""
+    """Lay out a matplotlib figure (``tight_layout``), atomically save it as PNG (``dpi`` pixels per inch) and close
+    it; returns ``path``."""
     import io
 
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)

@@ -149,7 +149,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "gradcam.png")
     result = {"script": "gradcam", "png": str(png), "rows": rows, "cols": cols, "panels": rows * cols,
               "methods": [m.name for m in models], "dataset": args.dataset, "split": args.split,

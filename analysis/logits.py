@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 title="(c) confidence vs near-zero share")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "logits.png")
     result = {"script": "logits", "png": str(png), "panels": 3, "dataset": args.dataset, "split": args.split,
               "threshold": args.threshold, "xlim": list(xlim), "rows": rows}

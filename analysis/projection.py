@@ -24,10 +24,8 @@ import torch
 
 from analysis.common import (
     cached_arrays,
-    checkpoints_from_args,
-    load_models,
+    checkpoint_panels,
     parse_classes,
-    pyplot,
     save_figure,
     script_parser,
     write_results,
@@ -56,11 +54,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     proj_classes = parse_classes(args.proj_classes) or []
     if len(proj_classes) != 3:
         raise UserError(f"--proj-classes needs exactly 3 classes, got {args.proj_classes!r}")
-    plt = pyplot()
-    ckpts = checkpoints_from_args(args)
-    fig, axes = plt.subplots(1, len(ckpts), figsize=(4.5 * len(ckpts), 4.2), squeeze=False)
+    fig, panels = checkpoint_panels(args, (4.5, 4.2))
     rows: dict[str, Any] = {}
-    for ax, loaded in zip(axes[0], load_models(args, ckpts), strict=True):
+    for ax, loaded in panels:
         name = loaded.name
         a = cached_arrays(loaded, args, args.split)
         feats, labels = a["features"], a["labels"]
@@ -81,9 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows[name]["n_per_class"].append(len(idx))
         ax.set_title(name)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     png = save_figure(fig, Path(args.out) / "projection.png")
-    result = {"script": "projection", "png": str(png), "panels": len(ckpts), "dataset": args.dataset,
+    result = {"script": "projection", "png": str(png), "panels": len(fig.axes), "dataset": args.dataset,
               "split": args.split, "proj_classes": proj_classes, "per_class": args.per_class, "rows": rows}
     write_results(args.out, "projection", result)
     return result

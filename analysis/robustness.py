@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results[lm.name]["constants"] = constants
         clean = build_dataset(args.dataset, args.data_path, "test", transform, classes, args.max_per_class, args.seed)
         for lm in group:
-            check_head(lm, 1000 if clean.class_indices else len(clean.classes), f"{args.dataset} test")
+            check_head(lm, clean.head_size, f"{args.dataset} test")
         keep = clean.class_indices  # ImageNet-A/R: the 200 classes' logits only
         models = {lm.name: lm.model if keep is None else RestrictLogits(lm.model, keep).to(device) for lm in group}
         paths = {lm.name: lm.path for lm in group}
@@ -195,7 +195,6 @@ def _figure(result: dict[str, Any], severities: list[int], path: Path) -> None:
         ax.set(xlabel="severity (0 = clean)", ylabel=label, xticks=xs)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
