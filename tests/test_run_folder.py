@@ -205,3 +205,41 @@ def test_only_the_first_process_claims_and_evaluations_claim_nothing(tmp_path, m
     assert not (tmp_path / "run.lock").exists()  # refused before taking the lock
     with claim_run_folder(tmp_path, ["run.json"], overwrite=False, **{**kw, "resume_from": tmp_path / "c.pth"}):
         assert (tmp_path / "run.lock").read_text().startswith(str(os.getpid()))
+
+
+# ------------------------------------------------------------------------- launchers without torchrun's agent
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", list(TRAINERS))
+def test_refusal_on_rank_0_ends_every_rank_under_srun_or_submitit(name, tmp_path):
+    """srun / submitit start every rank as its own task with torchrun's variables set and no agent to stop the others
+    when rank 0 refuses: rank 1 must not wait in the rendezvous until the 30-minute gloo/NCCL timeout, but exit with
+    rank 0's line."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"trainer": "an earlier run"}\n')
+    before = _snapshot(out)
+    _, tiny, flag, _, script = TRAINERS[name]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), *tiny, "--epochs", "1", flag, str(out)],
+                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=150)[1] for p in procs]  # minutes, not the rendezvous timeout
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a rank still waits after rank 0 refused {out}; poll: {[p.poll() for p in procs]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lines = [e.strip().splitlines() for e in errs]
+    want = (f"error: {out} already holds a run (run.json); continue it with --resume {out / 'checkpoint.pth'}, start "
+            f"a new output folder, or pass --overwrite to start it over")
+    assert [p.returncode for p in procs] == [2, 2] and lines == [[want], [want]], lines
+    assert _snapshot(out) == before and sorted(q.name for q in out.iterdir()) == ["run.json"]

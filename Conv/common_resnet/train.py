@@ -41,6 +41,7 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
+from maxsup.hub.fetch import cached_url, is_url
 from maxsup.losses import (
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -437,11 +438,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ``--output-dir`` for as long as it runs (one run per folder, ``maxsup.training.runfolder``); an evaluation writes
     nothing there."""
     _check_args(args)
+    init_distributed(args.device)  # before the claim: every rank, not only rank 0, hears a refusal
     folder = None if args.test_only or args.estimate else args.output_dir  # evaluations and estimates write nothing
     with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
                           resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
                           overwrite_hint="--overwrite"):
-        return run(args)
+        return run(local_checkpoints(args))
+
+
+def local_checkpoints(args: argparse.Namespace) -> argparse.Namespace:
+    """``--resume URL`` / ``--finetune URL``: downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``,
+    a sha256 prefix in the file name verified, as DeiT's ``--resume https://…`` does; torchvision's reference takes
+    paths only) and from then on a local path. Done after the run folder is claimed: a refused run downloads nothing,
+    and a URL never counts as the folder's own checkpoint."""
+    local = {flag: cached_url(getattr(args, flag), f"--{flag}") for flag in ("resume", "finetune")
+             if is_url(getattr(args, flag))}
+    for flag, path in local.items():
+        print(f"--{flag} {getattr(args, flag)}: using {path}")
+    return argparse.Namespace(**{**vars(args), **{flag: str(path) for flag, path in local.items()}}) if local else args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -782,7 +796,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
-    parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate): a path, or "
+                        "an http(s) URL downloaded once into torch.hub's cache")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds one (run.json or checkpoint.pth); without "
                              "it such a run is refused")
