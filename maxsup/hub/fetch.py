@@ -167,16 +167,17 @@ def _torch_hub_checkpoints() -> Path:
 
 
 @contextmanager
-def _download_lock(path: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on ``<path>.lock`` while one process downloads ``path``: the ranks of one node share the
-    cache, and the first one downloads while the others wait and then find the file. Without working advisory locks
-    (some NFS mounts) the ranks download one after another's ``os.replace``, which is still atomic."""
+def _download_lock(folder: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on the cache folder itself while one process downloads into it (no lock file is left
+    behind): the ranks of one node share the cache, so the first one downloads while the others wait and then find
+    the file. Without working advisory locks (some NFS mounts, Windows) each rank downloads and ``os.replace`` keeps
+    the result atomic."""
     try:
         import fcntl
-    except ImportError:  # Windows
+    except ImportError:
         yield
         return
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -197,7 +198,8 @@ def cached_url(url: str, flag: str = "--resume", folder: str | os.PathLike | Non
     name carrying a sha256 prefix in torch.hub's convention (``deit_small_patch16_224-cd65a155.pth``) is verified
     against it, on download and on every later use; other names are used unverified, as torch.hub does. ``flag``
     (``--resume``, ``--finetune``) names the trainer's flag in the messages. A bad URL, an unreachable host, an HTTP
-    error or a hash mismatch is one :class:`DownloadError` / :class:`ChecksumError` line, and leaves no file behind.
+    error or a hash mismatch is one :class:`DownloadError` / :class:`ChecksumError` line and leaves no file behind
+    (but for an interrupted transfer's ``.part``, which the next call resumes).
     """
     try:
         parts = urllib.parse.urlsplit(url)
@@ -208,12 +210,12 @@ def cached_url(url: str, flag: str = "--resume", folder: str | os.PathLike | Non
     if parts.scheme.lower() not in ("http", "https") or not host or not name:
         raise DownloadError(f"{flag} {url} is not a URL of a file (http(s)://HOST/PATH/FILE); pass the checkpoint's "
                             f"download URL or a local path")
-    dest = Path(folder) if folder is not None else _torch_hub_checkpoints()
-    dest.mkdir(parents=True, exist_ok=True)
-    dest = dest / name
+    folder = Path(folder) if folder is not None else _torch_hub_checkpoints()
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / name
     prefix = url_hash_prefix(name) if check_hash else None
     offline = f"if this machine is offline, download the file elsewhere and pass its local path to {flag}"
-    with _download_lock(dest):
+    with _download_lock(folder):
         if not dest.is_file():
             log.info("downloading %s to %s", url, dest)
             incoming = dest.with_name(dest.name + ".download")  # its .part resumes an interrupted transfer
