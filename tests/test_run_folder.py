@@ -214,18 +214,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", list(TRAINERS))
+def _refused_command(name: str, out: Path) -> tuple[list[str], str]:
+    """A fresh 1-epoch run of trainer ``name`` into ``out``, and how that trainer says to resume or overwrite."""
+    if name == "ffcv":  # refused before its .beton files are opened: these need not exist
+        missing = out.parent / "missing.beton"
+        return ([str(ROOT / "Conv" / "ffcv" / "main.py"), f"--data.train_dataset={missing}",
+                 f"--data.val_dataset={missing}", f"--logging.folder={out}", "--training.device=cpu",
+                 "--training.epochs=1"],
+                "continue it with --training.resume=auto, start a new output folder, or pass --training.overwrite=true")
+    _, tiny, flag, _, script = TRAINERS[name]
+    return ([str(script), *tiny, "--epochs", "1", flag, str(out)],
+            f"continue it with --resume {out / 'checkpoint.pth'}, start a new output folder, or pass --overwrite")
+
+
+@pytest.mark.parametrize("name", [*TRAINERS, pytest.param("ffcv", marks=pytest.mark.ffcv)])
 def test_refusal_on_rank_0_ends_every_rank_under_srun_or_submitit(name, tmp_path):
     """srun / submitit start every rank as its own task with torchrun's variables set and no agent to stop the others
     when rank 0 refuses: rank 1 must not wait in the rendezvous until the 30-minute gloo/NCCL timeout, but exit with
     rank 0's line."""
+    if name == "ffcv":
+        pytest.importorskip("ffcv")
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text('{"trainer": "an earlier run"}\n')
     before = _snapshot(out)
-    _, tiny, flag, _, script = TRAINERS[name]
+    argv, hint = _refused_command(name, out)
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), *tiny, "--epochs", "1", flag, str(out)],
+    procs = [subprocess.Popen([sys.executable, *argv],
                               env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
@@ -239,7 +254,6 @@ def test_refusal_on_rank_0_ends_every_rank_under_srun_or_submitit(name, tmp_path
                 p.kill()
                 p.wait()
     lines = [e.strip().splitlines() for e in errs]
-    want = (f"error: {out} already holds a run (run.json); continue it with --resume {out / 'checkpoint.pth'}, start "
-            f"a new output folder, or pass --overwrite to start it over")
+    want = f"error: {out} already holds a run (run.json); {hint} to start it over"
     assert [p.returncode for p in procs] == [2, 2] and lines == [[want], [want]], lines
     assert _snapshot(out) == before and sorted(q.name for q in out.iterdir()) == ["run.json"]
