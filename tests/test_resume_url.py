@@ -73,6 +73,9 @@ def served(tmp_path_factory):
         run_cli(module.cli, [*tiny, "--epochs", "1", flag, str(run)])
         names[trainer] = (run / "checkpoint.pth", _published(run / "checkpoint.pth", root, trainer))
     (root / "tampered-0123abcd.pth").write_bytes((root / names["deit"][1]).read_bytes())  # a name that lies
+    for sub in ("a", "b"):  # one file name at two URLs, as Hugging Face's .../resolve/main/model.pth
+        (root / sub).mkdir()
+        (root / sub / "model.pth").write_bytes(f"weights of {sub}".encode())
     server = FileServer(root)
     yield server, names
     server.close()
@@ -188,6 +191,17 @@ def test_common_resnet_test_only_from_a_url_scores_like_the_local_file(served, t
     assert (_cache(tmp_path) / name).read_bytes() == local.read_bytes()
     for key in ("acc1", "nll", "ece"):
         assert from_url[key] == from_path[key], key
+
+
+def test_two_urls_ending_in_the_same_name_are_two_files(served, tmp_path):
+    """torch.hub keys its cache by file name alone; a name without its content's hash gets a folder per URL."""
+    from maxsup.hub.fetch import cached_url
+
+    server, _ = served
+    a, b = (cached_url(f"{server.url}/{sub}/model.pth") for sub in ("a", "b"))
+    assert a != b and a.read_bytes() == b"weights of a" and b.read_bytes() == b"weights of b"
+    asked = len(server.requests)
+    assert cached_url(f"{server.url}/a/model.pth") == a and len(server.requests) == asked  # cached, not fetched
 
 
 def test_hash_prefix_follows_torch_hub_names_without_misreading_version_numbers():

@@ -4,6 +4,7 @@ Every failure is a one-line :class:`DownloadError` or :class:`ChecksumError` tha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -193,10 +194,12 @@ def cached_url(url: str, flag: str = "--resume", folder: str | os.PathLike | Non
     """The local copy of the checkpoint at ``url``, downloaded on first use (what DeiT's ``--resume https://…`` does
     through ``torch.hub.load_state_dict_from_url(url, map_location='cpu', check_hash=True)``).
 
-    The file goes to ``folder`` (default: torch.hub's checkpoint cache, so a file torch.hub already fetched is reused)
-    under the URL's file name, through :func:`fetch_url` (resumable ``.part``, atomic rename). With ``check_hash``, a
-    name carrying a sha256 prefix in torch.hub's convention (``deit_small_patch16_224-cd65a155.pth``) is verified
-    against it, on download and on every later use; other names are used unverified, as torch.hub does. ``flag``
+    The file goes to ``folder`` (default: torch.hub's checkpoint cache) under the URL's file name, through
+    :func:`fetch_url` (resumable ``.part``, atomic rename). A name carrying a sha256 prefix in torch.hub's convention
+    (``deit_small_patch16_224-cd65a155.pth``) lies where torch.hub puts it, so a file torch.hub already fetched is
+    reused, and with ``check_hash`` it is verified against that prefix, on download and on every later use. Any other
+    name is used unverified, as torch.hub does, and lies in a subfolder ``url-<sha256 of the URL>``: two URLs that end
+    in the same name (``…/resolve/main/model.pth``) are two files. ``flag``
     (``--resume``, ``--finetune``) names the trainer's flag in the messages. A bad URL, an unreachable host, an HTTP
     error or a hash mismatch is one :class:`DownloadError` / :class:`ChecksumError` line and leaves no file behind
     (but for an interrupted transfer's ``.part``, which the next call resumes).
@@ -210,21 +213,32 @@ def cached_url(url: str, flag: str = "--resume", folder: str | os.PathLike | Non
     if parts.scheme.lower() not in ("http", "https") or not host or not name:
         raise DownloadError(f"{flag} {url} is not a URL of a file (http(s)://HOST/PATH/FILE); pass the checkpoint's "
                             f"download URL or a local path")
+    prefix = url_hash_prefix(name) if check_hash else None
     folder = Path(folder) if folder is not None else _torch_hub_checkpoints()
+    if url_hash_prefix(name) is None:
+        # torch.hub keys its cache by file name alone, so two URLs ending in model.pth would share one file; a name
+        # without its content's hash gets a folder of its own URL
+        folder = folder / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / name
-    prefix = url_hash_prefix(name) if check_hash else None
     offline = f"if this machine is offline, download the file elsewhere and pass its local path to {flag}"
-    with _download_lock(folder):
-        if not dest.is_file():
-            log.info("downloading %s to %s", url, dest)
-            incoming = dest.with_name(dest.name + ".download")  # its .part resumes an interrupted transfer
-            fetch_url(url, incoming, timeout=timeout, offline=offline,
-                      not_found_hint=f"check the URL given to {flag}")
-            _check_prefix(incoming, prefix, url)
-            os.replace(incoming, dest)
-        else:
-            _check_prefix(dest, prefix, url)
+    try:
+        with _download_lock(folder):
+            if not dest.is_file():
+                log.info("downloading %s to %s", url, dest)
+                incoming = dest.with_name(dest.name + ".download")  # its .part resumes an interrupted transfer
+                fetch_url(url, incoming, timeout=timeout, offline=offline,
+                          not_found_hint=f"check the URL given to {flag}")
+                _check_prefix(incoming, prefix, url)
+                os.replace(incoming, dest)
+            else:
+                _check_prefix(dest, prefix, url)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: an interrupted transfer's .part stays for the next call
+        raise
     return dest
 
 
