@@ -41,7 +41,7 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
-from maxsup.hub.fetch import cached_url, is_url
+from maxsup.hub import local_checkpoints
 from maxsup.losses import (
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -443,19 +443,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
                           resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
                           overwrite_hint="--overwrite"):
-        return run(local_checkpoints(args))
-
-
-def local_checkpoints(args: argparse.Namespace) -> argparse.Namespace:
-    """``--resume URL`` / ``--finetune URL``: downloaded once into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``,
-    a sha256 prefix in the file name verified, as DeiT's ``--resume https://…`` does; torchvision's reference takes
-    paths only) and from then on a local path. Done after the run folder is claimed: a refused run downloads nothing,
-    and a URL never counts as the folder's own checkpoint."""
-    local = {flag: cached_url(getattr(args, flag), f"--{flag}") for flag in ("resume", "finetune")
-             if is_url(getattr(args, flag))}
-    for flag, path in local.items():
-        print(f"--{flag} {getattr(args, flag)}: using {path}")
-    return argparse.Namespace(**{**vars(args), **{flag: str(path) for flag, path in local.items()}}) if local else args
+        return run(local_checkpoints(args))  # a URL: downloaded once, then its local path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

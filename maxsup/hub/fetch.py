@@ -4,6 +4,7 @@ Every failure is a one-line :class:`DownloadError` or :class:`ChecksumError` tha
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import http.client
@@ -14,7 +15,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..training.checkpoint import atomic_path
 from .registry import ChecksumError, DownloadError
 
 __all__ = ["sha256_file", "offline_hint", "check_sha256", "check_size", "fetch_url", "copy_atomic", "probe", "is_url",
-           "url_hash_prefix", "cached_url"]
+           "url_hash_prefix", "cached_url", "local_checkpoints"]
 
 log = logging.getLogger("maxsup.hub")
 _CHUNK = 1 << 20
@@ -251,3 +252,13 @@ def _check_prefix(path: Path, prefix: str | None, url: str) -> None:
         path.unlink(missing_ok=True)
         raise ChecksumError(f"sha256 mismatch for {url}: its file name says {prefix}…, the file has {got}; the file "
                             f"was deleted, re-run to download it again")
+
+
+def local_checkpoints(args: argparse.Namespace, flags: Iterable[str] = ("resume", "finetune")) -> argparse.Namespace:
+    """``args`` with each of ``flags`` (``--resume``, ``--finetune``) that holds an http(s) URL replaced by its
+    :func:`cached_url` copy, so that the trainer goes on exactly as with that local path (``args`` itself is left as
+    the user typed it). The trainers call this after claiming their run folder: a refused run downloads nothing."""
+    local = {flag: cached_url(getattr(args, flag), f"--{flag}") for flag in flags if is_url(getattr(args, flag))}
+    for flag, path in local.items():
+        print(f"--{flag} {getattr(args, flag)}: using {path}")
+    return argparse.Namespace(**{**vars(args), **{flag: str(path) for flag, path in local.items()}}) if local else args

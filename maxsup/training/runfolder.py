@@ -206,6 +206,7 @@ def check_new_run(folder: str | os.PathLike, markers: Iterable[str], *, resume_f
 
 
 def _is_url(path: str | os.PathLike) -> bool:
+    """maxsup.hub.fetch.is_url's rule (not imported from there: maxsup.hub imports maxsup.training)."""
     return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
