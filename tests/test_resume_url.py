@@ -204,6 +204,24 @@ def test_two_urls_ending_in_the_same_name_are_two_files(served, tmp_path):
     assert cached_url(f"{server.url}/a/model.pth") == a and len(server.requests) == asked  # cached, not fetched
 
 
+def test_ranks_sharing_a_cache_download_once(served, tmp_path):
+    """The ranks of one node start together; the first takes the cache folder's lock and downloads, the others wait
+    and find the verified file (threads stand in for the ranks: each opens its own lock, as a process would)."""
+    from maxsup.hub.fetch import cached_url
+
+    server, names = served
+    local, name = names["common_resnet"]
+    before = len(server.requests)
+    results: list[Path] = []
+    ranks = [threading.Thread(target=lambda: results.append(cached_url(f"{server.url}/{name}"))) for _ in range(4)]
+    for t in ranks:
+        t.start()
+    for t in ranks:
+        t.join(timeout=60)
+    assert results == [_cache(tmp_path) / name] * 4 and results[0].read_bytes() == local.read_bytes()
+    assert len(server.requests) - before == 1  # one GET, not four
+
+
 def test_hash_prefix_follows_torch_hub_names_without_misreading_version_numbers():
     from maxsup.hub.fetch import url_hash_prefix
 
