@@ -59,6 +59,7 @@ from maxsup.estimate import (  # noqa: E402
     print_estimate,
     train_split_size,
 )
+from maxsup.hub import local_checkpoints  # noqa: E402
 from maxsup.losses import (  # noqa: E402
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -279,13 +280,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_run_args(g)
     add_estimate_args(g)
     g.add_argument("--eval-ema", action="store_true", help="with --eval: evaluate the checkpoint's EMA weights")
-    g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    g.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval): a path, or "
+                   "an http(s) URL downloaded once into torch.hub's cache")
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --output_dir that holds one (run.json or checkpoint.pth); without it "
                         "such a run is refused")
     g.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     g.add_argument("--finetune", default="", help="initialise from this checkpoint's backbone (ours, or a released "
-                   "one converted by maxsup.hub convert); the head is replaced when the class count differs")
+                   "one converted by maxsup.hub convert; a path or an http(s) URL, like --resume); the head is "
+                   "replaced when the class count differs")
     g.add_argument("--dist-eval", action="store_true",
                    help="each rank evaluates a disjoint shard; metrics are summed over ranks")
     return p
@@ -465,11 +468,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, or with ``--eval`` evaluate. A training run claims its ``--output_dir`` for as long as it runs (one
     run per folder, ``maxsup.training.runfolder``); an evaluation writes nothing there."""
     check_args(args)
+    init_distributed(args.device)  # before the claim: every rank, not only rank 0, hears a refusal
     folder = None if args.eval or args.estimate else args.output_dir  # evaluations and estimates write nothing
     with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
                           resume_hint=f"--resume {Path(args.output_dir) / 'checkpoint.pth'}",
                           overwrite_hint="--overwrite"):
-        return run(args)
+        return run(local_checkpoints(args))  # a URL: downloaded once, then its local path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -205,3 +205,55 @@ def test_only_the_first_process_claims_and_evaluations_claim_nothing(tmp_path, m
     assert not (tmp_path / "run.lock").exists()  # refused before taking the lock
     with claim_run_folder(tmp_path, ["run.json"], overwrite=False, **{**kw, "resume_from": tmp_path / "c.pth"}):
         assert (tmp_path / "run.lock").read_text().startswith(str(os.getpid()))
+
+
+# ------------------------------------------------------------------------- launchers without torchrun's agent
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _refused_command(name: str, out: Path) -> tuple[list[str], str]:
+    """A fresh 1-epoch run of trainer ``name`` into ``out``, and how that trainer says to resume or overwrite."""
+    if name == "ffcv":  # refused before its .beton files are opened: these need not exist
+        missing = out.parent / "missing.beton"
+        return ([str(ROOT / "Conv" / "ffcv" / "main.py"), f"--data.train_dataset={missing}",
+                 f"--data.val_dataset={missing}", f"--logging.folder={out}", "--training.device=cpu",
+                 "--training.epochs=1"],
+                "continue it with --training.resume=auto, start a new output folder, or pass --training.overwrite=true")
+    _, tiny, flag, _, script = TRAINERS[name]
+    return ([str(script), *tiny, "--epochs", "1", flag, str(out)],
+            f"continue it with --resume {out / 'checkpoint.pth'}, start a new output folder, or pass --overwrite")
+
+
+@pytest.mark.parametrize("name", [*TRAINERS, pytest.param("ffcv", marks=pytest.mark.ffcv)])
+def test_refusal_on_rank_0_ends_every_rank_under_srun_or_submitit(name, tmp_path):
+    """srun / submitit start every rank as its own task with torchrun's variables set and no agent to stop the others
+    when rank 0 refuses: rank 1 must not wait in the rendezvous until the 30-minute gloo/NCCL timeout, but exit with
+    rank 0's line."""
+    if name == "ffcv":
+        pytest.importorskip("ffcv")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"trainer": "an earlier run"}\n')
+    before = _snapshot(out)
+    argv, hint = _refused_command(name, out)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *argv],
+                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=150)[1] for p in procs]  # minutes, not the rendezvous timeout
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a rank still waits after rank 0 refused {out}; poll: {[p.poll() for p in procs]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lines = [e.strip().splitlines() for e in errs]
+    want = f"error: {out} already holds a run (run.json); {hint} to start it over"
+    assert [p.returncode for p in procs] == [2, 2] and lines == [[want], [want]], lines
+    assert _snapshot(out) == before and sorted(q.name for q in out.iterdir()) == ["run.json"]

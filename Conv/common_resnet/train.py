@@ -41,6 +41,7 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
+from maxsup.hub import local_checkpoints
 from maxsup.losses import (
     ALPHA_DENOMINATORS,
     LOSSES,
@@ -437,11 +438,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ``--output-dir`` for as long as it runs (one run per folder, ``maxsup.training.runfolder``); an evaluation writes
     nothing there."""
     _check_args(args)
+    init_distributed(args.device)  # before the claim: every rank, not only rank 0, hears a refusal
     folder = None if args.test_only or args.estimate else args.output_dir  # evaluations and estimates write nothing
     with claim_run_folder(folder, RUN_MARKERS, resume_from=args.resume, overwrite=args.overwrite,
                           resume_hint=f"--resume {Path(args.output_dir or '.') / 'checkpoint.pth'}",
                           overwrite_hint="--overwrite"):
-        return run(args)
+        return run(local_checkpoints(args))  # a URL: downloaded once, then its local path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -782,7 +784,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
-    parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate)")
+    parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate): a path, or "
+                        "an http(s) URL downloaded once into torch.hub's cache")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an --output-dir that holds one (run.json or checkpoint.pth); without "
                              "it such a run is refused")

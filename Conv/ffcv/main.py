@@ -917,6 +917,8 @@ def train_in_folder(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.logging.folder)
     resume = str(out / "checkpoint.pth") if t.resume == "auto" and (out / "checkpoint.pth").is_file() else \
         (t.resume if t.resume != "auto" else "")
+    import ffcv  # noqa: F401  before init_distributed silences print on rank > 0: numba's import inspects print
+    init_distributed(t.device or None)  # before the claim: every rank, not only rank 0, hears a refusal
     with claim_run_folder(None if t.eval_only else out, RUN_MARKERS, resume_from=resume, overwrite=t.overwrite,
                           resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
         return ImageNetTrainer(cfg).train()

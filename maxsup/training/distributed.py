@@ -1,4 +1,9 @@
-"""torchrun-based distributed setup: NCCL on CUDA, gloo on CPU."""
+"""Distributed setup from the launcher's environment (torchrun, or srun/submitit through
+:mod:`maxsup.training.launch`): NCCL on CUDA, gloo on CPU.
+
+The trainers call :func:`init_distributed` before they claim their output folder
+(:func:`maxsup.training.claim_run_folder`), so that a refusal on rank 0 reaches every rank; calling it again later
+returns the same setup."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "rank", "world_size", "barrier",
-           "all_reduce_sum"]
+           "all_reduce_sum", "print_silenced"]
 
 
 @dataclass
@@ -28,6 +33,8 @@ def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> 
 
     ``device``: "cuda", "cpu" or None (CUDA when available). Without torchrun's variables this is a single process.
     Non-main ranks have ``print`` silenced unless ``quiet_non_main`` is False (``print(..., force=True)`` still prints).
+    Idempotent: a second call (the trainers call it before claiming the run folder and again in their run) returns
+    the same ranks and device and silences nothing twice.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,13 +57,22 @@ def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> 
 
 def _silence_print() -> None:
     builtin_print = builtins.print
+    if getattr(builtin_print, "_maxsup_main_only", False):  # already silenced: a second wrapper would drop force=True
+        return
 
     @functools.wraps(builtin_print)  # keeps __module__/__name__: numba (ffcv) looks builtins up by those
     def print_main_only(*args, force: bool = False, **kwargs):
         if force:
             builtin_print(*args, **kwargs)
 
+    print_main_only._maxsup_main_only = True
     builtins.print = print_main_only
+
+
+def print_silenced() -> bool:
+    """Whether :func:`init_distributed` silenced ``print`` in this process (a rank > 0): a line that every rank must
+    show, such as rank 0's refusal of the run folder, is then printed with ``force=True``."""
+    return getattr(builtins.print, "_maxsup_main_only", False)
 
 
 def rank() -> int:

@@ -14,6 +14,18 @@
   run — one of the trainer's ``markers``, e.g. ``run.json`` or ``checkpoint.pth``; other files do not count — refuses:
   continue it with the trainer's resume flag, start a new folder, or pass the trainer's overwrite flag.
 
+  A checkpoint URL (``--resume https://…``) is never the folder's own checkpoint.
+* **Every rank hears the verdict**: only the first process (``RANK`` 0) checks and locks the folder. Under torchrun a
+  refusal there ends the job, because torchrun's agent stops the other ranks. Under srun or submitit every rank is
+  its own task, and the others would wait in the process group's rendezvous for a rank 0 that has left, until the
+  NCCL/gloo timeout (30 minutes). So the trainers initialise the process group *before* claiming (rank 0 hosts its
+  store, so it joins even when it is about to refuse), and :func:`claim_run_folder` broadcasts rank 0's verdict
+  (``None`` or the one-line refusal) to every rank; each rank then raises the same line (and prints it itself where
+  ``init_distributed`` silenced its ``print``: under srun each rank has its own log), and the whole job exits
+  non-zero within seconds. A file-system signal was the alternative; it needs a place outside the folder (a refused
+  run must leave the folder as it was) that all nodes share, and it goes stale across jobs; the process group is
+  there anyway.
+
 Evaluations (``--eval``, ``--test-only``, ``eval_only``) do not claim a folder: they write nothing into it.
 """
 
@@ -22,11 +34,15 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch.distributed as dist
+
 from ..errors import UserError
+from .distributed import print_silenced
 
 try:
     import fcntl
@@ -182,10 +198,34 @@ def check_new_run(folder: str | os.PathLike, markers: Iterable[str], *, resume_f
     found = holds_run(folder, markers)
     if not found or overwrite:
         return
-    if resume_from and Path(resume_from).resolve().parent == folder.resolve():
+    # a URL is someone else's checkpoint, even where its path looks like this folder's ("http:/host/ckpt.pth")
+    if resume_from and not _is_url(resume_from) and Path(resume_from).resolve().parent == folder.resolve():
         return
     raise UserError(f"{folder} already holds a run ({', '.join(found)}); continue it with {resume_hint}, start a new "
                     f"output folder, or pass {overwrite_hint} to start it over")
+
+
+def _is_url(path: str | os.PathLike) -> bool:
+    """maxsup.hub.fetch.is_url's rule (not imported from there: maxsup.hub imports maxsup.training)."""
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
+
+
+def _group_size() -> int:
+    """Ranks of the initialised default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _agree(refusal: BaseException | None) -> None:
+    """Every rank learns rank 0's verdict (``refusal``, given on rank 0 only): rank 0 broadcasts its one-line message
+    (or None); the other ranks raise it as a :class:`UserError`, which their CLI prints as the same ``error:`` line."""
+    from ..cli import error_line  # the line rank 0's own CLI prints; here, not at the top: maxsup.cli imports us
+
+    verdict = [error_line(refusal) if refusal is not None else None]
+    dist.broadcast_object_list(verdict, src=0)
+    if dist.get_rank() != 0 and verdict[0] is not None:
+        if print_silenced():  # the CLI's own line would be swallowed on this rank; under srun it has its own log
+            print(f"error: {verdict[0]}", file=sys.stderr, flush=True, force=True)
+        raise UserError(verdict[0])
 
 
 @contextmanager
@@ -193,13 +233,36 @@ def claim_run_folder(folder: str | os.PathLike | None, markers: Iterable[str], *
                      resume_from: str | os.PathLike | None, overwrite: bool, resume_hint: str,
                      overwrite_hint: str) -> Iterator[None]:
     """Hold ``folder``'s lock for the block, after :func:`check_new_run` (before and after taking it). Only the
-    launcher's first process (torchrun's ``RANK`` 0, or no torchrun) claims; without a folder nothing is claimed."""
-    if not folder or os.environ.get("RANK", "0") != "0":
+    launcher's first process (``RANK`` 0, or no launcher) claims; without a folder nothing is claimed.
+
+    With an initialised process group of several ranks (call :func:`maxsup.training.init_distributed` first), every
+    rank enters this together and leaves with rank 0's refusal as its own one-line :class:`UserError` (the module
+    docstring says why). Without one, only ``$RANK`` says who claims."""
+    if not folder:
+        yield
+        return
+    shared = _group_size() > 1
+    first = dist.get_rank() == 0 if shared else os.environ.get("RANK", "0") == "0"
+    if not first:
+        if shared:
+            _agree(None)
         yield
         return
     check = dict(resume_from=resume_from, overwrite=overwrite, resume_hint=resume_hint, overwrite_hint=overwrite_hint)
     markers = list(markers)
-    check_new_run(folder, markers, **check)  # before the lock: a refused run leaves the folder as it was
-    with RunFolderLock(folder):
+    lock = RunFolderLock(folder)
+    try:
+        check_new_run(folder, markers, **check)  # before the lock: a refused run leaves the folder as it was
+        lock.acquire()
         check_new_run(folder, markers, **check)  # a run that ended between the first check and the lock
+    except Exception as exc:
+        lock.release()
+        if shared:
+            _agree(exc)
+        raise
+    try:
+        if shared:
+            _agree(None)
         yield
+    finally:
+        lock.release()
