@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from flat_import import load_flat, load_flat_modules
+from helpers import cli_error
 from PIL import Image
 
 import maxsup.training.checkpoint as checkpoint_mod
@@ -31,22 +32,12 @@ resnet_train = load_flat(ROOT / "Conv" / "common_resnet", "train", ("presets", "
 deit_main = load_flat_modules(ROOT / "Deit", ("main", "engine", "datasets", "samplers"))["main"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_line(fn, argv, capsys) -> str:
     """Run ``fn`` through run_cli; assert one ``error:`` line on stderr and a non-zero exit; return the line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(fn, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code not in (0, None) and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, fn, argv, clear=True)
 
 
 def _image_folder(root: Path, per_class: int = 6, size: int = 16, classes: int = 2) -> Path:
