@@ -34,20 +34,28 @@ def one_thread() -> Iterator[None]:
         yield
 
 
+def _listing(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size in bytes, mtime in ns) of everything below ``root``, sorted."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
 @pytest.fixture(scope="session")
-def fmnist_image_folder(tmp_path_factory) -> Callable[[int, int], Path]:
+def fmnist_image_folder(tmp_path_factory) -> Iterator[Callable[[int, int], Path]]:
     """``make(train_per_class, val_per_class)``: a real Fashion-MNIST JPEG ImageFolder (see
-    :func:`helpers.write_fmnist_image_folder`), written once per size and session. Read-only: a test that changes
-    files copies the folder first."""
-    made: dict[tuple[int, int], Path] = {}
+    :func:`helpers.write_fmnist_image_folder`), written once per size and session and shared by every test file.
+    Read-only: a test that changes files copies the folder first; the session's end checks that none was changed."""
+    made: dict[tuple[int, int], tuple[Path, list]] = {}
 
     def make(train_per_class: int, val_per_class: int) -> Path:
         key = (train_per_class, val_per_class)
         if key not in made:
-            made[key] = write_fmnist_image_folder(tmp_path_factory.mktemp("imagefolder"), *key)
-        return made[key]
+            root = write_fmnist_image_folder(tmp_path_factory.mktemp("imagefolder"), *key)
+            made[key] = root, _listing(root)
+        return made[key][0]
 
-    return make
+    yield make
+    for root, listing in made.values():
+        assert _listing(root) == listing, f"a test changed the shared image folder {root}; copy it first"
 
 
 @pytest.fixture(scope="session")
