@@ -110,5 +110,6 @@ def serve_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTP
     """Serve ``handler`` on a free port of 127.0.0.1 from a daemon thread: the server (stop it with ``shutdown()``
     and ``server_close()``) and its base URL ``http://127.0.0.1:PORT``."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # shutdown() waits for the loop to poll; 0.05 s instead of 0.5 s per server, started once per test
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
