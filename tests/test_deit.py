@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from flat_import import load_flat_modules
+from helpers import DEIT_TINY_VIT
 
 from maxsup import CRITERIA
 from maxsup.cli import run_cli
@@ -28,11 +29,7 @@ from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = ROOT / "Deit"
-TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",
-        "--model-kwargs", '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}',
-        "--batch-size", "16", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
-        "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3", "--unscale-lr", "--num_workers", "0",
-        "--print-freq", "0", "--seed", "0"]
+TINY = DEIT_TINY_VIT
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 

@@ -7,7 +7,6 @@ in this one process around a single module-scoped training run.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_file
 from PIL import Image
 
 from maxsup.errors import UserError
@@ -35,15 +35,8 @@ SIZE = 32
 RAMP = ("--resolution.max_res=64", "--resolution.start_ramp=0", "--resolution.end_ramp=1")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ffcv_main = _load("ffcv_main", FFCV_DIR / "main.py")
-write_imagenet = _load("ffcv_write_imagenet", FFCV_DIR / "write_imagenet.py")
+ffcv_main = load_file(FFCV_DIR / "main.py", "ffcv_main")
+write_imagenet = load_file(FFCV_DIR / "write_imagenet.py", "ffcv_write_imagenet")
 
 
 @pytest.fixture(autouse=True, scope="module")

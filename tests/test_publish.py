@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QuietHandler, serve_loopback
+from helpers import DEIT_TINY_VIT, QuietHandler, serve_loopback
 
 from maxsup.errors import UserError
 from maxsup.hub.publish import export, push
@@ -22,11 +22,7 @@ from maxsup.models import model_from_checkpoint
 from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",
-        "--model-kwargs", '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}',
-        "--batch-size", "16", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
-        "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3", "--unscale-lr", "--num_workers", "0",
-        "--print-freq", "0", "--seed", "0"]
+TINY = DEIT_TINY_VIT
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
