@@ -7,7 +7,6 @@ runs under 2-process gloo DDP in seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_file
 from test_deit import (
     DEIT,
     ENV,
@@ -38,17 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # image_root: conftest's Fashion-MNIST folder, as in test_deit
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-smmix = _load("deit_smmix", DEIT / "smmix.py")
-token_labeling = _load("deit_token_labeling", DEIT / "token_labeling.py")
-make_token_labels = _load("make_token_labels", ROOT / "data" / "make_token_labels.py")
+# registered: dataclasses look their module up by name
+smmix = load_file(DEIT / "smmix.py", "deit_smmix", register=True)
+token_labeling = load_file(DEIT / "token_labeling.py", "deit_token_labeling", register=True)
+make_token_labels = load_file(ROOT / "data" / "make_token_labels.py", "make_token_labels", register=True)
 
 # a 4×4 token grid (28 px, patch 7); MaxSup everywhere
 MAXSUP = ["--loss", "maxsup", "--mixup", "0", "--cutmix", "0"]
