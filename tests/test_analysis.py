@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli_error
 from PIL import Image
 
 from analysis import calibration, decomposition, extract, feature_metrics, gradcam, linear_transfer, logits, projection
 from analysis.common import parse_checkpoint_arg
 from maxsup import build_criterion, class_separation
-from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, HELD_OUT_CLASSES, SOURCE_CLASSES, FashionMNIST
 from maxsup.data.transforms import eval_transform, transform_spec
 from maxsup.linear_probe import fit_sweep, linear_probe, regularization_grid, sweep_accuracy
@@ -53,13 +53,7 @@ def _train(loss: str, arch: tuple[str, dict], x: torch.Tensor, y: torch.Tensor, 
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads spin-wait badly when other jobs share the 2 cores; these models are tiny anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -235,12 +229,7 @@ def test_decomposition_no_error_amplification_on_correct_samples(ckpts, tmp_path
 # Bad input: one line on stderr, non-zero exit
 # --------------------------------------------------------------------------------------------------------------------
 def _cli_error(module, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(module.main, argv)
-    assert exc.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    return err
+    return cli_error(capsys, module.main, argv)
 
 
 def test_missing_checkpoint_path_subprocess(tmp_path):

@@ -4,6 +4,7 @@ checkpoint. Tiny generated images and models only."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from flat_import import load_flat, load_flat_modules
+from helpers import cli_error
 from PIL import Image
 
 import maxsup.training.checkpoint as checkpoint_mod
@@ -31,22 +33,12 @@ resnet_train = load_flat(ROOT / "Conv" / "common_resnet", "train", ("presets", "
 deit_main = load_flat_modules(ROOT / "Deit", ("main", "engine", "datasets", "samplers"))["main"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error_line(fn, argv, capsys) -> str:
     """Run ``fn`` through run_cli; assert one ``error:`` line on stderr and a non-zero exit; return the line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(fn, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code not in (0, None) and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, fn, argv, clear=True)
 
 
 def _image_folder(root: Path, per_class: int = 6, size: int = 16, classes: int = 2) -> Path:
@@ -374,11 +366,13 @@ def tiny_betons(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("betons")
     data = _image_folder(root / "data", per_class=6)
     (data / "train" / "c0" / "empty.png").write_bytes(b"")
-    for split in ("train", "val"):
-        proc = subprocess.run([sys.executable, str(WRITER), "--data-dir", str(data / split), "--write-path",
-                               str(root / f"{split}.beton"), "--num-workers", "1", "--max-resolution", "16",
-                               "--skip-corrupt"], check=True, capture_output=True, text=True, env=ENV, timeout=120)
-        (root / f"{split}.stdout").write_text(proc.stdout)
+    writer = load_flat(WRITER.parent, WRITER.stem, ())
+    for split in ("train", "val"):  # in process: a subprocess per split cost ~10 s; the writer tests above run the CLI
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            writer.main(["--data-dir", str(data / split), "--write-path", str(root / f"{split}.beton"),
+                         "--num-workers", "1", "--max-resolution", "16", "--skip-corrupt"])
+        (root / f"{split}.stdout").write_text(printed.getvalue())
     return {"train": root / "train.beton", "val": root / "val.beton"}
 
 

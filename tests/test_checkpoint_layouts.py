@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from flat_import import load_flat_modules
-from torchvision.datasets import ImageFolder
+from helpers import cli_error, folder_acc1_nll
 
 from maxsup import hub
-from maxsup.cli import run_cli
-from maxsup.data.fashion_mnist import FashionMNIST
-from maxsup.data.transforms import eval_transform, transform_spec
+from maxsup.data.transforms import transform_spec
 from maxsup.errors import UserError
 from maxsup.models import (
     LAYOUTS,
@@ -36,7 +33,6 @@ from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = load_flat_modules(ROOT / "Deit", ("main", "engine", "datasets", "samplers"))
-CLASSES = ("tshirt", "trouser", "pullover")
 
 #: a small LV-ViT-T (official key names; 2 blocks, dim 48) at 32 px
 LVVIT_KW = {"img_size": 32, "embed_dim": 48, "depth": 2, "num_heads": 2, "stem_width": 16}
@@ -46,25 +42,13 @@ EVAL_FLAGS = ["--data-set", "FOLDER", "--batch-size", "8", "--num_workers", "0",
               "--eval-crop-ratio", "1.0", "--mixup", "0", "--cutmix", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imagefolder")
-    for split, train, n in (("train", True, 8), ("val", False, 6)):
-        ds = FashionMNIST(train=train, classes=[0, 1, 2], limit_per_class=n)
-        for i in range(len(ds)):
-            img, label = ds[i]
-            folder = root / split / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            img.convert("RGB").save(folder / f"{split}_{i:04d}.jpg", quality=90)
-    return root
+def image_root(fmnist_image_folder) -> Path:
+    """Smaller than conftest's: 3 classes × (8 train + 6 val) real Fashion-MNIST JPEGs (read-only)."""
+    return fmnist_image_folder(8, 6)
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -93,22 +77,13 @@ def _layouts(sd: dict, arch: dict) -> dict[str, dict]:
 
 def _deit_error(argv: list[str], capsys) -> str:
     """Deit/main.py as its command line runs it: exit 2 and one ``error:`` line on stderr, no traceback."""
-    with pytest.raises(SystemExit) as exc:
-        run_cli(DEIT["main"].cli, argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, DEIT["main"].cli, argv, code=2)
 
 
 def _direct(model: torch.nn.Module, root: Path, size: int) -> tuple[float, float]:
     """acc1 (%) and NLL of ``model`` on root/val with Deit's eval transform (resize size/1.0 bicubic, centre crop)."""
-    spec = transform_spec(size, crop_pct=1.0, interpolation="bicubic", grayscale_to_rgb=True)
-    folder = ImageFolder(str(root / "val"), transform=eval_transform(spec))
-    x, y = torch.stack([img for img, _ in folder]), torch.tensor(folder.targets)
-    with torch.inference_mode():
-        logits = model(x)
-    return (logits.argmax(1) == y).float().mean().item() * 100, F.cross_entropy(logits, y).item()
+    return folder_acc1_nll(model, root / "val",
+                           transform_spec(size, crop_pct=1.0, interpolation="bicubic", grayscale_to_rgb=True))
 
 
 @pytest.fixture(scope="module")
@@ -266,14 +241,10 @@ def test_hub_evaluate_scores_the_official_file_as_loaded_directly(lvvit_t_offici
     hub.main(["evaluate", str(path), "--arch", "lvvit_t", "--data-path", str(image_root / "val"), "--workers", "0",
               "--device", "cpu", "--batch-size", "9"])
     result = json.loads(capsys.readouterr().out)
-    spec = transform_spec(224, crop_pct=0.9, interpolation="bicubic")
-    folder = ImageFolder(str(image_root / "val"), transform=eval_transform(spec))
-    x, y = torch.stack([img for img, _ in folder]), torch.tensor(folder.targets)
-    with torch.inference_mode():
-        logits = model(x)
+    acc1, nll = folder_acc1_nll(model, image_root / "val", transform_spec(224, crop_pct=0.9, interpolation="bicubic"))
     assert result["n"] == 18
-    assert result["acc1"] == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
-    assert result["nll"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    assert result["acc1"] == pytest.approx(acc1)
+    assert result["nll"] == pytest.approx(nll, rel=1e-4)
 
 
 def test_keys_that_fit_no_layout_are_one_line_naming_them_and_the_layouts(lvvit_files, image_root, tmp_path, capsys):
@@ -287,8 +258,5 @@ def test_keys_that_fit_no_layout_are_one_line_naming_them_and_the_layouts(lvvit_
     with pytest.raises(UserError, match="first unexpected keys: encoder.blocks.0"):
         load_pretrained_backbone(create_model("lvvit_t", 3, **LVVIT_KW), str(path))
     torch.save({"weights": odd, "step": 3}, path)  # no state_dict anywhere
-    with pytest.raises(SystemExit) as exc:
-        hub.main(["convert", str(path), str(tmp_path / "dst.pth"), "--arch", "lvvit_t"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "first unexpected keys: weights, step" in err[0] and "timm-train" in err[0], err
+    err = cli_error(capsys, hub.main, ["convert", str(path), str(tmp_path / "dst.pth"), "--arch", "lvvit_t"], code=2)
+    assert "first unexpected keys: weights, step" in err and "timm-train" in err, err

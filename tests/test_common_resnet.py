@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flat_import import load_flat
+from helpers import cli_error
 from PIL import Image
 
 from maxsup.data.downsampled import DownsampledImageNet, batch_files, write_downsampled
@@ -42,13 +43,7 @@ def _load_trainer():
 trainer = _load_trainer()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: with other jobs on 2 cores, 2 threads spin-wait and run ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fmnist_rgb32(train: bool, per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,11 +278,7 @@ def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatc
 def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--epochs", "1", "-j", "0", "--output-dir",
                                                                  str(tmp_path / "out")]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        _cli(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert message in cli_error(capsys, trainer.cli, argv, code=2, clear=True)
 
 
 def test_corrupt_imagenet32_batch_is_reported_by_the_cli(imagenet32, tmp_path):
@@ -368,12 +359,7 @@ QUICK = ["--dataset", "fmnist", "--classes", "0,1,7", "--limit-per-class", "20",
 
 
 def _cli_error_line(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        _cli(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, trainer.cli, argv, clear=True)
 
 
 @pytest.fixture(scope="module")

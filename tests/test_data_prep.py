@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flat_import import load_file
 from PIL import Image
 
 from maxsup.data.downsampled import DownsampledImageNet
@@ -24,10 +25,7 @@ WNIDS = ["n01440764", "n01443537", "n01484850"]  # sorted; the authors' zip orde
 
 def _script(name: str):
     """Import data/<name>.py (a script folder, not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(f"data_{name}", REPO / "data" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(REPO / "data" / f"{name}.py", f"data_{name}")
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from flat_import import load_flat_modules
+from helpers import DEIT_TINY_VIT
 
 from maxsup import CRITERIA
 from maxsup.cli import run_cli
-from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
 from maxsup.errors import UserError
 from maxsup.timing import TIMING_KEYS
@@ -29,11 +29,7 @@ from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = ROOT / "Deit"
-TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",
-        "--model-kwargs", '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}',
-        "--batch-size", "16", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
-        "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3", "--unscale-lr", "--num_workers", "0",
-        "--print-freq", "0", "--seed", "0"]
+TINY = DEIT_TINY_VIT
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
@@ -46,13 +42,7 @@ DEIT_MODULES = _load_deit()
 deit_main = DEIT_MODULES["main"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the machine has 2 cores shared with other tests, and the subprocess runs match it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(argv: list[str]) -> dict:
@@ -69,24 +59,8 @@ def untimed_log(out: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# fixtures: a real ImageFolder (JPEG) of Fashion-MNIST images and the same images as a zip cache
+# fixtures: conftest's image_root (a real ImageFolder of 3 × (32 + 12) Fashion-MNIST JPEGs) as a zip cache
 # --------------------------------------------------------------------------------------------------------------------
-CLASSES = ("tshirt", "trouser", "pullover")
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imagefolder")
-    for split, train, n in (("train", True, 32), ("val", False, 12)):
-        ds = FashionMNIST(train=train, classes=[0, 1, 2], limit_per_class=n)
-        for i in range(len(ds)):
-            img, label = ds[i]
-            folder = root / split / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            img.convert("RGB").save(folder / f"{split}_{i:04d}.jpg", quality=90)
-    return root
-
-
 @pytest.fixture(scope="module")
 def zip_root(image_root, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("zipcache")

@@ -7,7 +7,6 @@ in this one process around a single module-scoped training run.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flat_import import load_file
+from helpers import cli_error, torch_threads
 from PIL import Image
 
 from maxsup.errors import UserError
@@ -35,15 +36,8 @@ SIZE = 32
 RAMP = ("--resolution.max_res=64", "--resolution.start_ramp=0", "--resolution.end_ramp=1")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ffcv_main = _load("ffcv_main", FFCV_DIR / "main.py")
-write_imagenet = _load("ffcv_write_imagenet", FFCV_DIR / "write_imagenet.py")
+ffcv_main = load_file(FFCV_DIR / "main.py", "ffcv_main")
+write_imagenet = load_file(FFCV_DIR / "write_imagenet.py", "ffcv_write_imagenet")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -587,15 +581,7 @@ def test_ffcv_imagenet_habits_and_typed_overrides(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad input
 def _cli_error(capsys, fn, argv) -> str:
-    from maxsup.cli import run_cli
-
-    capsys.readouterr()  # drop earlier output (e.g. a writer's progress bar)
-    with pytest.raises(SystemExit) as exc:
-        run_cli(fn, argv)
-    assert exc.value.code != 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, fn, argv, clear=True)  # clear: drop earlier output (e.g. a writer's progress bar)
 
 
 def test_missing_beton_is_one_line(capsys, betons, tmp_path):
@@ -687,12 +673,8 @@ def test_train_and_val_betons_must_list_the_same_classes(betons, tmp_path, capsy
 def reference_run(betons, tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch run with one torch thread (as the OMP_NUM_THREADS=1 subprocesses below)."""
     out = tmp_path_factory.mktemp("ffcv_reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, out, *EXACT))).train()
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -741,20 +723,18 @@ def test_preemption_mid_epoch_resumes_exactly(betons, reference_run, tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
     step = int(np.random.default_rng(seed).choice([1, 2, 4, 5]))  # not an epoch's last step (3 per epoch)
     print(f"preemption during step {step} (seed {seed})")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     faults.reset()
     os.environ[faults.KILL_ENV] = f"step:{step}:USR1"
     try:
-        ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, tmp_path, *EXACT))).train()
-        del os.environ[faults.KILL_ENV]
-        ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
-        assert ckpt["partial"]["step"] == step % 3 and ckpt["epoch"] == step // 3 - 1
-        resumed = ffcv_main.load_config(_argv(betons, tmp_path, *EXACT, "--training.resume=auto"))
-        ffcv_main.ImageNetTrainer(resumed).train()
+        with torch_threads(1):
+            ffcv_main.ImageNetTrainer(ffcv_main.load_config(_argv(betons, tmp_path, *EXACT))).train()
+            del os.environ[faults.KILL_ENV]
+            ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+            assert ckpt["partial"]["step"] == step % 3 and ckpt["epoch"] == step // 3 - 1
+            resumed = ffcv_main.load_config(_argv(betons, tmp_path, *EXACT, "--training.resume=auto"))
+            ffcv_main.ImageNetTrainer(resumed).train()
     finally:
         os.environ.pop(faults.KILL_ENV, None)
-        torch.set_num_threads(threads)
     _same_run(reference_run, tmp_path)
 
 

@@ -15,13 +15,12 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import QuietHandler, cli_error, folder_acc1_nll, serve_loopback
 
 from maxsup import hub
 from maxsup.errors import UserError
@@ -51,31 +50,17 @@ class FakeServer:
         self.requests: list[tuple[str, str, str | None]] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def _serve(self) -> None:
                 rng = self.headers.get("Range")
                 server.requests.append((self.command, self.path, rng))
                 path = urllib.parse.unquote(self.path.split("?")[0])
                 if path in server.api:
-                    return self._send(200, json.dumps(server.api[path]).encode(),
-                                      {"Content-Type": "application/json"})
+                    return self.send(200, json.dumps(server.api[path]).encode(),
+                                     {"Content-Type": "application/json"})
                 data = server.files.get(path)
                 if data is None:
-                    return self._send(404, b'{"message": "Not Found"}', {"X-Error-Code": "EntryNotFound"})
+                    return self.send(404, b'{"message": "Not Found"}', {"X-Error-Code": "EntryNotFound"})
                 if server.fail.get(path) == "reset" and self.command == "GET":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
@@ -110,9 +95,7 @@ class FakeServer:
 
             do_HEAD = do_GET = _serve
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd, self.url = serve_loopback(Handler)
 
     # GitHub -------------------------------------------------------------------------------------------------------
     def release(self, tag: str, assets: dict[str, bytes], *, title: str | None = None, tagged: bool = True,
@@ -152,7 +135,6 @@ class FakeServer:
 @pytest.fixture
 def server(monkeypatch, tmp_path):
     srv = FakeServer()
-    srv.thread.start()
     monkeypatch.setenv("HF_ENDPOINT", srv.url)
     monkeypatch.setenv("MAXSUP_GITHUB_API", srv.url)
     monkeypatch.setenv("MAXSUP_GITHUB_RAW_BASE", srv.url)
@@ -179,12 +161,7 @@ def _blob(seed: int, n: int = 4096) -> bytes:
 
 def _cli_error(capsys, argv: list[str]) -> str:
     """Run the CLI in-process, expect exit 2 and return its single stderr line."""
-    with pytest.raises(SystemExit) as exc:
-        hub.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, hub.main, argv, code=2)
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -619,10 +596,9 @@ def test_unknown_resnet_layout_shows_first_unexpected_keys(tmp_path, capsys):
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------------
 def test_evaluate_reports_metrics_of_a_checkpoint(tmp_path, capsys):
-    from torchvision.datasets import ImageFolder
 
     from maxsup.data.fashion_mnist import FashionMNIST
-    from maxsup.data.transforms import eval_transform, transform_spec
+    from maxsup.data.transforms import transform_spec
     from maxsup.models import arch_spec
 
     data = FashionMNIST(train=False, classes=[0, 1, 2], limit_per_class=4)
@@ -640,14 +616,11 @@ def test_evaluate_reports_metrics_of_a_checkpoint(tmp_path, capsys):
     hub.main(["evaluate", str(ckpt_path), "--data-path", str(tmp_path / "val"), "--workers", "0",
               "--device", "cpu", "--batch-size", "5"])
     result = json.loads(capsys.readouterr().out)
-    folder = ImageFolder(str(tmp_path / "val"), transform=eval_transform(spec))
-    x, y = torch.stack([img for img, _ in folder]), torch.tensor(folder.targets)
-    with torch.inference_mode():
-        logits = model(x)
+    acc1, nll = folder_acc1_nll(model, tmp_path / "val", spec)
     assert result["n"] == 12
-    assert result["acc1"] == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
+    assert result["acc1"] == pytest.approx(acc1)
     assert result["acc5"] == pytest.approx(100.0)  # 3 classes: top-5 always hits
-    assert result["nll"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-4)
+    assert result["nll"] == pytest.approx(nll, rel=1e-4)
     assert 0.0 <= result["ece"] <= 1.0
 
     err = _cli_error(capsys, ["evaluate", str(ckpt_path), "--data-path", str(tmp_path)])  # 1 folder: val/

@@ -24,6 +24,7 @@ import runpy
 
 import pytest
 import torch
+from helpers import cli_error
 from torch import nn
 
 from maxsup import hub
@@ -184,9 +185,5 @@ def test_export_refuses_what_is_not_a_deit_small(tmp_path, capsys):
 
 
 def _error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        hub.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    """``python -m maxsup.hub ARGV`` in-process: exit 2 and a single ``error:`` line on stderr, returned."""
+    return cli_error(capsys, hub.main, argv, code=2)

@@ -10,12 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEIT_TINY_VIT, QuietHandler, serve_loopback
 
 from maxsup.errors import UserError
 from maxsup.hub.publish import export, push
@@ -23,11 +22,7 @@ from maxsup.models import model_from_checkpoint
 from maxsup.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "28",
-        "--model-kwargs", '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}',
-        "--batch-size", "16", "--mixup", "0", "--cutmix", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
-        "--eval-crop-ratio", "1.0", "--warmup-epochs", "0", "--lr", "1e-3", "--unscale-lr", "--num_workers", "0",
-        "--print-freq", "0", "--seed", "0"]
+TINY = DEIT_TINY_VIT
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
@@ -41,20 +36,9 @@ class FakeHub:
         self.tokens: list[str | None] = []
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.send(code, body, {"Content-Type": "application/json", **(headers or {})})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -93,9 +77,7 @@ class FakeHub:
 
             do_HEAD = do_GET
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_loopback(Handler)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ runs as a subprocess, because what it adds is shell.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -19,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flat_import import load_flat
+from flat_import import load_file, load_flat
 
 from maxsup.cli import run_cli
 from maxsup.errors import UserError
@@ -32,16 +30,9 @@ READMES = tuple(str(p.relative_to(ROOT)) for pattern in ("README.md", "*/README.
 FENCE = re.compile(r"^```(\S*)([^\n]*)\n(.*?)^```", re.M | re.S)
 
 
-def _load_path(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 DEIT = load_flat(ROOT / "Deit", "main", ("engine", "datasets", "samplers"))
 COMMON = load_flat(ROOT / "Conv/common_resnet", "train", ("presets", "utils", "sampler"))
-FFCV = _load_path(ROOT / "Conv/ffcv/main.py", "ffcv_trainer_main")
+FFCV = load_file(ROOT / "Conv/ffcv/main.py", "ffcv_trainer_main")
 ENTRY: dict[str, Callable] = {"Deit/main.py": DEIT.cli, "Conv/common_resnet/train.py": COMMON.cli,
                               "Conv/ffcv/main.py": FFCV.main}
 TRAINER_OF = {"Deit/main.py": "deit", "Deit/train_with_MaxSup.sh": "deit", "Conv/common_resnet/train.py":

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli_error, torch_threads
 from PIL import Image
 
 from analysis import robustness
 from analysis.common import build_dataset
-from maxsup.cli import run_cli
 from maxsup.corruptions import CIFAR10C, CORRUPTIONS, CorruptedDataset, corrupt, parse_corruptions, parse_severities
 from maxsup.corruptions_lowres import scale_for
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
@@ -34,28 +34,26 @@ ARCH = ("cifar_resnet10", {"width": 4, "in_chans": 1})
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     """Two tiny CIFAR-ResNet-10s trained a few steps on 3 Fashion-MNIST classes (CE, MaxSup)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("rob")
-    ds = FashionMNIST(train=True, classes=(0, 1, 7), limit_per_class=60, transform=eval_transform(SPEC))
-    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
-    from maxsup import build_criterion
+    with torch_threads(1):  # tiny models; 2 threads spin-wait on the shared cores
+        root = tmp_path_factory.mktemp("rob")
+        ds = FashionMNIST(train=True, classes=(0, 1, 7), limit_per_class=60, transform=eval_transform(SPEC))
+        x, y = torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets)
+        from maxsup import build_criterion
 
-    out = {}
-    for name, loss in (("CE", "ce"), ("MaxSup", "maxsup")):
-        torch.manual_seed(0)
-        model = create_model(ARCH[0], 3, **ARCH[1])
-        crit = build_criterion(loss, 3, 2)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        for epoch in range(2):
-            crit.set_epoch(epoch)
-            for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch)).split(30):
-                opt.zero_grad()
-                crit(model(x[idx]), y[idx]).backward()
-                opt.step()
-        out[name] = atomic_save({"model": model.state_dict(), "arch": arch_spec(ARCH[0], 3, **ARCH[1]),
-                                 "eval_transform": SPEC}, root / f"{name}.pth")
-    torch.set_num_threads(before)
+        out = {}
+        for name, loss in (("CE", "ce"), ("MaxSup", "maxsup")):
+            torch.manual_seed(0)
+            model = create_model(ARCH[0], 3, **ARCH[1])
+            crit = build_criterion(loss, 3, 2)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            for epoch in range(2):
+                crit.set_epoch(epoch)
+                for idx in torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch)).split(30):
+                    opt.zero_grad()
+                    crit(model(x[idx]), y[idx]).backward()
+                    opt.step()
+            out[name] = atomic_save({"model": model.state_dict(), "arch": arch_spec(ARCH[0], 3, **ARCH[1]),
+                                     "eval_transform": SPEC}, root / f"{name}.pth")
     return out
 
 
@@ -165,11 +163,7 @@ def test_cifar10c_reader_slices_the_severity(tmp_path):
 
 
 def _cli_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run_cli(robustness.main, argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code != 0 and len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
+    return cli_error(capsys, robustness.main, argv)
 
 
 def test_bad_corruption_severity_and_missing_cifar10c_file(ckpts, tmp_path, capsys):

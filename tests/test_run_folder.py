@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from flat_import import load_flat
+from helpers import cli_error
 
 from maxsup.cli import run_cli
 from maxsup.training import FolderInUse, RunFolderLock, claim_run_folder
@@ -42,14 +42,13 @@ TRAINERS = {
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
+def _no_launcher_env(monkeypatch):
     for var in ("SEEDS", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train(name: str, out: Path, *extra: str):
@@ -58,12 +57,7 @@ def _train(name: str, out: Path, *extra: str):
 
 
 def _error_line(name: str, argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        run_cli(TRAINERS[name][0].cli, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code != 0 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    return cli_error(capsys, TRAINERS[name][0].cli, argv, clear=True)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -7,7 +7,6 @@ runs under 2-process gloo DDP in seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -20,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_deit import (  # noqa: F401  (fixtures: image_root, _one_thread)
+from flat_import import load_file
+from test_deit import (
     DEIT,
     ENV,
     TINY,
     _cli_error,
-    _one_thread,
     _torchrun,
     deit_main,
-    image_root,
     read_log,
     train,
 )
@@ -37,19 +35,13 @@ from maxsup.models import create_model, model_from_checkpoint
 from maxsup.timing import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # image_root: conftest's Fashion-MNIST folder, as in test_deit
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-smmix = _load("deit_smmix", DEIT / "smmix.py")
-token_labeling = _load("deit_token_labeling", DEIT / "token_labeling.py")
-make_token_labels = _load("make_token_labels", ROOT / "data" / "make_token_labels.py")
+# registered: dataclasses look their module up by name
+smmix = load_file(DEIT / "smmix.py", "deit_smmix", register=True)
+token_labeling = load_file(DEIT / "token_labeling.py", "deit_token_labeling", register=True)
+make_token_labels = load_file(ROOT / "data" / "make_token_labels.py", "make_token_labels", register=True)
 
 # a 4×4 token grid (28 px, patch 7); MaxSup everywhere
 MAXSUP = ["--loss", "maxsup", "--mixup", "0", "--cutmix", "0"]
@@ -252,7 +244,7 @@ def test_label_map_crop_and_flip_follow_the_image(input_size):
 # --------------------------------------------------------------------------------------------------------------------
 # LV-ViT and dense scores
 # --------------------------------------------------------------------------------------------------------------------
-def test_lvvit_trains_with_mixtoken_in_the_trainer(image_root, tmp_path, capsys):  # noqa: F811
+def test_lvvit_trains_with_mixtoken_in_the_trainer(image_root, tmp_path, capsys):
     lv = ["--model", "lvvit_t", "--model-kwargs",
           '{"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "stem_width": 8}']
     tiny = TINY[TINY.index("--batch-size"):]
@@ -286,7 +278,7 @@ def test_lvvit_parameter_counts_and_protocol():
 # data/make_token_labels.py + training in every mode
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def teacher(image_root, tmp_path_factory) -> Path:  # noqa: F811
+def teacher(image_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     train(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY, "--epochs", "1",
            "--output_dir", str(out)])
@@ -294,7 +286,7 @@ def teacher(image_root, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def labels(image_root, teacher, tmp_path_factory) -> Path:  # noqa: F811
+def labels(image_root, teacher, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("labels") / "maps"
     summary = make_token_labels.main(["--checkpoint", str(teacher), "--data-path", str(image_root / "train"),
                                       "--out", str(out), "--topk", "2", "--num-workers", "0"])
@@ -302,7 +294,7 @@ def labels(image_root, teacher, tmp_path_factory) -> Path:  # noqa: F811
     return out
 
 
-def test_make_token_labels_layout_values_and_resume(labels, teacher, image_root):  # noqa: F811
+def test_make_token_labels_layout_values_and_resume(labels, teacher, image_root):
     first = sorted((labels / "pullover").glob("*.pt"))[0]
     m = torch.load(first, weights_only=True)
     assert m.dtype == torch.float16 and m.shape == (2, 2, 4, 4)
@@ -333,7 +325,7 @@ def _mode_args(mode: str, labels: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_each_mode_trains_under_maxsup_and_evaluates(mode, image_root, labels, tmp_path):  # noqa: F811
+def test_each_mode_trains_under_maxsup_and_evaluates(mode, image_root, labels, tmp_path):
     out = tmp_path / mode
     log = train(["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, *MAXSUP, *_mode_args(mode, labels),
                  "--batch-size", "15", "--epochs", "2", "--output_dir", str(out)])
@@ -352,7 +344,7 @@ def test_each_mode_trains_under_maxsup_and_evaluates(mode, image_root, labels, t
     assert stats["acc1"] == pytest.approx(log["test_acc1"]) and rebuilt(torch.randn(2, 3, 28, 28)).shape == (2, 3)
 
 
-def test_bad_inputs(image_root, labels, tmp_path, capsys):  # noqa: F811
+def test_bad_inputs(image_root, labels, tmp_path, capsys):
     base = ["--data-set", "FOLDER", "--data-path", str(image_root), *TINY, "--epochs", "1"]
     msg = _cli_error([*base, "--smmix", "--mixtoken", "--mixup", "0", "--cutmix", "0"], capsys)
     assert "--smmix" in msg and "--token-label" in msg
@@ -395,7 +387,7 @@ SUBPROCESS_MODES = ["smmix", "token-label-data"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", SUBPROCESS_MODES)
-def test_kill9_then_resume_is_bit_exact(mode, image_root, labels, tmp_path):  # noqa: F811
+def test_kill9_then_resume_is_bit_exact(mode, image_root, labels, tmp_path):
     recipe = ["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", *TINY, *MAXSUP,
               *_mode_args(mode, labels), "--epochs", "2", "--drop-path", "0.1"]
     ref = tmp_path / "ref"
@@ -423,7 +415,7 @@ def test_kill9_then_resume_is_bit_exact(mode, image_root, labels, tmp_path):  # 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", SUBPROCESS_MODES)
-def test_torchrun_two_processes_gloo(mode, image_root, labels, tmp_path):  # noqa: F811
+def test_torchrun_two_processes_gloo(mode, image_root, labels, tmp_path):
     out = tmp_path / "ddp"
     proc = _torchrun(["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "24", *TINY,
                       *MAXSUP, *_mode_args(mode, labels), "--epochs", "1", "--device", "cpu", "--output_dir",
@@ -434,7 +426,7 @@ def test_torchrun_two_processes_gloo(mode, image_root, labels, tmp_path):  # noq
     assert log["train_samples"] == 64 and log["maxsup_penalty"] > 0
 
 
-def test_make_token_labels_with_a_cnn_teacher(image_root, tmp_path):  # noqa: F811
+def test_make_token_labels_with_a_cnn_teacher(image_root, tmp_path):
     """A CIFAR ResNet checkpoint (the demo's Token Labeling teacher) keeps its class count only in ``fc``: the maps
     are the classifier at every position of the last feature map, pooled to the 4×4 grid, and their mean over
     positions ranks the classes like the model's own logits (global average pooling is linear)."""

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_deit import DEIT_MODULES, _one_thread, image_root, train  # noqa: F401  (fixtures)
+from test_deit import DEIT_MODULES, train
 from test_smmix_token_labeling import smmix, token_labeling
 
 from maxsup.models import arch_spec, create_model, model_from_checkpoint, vit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def _expected_stats(model: torch.nn.Module, root) -> tuple[float, float]:
     ("vit_tiny_patch16_224", {"patch_size": 7, "embed_dim": 16, "depth": 1, "num_heads": 2, "token_head": "mixtoken"},
      []),  # a DeiT trained with Token Labeling: the head and its eval rule come from the checkpoint
 ])
-def test_eval_needs_only_model_checkpoint_and_data(name, kwargs, extra, image_root, tmp_path):  # noqa: F811
+def test_eval_needs_only_model_checkpoint_and_data(name, kwargs, extra, image_root, tmp_path):
     torch.manual_seed(0)
     model = create_model(name, 3, img_size=28, **kwargs)
     with torch.no_grad():  # BatchNorm running statistics that are not the initial ones
@@ -270,7 +272,7 @@ def test_official_order_transform_keeps_the_map_on_the_image():
     assert geometric >= 20 and flips >= 5
 
 
-def test_trainer_runs_the_official_order_on_label_maps(image_root, tmp_path):  # noqa: F811
+def test_trainer_runs_the_official_order_on_label_maps(image_root, tmp_path):
     """``--token-label-aug official`` through TokenLabelDataset and the trainer (28 px: DeiT's padded RandomCrop)."""
     maps = tmp_path / "maps"
     g = torch.Generator().manual_seed(0)
