@@ -85,6 +85,14 @@ def collect_seed(seed_dir: Path, backbones: list[str], losses: list[str]) -> dic
     return out
 
 
+def corruption_constants(seed_dirs: list[Path]) -> list[str]:
+    """The corruption parameterisations ``analysis.robustness`` recorded for these seeds' runs (one text per distinct
+    choice, e.g. CIFAR-10-C's constants at 28 px), so the report says which severities its Table 8 analogue used."""
+    found = {ck.get("constants") for d in seed_dirs
+             for ck in _read_json(d / "analysis" / "robustness.json")["checkpoints"].values()}
+    return sorted(c for c in found if c)
+
+
 def collect_long_tail(lt_dir: Path, losses: list[str]) -> dict[str, dict[str, float | None]]:
     """{loss: {overall, many, medium, few}} (%) of one seed from the trainer's last log line (None = empty group)."""
     out: dict[str, dict[str, Any]] = {}
@@ -468,7 +476,9 @@ def write_readme(out: Path, summary: dict[str, Any], figures: dict[str, str],
     md.append("## Table 8 analogue: Fashion-MNIST-C\n")
     md.append(f"`python -m analysis.robustness` on {cfg['robustness_per_class']} test images per source class, "
               f"corruptions {', '.join(DEMO_CORRUPTIONS)} (corrupt-tta, seeded per image) at severities "
-              f"{', '.join(map(str, DEMO_SEVERITIES))}; (Corr) is the mean over corruptions and severities. Lower "
+              f"{', '.join(map(str, DEMO_SEVERITIES))}"
+              + "".join(f"; {c}" for c in cfg.get("corruption_constants", []))
+              + "; (Corr) is the mean over corruptions and severities. Lower "
               "is better. Paper (T8, CIFAR-10-C, ResNet-50, MaxSup / LS / CE): "
               + "; ".join(f"{name} " + " / ".join(f"{v:.3f}" for v in paper_numbers(
                   "T8", {"row": row}, ["maxsup", "ls", "ce"]).values())

@@ -97,6 +97,10 @@ def test_figures_are_not_blank_and_readme_embeds_them(smoke):
     assert "Paper vs. miniature" in readme and "DEMO_SCALE=smoke" in summary["config"]["command"]
     assert f"**Regenerate this version:** `{summary['config']['command']}`" in readme
     assert readme.count("**yes**") + readme.count("**no**") == 18
+    # 28 px Fashion-MNIST is corrupted with CIFAR-10-C's constants (32 px and below), and the report says so
+    constants = "CIFAR-10-C constants (make_cifar_c.py, 32 px), applied at 28 px, seeded per image"
+    assert summary["config"]["corruption_constants"] == [constants]
+    assert f"at severities 1, 3, 5; {constants}; (Corr) is the mean" in readme
     # Table 8 analogue (analysis.robustness) and paired MaxSup − LS / − CE differences (1 seed: no interval)
     assert "## Table 8 analogue: Fashion-MNIST-C" in readme and "| resnet | MaxSup |" in readme
     rob = json.loads((out / "runs" / "seed0" / "analysis" / "robustness.json").read_text())["checkpoints"]
