@@ -9,6 +9,7 @@ import errno
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -344,12 +345,17 @@ run_cli(lambda: write_imagenet.write_beton(Dying(), {out!r}, num_workers=2, chun
 
 @pytest.mark.ffcv
 @pytest.mark.timeout(60)
-def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_ffcv_writer_whose_worker_dies_ends_with_one_line_and_cleans_up(tmp_path, sigint):
+    """``ignored``: the writer started as a background job of a non-interactive shell (``nohup … &``), where SIGINT is
+    ignored; the dead-worker watch must not rely on it (it hung there until killed)."""
     pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
     out = tmp_path / "betons"
     out.mkdir()
     code = DYING_WORKER.format(ffcv=str(WRITER.parent), out=str(out / "x.beton"))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=50)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=50,
+                          preexec_fn=ignore)
     errors = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "writer process died (exit code 9" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr

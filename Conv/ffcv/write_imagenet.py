@@ -17,7 +17,6 @@ sample's ``ILSVRC2012_val_%08d`` file name, in ``.beton`` order, which ReaL labe
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import hashlib
 import io
@@ -26,6 +25,7 @@ import multiprocessing as mp
 import multiprocessing.queues
 import os
 import re
+import signal
 import sys
 import threading
 import zipfile
@@ -187,15 +187,24 @@ class _Guarded(Dataset):
         return self.error.value.decode(errors="replace")
 
 
+class _WorkerDied(Exception):
+    """Raised in the main thread by :class:`_DeadWorkerWatch` when a writer process has died."""
+
+
 class _DeadWorkerWatch:
     """Ends FFCV's wait for its writer processes when one of them dies (killed, out of memory): FFCV polls a counter
-    that a dead process never advances. A thread watches the children and interrupts the main thread; ``abort``
-    then stops the rest and frees the shared memory."""
+    that a dead process never advances. A thread watches the children and signals the main thread (SIGUSR1 with a
+    handler of our own, installed for the write), which raises :class:`_WorkerDied` there; ``abort`` then stops the
+    rest and frees the shared memory. Not ``_thread.interrupt_main``: that does nothing where SIGINT is ignored, as it
+    is for a job a non-interactive shell starts in the background (``nohup python write_imagenet.py … &``), and it
+    does not interrupt a blocking call; a real signal to the main thread does both."""
 
     def __init__(self):
         self.dead: int | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._main = threading.main_thread().ident
+        self._previous: Any = None
 
     def _watch(self) -> None:
         seen: set = set()
@@ -204,15 +213,22 @@ class _DeadWorkerWatch:
             codes = [p.exitcode for p in seen if p.exitcode not in (None, 0)]
             if codes:
                 self.dead = codes[0]
-                _thread.interrupt_main()
+                signal.pthread_kill(self._main, signal.SIGUSR1)
                 return
 
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise _WorkerDied
+
     def __enter__(self) -> _DeadWorkerWatch:
+        self._previous = signal.signal(signal.SIGUSR1, self._raise)  # write_beton runs in the main thread
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
+        self._thread.join()  # no signal can arrive after the handler is put back
+        signal.signal(signal.SIGUSR1, self._previous)
 
     @staticmethod
     def abort(writer: Any) -> None:
@@ -257,9 +273,7 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
         try:
             with _DeadWorkerWatch() as watch:
                 writer.from_indexed_dataset(guarded, chunksize=chunk_size)
-        except KeyboardInterrupt:
-            if watch.dead is None:
-                raise
+        except _WorkerDied:
             _DeadWorkerWatch.abort(writer)
             print(file=sys.stderr)  # end FFCV's progress bar line: the error is a line of its own
             raise UserError(f"an FFCV writer process died (exit code {watch.dead}; out of memory?); nothing was "
