@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..training.checkpoint import atomic_path
+from ..training.checkpoint import atomic_path, is_url
 from .registry import ChecksumError, DownloadError
 
 __all__ = ["sha256_file", "offline_hint", "check_sha256", "check_size", "fetch_url", "copy_atomic", "probe", "is_url",
@@ -147,11 +147,6 @@ def probe(url: str, where: Path, timeout: float = 15.0) -> None:
 #: (``deit_small_patch16_224-cd65a155.pth``). At least 8 digits, then a dot: torch.hub's own pattern
 #: ``-([a-f0-9]*)\.`` also reads ``-83.`` in ``lvvit_s-26M-224-83.3.pth.tar`` as a hash and then fails its check.
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.")
-
-
-def is_url(path: str | os.PathLike | None) -> bool:
-    """Whether a ``--resume`` / ``--finetune`` value is an http(s) URL rather than a local path."""
-    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def url_hash_prefix(name: str) -> str | None:

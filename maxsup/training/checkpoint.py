@@ -20,7 +20,13 @@ from ..io_errors import check_checkpoint_file, write_failed
 from .faults import kill_point
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "is_url"]
+
+
+def is_url(path: str | os.PathLike | None) -> bool:
+    """Whether a ``--resume`` / ``--finetune`` value is an http(s) URL rather than a local path."""
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
+
 
 
 def _umask() -> int:

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..errors import UserError
+from .checkpoint import is_url
 from .distributed import print_silenced
 
 try:
@@ -199,15 +200,10 @@ def check_new_run(folder: str | os.PathLike, markers: Iterable[str], *, resume_f
     if not found or overwrite:
         return
     # a URL is someone else's checkpoint, even where its path looks like this folder's ("http:/host/ckpt.pth")
-    if resume_from and not _is_url(resume_from) and Path(resume_from).resolve().parent == folder.resolve():
+    if resume_from and not is_url(resume_from) and Path(resume_from).resolve().parent == folder.resolve():
         return
     raise UserError(f"{folder} already holds a run ({', '.join(found)}); continue it with {resume_hint}, start a new "
                     f"output folder, or pass {overwrite_hint} to start it over")
-
-
-def _is_url(path: str | os.PathLike) -> bool:
-    """maxsup.hub.fetch.is_url's rule (not imported from there: maxsup.hub imports maxsup.training)."""
-    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _group_size() -> int:
