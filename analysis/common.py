@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, real_labels
-from maxsup.data.registry import build_split
+from maxsup.data.registry import build_split, split_class_names
 from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -163,7 +163,7 @@ def build_dataset(name: str, data_path: str | None, split: str, transform: Any =
     per class (a seeded random subset, kept in dataset order)."""
     base = build_split(name, data_path, train=split == "train", transform=transform)  # test sets: one split
     targets = np.asarray(base.targets, dtype=np.int64)
-    names = list(base.classes)
+    names = split_class_names(base)  # one per label: ImageNetV2/-Sketch name all 1000, also with folders missing
     keep = list(range(len(names))) if classes is None else classes
     bad = [c for c in keep if c >= len(names)]
     if bad:

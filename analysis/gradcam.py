@@ -37,6 +37,7 @@ from analysis.common import (
     write_results,
 )
 from maxsup.cli import run_cli
+from maxsup.data.imagenet_variants import RestrictLogits
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ds = build_dataset(args.dataset, args.data_path, args.split, None, classes, args.max_per_class, args.seed)
     desc = f"{args.dataset} {args.split}"
     for m in models:
-        check_head(m, len(ds.classes), desc)
+        check_head(m, ds.head_size, desc)
     if args.indices:
         indices = [int(i) for i in args.indices.split(",")]
         if any(i < 0 or i >= len(ds) for i in indices):
@@ -131,11 +132,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r, m in enumerate(models, start=1):
         tf = eval_transform(m.transform_spec)
         x = torch.stack([tf(ds.base[ds.indices[i]][0]) for i in indices]).to(device)
+        # ImageNet-A/R: a 1k head scored on the 200 classes present, so labels, predictions and the explained
+        # class are positions among them (the layers Grad-CAM hooks stay those of the model)
+        scored = m.model if ds.class_indices is None else RestrictLogits(m.model, ds.class_indices).to(device)
         with torch.no_grad():
-            pred = m.model(x).argmax(1).tolist()
+            pred = scored(x).argmax(1).tolist()
         targets = labels if args.target == "label" else pred
         layer, reshape = target_layer(m.model, args.target_layer)
-        with GradCAM(model=m.model, target_layers=[layer], reshape_transform=reshape) as cam:
+        with GradCAM(model=scored, target_layers=[layer], reshape_transform=reshape) as cam:
             maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])  # (B, H, W) in [0, 1]
         explained[m.name], predicted[m.name] = targets, pred
         for c in range(cols):

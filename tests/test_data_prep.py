@@ -113,6 +113,13 @@ def test_imagenet32_writer_and_reader_round_trip(imagenet_like, tmp_path, capsys
     script.main(["info", str(out), "--size", "32", "--split", "train"])
     info = json.loads(capsys.readouterr().out)
     assert info["images"] == 9 and info["classes"] == 3 and info["min_per_class"] == info["max_per_class"] == 3
+    # analysis/ reads it too (the reader has no class names: labels are named by index), also a --classes subset
+    from analysis.common import build_dataset
+
+    val = build_dataset("imagenet32", str(out), "test", classes=[2, 0])
+    labels = [WNIDS.index(p.parent.name) for p in sorted((imagenet_like / "val").glob("*/*.JPEG"))]
+    assert val.classes == ["2", "0"] and val.head_size == 2
+    assert val.targets == [{2: 0, 0: 1}[t] for t in labels if t in (2, 0)]
 
 
 def test_prepare_fashion_mnist_image_folder_and_zip(tmp_path, capsys):

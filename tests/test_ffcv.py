@@ -754,3 +754,21 @@ def test_estimate_times_train_loop_and_writes_nothing(betons, tmp_path, capsys):
     assert rec["data"] == "synthetic" and rec["steps_per_epoch"] == 1_281_167 // 8 and not out.exists()
     msg = _cli_error(capsys, ffcv_main.main, [*_argv(betons, out), "--estimate", "x"])
     assert "--estimate needs a number of steps" in msg
+
+
+def test_sidecar_of_an_incomplete_imagenetv2_names_all_1000_labels(tmp_path):
+    """ImageNetV2 with three of its 1000 class folders: the labels stay 1k indices, so the sidecar names all 1000
+    wnids (a 1000-class head then passes check_classes), not the three folders present."""
+    from maxsup.data.imagenet_variants import ImageNetV2Folder, imagenet_wnids
+
+    for c in (0, 10, 999):
+        (tmp_path / str(c)).mkdir()
+        Image.new("RGB", (8, 8), (c % 256, 0, 0)).save(tmp_path / str(c) / "x.png")
+    ds = ImageNetV2Folder(tmp_path)
+    labels = np.array(ds.targets)
+    side = write_imagenet.sidecar(ds, labels, "imagenetv2")
+    assert labels.tolist() == [0, 10, 999] and side["classes"] == list(imagenet_wnids())
+    beton = ffcv_main.Beton("v2.beton", 3, side["classes"], "imagenetv2", None)
+    ffcv_main.check_classes({"val": beton}, 1000)
+    with pytest.raises(UserError, match="holds 1000 classes"):
+        ffcv_main.check_classes({"val": beton}, 3)

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
-from analysis import calibration, extract
+from analysis import calibration, extract, gradcam
 from maxsup import hub
 from maxsup.cli import run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
@@ -125,6 +125,29 @@ def test_imagenet_a_labels_and_restricted_logits(sets):
     logits = torch.randn(5, 1000)
     assert torch.equal(RestrictLogits(torch.nn.Identity(), ds.class_indices)(logits), logits[:, list(A_INDICES)])
 
+
+
+def test_analysis_scores_incomplete_imagenetv2_and_sketch_with_the_1k_head(sets, tmp_path):
+    """Six of the 1000 class folders: every image keeps its 1k label (none dropped, none shifted), the 1000-class
+    checkpoint is accepted, and Grad-CAM on ImageNet-A explains each image's own class among the 200 logits."""
+    sketch = tmp_path / "sketch"
+    sketch.mkdir()
+    for c in V2_CLASSES:  # the same images under their wnids
+        (sketch / imagenet_wnids()[c]).symlink_to(sets["v2"] / str(c), target_is_directory=True)
+    ds = ImageNetV2Folder(sets["v2"], eval_transform(SPEC))
+    want = _expected(sets["model"], ds)
+    common = ["--checkpoint", f"R={sets['ckpt']}", "--no-progress", "--batch-size", "7"]
+    for name, root in (("imagenetv2", sets["v2"]), ("imagenet-sketch", sketch)):
+        rows = calibration.main([*common, "--dataset", name, "--data-path", str(root),
+                                 "--out", str(tmp_path / name)])["rows"]
+        assert rows["R"]["n"] == 18 and rows["R"]["nll"] == pytest.approx(want["nll"], rel=1e-5), name
+    res = gradcam.main(["--checkpoint", f"R={sets['ckpt']}", "--dataset", "imagenet-a", "--data-path",
+                        str(sets["a"]), "--num-images", "4", "--target", "top1", "--out", str(tmp_path / "cam")])
+    a = WnidFolder(sets["a"], eval_transform(SPEC), subset=True)
+    with torch.no_grad():
+        logits = sets["model"].eval()(torch.stack([a[i][0] for i in res["indices"]]))[:, list(A_INDICES)]
+    assert res["labels"] == [0, 1, 2, 3] and res["predicted_class"]["R"] == logits.argmax(1).tolist()
+    assert res["class_names"] == [imagenet_wnids()[c] for c in A_INDICES]
 
 def test_real_accuracy_skips_empty_sets():
     labels = [[], [3, 4], [7], [1]]

@@ -135,13 +135,10 @@ def labels_sha256(labels: np.ndarray) -> str:
 
 def sidecar(dataset: Dataset, labels: np.ndarray, layout: str = "imagefolder") -> dict:
     """What a .beton does not store: see the module docstring. ``labels``: the written label column."""
-    from maxsup.data.imagenet_variants import imagenet_wnids
-
     source, order = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else \
         (dataset, range(len(dataset)))
-    classes = getattr(source, "classes", None)
-    if layout in ("imagenetv2", "imagenet-sketch"):  # labels are 1k indices, also when a class folder is missing
-        classes = imagenet_wnids()
+    # ImageNetV2/-Sketch: label_names, as the labels are 1k indices also when a class folder is missing
+    classes = getattr(source, "label_names", None) or getattr(source, "classes", None)
     info = {"classes": list(classes) if classes else None, "layout": layout, "num_samples": len(labels),
             "labels_sha256": labels_sha256(labels)}
     if getattr(source, "subset", False):  # ImageNet-A/R

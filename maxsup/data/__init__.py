@@ -7,10 +7,10 @@ train=True, transform=...)``.
 
 from ..errors import UserError
 from .long_tail import long_tailed_counts, long_tailed_indices
-from .registry import DATASETS, DatasetSpec, build_split, split_num_classes
+from .registry import DATASETS, DatasetSpec, build_split, split_class_names, split_num_classes
 
 __all__ = ["parse_classes", "long_tailed_counts", "long_tailed_indices", "DATASETS", "DatasetSpec", "build_split",
-           "split_num_classes"]
+           "split_num_classes", "split_class_names"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:

@@ -59,7 +59,17 @@ def _check_root(root: str | os.PathLike, what: str) -> Path:
 
 
 class ImageNetV2Folder(DatasetFolder):
-    """ImageNetV2 (any of its three variants): ``root/<k>/*.jpeg`` with label ``int(k)`` for k in 0..999."""
+    """ImageNetV2 (any of its three variants): ``root/<k>/*.jpeg`` with label ``int(k)`` for k in 0..999.
+
+    ``classes`` lists the folders present (torchvision's meaning); the labels index all 1000 classes, named by
+    ``label_names`` (``num_classes`` = 1000), also when a class folder is missing."""
+
+    num_classes = 1000
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The name of each label 0..999 (ImageNet-1k wnids)."""
+        return imagenet_wnids()
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):
         super().__init__(str(_check_root(root, "ImageNetV2")), default_loader, IMG_EXTENSIONS, transform=transform)
@@ -76,7 +86,9 @@ class ImageNetV2Folder(DatasetFolder):
 
 class WnidFolder(DatasetFolder):
     """``root/<wnid>/*`` labelled by ImageNet-1k index. With ``subset=True`` (ImageNet-A/R) the labels are positions
-    in :attr:`class_indices`, the sorted 1k indices of the wnids present; otherwise the 1k index itself."""
+    in :attr:`class_indices`, the sorted 1k indices of the wnids present (``num_classes`` = their number, named by
+    ``classes``); otherwise the 1k index itself (``num_classes`` = 1000, named by ``label_names``, also when a class
+    folder is missing)."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, subset: bool = False,
                  what: str = "ImageNet"):
@@ -92,7 +104,9 @@ class WnidFolder(DatasetFolder):
                             f"n01440764 (found {unknown[:3] or 'none'})")
         self.class_indices = [index[n] for n in names]  # sorted wnids → increasing indices
         if self.subset:
+            self.num_classes, self.label_names = len(names), tuple(names)
             return names, {n: i for i, n in enumerate(names)}
+        self.num_classes, self.label_names = 1000, imagenet_wnids()
         return names, {n: index[n] for n in names}
 
 

@@ -28,8 +28,8 @@ from .imagenet_variants import EVAL_SETS, eval_set
 from .transfer import TRANSFER_DATASETS, transfer_dataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DatasetSpec", "DATASETS", "build_split", "split_num_classes", "CIFAR10_MEAN", "CIFAR10_STD",
-           "CIFAR100_MEAN", "CIFAR100_STD"]
+__all__ = ["DatasetSpec", "DATASETS", "build_split", "split_num_classes", "split_class_names", "CIFAR10_MEAN",
+           "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD"]
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -153,3 +153,12 @@ def split_num_classes(dataset: Dataset) -> int:
     (downsampled ImageNet), else ``len(dataset.classes)``."""
     known = getattr(dataset, "num_classes", None)
     return int(known) if known is not None else len(dataset.classes)
+
+
+def split_class_names(dataset: Dataset) -> list[str]:
+    """One name per label index 0 .. :func:`split_num_classes` − 1: the reader's ``label_names`` (ImageNetV2 and
+    ImageNet-Sketch name all 1000 wnids, also where a class folder is missing), else its ``classes`` where they cover
+    the labels, else the indices as strings (downsampled ImageNet, whose label order is not the sorted wnids')."""
+    n = split_num_classes(dataset)
+    names = getattr(dataset, "label_names", None) or getattr(dataset, "classes", None)
+    return list(names) if names is not None and len(names) == n else [str(i) for i in range(n)]
