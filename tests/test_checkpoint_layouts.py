@@ -260,3 +260,34 @@ def test_keys_that_fit_no_layout_are_one_line_naming_them_and_the_layouts(lvvit_
     torch.save({"weights": odd, "step": 3}, path)  # no state_dict anywhere
     err = cli_error(capsys, hub.main, ["convert", str(path), str(tmp_path / "dst.pth"), "--arch", "lvvit_t"], code=2)
     assert "first unexpected keys: weights, step" in err and "timm-train" in err, err
+
+
+def test_convert_and_evaluate_rebuild_a_non_default_network_with_model_kwargs(image_root, tmp_path, capsys):
+    """A DeiT-Tiny trained at 32 px with 8-px patches (DeiT's {'model'} layout): its pos_embed fits no default
+    deit_tiny_patch16_224, so convert names the mismatch; with --model-kwargs the file converts, records the kwargs
+    and its eval size, and evaluate scores it as the network computes it."""
+    kw = {"img_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    deit = create_model("deit_tiny_patch16_224", 3, **kw).eval()
+    src, dst = tmp_path / "deit32.pth", tmp_path / "converted.pth"
+    torch.save({"model": deit.state_dict(), "epoch": 9}, src)
+    err = cli_error(capsys, hub.main, ["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224"], code=2)
+    assert "pos_embed" in err and not dst.exists(), err
+    flags = ["--model-kwargs", "img_size=32", "patch_size=8"]
+    hub.main(["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224", *flags])
+    capsys.readouterr()
+    ckpt = load_checkpoint(dst)
+    assert ckpt["arch"]["kwargs"] == kw and ckpt["eval_transform"]["img_size"] == 32
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model_from_checkpoint(ckpt).eval()(x), deit(x), rtol=0, atol=1e-6)
+    common = ["--data-path", str(image_root / "val"), "--workers", "0", "--device", "cpu", "--batch-size", "9"]
+    hub.main(["evaluate", str(src), "--arch", "deit_tiny_patch16_224", *flags, *common])
+    result = json.loads(capsys.readouterr().out)
+    acc1, nll = folder_acc1_nll(deit, image_root / "val", ckpt["eval_transform"])
+    assert result["n"] == 18 and result["nll"] == pytest.approx(nll, rel=1e-4) and result["acc1"] == pytest.approx(acc1)
+    err = cli_error(capsys, hub.main, ["evaluate", str(dst), *flags, *common], code=2)
+    assert "--model-kwargs applies to upstream files only" in err
+    err = cli_error(capsys, hub.main, ["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224",
+                                       "--model-kwargs", "img_size"], code=2)
+    assert "expects key=value pairs" in err

@@ -60,6 +60,7 @@ from maxsup.models import (
     load_pretrained_backbone,
     load_state_dict_strict,
     model_from_checkpoint,
+    parse_model_kwargs,
 )
 from maxsup.timing import Stopwatch, train_timing
 from maxsup.training import (
@@ -514,7 +515,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_accum_steps(len(data_loader), args.accum_steps, images=len(data_loader.sampler), batch_size=args.batch_size)
 
     print(f"Creating model {args.model}")
-    model_kwargs = utils.parse_kwargs(args.model_kwargs, "--model-kwargs")
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
     model = create_model(args.model, num_classes, **model_kwargs).to(device)
     if args.finetune and checkpoint is None:  # paper Table 6 (CUB, Cars): start from a pretrained backbone
         info = load_pretrained_backbone(model, args.finetune)

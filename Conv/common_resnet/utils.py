@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-from maxsup.errors import UserError
 
 NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
                 nn.LocalResponseNorm)
@@ -44,21 +41,6 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's epoch: reseeding from (seed, epoch, rank) at every epoch start makes a resumed run
     repeat the uninterrupted one bit for bit on CPU, whatever happened before the checkpoint."""
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-
-
-def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["width=16", "zero_init_residual=True"]`` → ``{"width": 16, "zero_init_residual": True}`` (Python
-    literals; anything else stays a string)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise UserError(f"{flag} expects key=value pairs like width=16, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def plain(obj: Any) -> Any:

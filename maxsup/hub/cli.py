@@ -13,6 +13,7 @@ from pathlib import Path
 from ..cli import run_cli
 from ..data.imagenet_variants import EVAL_SETS, add_real_labels_arg
 from ..errors import UserError
+from ..models import parse_model_kwargs
 from ..training.checkpoint import atomic_save
 from .convert import convert_checkpoint, load_released_checkpoint
 from .download import download, list_remote, pick_file
@@ -48,6 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "download it from their repository)")
         p.add_argument("--plain-torchvision", action="store_true", help="opt-in: load BlurPool ResNet weights "
                        "into a plain torchvision ResNet by dropping the blur (changes the function)")
+        p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                       help="extra arguments of the network the weights belong to, as the trainers' --model-kwargs "
+                       "(e.g. img_size=384 for a DeiT fine-tuned at 384 px); stored in the converted file")
 
     p = sub.add_parser("download", help="download a registry checkpoint (sha256-verified, resumable)")
     p.add_argument("name")
@@ -128,7 +132,8 @@ def _run(argv: list[str] | None = None) -> int:
     elif args.command == "convert":
         raw = load_released_checkpoint(args.src)
         ckpt = convert_checkpoint(raw, args.arch, label_order=args.label_order, zip_map=args.zip_map,
-                                  plain_torchvision=args.plain_torchvision, offline=args.offline, source=args.src)
+                                  plain_torchvision=args.plain_torchvision, offline=args.offline, source=args.src,
+                                  model_kwargs=parse_model_kwargs(args.model_kwargs))
         atomic_save(ckpt, args.dst)
         print(json.dumps({"dst": str(args.dst), **ckpt["hub"], "arch": ckpt["arch"]}))
     elif args.command == "export-mmseg":

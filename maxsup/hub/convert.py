@@ -104,7 +104,7 @@ def _wants_zip_order(label_order: str, args: Mapping[str, Any]) -> bool:
 def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
                        zip_map: str | os.PathLike | None = None, plain_torchvision: bool = False,
                        eval_transform: Mapping[str, Any] | None = None, offline: bool = False,
-                       source: str = "checkpoint") -> dict[str, Any]:
+                       source: str = "checkpoint", model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Turn a checkpoint of any layout :func:`maxsup.models.read_weights` knows (ours, DeiT's and SMMix's
     ``{'model'}``, timm-train, LV-ViT's bare ``.pth.tar``, Lightning, ffcv-imagenet) into this project's convention
     (``model``, ``arch``, ``eval_transform``, ``args``, ``epoch``, ``hub``), loading it strictly into the rebuilt
@@ -117,6 +117,9 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         plain_torchvision: load BlurPool weights into a plain torchvision ResNet by dropping the blur filters.
             This changes the network's function (lower accuracy): for feature extraction/fine-tuning only.
         eval_transform: kwargs of ``transform_spec``; default: the file's own (ours) or :func:`eval_transform_for`.
+        model_kwargs: extra :func:`maxsup.models.create_model` arguments of the network the weights belong to (e.g.
+            ``img_size=384`` for a DeiT fine-tuned at 384 px); they override those recorded in our own files and are
+            stored in ``arch``, so the converted file rebuilds the same network.
     """
     weights = read_weights(raw, source)
     args = weights.args
@@ -127,6 +130,7 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
     kwargs: dict[str, Any] = {}
     if weights.arch is not None and weights.arch.get("name") == arch:  # ours: rebuild exactly what was trained
         kwargs = {k: v for k, v in (weights.arch.get("kwargs") or {}).items() if k != "blurpool"}
+    kwargs.update(model_kwargs or {})
     if arch.startswith("resnet"):
         blurpool = any(k.endswith(".blur_filter") for k in sd)
         if blurpool and plain_torchvision:

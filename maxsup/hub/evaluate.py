@@ -16,7 +16,7 @@ from ..data.imagenet_variants import RealScorer, RestrictLogits, eval_set, real_
 from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..metrics import ClassificationMeter
-from ..models import model_from_checkpoint
+from ..models import model_from_checkpoint, parse_model_kwargs
 from .convert import convert_checkpoint, load_released_checkpoint
 from .download import download
 from .registry import REGISTRY
@@ -70,19 +70,24 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
 def resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint ``evaluate`` scores: a registry name (downloaded and converted), a file in this project's
     format, or an upstream file converted on the fly with ``--arch``."""
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
     if ref in REGISTRY:
         entry = REGISTRY[ref]
         path = download(ref, dest=args.dest, filename=args.filename, offline=args.offline)
         return convert_checkpoint(load_released_checkpoint(path), entry.arch, label_order=args.label_order,
                                   zip_map=args.zip_map, offline=args.offline, source=str(path),
-                                  eval_transform=entry.eval_transform)
+                                  eval_transform=entry.eval_transform, model_kwargs=model_kwargs)
     path = Path(ref)
     if not path.is_file():
         raise UserError(f"unknown checkpoint {ref!r}: not a file and not one of {', '.join(REGISTRY)}")
     raw = load_released_checkpoint(path)
     if isinstance(raw.get("arch"), dict) and "eval_transform" in raw:
+        if model_kwargs:
+            raise UserError(f"{path} is in this project's format and records its network ({raw['arch'].get('name')}, "
+                            f"kwargs {raw['arch'].get('kwargs')}); --model-kwargs applies to upstream files only")
         return raw
     if args.arch is None:
         raise UserError(f"{path} is not in this project's format; pass --arch (e.g. resnet50) to convert it on the fly")
     return convert_checkpoint(raw, args.arch, label_order=args.label_order, zip_map=args.zip_map,
-                              plain_torchvision=args.plain_torchvision, offline=args.offline, source=str(path))
+                              plain_torchvision=args.plain_torchvision, offline=args.offline, source=str(path),
+                              model_kwargs=model_kwargs)

@@ -14,7 +14,7 @@ Importing :mod:`maxsup` or :mod:`maxsup.models` registers ``lvvit_t``, ``lvvit_s
 why importing this package imports timm.
 """
 
-from .factory import arch_spec, create_model, load_pretrained_backbone, model_from_checkpoint
+from .factory import arch_spec, create_model, load_pretrained_backbone, model_from_checkpoint, parse_model_kwargs
 from .lt_models import LT_HEADS, CausalNormClassifier, CifarResNet32
 from .outputs import classifier_layer, features_and_logits, logits_and_dense_logits, unwrap_model
 from .resnet import CIFAR_RESNETS, BlurPoolConv2d, CifarResNet, apply_blurpool
@@ -47,7 +47,8 @@ from .vit import (
 
 __all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_state_dict_strict", "features_and_logits",
            "classifier_layer", "load_pretrained_backbone", "logits_and_dense_logits", "unwrap_model", "CifarResNet",
-           "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS", "CifarResNet32", "CausalNormClassifier", "LT_HEADS",
+           "parse_model_kwargs", "BlurPoolConv2d", "apply_blurpool", "CIFAR_RESNETS", "CifarResNet32",
+           "CausalNormClassifier", "LT_HEADS",
            "LVViT", "TokenHeadViT", "TOKEN_HEAD_MODES", "with_token_head", "dense_class_scores", "patch_grid",
            "mix_tokens", "lvvit_t", "lvvit_s", "lvvit_m", "strip_prefixes", "describe_keys", "compare_keys", "LAYOUTS",
            "LayoutError", "Weights", "read_weights", "fit_keys", "token_head_of", "load_weights", "load_any_checkpoint"]

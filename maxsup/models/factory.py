@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 import timm
@@ -15,7 +16,22 @@ from .resnet import CIFAR_RESNETS, CifarResNet, apply_blurpool
 from .state_dict import compare_keys, fit_keys, load_any_checkpoint, load_state_dict_strict, read_weights
 from .vit import with_token_head
 
-__all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_pretrained_backbone"]
+__all__ = ["create_model", "arch_spec", "model_from_checkpoint", "load_pretrained_backbone", "parse_model_kwargs"]
+
+
+def parse_model_kwargs(items: list[str] | None, flag: str = "--model-kwargs") -> dict[str, Any]:
+    """``["width=16", "img_size=384"]`` → ``{"width": 16, "img_size": 384}``: extra keyword arguments of
+    :func:`create_model` (values read as Python literals; anything else stays a string)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UserError(f"{flag} expects key=value pairs like width=16, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
 def _torchvision_names() -> set[str]:
