@@ -6,9 +6,10 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import torch_threads, write_fmnist_image_folder
+from helpers import load_ffcv_writer, torch_threads, write_ffcv_split, write_fmnist_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "reference"
@@ -62,3 +63,18 @@ def fmnist_image_folder(tmp_path_factory) -> Iterator[Callable[[int, int], Path]
 def image_root(fmnist_image_folder) -> Path:
     """The Deit tests' ImageFolder: 3 classes × (32 train + 12 val) real Fashion-MNIST JPEGs (read-only)."""
     return fmnist_image_folder(32, 12)
+
+
+@pytest.fixture(scope="session")
+def ffcv_betons(tmp_path_factory) -> dict[str, Path]:
+    """Real FFCV files (``train``: 4 classes × 24, ``val``: × 8, 32 px JPEGs; see :func:`helpers.write_ffcv_split`)
+    and their source folders (``train_dir``, ``val_dir``), written once per session (read-only; needs ffcv)."""
+    root = tmp_path_factory.mktemp("ffcv_data")
+    rng = np.random.default_rng(0)
+    write_ffcv_split(root / "train", train=True, per_class=24, rng=rng)
+    write_ffcv_split(root / "val", train=False, per_class=8, rng=rng)
+    out = {"train_dir": root / "train", "val_dir": root / "val"}
+    for split in ("train", "val"):
+        out[split] = load_ffcv_writer().main(["--data-dir", str(root / split), "--write-path",
+                                              str(root / f"{split}.beton"), "--num-workers", "2", "--chunk-size", "16"])
+    return out

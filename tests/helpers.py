@@ -5,16 +5,21 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flat_import import load_file
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from maxsup.cli import run_cli
@@ -120,3 +125,70 @@ def serve_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTP
     # shutdown() waits for the loop to poll; 0.05 s instead of 0.5 s per server, started once per test
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conv/ffcv: its trainer and writer loaded once per session, tiny real .beton files (the ffcv_betons fixture), argv
+# --------------------------------------------------------------------------------------------------------------------
+FFCV_DIR = Path(__file__).resolve().parents[1] / "Conv" / "ffcv"
+#: Every FFCV trainer the tests build, kept until the process exits: numba's dispatcher finaliser raises a harmless
+#: KeyError when FFCV's generated pipelines are garbage-collected (numba 0.68); at exit numba skips its finalisers.
+FFCV_TRAINERS: list = []
+FFCV_FMNIST_CLASSES = (0, 2, 4)  # T-shirt/top, Pullover, Coat
+FFCV_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+FFCV_SIZE = 32  # px, the side of every JPEG in the .beton files
+
+
+@functools.cache
+def load_ffcv_main() -> ModuleType:
+    """``Conv/ffcv/main.py`` as module ``ffcv_main``, one object for every test file (needs ffcv installed)."""
+    return load_file(FFCV_DIR / "main.py", "ffcv_main")
+
+
+@functools.cache
+def load_ffcv_writer() -> ModuleType:
+    """``Conv/ffcv/write_imagenet.py`` as module ``ffcv_write_imagenet``."""
+    return load_file(FFCV_DIR / "write_imagenet.py", "ffcv_write_imagenet")
+
+
+@contextmanager
+def keeping_ffcv_trainers() -> Iterator[list]:
+    """Inside the block every ``ImageNetTrainer`` built, also one that ``main`` builds and drops on an error, joins
+    :data:`FFCV_TRAINERS` (yielded: its last entry is the trainer a command just ran)."""
+    trainer_class = load_ffcv_main().ImageNetTrainer
+    init = trainer_class.__init__
+
+    def keep(self, *args, **kwargs):
+        FFCV_TRAINERS.append(self)
+        init(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_class, "__init__", keep)
+        yield FFCV_TRAINERS
+
+
+def write_ffcv_split(root: Path, train: bool, per_class: int, rng: np.random.Generator) -> None:
+    """ImageFolder of FFCV_SIZE² JPEGs: classes 0-2 from Fashion-MNIST, class 3 random crops of skimage photos."""
+    import skimage.data
+
+    fmnist = FashionMNIST(train=train, classes=FFCV_FMNIST_CLASSES, limit_per_class=per_class)
+    for i, (img, label) in enumerate(fmnist):
+        folder = root / f"c{label}_fmnist"
+        folder.mkdir(parents=True, exist_ok=True)
+        img.convert("RGB").resize((FFCV_SIZE, FFCV_SIZE), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=95)
+    folder = root / "c3_photo"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        photo = getattr(skimage.data, FFCV_PHOTOS[i % len(FFCV_PHOTOS)])()
+        side = int(rng.integers(64, min(photo.shape[:2])))
+        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
+        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((FFCV_SIZE, FFCV_SIZE), Image.BILINEAR)
+        crop.save(folder / f"{i:04d}.jpg", quality=95)
+
+
+def ffcv_argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """The tiny CPU recipe on the ``ffcv_betons`` files: a width-8 ResNet, batch 32, 1 epoch, output in ``out``."""
+    return ["--config-file", str(FFCV_DIR / "configs" / "fmnist_cpu.yaml"),
+            f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
+            "--model.num_classes=4", "--model.kwargs.width=8", "--training.batch_size=32", "--training.epochs=1",
+            "--logging.progress=false", "--data.num_workers=2", f"--logging.folder={out}", *extra]

@@ -16,83 +16,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flat_import import load_file
-from helpers import cli_error, torch_threads
+from helpers import (
+    FFCV_DIR,
+    FFCV_SIZE,
+    FFCV_TRAINERS,
+    cli_error,
+    keeping_ffcv_trainers,
+    load_ffcv_main,
+    load_ffcv_writer,
+    torch_threads,
+)
+from helpers import ffcv_argv as _argv
 from PIL import Image
 
 from maxsup.errors import UserError
 
 pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
 pytestmark = pytest.mark.ffcv
-# numba's dispatcher finaliser raises a harmless KeyError when FFCV's generated pipelines are garbage-collected
-# (numba 0.68); trainers are kept alive until exit, where numba skips its finalisers.
-_KEEP_ALIVE: list = []
-
-FFCV_DIR = Path(__file__).resolve().parents[1] / "Conv" / "ffcv"
-FMNIST_CLASSES = (0, 2, 4)  # T-shirt/top, Pullover, Coat
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-SIZE = 32
 # 32 px at epoch 0, 64 px at 1
 RAMP = ("--resolution.max_res=64", "--resolution.start_ramp=0", "--resolution.end_ramp=1")
+_KEEP_ALIVE = FFCV_TRAINERS  # every trainer the tests build lives until exit (helpers.FFCV_TRAINERS says why)
+SIZE = FFCV_SIZE
 
-
-ffcv_main = load_file(FFCV_DIR / "main.py", "ffcv_main")
-write_imagenet = load_file(FFCV_DIR / "write_imagenet.py", "ffcv_write_imagenet")
+ffcv_main = load_ffcv_main()
+write_imagenet = load_ffcv_writer()
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _keep_trainers_alive():
-    """Keep every trainer alive, also those that ``main`` builds and drops on an error (numba finaliser above)."""
-    init = ffcv_main.ImageNetTrainer.__init__
-
-    def keep(self, *args, **kwargs):
-        _KEEP_ALIVE.append(self)
-        init(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ffcv_main.ImageNetTrainer, "__init__", keep)
+    """Keep every trainer alive, also those that ``main`` builds and drops on an error."""
+    with keeping_ffcv_trainers():
         yield
 
 
-def _write_split(root: Path, train: bool, per_class: int, rng: np.random.Generator) -> None:
-    """ImageFolder of SIZE×SIZE JPEGs: classes 0-2 from Fashion-MNIST, class 3 random crops of skimage photos."""
-    import skimage.data
-
-    from maxsup.data.fashion_mnist import FashionMNIST
-
-    fmnist = FashionMNIST(train=train, classes=FMNIST_CLASSES, limit_per_class=per_class)
-    for i, (img, label) in enumerate(fmnist):
-        folder = root / f"c{label}_fmnist"
-        folder.mkdir(parents=True, exist_ok=True)
-        img.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=95)
-    folder = root / "c3_photo"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(per_class):
-        photo = getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()
-        side = int(rng.integers(64, min(photo.shape[:2])))
-        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
-        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((SIZE, SIZE), Image.BILINEAR)
-        crop.save(folder / f"{i:04d}.jpg", quality=95)
-
-
 @pytest.fixture(scope="module")
-def betons(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ffcv_data")
-    rng = np.random.default_rng(0)
-    _write_split(root / "train", train=True, per_class=24, rng=rng)
-    _write_split(root / "val", train=False, per_class=8, rng=rng)
-    out = {"train_dir": root / "train", "val_dir": root / "val"}
-    for split in ("train", "val"):
-        out[split] = write_imagenet.main(["--data-dir", str(root / split), "--write-path", str(root / f"{split}.beton"),
-                                          "--num-workers", "2", "--chunk-size", "16"])
-    return out
-
-
-def _argv(betons: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["--config-file", str(FFCV_DIR / "configs" / "fmnist_cpu.yaml"),
-            f"--data.train_dataset={betons['train']}", f"--data.val_dataset={betons['val']}",
-            "--model.num_classes=4", "--model.kwargs.width=8", "--training.batch_size=32", "--training.epochs=1",
-            "--logging.progress=false", "--data.num_workers=2", f"--logging.folder={out}", *extra]
+def betons(ffcv_betons) -> dict[str, Path]:
+    return ffcv_betons
 
 
 @pytest.fixture(scope="module")

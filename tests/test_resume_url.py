@@ -1,8 +1,8 @@
-"""``--resume URL`` / ``--finetune URL`` (facebookresearch/deit's ``--resume https://…``) against a real HTTP server
-on 127.0.0.1: the file lands once in torch.hub's cache (``$TORCH_HOME``, here a tmp folder), a sha256 prefix in its
-name is checked, and from then on the run is the one a local path gives. A URL is never the run folder's own
-checkpoint, and a bad URL, a 404, an unreachable host or a wrong hash is one ``error:`` line that writes nothing into
-the output folder."""
+"""``--resume URL`` / ``--finetune URL`` (facebookresearch/deit's ``--resume https://…``; FFCV's
+``--training.resume=URL`` / ``--training.finetune=URL``) against a real HTTP server on 127.0.0.1: the file lands
+once in torch.hub's cache (``$TORCH_HOME``, here a tmp folder), a sha256 prefix in its name is checked, and from then
+on the run is the one a local path gives. A URL is never the run folder's own checkpoint, and a bad URL, a 404, an
+unreachable host or a wrong hash is one ``error:`` line that writes nothing into the output folder."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import cli_error, ffcv_argv, keeping_ffcv_trainers, load_ffcv_main
 from test_run_folder import COMMON, COMMON_TINY, DEIT, DEIT_TINY, _snapshot
 
 from maxsup.cli import run_cli
@@ -228,3 +230,119 @@ def test_hash_prefix_follows_torch_hub_names_without_misreading_version_numbers(
     assert url_hash_prefix("deit_small_patch16_224-cd65a155.pth") == "cd65a155"
     assert url_hash_prefix("lvvit_s-26M-224-83.3.pth.tar") is None  # torch.hub's own pattern would read "83"
     assert url_hash_prefix("checkpoint.pth") is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conv/ffcv: --training.resume=URL / --training.finetune=URL (the tiny .beton recipe of test_ffcv.py)
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ffcv_served(request, tmp_path_factory, one_thread):
+    """A finished 1-epoch Conv/ffcv run on the shared tiny .beton files, its checkpoint published under a hashed name
+    (and a copy under a name whose hash lies) on a local server of its own."""
+    pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
+    betons = request.getfixturevalue("ffcv_betons")
+    trainer = load_ffcv_main()
+    run = tmp_path_factory.mktemp("ffcv") / "run"
+    with keeping_ffcv_trainers():
+        run_cli(trainer.main, ffcv_argv(betons, run))
+    root = tmp_path_factory.mktemp("www_ffcv")
+    name = _published(run / "checkpoint.pth", root, "ffcv")
+    (root / "tampered-0123abcd.pth").write_bytes((root / name).read_bytes())
+    server = FileServer(root)
+    yield SimpleNamespace(server=server, url=f"{server.url}/{name}", name=name, local=run / "checkpoint.pth",
+                          betons=betons, main=trainer.main)
+    server.close()
+
+
+@pytest.mark.ffcv
+def test_ffcv_resume_from_a_url_gives_the_state_the_local_file_gives(ffcv_served, tmp_path, capsys):
+    """The published run finished its 1 epoch: resumed from the URL, as from the file, the trainer starts after it
+    with the checkpoint's weights and optimizer state (in a new folder: a URL is not the folder's own checkpoint)."""
+    f = ffcv_served
+    saved = load_checkpoint(f.local)
+    trainers = {}
+    for how, source in (("url", f.url), ("path", str(f.local))):
+        capsys.readouterr()
+        with keeping_ffcv_trainers() as built:
+            run_cli(f.main, ffcv_argv(f.betons, tmp_path / how, f"--training.resume={source}"))
+        trainers[how] = built[-1]
+        shown = _cache(tmp_path) / f.name if how == "url" else f.local
+        assert f"resumed from {shown} (epoch 0 done)" in capsys.readouterr().out
+    assert sorted(p.name for p in _cache(tmp_path).iterdir()) == [f.name]  # torch.hub's cache, torch.hub's name
+    url, path = trainers["url"], trainers["path"]
+    assert url.start_epoch == path.start_epoch == 1 and url.train_loader.next_epoch == 1
+    for key, value in saved["model"].items():
+        assert torch.equal(url.module.state_dict()[key], value), key
+    momentum = [s["momentum_buffer"] for s in url.optimizer.state_dict()["state"].values()]
+    assert len(momentum) == len(saved["optimizer"]["state"]) > 0
+    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, saved["optimizer"]["state"].values(),
+                                                                        strict=True))
+
+
+@pytest.mark.ffcv
+def test_ffcv_finetune_from_a_url_loads_the_backbone(ffcv_served, tmp_path, capsys):
+    """With lr 0 the weights stay where the URL's checkpoint put them (BatchNorm's running statistics still move)."""
+    f = ffcv_served
+    capsys.readouterr()
+    with keeping_ffcv_trainers() as built:
+        run_cli(f.main, ffcv_argv(f.betons, tmp_path / "ft", f"--training.finetune={f.url}", "--lr.lr=0"))
+    out = capsys.readouterr().out
+    cached = _cache(tmp_path) / f.name
+    assert f"--training.finetune {f.url}: using {cached}" in out and f"fine-tuning from {cached}" in out, out
+    saved, params = load_checkpoint(f.local)["model"], dict(built[-1].module.named_parameters())
+    assert params.keys() <= saved.keys() and "fc.weight" in params  # the 4-class head is kept
+    for key, value in params.items():
+        assert torch.equal(value.detach(), saved[key]), key
+
+
+@pytest.mark.ffcv
+@pytest.mark.parametrize("key", ["resume", "finetune"])
+@pytest.mark.parametrize("case", ["missing", "unreachable", "no host", "wrong hash"])
+def test_ffcv_bad_urls_are_one_line_and_write_nothing(ffcv_served, tmp_path, capsys, key, case):
+    f = ffcv_served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url, expect = {"missing": (f"{f.server.url}/ffcv-0badc0de.pth", "HTTP 404"),
+                   "unreachable": (f"{closed}/ffcv.pth", "cannot reach"),
+                   "no host": ("https:///ffcv.pth", "is not a URL of a file"),
+                   "wrong hash": (f"{f.server.url}/tampered-0123abcd.pth", "sha256 mismatch")}[case]
+    out = tmp_path / "run"
+    with keeping_ffcv_trainers():
+        msg = cli_error(capsys, f.main, ffcv_argv(f.betons, out, f"--training.{key}={url}"), clear=True)
+    assert expect in msg and url in msg, msg
+    assert case == "wrong hash" or f"--training.{key}" in msg, msg  # names the flag the user typed
+    assert not out.exists()  # the claimed folder went again: nothing was written into it
+    cache = _cache(tmp_path)
+    assert not (cache.exists() and [p.name for p in cache.iterdir()])  # no partial or refused file kept
+
+
+@pytest.mark.ffcv
+def test_ffcv_a_url_is_never_the_folders_own_checkpoint(ffcv_served, tmp_path, capsys):
+    f = ffcv_served
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(f.local.read_bytes())
+    before, asked = _snapshot(out), len(f.server.requests)
+    msg = cli_error(capsys, f.main, ffcv_argv(f.betons, out, f"--training.resume={f.url}"), clear=True)
+    assert f"{out} already holds a run" in msg and "--training.overwrite=true" in msg, msg
+    assert _snapshot(out) == before and len(f.server.requests) == asked  # refused before anything was downloaded
+
+
+@pytest.mark.ffcv
+def test_ffcv_estimate_starts_from_a_finetune_url_and_fetches_no_resume_url(ffcv_served, tmp_path):
+    """--estimate times training steps from the fine-tuned weights (synthetic batches, lr 0: they stay) and never
+    reads a resume, so a resume URL is not fetched (this one would be a 404)."""
+    f = ffcv_served
+    out = tmp_path / "est"
+    asked = len(f.server.requests)
+    with keeping_ffcv_trainers() as built:
+        rec = f.main([*ffcv_argv(f.betons, out, f"--training.finetune={f.url}", "--lr.lr=0",
+                                 "--data.train_dataset=fmnist.beton",  # synthetic: only its name is read
+                                 f"--training.resume={f.server.url}/absent-0badc0de.pth"),
+                      "--estimate=1", "--estimate-synthetic"])
+    assert rec["estimate"] is True and not out.exists()
+    assert f.server.requests[asked:] == [f"/{f.name}"]  # the finetune URL only
+    saved = load_checkpoint(f.local)["model"]
+    for key, value in built[-1].module.named_parameters():
+        assert torch.equal(value.detach(), saved[key]), key

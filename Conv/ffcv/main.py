@@ -52,6 +52,7 @@ from maxsup.estimate import (
     print_estimate,
     train_split_size,
 )
+from maxsup.hub import local_checkpoint
 from maxsup.losses import PenaltyStatsMeter, compute_loss, resolve_loss_options
 from maxsup.models import arch_spec, create_model, load_pretrained_backbone, load_state_dict_strict, unwrap_model
 from maxsup.timing import Stopwatch, train_timing
@@ -910,6 +911,16 @@ class ImageNetTrainer:
             append_log(self.output_dir / "log.jsonl", record)
 
 
+def local_checkpoints(cfg: DictConfig, keys: tuple[str, ...] = ("resume", "finetune")) -> DictConfig:
+    """``cfg`` with each of ``training.<keys>`` that holds an http(s) URL replaced by its downloaded copy in
+    torch.hub's cache (``maxsup.hub.local_checkpoint``, as the other trainers' ``--resume URL``); ``cfg`` itself is
+    left as the user typed it."""
+    local = copy.deepcopy(cfg)
+    for key in keys:
+        local.training[key] = local_checkpoint(cfg.training[key], f"--training.{key}")
+    return local
+
+
 def train_in_folder(cfg: DictConfig) -> dict[str, Any]:
     """One run; training claims ``logging.folder`` for as long as it runs (one run per folder,
     ``maxsup.training.runfolder``), ``training.eval_only`` writes nothing there."""
@@ -921,7 +932,7 @@ def train_in_folder(cfg: DictConfig) -> dict[str, Any]:
     init_distributed(t.device or None)  # before the claim: every rank, not only rank 0, hears a refusal
     with claim_run_folder(None if t.eval_only else out, RUN_MARKERS, resume_from=resume, overwrite=t.overwrite,
                           resume_hint=RESUME_FLAG, overwrite_hint=OVERWRITE_FLAG):
-        return ImageNetTrainer(cfg).train()
+        return ImageNetTrainer(local_checkpoints(cfg)).train()  # a URL: downloaded once, then its local path
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -949,7 +960,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if estimate and cfg.training.eval_only:
         raise UserError("--estimate times training steps; it cannot be combined with --training.eval_only=true")
     if estimate:
-        return ImageNetTrainer(cfg, estimate=True, synthetic=synthetic).estimate(estimate)
+        # the weights to time from; a resume is not read for an estimate, so it is not downloaded either
+        return ImageNetTrainer(local_checkpoints(cfg, ("finetune",)), estimate=True,
+                               synthetic=synthetic).estimate(estimate)
     if seeds is None or cfg.training.eval_only:  # eval_only evaluates one checkpoint, whatever SEEDS says
         return train_in_folder(cfg)
 

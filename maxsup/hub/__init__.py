@@ -39,7 +39,7 @@ from .cli import get_args_parser, main
 from .convert import convert_checkpoint, eval_transform_for, load_released_checkpoint, normalize_resnet_state_dict
 from .download import RemoteFile, download, github_release, list_remote, pick_file
 from .evaluate import evaluate_checkpoint
-from .fetch import cached_url, fetch_url, local_checkpoints, sha256_file
+from .fetch import cached_url, fetch_url, local_checkpoint, local_checkpoints, sha256_file
 from .mmseg import DEIT_SMALL, deit_backbone_state_dict, export_mmseg, mmseg_config, timm_vit_to_mmseg
 from .publish import export, push
 from .registry import (
@@ -72,7 +72,7 @@ __all__ = ["ReleasedCheckpoint", "REGISTRY", "AUTHORS_REPO", "HF_RESNET_REPO", "
            "DownloadError", "ChecksumError",
            "LayoutError", "ZipMapError", "RemoteFile", "file_rule", "matches_rule", "get_entry", "pick_file",
            "list_remote", "github_release", "cache_dir", "download", "fetch_url", "sha256_file", "cached_url",
-           "local_checkpoints",
+           "local_checkpoint", "local_checkpoints",
            "load_released_checkpoint", "ZIP_MAP_PATH", "ZIP_MAP_COMMIT", "ZIP_MAP_SHA256", "ZIP_ORDER_SHA256",
            "read_zip_map", "verify_zip_order", "zip_to_standard_permutation", "load_zip_order",
            "normalize_resnet_state_dict", "convert_checkpoint", "evaluate_checkpoint", "DEIT_SMALL",

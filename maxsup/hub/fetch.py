@@ -23,7 +23,7 @@ from ..training.checkpoint import atomic_path, is_url
 from .registry import ChecksumError, DownloadError
 
 __all__ = ["sha256_file", "offline_hint", "check_sha256", "check_size", "fetch_url", "copy_atomic", "probe", "is_url",
-           "url_hash_prefix", "cached_url", "local_checkpoints"]
+           "url_hash_prefix", "cached_url", "local_checkpoint", "local_checkpoints"]
 
 log = logging.getLogger("maxsup.hub")
 _CHUNK = 1 << 20
@@ -249,11 +249,19 @@ def _check_prefix(path: Path, prefix: str | None, url: str) -> None:
                             f"was deleted, re-run to download it again")
 
 
+def local_checkpoint(value: str, flag: str) -> str:
+    """``value`` as given, or where it is an http(s) URL its :func:`cached_url` copy (announced as ``FLAG URL: using
+    PATH``); ``flag`` names the trainer's flag in that line and in the errors."""
+    if not is_url(value):
+        return value
+    path = cached_url(value, flag)
+    print(f"{flag} {value}: using {path}")
+    return str(path)
+
+
 def local_checkpoints(args: argparse.Namespace, flags: Iterable[str] = ("resume", "finetune")) -> argparse.Namespace:
     """``args`` with each of ``flags`` (``--resume``, ``--finetune``) that holds an http(s) URL replaced by its
     :func:`cached_url` copy, so that the trainer goes on exactly as with that local path (``args`` itself is left as
     the user typed it). The trainers call this after claiming their run folder: a refused run downloads nothing."""
-    local = {flag: cached_url(getattr(args, flag), f"--{flag}") for flag in flags if is_url(getattr(args, flag))}
-    for flag, path in local.items():
-        print(f"--{flag} {getattr(args, flag)}: using {path}")
-    return argparse.Namespace(**{**vars(args), **{flag: str(path) for flag, path in local.items()}}) if local else args
+    local = {flag: local_checkpoint(getattr(args, flag), f"--{flag}") for flag in flags if is_url(getattr(args, flag))}
+    return argparse.Namespace(**{**vars(args), **local}) if local else args
