@@ -41,6 +41,21 @@ def test_namespace_checkpoint_needs_the_allow_list(tmp_path):
     assert load_checkpoint(path, allow_namespace=True)["args"].cache is True
 
 
+@pytest.mark.parametrize("scoped", [True, False], ids=["torch>=2.5", "torch-2.4"])
+def test_namespace_allow_list_is_scoped_to_the_load(scoped, tmp_path, monkeypatch):
+    """torch 2.4 has no ``safe_globals`` context, only the process-wide list: the fallback restores that list, so a
+    later load without ``allow_namespace`` is refused as before and allow-listed types of others stay."""
+    if not scoped:
+        monkeypatch.delattr(torch.serialization, "safe_globals", raising=False)
+    path = tmp_path / "authors.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(cache=True)}, path)
+    before = set(torch.serialization.get_safe_globals())
+    assert load_checkpoint(path, allow_namespace=True)["args"].cache is True
+    assert set(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(UserError, match="allow_namespace"):
+        load_checkpoint(path)
+
+
 def test_truncated_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "t.pth"
     atomic_save({"model": {"w": torch.randn(100, 100)}}, path)

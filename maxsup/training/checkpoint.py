@@ -101,6 +101,27 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+@contextmanager
+def _allow_listed(types: list[type]) -> Iterator[None]:
+    """Allow-list ``types`` for ``weights_only`` loads inside the block only: ``torch.serialization.safe_globals``
+    (torch ≥ 2.5); torch 2.4 has only the process-wide list, which is restored on the way out."""
+    if not types:
+        yield
+        return
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        with scoped(types):
+            yield
+        return
+    before = list(torch.serialization.get_safe_globals())  # a copy: torch 2.4 hands out its live list
+    torch.serialization.add_safe_globals(types)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     allow_namespace: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
@@ -114,10 +135,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint not found: {path}")
     check_checkpoint_file(path)  # empty or text: torch's weights-only unpickler would answer KeyError/IndexError
     try:
-        if allow_namespace:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        else:
+        with _allow_listed([argparse.Namespace] if allow_namespace else []):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         hint = "" if allow_namespace else " (if it stores argparse.Namespace args, load it with allow_namespace=True)"
@@ -129,11 +147,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
     return ckpt
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def rng_state() -> dict[str, Any]:
