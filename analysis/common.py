@@ -28,7 +28,7 @@ from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
-from maxsup.training import atomic_save, atomic_write, load_checkpoint
+from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device
 
 #: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
@@ -96,7 +96,7 @@ def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(args.device)
 
 
 # --------------------------------------------------------------------------------------------------------------------

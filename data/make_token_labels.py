@@ -36,7 +36,7 @@ from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
 from maxsup.models.vit import dense_class_scores  # noqa: E402
-from maxsup.training import atomic_save, atomic_write, load_checkpoint  # noqa: E402
+from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device  # noqa: E402
 
 #: float16 holds every integer up to 2048 exactly; the official layout stores class indices in it.
 MAX_CLASSES = 2048
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default: 4)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
+    device = resolve_device(args.device)
 
     root, out = Path(args.data_path), Path(args.out)
     if not root.is_dir():
@@ -126,7 +127,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(items)} images in {len(classes)} classes, {len(items) - len(todo)} already labelled; teacher "
           f"{info['teacher']} ({num_classes} classes) at {img_size} px, top-{args.topk}")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     bicubic = transforms.InterpolationMode.BICUBIC
     tf = transforms.Compose([transforms.Resize((img_size, img_size), interpolation=bicubic),

@@ -484,3 +484,38 @@ def test_linear_transfer_refuses_a_single_class(tmp_path, capsys):
                                              "--max-per-class", "10", "--out", str(tmp_path / "res"),
                                              "--no-progress", "--num-lambdas", "3"], capsys)
     assert "one class" in msg and "two" in msg, msg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad-input audit: the flags and files a new user gets wrong
+# --------------------------------------------------------------------------------------------------------------------
+def _token_labels_main():
+    from flat_import import load_file
+
+    return load_file(ROOT / "data" / "make_token_labels.py", "make_token_labels", register=True).main
+
+
+@pytest.mark.parametrize("device, what", [("gpu", "is not a device"), ("cuda:99", "cuda")])
+@pytest.mark.parametrize("command", ["analysis", "hub evaluate", "make_token_labels", "common_resnet"])
+def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command, device, what, tmp_path, capsys):
+    """``--device gpu`` (not a torch device) and ``cuda:99`` (on no machine) were a RuntimeError traceback at the
+    first ``.to(device)`` in the analysis scripts, ``hub evaluate`` and the token-label writer, and ``gpu`` also in
+    the trainers."""
+    from analysis import calibration
+    from maxsup.hub.cli import main as hub_main
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "out"
+    fn, argv = {
+        "analysis": (calibration.main, ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "2",
+                                        "--out", str(out), "--no-progress"]),
+        "hub evaluate": (hub_main, ["evaluate", str(ckpt), "--data-path", str(data / "val"), "--workers", "0"]),
+        "make_token_labels": (_token_labels_main(), ["--checkpoint", str(ckpt), "--data-path", str(data / "val"),
+                                                     "--out", str(out), "--num-workers", "0"]),
+        "common_resnet": (resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4",
+                                             *RESNET_TINY, "-j", "0", "--output-dir", str(out)]),
+    }[command]
+    msg = _error_line(fn, [*argv, "--device", device], capsys)
+    assert device in msg and what in msg, msg
+    assert not out.exists()

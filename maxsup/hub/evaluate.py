@@ -17,6 +17,7 @@ from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..metrics import ClassificationMeter
 from ..models import model_from_checkpoint
+from ..training.distributed import resolve_device
 from .convert import convert_checkpoint, load_released_checkpoint
 from .download import download
 from .registry import REGISTRY
@@ -31,6 +32,7 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     on one of ``maxsup.data.imagenet_variants.EVAL_SETS`` (ImageNet-A/R: the 200 classes' logits only).
     ``real`` (True: timm's bundled ``real.json``, or a path) adds the ReaL top-1 accuracy on ImageNet val."""
     data_path = Path(data_path)
+    device = str(resolve_device(device))  # a typo or a missing GPU, before the data is listed
     if not data_path.is_dir():
         raise UserError(f"--data-path {data_path} is not a folder; point it at an ImageFolder such as imagenet/val")
     model = model_from_checkpoint(dict(ckpt))
@@ -51,7 +53,6 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     scorer = None
     if real:  # file names and class wnids are checked before the evaluation
         scorer = RealScorer.from_dataset(dataset, real_labels(real))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     meter = ClassificationMeter(num_classes)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.startswith("cuda"))
