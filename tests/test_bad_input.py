@@ -519,3 +519,27 @@ def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command
     msg = _error_line(fn, [*argv, "--device", device], capsys)
     assert device in msg and what in msg, msg
     assert not out.exists()
+
+
+@pytest.mark.parametrize("trainer, kwargs, what", [
+    ("common_resnet", ["nope=1"], "unexpected keyword argument 'nope'"),
+    ("common_resnet", ["width=abc"], "'width': 'abc'"),
+    ("common_resnet", ["width=4,in_chans=1"], "space-separated pairs"),
+    ("deit", ['{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "nope": 1}'], "'nope'"),
+    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18")])
+def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what, tmp_path, capsys):
+    """An unknown ``--model-kwargs`` key, a value of the wrong type, or one timm asserts against was a
+    TypeError/AssertionError traceback from the model's constructor."""
+    out = tmp_path / "out"
+    if trainer == "common_resnet":
+        argv = ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4", *RESNET_TINY, "-j", "0",
+                "--output-dir", str(out), "--model-kwargs", *kwargs]
+        fn = resnet_train.cli
+    else:
+        data = _image_folder(tmp_path / "data", per_class=2)
+        argv = ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY, "--model-kwargs", *kwargs,
+                "--output_dir", str(out)]
+        fn = deit_main.cli
+    msg = _error_line(fn, argv, capsys)
+    assert what in msg and "--model-kwargs" in msg, msg
+    assert not list(out.rglob("*.pth"))
