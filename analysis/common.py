@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from maxsup.cli import ArgumentParser, positive_int
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, real_labels
 from maxsup.data.registry import build_split, split_class_names
@@ -65,11 +66,11 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
         p.add_argument("--split", choices=("train", "test"), default=split, help="dataset split")
     if real_labels:
         add_real_labels_arg(p, "per checkpoint (--dataset imagefolder --split test)")
-    p.add_argument("--max-per-class", type=int, default=None,
+    p.add_argument("--max-per-class", type=positive_int, default=None,
                    help="use at most this many samples per class (seeded random subset) to bound the cost")
     p.add_argument("--out", required=True, help="output folder for the .json/.md/.png results")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: <out>/features)")
-    p.add_argument("--batch-size", type=int, default=256, help="extraction batch size")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="extraction batch size")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and sampling")
@@ -79,7 +80,7 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
 def script_parser(doc: str, *, split: str | None = "test", real_labels: bool = False) -> argparse.ArgumentParser:
     """An analysis script's parser: described by the first line of ``doc`` (the script's docstring) and holding
     :func:`add_common_args` (``split``, ``real_labels``: as there); the script adds its own flags."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p = ArgumentParser(description=doc.splitlines()[0])
     add_common_args(p, split=split, real_labels=real_labels)
     return p
 

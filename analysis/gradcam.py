@@ -36,7 +36,7 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 from maxsup.data.imagenet_variants import RestrictLogits
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -95,7 +95,7 @@ def default_indices(targets: list[int], num_images: int) -> list[int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser(__doc__, split="test")
-    p.add_argument("--num-images", type=int, default=4, help="number of images (columns)")
+    p.add_argument("--num-images", type=positive_int, default=4, help="number of images (columns)")
     p.add_argument("--indices", default=None, help="comma list of dataset indices to show instead")
     p.add_argument("--target", choices=("label", "top1"), default="label",
                    help="class to explain: the ground truth or the model's top-1 prediction")

@@ -31,7 +31,7 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 
 
 def logit_stats(logits: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:
@@ -46,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.01, help="|z| below this counts as near zero")
     p.add_argument("--xlim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="shared x-range of the density panel (paper: -4 4)")
-    p.add_argument("--bins", type=int, default=50, help="histogram bins")
-    p.add_argument("--max-points", type=int, default=2000, help="samples per method in the scatter panel")
+    p.add_argument("--bins", type=positive_int, default=50, help="histogram bins")
+    p.add_argument("--max-points", type=positive_int, default=2000, help="samples per method in the scatter panel")
     return p
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.data.downsampled import DEFAULT_TRAIN_BATCH, SIZES, DownsampledImageNet, write_downsampled
 from maxsup.errors import UserError
 
@@ -45,7 +45,7 @@ def downsample_folder(src: Path, size: int, resample: str = "box") -> tuple[np.n
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="ImageFolder split → downsampled-ImageNet batch files")
     w.add_argument("--src", type=Path, required=True, help="ImageFolder split (<src>/<class>/<image>)")

@@ -16,7 +16,6 @@ written atomically; existing files are skipped, so an interrupted run resumes wh
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
@@ -80,14 +79,14 @@ def load_teacher(spec: str, use_ema: bool) -> tuple[torch.nn.Module, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint path or timm model name (pretrained)")
     p.add_argument("--data-path", required=True, help="image folder DIR/<class>/<image>")
     p.add_argument("--out", required=True, help="LABEL_DIR to write <class>/<stem>.pt into")
     p.add_argument("--topk", type=int, default=5, help="classes kept per position (default: 5)")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the teacher's eval size)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="input size (default: the teacher's eval size)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default: 4)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)

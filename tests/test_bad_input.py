@@ -543,3 +543,46 @@ def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what
     msg = _error_line(fn, argv, capsys)
     assert what in msg and "--model-kwargs" in msg, msg
     assert not list(out.rglob("*.pth"))
+
+
+def _fmnist_prep_main():
+    from flat_import import load_file
+
+    return load_file(ROOT / "data" / "prepare_fashion_mnist.py", "prepare_fashion_mnist", register=True).main
+
+
+@pytest.mark.parametrize("command, argv, what", [
+    ("analysis.calibration", ["--max-per-class", "-1"], "argument --max-per-class: expects a whole number >= 1"),
+    ("analysis.gradcam", ["--num-images", "-1"], "argument --num-images: expects a whole number >= 1, got -1"),
+    ("analysis.logits", ["--max-points", "0"], "argument --max-points: expects a whole number >= 1, got 0"),
+    ("analysis.calibration", ["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+    ("hub evaluate", ["--limit", "-1"], "argument --limit: expects a whole number >= 1, got -1"),
+    ("hub evaluate", ["--dataset", "imagenet-c"], "argument --dataset: invalid choice: 'imagenet-c'"),
+    ("prepare_fashion_mnist", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number"),
+    ("common_resnet", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1"),
+    ("deit", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1")])
+def test_counts_below_one_and_bad_choices_are_one_line(command, argv, what, tmp_path, capsys):
+    """A count of 0 or -1 (images, samples per class, points) ran before, on nothing (hub evaluate printed NaN
+    metrics and exit status 0) or on every image but each class's last (a [:-1] slice); a bad choice printed the
+    whole usage block of an analysis script or of the hub before its error line."""
+    import importlib
+
+    from maxsup.hub.cli import main as hub_main
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    analysis_args = ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--out", str(out), "--no-progress"]
+    if command.startswith("analysis."):
+        fn, base = importlib.import_module(command).main, analysis_args
+    elif command == "hub evaluate":
+        fn, base = hub_main, ["evaluate", str(ckpt), "--data-path", str(_image_folder(tmp_path / "data", 2) / "val")]
+    elif command == "prepare_fashion_mnist":
+        fn, base = _fmnist_prep_main(), ["--out", str(out), "--formats", "imagefolder", "--classes", "0"]
+    elif command == "common_resnet":
+        fn, base = resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", *RESNET_TINY, "-j", "0",
+                                      "--output-dir", str(out)]
+    else:
+        fn, base = deit_main.cli, ["--data-set", "FMNIST", "--classes", "0,1", *DEIT_TINY, "--output_dir", str(out)]
+    msg = _error_line(fn, [*base, *argv], capsys)
+    assert what in msg, msg
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*.png")) and not list(out.rglob("*.jpg"))
