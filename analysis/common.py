@@ -162,7 +162,8 @@ def build_dataset(name: str, data_path: str | None, split: str, transform: Any =
                   classes: list[int] | None = None, max_per_class: int | None = None, seed: int = 0) -> LabeledSubset:
     """A split of a dataset, optionally restricted to ``classes`` (relabelled 0..n−1) and ``max_per_class`` samples
     per class (a seeded random subset, kept in dataset order)."""
-    base = build_split(name, data_path, train=split == "train", transform=transform)  # test sets: one split
+    base = build_split(name, data_path, train=split == "train", transform=transform,  # test sets: one split
+                       corrupt_hint="remove or replace it")  # the analysis scripts have no --skip-corrupt
     targets = np.asarray(base.targets, dtype=np.int64)
     names = split_class_names(base)  # one per label: ImageNetV2/-Sketch name all 1000, also with folders missing
     keep = list(range(len(names))) if classes is None else classes

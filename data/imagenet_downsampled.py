@@ -27,6 +27,7 @@ from torchvision.datasets import ImageFolder
 
 from maxsup.cli import ArgumentParser, run_cli
 from maxsup.data.downsampled import DEFAULT_TRAIN_BATCH, SIZES, DownsampledImageNet, write_downsampled
+from maxsup.data.imagecheck import load_rgb
 from maxsup.errors import UserError
 
 RESAMPLE = {"box": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -39,8 +40,8 @@ def downsample_folder(src: Path, size: int, resample: str = "box") -> tuple[np.n
     folder = ImageFolder(str(src))
     images = np.empty((len(folder), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(folder.samples):
-        with Image.open(path) as img:
-            images[i] = np.asarray(img.convert("RGB").resize((size, size), RESAMPLE[resample]))
+        img = load_rgb(path, hint="remove or replace it")  # names a file that does not decode
+        images[i] = np.asarray(img.resize((size, size), RESAMPLE[resample]))
     return images, np.asarray(folder.targets, dtype=np.int64), folder.classes
 
 

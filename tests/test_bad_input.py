@@ -586,3 +586,40 @@ def test_counts_below_one_and_bad_choices_are_one_line(command, argv, what, tmp_
     msg = _error_line(fn, [*base, *argv], capsys)
     assert what in msg, msg
     assert not list(out.rglob("*.json")) and not list(out.rglob("*.png")) and not list(out.rglob("*.jpg"))
+
+
+def _cut_short_jpeg(path: Path) -> None:
+    """A real JPEG of which only the first 100 bytes arrived (an interrupted copy)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[:100])
+
+
+@pytest.mark.parametrize("kind", ["cut-short", "garbage-inside"])
+@pytest.mark.parametrize("command", ["analysis", "hub evaluate", "imagenet_downsampled write"])
+def test_corrupt_image_is_named_with_advice_the_command_can_follow(command, kind, tmp_path, capsys):
+    """``hub evaluate`` and ``imagenet_downsampled.py write`` said only 'error: Truncated File Read' (which file of
+    50,000?); the analysis scripts named the file but advised --skip-corrupt, a flag they do not have."""
+    from flat_import import load_file
+
+    from analysis import calibration
+    from maxsup.hub.cli import main as hub_main
+
+    data = _image_folder(tmp_path / "data", per_class=2, classes=3)
+    bad = data / "val" / "c0" / "0.png"
+    bad.unlink()
+    bad = bad.with_suffix(".jpg")
+    (_cut_short_jpeg if kind == "cut-short" else _jpeg_with_garbage_inside)(bad)
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    if command == "analysis":
+        fn, argv = calibration.main, ["--checkpoint", f"X={ckpt}", "--dataset", "imagefolder", "--data-path", str(data),
+                                      "--out", str(out), "--no-progress"]
+    elif command == "hub evaluate":
+        fn, argv = hub_main, ["evaluate", str(ckpt), "--data-path", str(data / "val"), "--workers", "0"]
+    else:
+        script = load_file(ROOT / "data" / "imagenet_downsampled.py", "imagenet_downsampled", register=True)
+        fn, argv = script.main, ["write", "--src", str(data / "val"), "--out", str(out), "--split", "val"]
+    msg = _error_line(fn, argv, capsys)
+    assert str(bad) in msg and "remove or replace it" in msg and "--skip-corrupt" not in msg, msg
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*_data*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from ..data.imagecheck import load_rgb
 from ..data.imagenet_variants import RealScorer, RestrictLogits, eval_set, real_labels
 from ..data.transforms import eval_transform
 from ..errors import UserError
@@ -44,7 +46,9 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
             model = RestrictLogits(model, dataset.class_indices)
             num_classes = len(dataset.class_indices)
     else:
-        dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]))
+        # a file that does not decode is named (CorruptImageError), also from a worker, not "Truncated File Read"
+        dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]),
+                              loader=functools.partial(load_rgb, hint="remove or replace it"))
     if name == "imagefolder" and len(dataset.classes) != num_classes:
         raise UserError(f"{data_path} has {len(dataset.classes)} class folders but the checkpoint predicts "
                         f"{num_classes} classes; point --data-path at the matching val/ folder")
