@@ -78,6 +78,22 @@ def load_teacher(spec: str, use_ema: bool) -> tuple[torch.nn.Module, dict]:
     return model.eval(), info
 
 
+def check_teacher_input(model: torch.nn.Module, info: dict, img_size: int, device: torch.device,
+                        size_given: bool) -> None:
+    """One forward of a black (1, 3, img_size, img_size) batch, before anything is written: a teacher of grey
+    images (``in_chans=1``) or a ViT asked for another size than its own fails here with one error line, not with
+    a traceback after ``meta.json`` has recorded a size that the next run with the right one would be refused for."""
+    try:
+        with torch.inference_mode():
+            dense_class_scores(model, torch.zeros(1, 3, img_size, img_size, device=device))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (f"leave out --img-size (the teacher's eval size is {info['img_size']} px)"
+                if size_given and img_size != int(info["img_size"]) else "the maps need a classifier of RGB images")
+        raise UserError(f"teacher {info['teacher']} cannot label {img_size}×{img_size} RGB images ({reason}); "
+                        f"{hint}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint path or timm model name (pretrained)")
@@ -114,11 +130,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"the teacher has {num_classes} classes; the float16 map layout stores indices exactly only "
                         f"up to {MAX_CLASSES}")
     img_size = args.img_size or int(info["img_size"])
+    model.to(device)
+    check_teacher_input(model, info, img_size, device, size_given=args.img_size is not None)
     meta = {"teacher": info["teacher"], "num_classes": num_classes, "topk": args.topk, "img_size": img_size,
             "classes": classes, "layout": "(2, topk, H, W) float16: top-k logits, then class indices"}
     out.mkdir(parents=True, exist_ok=True)
     if (out / "meta.json").exists():
-        old = json.loads((out / "meta.json").read_text())
+        try:
+            old = json.loads((out / "meta.json").read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{out / 'meta.json'} is not valid JSON (an interrupted copy?); delete it if the maps "
+                            f"beside it come from this teacher, or use a new --out") from None
         if any(old.get(k) != meta[k] for k in ("teacher", "num_classes", "topk", "img_size")):
             raise UserError(f"{out} holds maps from another run ({old.get('teacher')}, top-{old.get('topk')}, "
                             f"{old.get('img_size')} px); use a new --out")
@@ -126,7 +148,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(items)} images in {len(classes)} classes, {len(items) - len(todo)} already labelled; teacher "
           f"{info['teacher']} ({num_classes} classes) at {img_size} px, top-{args.topk}")
 
-    model.to(device)
     bicubic = transforms.InterpolationMode.BICUBIC
     tf = transforms.Compose([transforms.Resize((img_size, img_size), interpolation=bicubic),
                              transforms.ToTensor(), transforms.Normalize(info["mean"], info["std"])])

@@ -623,3 +623,32 @@ def test_corrupt_image_is_named_with_advice_the_command_can_follow(command, kind
     msg = _error_line(fn, argv, capsys)
     assert str(bad) in msg and "remove or replace it" in msg and "--skip-corrupt" not in msg, msg
     assert not list(out.rglob("*.json")) and not list(out.rglob("*_data*"))
+
+
+def test_token_labels_refuse_a_teacher_that_cannot_read_the_images_before_writing(tmp_path, capsys):
+    """A teacher of grey images, or a ViT asked for another --img-size than its own, was a RuntimeError /
+    AssertionError traceback after meta.json had been written, so the corrected rerun was refused ('holds maps from
+    another run'); a corrupt meta.json was a bare JSON error."""
+    from maxsup.data.transforms import transform_spec
+    from maxsup.models import arch_spec, create_model
+
+    main = _token_labels_main()
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "labels"
+    flags = ["--data-path", str(data / "val"), "--out", str(out), "--num-workers", "0", "--device", "cpu",
+             "--topk", "2"]
+    grey = _analysis_ckpt(tmp_path / "grey.pth")
+    msg = _error_line(main, ["--checkpoint", str(grey), *flags], capsys)
+    assert str(grey) in msg and "RGB" in msg, msg
+    kw = {"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    vit = tmp_path / "vit.pth"
+    atomic_save({"model": create_model("vit_tiny_patch16_224", 3, **kw).state_dict(),
+                 "arch": arch_spec("vit_tiny_patch16_224", 3, **kw), "eval_transform": transform_spec(16, 1.0)}, vit)
+    msg = _error_line(main, ["--checkpoint", str(vit), *flags, "--img-size", "32"], capsys)
+    assert "32×32" in msg and "leave out --img-size" in msg and "16 px" in msg, msg
+    assert not out.exists()
+    summary = main(["--checkpoint", str(vit), *flags])  # the corrected command runs: no stale meta.json
+    assert summary["written"] == 4 and summary["img_size"] == 16 and summary["map_shape"] == (2, 2, 2, 2)
+    (out / "meta.json").write_text('{"teacher": ')
+    msg = _error_line(main, ["--checkpoint", str(vit), *flags], capsys)
+    assert str(out / "meta.json") in msg and "not valid JSON" in msg, msg
