@@ -32,6 +32,7 @@ from analysis.common import (
     write_results,
 )
 from maxsup.cli import positive_int, run_cli
+from maxsup.errors import UserError
 
 
 def logit_stats(logits: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:
@@ -53,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``logits.json``: rows[name] = {logit_mean, logit_std, near_zero_share_mean, top1_prob_mean, ...}."""
+    if args.xlim and not args.xlim[0] < args.xlim[1]:  # before the extraction, not numpy's error after it
+        raise UserError(f"--xlim LOW HIGH needs LOW < HIGH, got {args.xlim[0]:g} {args.xlim[1]:g}")
     plt = pyplot()
     data: dict[str, dict[str, Any]] = {}
     for loaded in load_models(args):

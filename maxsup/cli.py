@@ -37,6 +37,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse ``type`` of sizes that must be finite and above 0 (inches per figure panel)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse ``type`` of a comma list of integers (``3,17,42``)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects comma-separated integers such as 3,17,42, got {text!r}") from None
+
+
 def error_line(exc: BaseException) -> str:
     """The one line (without ``error: ``) that the CLI prints for a user error ``exc``."""
     if isinstance(exc, OSError):

@@ -652,3 +652,39 @@ def test_token_labels_refuse_a_teacher_that_cannot_read_the_images_before_writin
     (out / "meta.json").write_text('{"teacher": ')
     msg = _error_line(main, ["--checkpoint", str(vit), *flags], capsys)
     assert str(out / "meta.json") in msg and "not valid JSON" in msg, msg
+
+
+@pytest.mark.parametrize("script, argv, what", [
+    ("linear_transfer", ["--val-fraction", "0"], "--val-fraction) must lie strictly between 0 and 1, got 0"),
+    ("linear_transfer", ["--val-fraction", "1.5"], "strictly between 0 and 1, got 1.5"),
+    ("linear_transfer", ["--max-per-class", "2"], "(2 held out, 4 kept) cannot hold each of the 3 classes"),
+    ("gradcam", ["--indices", "3,a"], "argument --indices: expects comma-separated integers"),
+    ("gradcam", ["--panel-size", "0"], "argument --panel-size: expects a number > 0, got 0"),
+    ("logits", ["--xlim", "4", "-4"], "--xlim LOW HIGH needs LOW < HIGH, got 4 -4")])
+def test_analysis_values_out_of_range_are_one_line_naming_the_flag(script, argv, what, tmp_path, capsys):
+    """Before: scikit-learn's 'test_size' message (a name the user never typed, also for a split too small to
+    stratify), 'invalid literal for int()', matplotlib's 'Singular matrix' with warnings, numpy's 'bins must
+    increase monotonically'."""
+    import importlib
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    msg = _error_line(importlib.import_module(f"analysis.{script}").main,
+                      ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "10", "--out", str(out),
+                       "--no-progress", "--num-lambdas", "2", *argv] if script == "linear_transfer" else
+                      ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "2", "--out", str(out),
+                       "--no-progress", *argv], capsys)
+    assert what in msg, msg
+    assert not list(out.glob(f"{script}.*"))
+
+
+@pytest.mark.parametrize("name, content", [("feature_metrics.json", "[1, 2]"), ("robustness.json", "[]")])
+def test_collect_refuses_json_that_is_not_an_object(name, content, tmp_path, capsys):
+    """A JSON array under an analysis output's name was an AttributeError traceback."""
+    from analysis import collect
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text(content)
+    msg = _error_line(collect.main, [str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys)
+    assert str(tmp_path / "in" / name) in msg and "holds a JSON list, not an object" in msg, msg
+    assert not (tmp_path / "out").exists()
