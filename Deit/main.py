@@ -357,6 +357,11 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw.setdefault("drop_path_rate", args.drop_path)
         if timm.models.is_model_in_modules(args.model, VIT_MODULES):
             kw.setdefault("img_size", args.input_size)
+            # timm's ViT asserts the size at the first forward, mid-epoch, unless it was built for any size
+            if kw["img_size"] != args.input_size and not kw.get("dynamic_img_size"):
+                raise UserError(f"--model-kwargs img_size={kw['img_size']} differs from --input-size "
+                                f"{args.input_size}, the size of the images the ViT is fed; drop img_size from "
+                                f"--model-kwargs or set --input-size {kw['img_size']}")
     return kw
 
 

@@ -688,3 +688,14 @@ def test_collect_refuses_json_that_is_not_an_object(name, content, tmp_path, cap
     msg = _error_line(collect.main, [str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys)
     assert str(tmp_path / "in" / name) in msg and "holds a JSON list, not an object" in msg, msg
     assert not (tmp_path / "out").exists()
+
+
+def test_deit_model_kwargs_img_size_other_than_input_size_is_one_line(tmp_path, capsys):
+    """``--model-kwargs '{"img_size": 32, ...}'`` with ``--input-size 16`` was timm's AssertionError traceback at
+    the first training step, after the run folder had been claimed."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    kwargs = '{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}'
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY,
+                                      "--model-kwargs", kwargs, "--output_dir", str(tmp_path / "out")], capsys)
+    assert "img_size=32" in msg and "--input-size 16" in msg, msg
+    assert not list((tmp_path / "out").rglob("*.pth"))
