@@ -699,3 +699,24 @@ def test_deit_model_kwargs_img_size_other_than_input_size_is_one_line(tmp_path, 
                                       "--model-kwargs", kwargs, "--output_dir", str(tmp_path / "out")], capsys)
     assert "img_size=32" in msg and "--input-size 16" in msg, msg
     assert not list((tmp_path / "out").rglob("*.pth"))
+
+
+@pytest.mark.parametrize("script", ["calibration", "gradcam"])
+def test_a_grey_model_reads_an_rgb_image_folder(script, tmp_path):
+    """A model of grey images (``in_chans=1``: one-channel normalisation, no ``grayscale_to_rgb``) on an ImageFolder
+    (read as RGB) was a RuntimeError traceback ('expected input to have 1 channels, but got 3') in every analysis
+    script; its eval transform now makes the images grey, as the model was trained."""
+    import importlib
+
+    from maxsup.data.transforms import eval_transform
+
+    ckpt = _analysis_ckpt(tmp_path / "grey.pth")
+    spec = load_checkpoint(ckpt)["eval_transform"]
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    x = eval_transform(spec)(rgb)
+    assert x.shape == (1, 28, 28) and torch.equal(x, eval_transform(spec)(rgb.convert("L")))
+    data = _image_folder(tmp_path / "data", per_class=2, size=28, classes=3)
+    importlib.import_module(f"analysis.{script}").main(
+        ["--checkpoint", f"X={ckpt}", "--dataset", "imagefolder", "--data-path", str(data), "--out",
+         str(tmp_path / "out"), "--no-progress", *(["--num-images", "2"] if script == "gradcam" else [])])
+    assert (tmp_path / "out" / f"{script}.json").is_file()
