@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,8 +259,8 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
     key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
-    if cache.is_file():
-        arrays = torch.load(cache, map_location="cpu", weights_only=True)
+    arrays = _read_cache(cache)
+    if arrays is not None:
         check_finite_arrays(loaded, arrays, desc)  # a cache written before this check existed
     else:
         arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
@@ -273,6 +274,23 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     if scorer is not None:
         out.update(scorer.result(*scorer.counts(arrays["logits"].argmax(1))))
     return out
+
+
+def _read_cache(cache: Path) -> dict[str, torch.Tensor] | None:
+    """The arrays of a feature cache file, or None where there is none or it does not load (cut short by a copy or
+    a full disk): a cache holds nothing that cannot be extracted again, so such a file is replaced, not an error."""
+    if not cache.is_file():
+        return None
+    try:
+        arrays = torch.load(cache, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        print(f"warning: feature cache {cache} does not load ({str(exc).splitlines()[0][:80]}); extracting again",
+              flush=True)
+        return None
+    if not isinstance(arrays, dict) or not {"features", "logits", "labels"} <= arrays.keys():
+        print(f"warning: feature cache {cache} is not a feature cache; extracting again", flush=True)
+        return None
+    return arrays
 
 
 @functools.lru_cache(maxsize=2)

@@ -720,3 +720,26 @@ def test_a_grey_model_reads_an_rgb_image_folder(script, tmp_path):
         ["--checkpoint", f"X={ckpt}", "--dataset", "imagefolder", "--data-path", str(data), "--out",
          str(tmp_path / "out"), "--no-progress", *(["--num-images", "2"] if script == "gradcam" else [])])
     assert (tmp_path / "out" / f"{script}.json").is_file()
+
+
+@pytest.mark.parametrize("damage", ["cut-short", "not-a-cache"])
+def test_a_damaged_feature_cache_is_extracted_again(damage, tmp_path, capsys):
+    """A cache file cut short (a partial copy, a full disk) was torch's 'PytorchStreamReader failed' traceback on
+    every later run until the user found and deleted it; it is disposable, so it is replaced."""
+    from analysis import extract
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    argv = ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "3", "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    extract.main(argv)
+    (cache,) = (tmp_path / "o" / "features").glob("*.pt")
+    good = torch.load(cache, weights_only=True)
+    if damage == "cut-short":
+        cache.write_bytes(cache.read_bytes()[:200])
+    else:
+        torch.save([1, 2, 3], cache)
+    capsys.readouterr()
+    extract.main(argv)
+    assert f"warning: feature cache {cache}" in capsys.readouterr().out
+    again = torch.load(cache, weights_only=True)
+    assert all(torch.equal(good[k], again[k]) for k in ("features", "logits", "labels"))
