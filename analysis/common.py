@@ -31,6 +31,7 @@ from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
 from maxsup.models import features_and_logits, model_from_checkpoint
 from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device
+from maxsup.training.checkpoint import require_checkpoint_file
 
 #: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
@@ -92,8 +93,7 @@ def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     if len(set(names)) != len(names):
         raise UserError(f"--checkpoint names must be unique, got {names}")
     for _, path in pairs:
-        if not path.is_file():
-            raise UserError(f"checkpoint not found: {path}")
+        require_checkpoint_file(path)
     return pairs
 
 

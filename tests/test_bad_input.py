@@ -743,3 +743,23 @@ def test_a_damaged_feature_cache_is_extracted_again(damage, tmp_path, capsys):
     assert f"warning: feature cache {cache}" in capsys.readouterr().out
     again = torch.load(cache, weights_only=True)
     assert all(torch.equal(good[k], again[k]) for k in ("features", "logits", "labels"))
+
+
+@pytest.mark.parametrize("command", ["analysis", "common_resnet --resume", "common_resnet --test-only"])
+def test_a_run_folder_given_for_its_checkpoint_names_the_file_inside(command, tmp_path, capsys):
+    """``--checkpoint X=runs/ce`` / ``--resume runs/ce`` (the folder, not its checkpoint.pth) said 'checkpoint not
+    found: runs/ce', although the folder is right there."""
+    from analysis import calibration
+
+    run = tmp_path / "runs" / "ce"
+    run.mkdir(parents=True)
+    _analysis_ckpt(run / "checkpoint.pth")
+    if command == "analysis":
+        fn, argv = calibration.main, ["--checkpoint", f"X={run}", "--out", str(tmp_path / "out")]
+    else:
+        fn, argv = resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1,2", "--limit-per-class", "4",
+                                      *RESNET_TINY, "-j", "0", "--resume", str(run),
+                                      *(["--test-only"] if "test-only" in command else []),
+                                      "--output-dir", str(tmp_path / "out")]
+    msg = _error_line(fn, argv, capsys)
+    assert msg == f"error: {run} is a folder, not a checkpoint file; pass {run / 'checkpoint.pth'}", msg

@@ -101,6 +101,18 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+def require_checkpoint_file(path: Path) -> None:
+    """Refuse a ``path`` that is no file: missing, or a run folder given where its checkpoint file is expected (the
+    message names the checkpoint inside it)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        inside = [path / n for n in ("checkpoint.pth", "best_checkpoint.pth") if (path / n).is_file()]
+        raise UserError(f"{path} is a folder, not a checkpoint file; pass "
+                        f"{inside[0] if inside else 'the checkpoint file inside it'}")
+    raise UserError(f"checkpoint not found: {path}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     allow_namespace: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
@@ -110,8 +122,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     :class:`UserError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     check_checkpoint_file(path)  # empty or text: torch's weights-only unpickler would answer KeyError/IndexError
     try:
         if allow_namespace:
