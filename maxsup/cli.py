@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
     Sub-command parsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see {self.prog} --help)")
+        raise UserError(f"{message} (see --help)")
 
 
 def positive_int(text: str) -> int:

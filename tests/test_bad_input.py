@@ -763,3 +763,11 @@ def test_a_run_folder_given_for_its_checkpoint_names_the_file_inside(command, tm
                                       "--output-dir", str(tmp_path / "out")]
     msg = _error_line(fn, argv, capsys)
     assert msg == f"error: {run} is a folder, not a checkpoint file; pass {run / 'checkpoint.pth'}", msg
+
+
+@pytest.mark.parametrize("flag", [["--accum-iter", "2"], ["--model-ema-decay"], ["--sched", "cosine", "--epochs", "x"]])
+def test_deit_bad_flag_is_one_line_not_the_usage_block(flag, tmp_path, capsys):
+    """A mistyped flag (DeiT's flags are --accum-steps, --model-ema-decay takes a value) printed DeiT's 80-line
+    usage block before its error line."""
+    msg = _error_line(deit_main.cli, ["--data-set", "FMNIST", *DEIT_TINY, *flag], capsys)
+    assert msg.endswith("(see --help)") and (flag[0] in msg or "'x'" in msg), msg
