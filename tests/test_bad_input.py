@@ -771,3 +771,23 @@ def test_deit_bad_flag_is_one_line_not_the_usage_block(flag, tmp_path, capsys):
     usage block before its error line."""
     msg = _error_line(deit_main.cli, ["--data-set", "FMNIST", *DEIT_TINY, *flag], capsys)
     assert msg.endswith("(see --help)") and (flag[0] in msg or "'x'" in msg), msg
+
+
+@pytest.mark.parametrize("command", ["hub convert", "atomic_save"])
+def test_a_folder_where_the_output_file_goes_is_named_alone_before_the_write(command, tmp_path, capsys):
+    """``convert in.pth out/`` wrote the whole converted file, then failed at the rename with a line that named
+    the temporary file first ('.out.x1y2.tmp -> out: Is a directory')."""
+    from maxsup.hub.cli import main as hub_main
+    from maxsup.models import create_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18", 10).state_dict(), src)
+    if command == "hub convert":
+        fn, argv = hub_main, ["convert", str(src), str(out), "--arch", "resnet18", "--offline"]
+    else:
+        fn, argv = (lambda: atomic_save({"w": torch.zeros(2)}, out)), None
+    msg = _error_line(fn, argv, capsys)
+    assert msg == f"error: {out}: Is a directory (this path is a folder where a file is expected; pass a file)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "resnet18.pth"] and not list(out.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import random
@@ -56,6 +57,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The result gets the mode a plain ``open`` would give (0644 under umask 022, not mkstemp's private 0600), its data
     is fsynced before the rename, and the folder is fsynced after it, so a power loss keeps the old or the new file."""
     path = Path(path)
+    if path.is_dir():  # os.replace would refuse it only after the whole write, naming the temporary file too
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
