@@ -808,3 +808,13 @@ def test_zip_packer_refuses_a_cut_short_image_and_keeps_the_previous_zip(tmp_pat
     msg = _error_line(main, ["--src", str(src), "--out", str(out), "--splits", "train", "--verify"], capsys)
     assert str(bad) in msg and "truncated" in msg, msg
     assert (out / "train.zip").read_bytes() == before and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("flag, value", [("--train-crop-size", "-5"), ("--train-crop-size", "0"),
+                                         ("--val-crop-size", "0"), ("--val-resize-size", "-1")])
+def test_common_resnet_image_sizes_below_one_are_one_line(flag, value, tmp_path, capsys):
+    """A negative size was torchvision's RuntimeError traceback at the first image; 0 silently meant the default."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    msg = _error_line(resnet_train.cli, ["--dataset", "imagefolder", "--data-path", str(data), *RESNET_TINY, "-j",
+                                         "0", flag, value, "--output-dir", str(tmp_path / "out")], capsys)
+    assert msg == f"error: argument {flag}: expects a whole number >= 1, got {value} (see --help)", msg
