@@ -29,9 +29,9 @@ from maxsup.data.registry import build_split, split_class_names
 from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
+from maxsup.io_errors import require_checkpoint_file
 from maxsup.models import features_and_logits, model_from_checkpoint
 from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device
-from maxsup.training.checkpoint import require_checkpoint_file
 
 #: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)

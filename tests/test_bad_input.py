@@ -524,7 +524,7 @@ def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command
 @pytest.mark.parametrize("trainer, kwargs, what", [
     ("common_resnet", ["nope=1"], "unexpected keyword argument 'nope'"),
     ("common_resnet", ["width=abc"], "'width': 'abc'"),
-    ("common_resnet", ["width=4,in_chans=1"], "space-separated pairs"),
+    ("common_resnet", ["width=4,in_chans=1"], "'width': '4,in_chans=1'"),
     ("deit", ['{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "nope": 1}'], "'nope'"),
     ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18")])
 def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what, tmp_path, capsys):

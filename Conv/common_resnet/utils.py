@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import Any
 
 import torch
@@ -55,8 +54,6 @@ def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise UserError(f"{flag} expects key=value pairs like width=16, got {item!r}")
-        if re.search(r",\s*[A-Za-z_]\w*=", value):  # width=4,in_chans=1 would make width the string '4,in_chans=1'
-            raise UserError(f"{flag} takes space-separated pairs (width=4 in_chans=1), got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io_errors import check_checkpoint_file, write_failed
+from ..io_errors import check_checkpoint_file, require_checkpoint_file, write_failed
 from .faults import kill_point
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
@@ -102,18 +102,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-def require_checkpoint_file(path: Path) -> None:
-    """Refuse a ``path`` that is no file: missing, or a run folder given where its checkpoint file is expected (the
-    message names the checkpoint inside it)."""
-    if path.is_file():
-        return
-    if path.is_dir():
-        inside = [path / n for n in ("checkpoint.pth", "best_checkpoint.pth") if (path / n).is_file()]
-        raise UserError(f"{path} is a folder, not a checkpoint file; pass "
-                        f"{inside[0] if inside else 'the checkpoint file inside it'}")
-    raise UserError(f"checkpoint not found: {path}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
