@@ -793,23 +793,6 @@ def test_a_folder_where_the_output_file_goes_is_named_alone_before_the_write(com
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "resnet18.pth"] and not list(out.iterdir())
 
 
-def test_zip_packer_refuses_a_cut_short_image_and_keeps_the_previous_zip(tmp_path, capsys):
-    """data/prepare_imagenet_zip.py packed a cut-short JPEG with exit status 0 (even with --verify); every training
-    start with --cache then refused the zip."""
-    from flat_import import load_file
-
-    main = load_file(ROOT / "data" / "prepare_imagenet_zip.py", "prepare_imagenet_zip", register=True).main
-    src = _image_folder(tmp_path / "src", per_class=2)
-    out = tmp_path / "zips"
-    main(["--src", str(src), "--out", str(out), "--splits", "train"])
-    before = (out / "train.zip").read_bytes()
-    bad = src / "train" / "c1" / "1.jpg"
-    _cut_short_jpeg(bad)
-    msg = _error_line(main, ["--src", str(src), "--out", str(out), "--splits", "train", "--verify"], capsys)
-    assert str(bad) in msg and "truncated" in msg, msg
-    assert (out / "train.zip").read_bytes() == before and not list(out.glob(".*.tmp"))
-
-
 @pytest.mark.parametrize("flag, value", [("--train-crop-size", "-5"), ("--train-crop-size", "0"),
                                          ("--val-crop-size", "0"), ("--val-resize-size", "-1")])
 def test_common_resnet_image_sizes_below_one_are_one_line(flag, value, tmp_path, capsys):

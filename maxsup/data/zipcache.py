@@ -195,13 +195,7 @@ def write_zip_cache(image_folder_split_dir: str | os.PathLike, zip_out: str | os
                 if member in seen:
                     raise UserError(f"val images must have unique file names: {p} clashes with {seen[member]}")
                 seen[member] = str(p)
-                data = p.read_bytes()
-                if looks_truncated(data):  # the reader refuses it at every training start: refuse it here, once
-                    raise UserError(f"empty or truncated image {p}; remove or replace it, then run this again (the "
-                                    f"previous zip, if any, is kept)")
-                info = zipfile.ZipInfo.from_file(p, member)  # what archive.write(p, member) stores, from one read
-                info.compress_type = zipfile.ZIP_STORED
-                archive.writestr(info, data)
+                archive.write(p, member)
                 lines.append(f"{member}\t{class_to_idx[cls]}\n")
     atomic_write(map_out, "".join(lines))
     return len(lines)
