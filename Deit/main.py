@@ -41,7 +41,7 @@ from token_labeling import (  # noqa: E402
 )
 
 from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import ArgumentParser, run_cli  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
     add_test_set_args,
@@ -357,6 +357,11 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw.setdefault("drop_path_rate", args.drop_path)
         if timm.models.is_model_in_modules(args.model, VIT_MODULES):
             kw.setdefault("img_size", args.input_size)
+            # timm's ViT asserts the size at the first forward, mid-epoch, unless it was built for any size
+            if kw["img_size"] != args.input_size and not kw.get("dynamic_img_size"):
+                raise UserError(f"--model-kwargs img_size={kw['img_size']} differs from --input-size "
+                                f"{args.input_size}, the size of the images the ViT is fed; drop img_size from "
+                                f"--model-kwargs or set --input-size {kw['img_size']}")
     return kw
 
 
@@ -733,7 +738,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, then ``--print-config``, one run, or a seed sweep (``--seeds`` / env ``SEEDS``): one run folder
     ``<output_dir>/seed<S>`` (and TensorBoard folder) per seed, one after the other."""
-    parser = argparse.ArgumentParser("DeiT training and evaluation with MaxSup", parents=[get_args_parser()])
+    parser = ArgumentParser("DeiT training and evaluation with MaxSup", parents=[get_args_parser()])
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     if args.print_config:

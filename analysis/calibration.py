@@ -27,13 +27,13 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 from maxsup.metrics import ClassificationMeter, expected_calibration_error, reliability_bins
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser(__doc__, split="test", real_labels=True)
-    p.add_argument("--diagram-bins", type=int, default=15, help="bins of the reliability diagram")
+    p.add_argument("--diagram-bins", type=positive_int, default=15, help="bins of the reliability diagram")
     return p
 
 

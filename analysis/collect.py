@@ -32,7 +32,7 @@ from typing import Any
 from analysis.common import markdown_table
 from analysis.inputs import read_inputs
 from analysis.tables import TABLES, build_table, reproduction_markdown, spec_of, table_csv, table_markdown
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.errors import UserError
 from maxsup.recipes import load_recipes, match_recipe
 from maxsup.training import atomic_write
@@ -44,7 +44,7 @@ METRICS = ("acc1", "nll", "ece")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", type=Path,
                    help="run folders, analysis outputs (feature_metrics/linear_transfer/robustness .json), MMSeg "
                         "result files, or folders searched for them")

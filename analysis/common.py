@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from maxsup.cli import ArgumentParser, positive_int
 from maxsup.data import parse_classes  # noqa: F401  (re-exported for the scripts)
 from maxsup.data.imagenet_variants import EVAL_SETS, RealScorer, add_real_labels_arg, real_labels
 from maxsup.data.registry import build_split, split_class_names
 from maxsup.data.transfer import TRANSFER_DATASETS
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
+from maxsup.io_errors import require_checkpoint_file
 from maxsup.models import features_and_logits, model_from_checkpoint
-from maxsup.training import atomic_save, atomic_write, load_checkpoint
+from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device
 
 #: the ``--dataset`` choices: names of ``maxsup.data.registry.DATASETS`` whose readers name their classes
 DATASETS = ("fmnist", "imagefolder", "cifar10", "cifar100", *EVAL_SETS, *TRANSFER_DATASETS)
@@ -65,11 +68,11 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
         p.add_argument("--split", choices=("train", "test"), default=split, help="dataset split")
     if real_labels:
         add_real_labels_arg(p, "per checkpoint (--dataset imagefolder --split test)")
-    p.add_argument("--max-per-class", type=int, default=None,
+    p.add_argument("--max-per-class", type=positive_int, default=None,
                    help="use at most this many samples per class (seeded random subset) to bound the cost")
     p.add_argument("--out", required=True, help="output folder for the .json/.md/.png results")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: <out>/features)")
-    p.add_argument("--batch-size", type=int, default=256, help="extraction batch size")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="extraction batch size")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets and sampling")
@@ -79,7 +82,7 @@ def add_common_args(p: argparse.ArgumentParser, *, split: str | None = "test", c
 def script_parser(doc: str, *, split: str | None = "test", real_labels: bool = False) -> argparse.ArgumentParser:
     """An analysis script's parser: described by the first line of ``doc`` (the script's docstring) and holding
     :func:`add_common_args` (``split``, ``real_labels``: as there); the script adds its own flags."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p = ArgumentParser(description=doc.splitlines()[0])
     add_common_args(p, split=split, real_labels=real_labels)
     return p
 
@@ -90,13 +93,12 @@ def checkpoints_from_args(args: argparse.Namespace) -> list[tuple[str, Path]]:
     if len(set(names)) != len(names):
         raise UserError(f"--checkpoint names must be unique, got {names}")
     for _, path in pairs:
-        if not path.is_file():
-            raise UserError(f"checkpoint not found: {path}")
+        require_checkpoint_file(path)
     return pairs
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(args.device)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -161,7 +163,8 @@ def build_dataset(name: str, data_path: str | None, split: str, transform: Any =
                   classes: list[int] | None = None, max_per_class: int | None = None, seed: int = 0) -> LabeledSubset:
     """A split of a dataset, optionally restricted to ``classes`` (relabelled 0..n−1) and ``max_per_class`` samples
     per class (a seeded random subset, kept in dataset order)."""
-    base = build_split(name, data_path, train=split == "train", transform=transform)  # test sets: one split
+    base = build_split(name, data_path, train=split == "train", transform=transform,  # test sets: one split
+                       corrupt_hint="remove or replace it")  # the analysis scripts have no --skip-corrupt
     targets = np.asarray(base.targets, dtype=np.int64)
     names = split_class_names(base)  # one per label: ImageNetV2/-Sketch name all 1000, also with folders missing
     keep = list(range(len(names))) if classes is None else classes
@@ -256,8 +259,8 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out) / "features"
     key = _cache_key(loaded.path, dataset, data_path, split, classes, max_per_class, args.seed)
     cache = cache_dir / f"{loaded.name}-{dataset}-{split}-{key}.pt"
-    if cache.is_file():
-        arrays = torch.load(cache, map_location="cpu", weights_only=True)
+    arrays = _read_cache(cache)
+    if arrays is not None:
         check_finite_arrays(loaded, arrays, desc)  # a cache written before this check existed
     else:
         arrays = extract_arrays(loaded.model, ds, batch_size=args.batch_size, workers=args.workers,
@@ -271,6 +274,23 @@ def cached_arrays(loaded: LoadedModel, args: argparse.Namespace, split: str, *, 
     if scorer is not None:
         out.update(scorer.result(*scorer.counts(arrays["logits"].argmax(1))))
     return out
+
+
+def _read_cache(cache: Path) -> dict[str, torch.Tensor] | None:
+    """The arrays of a feature cache file, or None where there is none or it does not load (cut short by a copy or
+    a full disk): a cache holds nothing that cannot be extracted again, so such a file is replaced, not an error."""
+    if not cache.is_file():
+        return None
+    try:
+        arrays = torch.load(cache, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        print(f"warning: feature cache {cache} does not load ({str(exc).splitlines()[0][:80]}); extracting again",
+              flush=True)
+        return None
+    if not isinstance(arrays, dict) or not {"features", "logits", "labels"} <= arrays.keys():
+        print(f"warning: feature cache {cache} is not a feature cache; extracting again", flush=True)
+        return None
+    return arrays
 
 
 @functools.lru_cache(maxsize=2)

@@ -25,14 +25,14 @@ from analysis.common import (
     write_results,
 )
 from maxsup import class_separation
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 
 SPLITS = {"train": "train", "val": "test"}  # paper column → dataset split
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser(__doc__, split=None)
-    p.add_argument("--val-max-per-class", type=int, default=None,
+    p.add_argument("--val-max-per-class", type=positive_int, default=None,
                    help="also cap the val (test) split per class (default: the whole split)")
     return p
 

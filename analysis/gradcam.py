@@ -36,7 +36,7 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import int_list, positive_float, positive_int, run_cli
 from maxsup.data.imagenet_variants import RestrictLogits
 from maxsup.data.transforms import eval_transform
 from maxsup.errors import UserError
@@ -95,12 +95,12 @@ def default_indices(targets: list[int], num_images: int) -> list[int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser(__doc__, split="test")
-    p.add_argument("--num-images", type=int, default=4, help="number of images (columns)")
-    p.add_argument("--indices", default=None, help="comma list of dataset indices to show instead")
+    p.add_argument("--num-images", type=positive_int, default=4, help="number of images (columns)")
+    p.add_argument("--indices", type=int_list, default=None, help="comma list of dataset indices to show instead")
     p.add_argument("--target", choices=("label", "top1"), default="label",
                    help="class to explain: the ground truth or the model's top-1 prediction")
     p.add_argument("--target-layer", default=None, help="dotted submodule to explain instead of the default")
-    p.add_argument("--panel-size", type=float, default=2.0, help="inches per panel")
+    p.add_argument("--panel-size", type=positive_float, default=2.0, help="inches per panel")
     return p
 
 
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m in models:
         check_head(m, ds.head_size, desc)
     if args.indices:
-        indices = [int(i) for i in args.indices.split(",")]
+        indices = args.indices
         if any(i < 0 or i >= len(ds) for i in indices):
-            raise UserError(f"--indices must lie in [0, {len(ds)}) for {desc}, got {args.indices}")
+            raise UserError(f"--indices must lie in [0, {len(ds)}) for {desc}, got {','.join(map(str, indices))}")
     else:
         indices = default_indices(ds.targets, args.num_images)
     labels = [ds.targets[i] for i in indices]

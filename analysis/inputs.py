@@ -193,6 +193,9 @@ def _pretrained_method(path: str) -> str | None:
 def read_analysis(path: Path) -> list[dict[str, Any]]:
     """One analysis output → one record per row; settings (everything but the rows) form the key."""
     data = _read_json(path)
+    if not isinstance(data, dict):  # a JSON array or number under an analysis output's name
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not an object; was it written by python -m "
+                        f"analysis.{path.stem}?")
     rows = data.get("checkpoints") if path.stem == "robustness" else data.get("rows")
     if not isinstance(rows, dict):
         raise UserError(f"{path} has no rows; was it written by python -m analysis.{path.stem}?")

@@ -28,7 +28,7 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 from maxsup.linear_probe import PROBE_MAX_ITER, SOLVERS, linear_probe, regularization_grid
 
 
@@ -45,8 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-range", type=float, nargs=2, default=(1e-6, 1e5), metavar=("LOW", "HIGH"),
                    help="λ grid bounds (Table 12: 1e-6 1e5; Table 3 used an unstated smaller range)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of the training split")
-    p.add_argument("--max-iter", type=int, default=PROBE_MAX_ITER, help="L-BFGS iteration cap per λ")
-    p.add_argument("--test-max-per-class", type=int, default=None,
+    p.add_argument("--max-iter", type=positive_int, default=PROBE_MAX_ITER, help="L-BFGS iteration cap per λ")
+    p.add_argument("--test-max-per-class", type=positive_int, default=None,
                    help="cap the test split per class (default: the whole split; --max-per-class caps train)")
     return p
 

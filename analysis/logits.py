@@ -31,7 +31,8 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
+from maxsup.errors import UserError
 
 
 def logit_stats(logits: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:
@@ -46,13 +47,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.01, help="|z| below this counts as near zero")
     p.add_argument("--xlim", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="shared x-range of the density panel (paper: -4 4)")
-    p.add_argument("--bins", type=int, default=50, help="histogram bins")
-    p.add_argument("--max-points", type=int, default=2000, help="samples per method in the scatter panel")
+    p.add_argument("--bins", type=positive_int, default=50, help="histogram bins")
+    p.add_argument("--max-points", type=positive_int, default=2000, help="samples per method in the scatter panel")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns ``logits.json``: rows[name] = {logit_mean, logit_std, near_zero_share_mean, top1_prob_mean, ...}."""
+    if args.xlim and not args.xlim[0] < args.xlim[1]:  # before the extraction, not numpy's error after it
+        raise UserError(f"--xlim LOW HIGH needs LOW < HIGH, got {args.xlim[0]:g} {args.xlim[1]:g}")
     plt = pyplot()
     data: dict[str, dict[str, Any]] = {}
     for loaded in load_models(args):

@@ -30,7 +30,7 @@ from analysis.common import (
     script_parser,
     write_results,
 )
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 from maxsup.errors import UserError
 
 
@@ -45,7 +45,7 @@ def template_plane(features: torch.Tensor, labels: torch.Tensor, classes: list[i
 def get_args_parser() -> argparse.ArgumentParser:
     p = script_parser(__doc__, split="test")
     p.add_argument("--proj-classes", default="0,1,2", help="three class indices (after --classes relabelling)")
-    p.add_argument("--per-class", type=int, default=80, help="samples plotted per class (paper: 80)")
+    p.add_argument("--per-class", type=positive_int, default=80, help="samples plotted per class (paper: 80)")
     return p
 
 

@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.data.downsampled import DEFAULT_TRAIN_BATCH, SIZES, DownsampledImageNet, write_downsampled
+from maxsup.data.imagecheck import load_rgb
 from maxsup.errors import UserError
 
 RESAMPLE = {"box": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -39,13 +40,13 @@ def downsample_folder(src: Path, size: int, resample: str = "box") -> tuple[np.n
     folder = ImageFolder(str(src))
     images = np.empty((len(folder), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(folder.samples):
-        with Image.open(path) as img:
-            images[i] = np.asarray(img.convert("RGB").resize((size, size), RESAMPLE[resample]))
+        img = load_rgb(path, hint="remove or replace it")  # names a file that does not decode
+        images[i] = np.asarray(img.resize((size, size), RESAMPLE[resample]))
     return images, np.asarray(folder.targets, dtype=np.int64), folder.classes
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="ImageFolder split → downsampled-ImageNet batch files")
     w.add_argument("--src", type=Path, required=True, help="ImageFolder split (<src>/<class>/<image>)")

@@ -16,7 +16,6 @@ written atomically; existing files are skipped, so an interrupted run resumes wh
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,12 +30,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
 from maxsup.data.zipcache import IMAGE_EXTENSIONS  # noqa: E402
 from maxsup.errors import UserError  # noqa: E402
 from maxsup.models import classifier_layer, model_from_checkpoint  # noqa: E402
 from maxsup.models.vit import dense_class_scores  # noqa: E402
-from maxsup.training import atomic_save, atomic_write, load_checkpoint  # noqa: E402
+from maxsup.training import atomic_save, atomic_write, load_checkpoint, resolve_device  # noqa: E402
 
 #: float16 holds every integer up to 2048 exactly; the official layout stores class indices in it.
 MAX_CLASSES = 2048
@@ -79,18 +78,35 @@ def load_teacher(spec: str, use_ema: bool) -> tuple[torch.nn.Module, dict]:
     return model.eval(), info
 
 
+def check_teacher_input(model: torch.nn.Module, info: dict, img_size: int, device: torch.device,
+                        size_given: bool) -> None:
+    """One forward of a black (1, 3, img_size, img_size) batch, before anything is written: a teacher of grey
+    images (``in_chans=1``) or a ViT asked for another size than its own fails here with one error line, not with
+    a traceback after ``meta.json`` has recorded a size that the next run with the right one would be refused for."""
+    try:
+        with torch.inference_mode():
+            dense_class_scores(model, torch.zeros(1, 3, img_size, img_size, device=device))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (f"leave out --img-size (the teacher's eval size is {info['img_size']} px)"
+                if size_given and img_size != int(info["img_size"]) else "the maps need a classifier of RGB images")
+        raise UserError(f"teacher {info['teacher']} cannot label {img_size}×{img_size} RGB images ({reason}); "
+                        f"{hint}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint path or timm model name (pretrained)")
     p.add_argument("--data-path", required=True, help="image folder DIR/<class>/<image>")
     p.add_argument("--out", required=True, help="LABEL_DIR to write <class>/<stem>.pt into")
     p.add_argument("--topk", type=int, default=5, help="classes kept per position (default: 5)")
-    p.add_argument("--img-size", type=int, default=None, help="input size (default: the teacher's eval size)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="input size (default: the teacher's eval size)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default: 4)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
+    device = resolve_device(args.device)
 
     root, out = Path(args.data_path), Path(args.out)
     if not root.is_dir():
@@ -114,11 +130,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"the teacher has {num_classes} classes; the float16 map layout stores indices exactly only "
                         f"up to {MAX_CLASSES}")
     img_size = args.img_size or int(info["img_size"])
+    model.to(device)
+    check_teacher_input(model, info, img_size, device, size_given=args.img_size is not None)
     meta = {"teacher": info["teacher"], "num_classes": num_classes, "topk": args.topk, "img_size": img_size,
             "classes": classes, "layout": "(2, topk, H, W) float16: top-k logits, then class indices"}
     out.mkdir(parents=True, exist_ok=True)
     if (out / "meta.json").exists():
-        old = json.loads((out / "meta.json").read_text())
+        try:
+            old = json.loads((out / "meta.json").read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{out / 'meta.json'} is not valid JSON (an interrupted copy?); delete it if the maps "
+                            f"beside it come from this teacher, or use a new --out") from None
         if any(old.get(k) != meta[k] for k in ("teacher", "num_classes", "topk", "img_size")):
             raise UserError(f"{out} holds maps from another run ({old.get('teacher')}, top-{old.get('topk')}, "
                             f"{old.get('img_size')} px); use a new --out")
@@ -126,8 +148,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(items)} images in {len(classes)} classes, {len(items) - len(todo)} already labelled; teacher "
           f"{info['teacher']} ({num_classes} classes) at {img_size} px, top-{args.topk}")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
     bicubic = transforms.InterpolationMode.BICUBIC
     tf = transforms.Compose([transforms.Resize((img_size, img_size), interpolation=bicubic),
                              transforms.ToTensor(), transforms.Normalize(info["mean"], info["std"])])

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, positive_int, run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.zipcache import write_zip_cache
 from maxsup.errors import UserError
@@ -96,7 +96,7 @@ def write_betons(folder: Path, out: Path, workers: int, splits: list[str]) -> di
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=["imagefolder"], help="what to write")
     parser.add_argument("--splits", nargs="+", choices=tuple(SPLITS), default=list(SPLITS),
@@ -105,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--download", action="store_true", help="download into --root via torchvision if missing")
     parser.add_argument("--classes", type=int, nargs="+", default=None,
                         help="keep these classes, relabelled 0..n-1 in this order (e.g. 0 2 4 6 8)")
-    parser.add_argument("--limit-per-class", type=int, default=None, help="keep the first N images of each class")
+    parser.add_argument("--limit-per-class", type=positive_int, default=None,
+                        help="keep the first N images of each class")
     parser.add_argument("--workers", type=int, default=2, help="encoder processes for the beton writer")
     return parser
 

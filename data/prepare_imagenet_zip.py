@@ -23,7 +23,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.data.zipcache import parse_map, write_zip_cache
 from maxsup.errors import UserError
 
@@ -68,7 +68,7 @@ def verify_split(zip_path: Path, map_path: Path, num_classes: int | None = None)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, default=None, help="ImageFolder root with train/ and val/")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the zips and maps")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to write")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import UserError
 from .io_errors import os_error_line, unwrap_worker_message
@@ -13,6 +14,46 @@ from .training.distributed import cleanup_distributed
 #: Exceptions that mean "the input was wrong", not "the code is wrong". Every ``OSError`` (a missing, read-only,
 #: full or not-a-folder path) is one too: :func:`maxsup.io_errors.os_error_line` says which path and what to do.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose report of a bad flag (unknown flag or choice, missing or malformed value) is one ``error: ...``
+    line through :func:`run_cli`, like every other bad input, instead of the usage block (``--help`` prints it).
+    Sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of counts that must be at least 1 (images, bins, samples per class): '0' and '-1' are
+    refused here rather than meaning "none" or dropping the last item of a slice."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type`` of sizes that must be finite and above 0 (inches per figure panel)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse ``type`` of a comma list of integers (``3,17,42``)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects comma-separated integers such as 3,17,42, got {text!r}") from None
 
 
 def error_line(exc: BaseException) -> str:

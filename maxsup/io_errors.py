@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["check_checkpoint_file", "os_error_line", "unwrap_worker_message", "write_failed"]
+__all__ = ["check_checkpoint_file", "os_error_line", "require_checkpoint_file", "unwrap_worker_message", "write_failed"]
 
 #: errno → what to do about it (the strerror already says what happened).
 _HINTS = {
@@ -66,6 +66,18 @@ def write_failed(path: str | os.PathLike, exc: BaseException) -> UserError | OSE
     cause = text.splitlines()[0][:120] if text else type(exc).__name__
     return UserError(f"{path}: writing it failed ({cause}); check the free space and permissions of its folder and "
                      f"rerun; the previous file, if any, is intact")
+
+
+def require_checkpoint_file(path: Path) -> None:
+    """Refuse a ``path`` that is no file: missing, or a run folder given where its checkpoint file is expected (the
+    message names the checkpoint inside it)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        inside = [path / n for n in ("checkpoint.pth", "best_checkpoint.pth") if (path / n).is_file()]
+        raise UserError(f"{path} is a folder, not a checkpoint file; pass "
+                        f"{inside[0] if inside else 'the checkpoint file inside it'}")
+    raise UserError(f"checkpoint not found: {path}")
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:

@@ -270,9 +270,16 @@ def sweep_accuracy(w: np.ndarray, b: np.ndarray, x: Any, y: Any) -> np.ndarray:
 def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"the validation share (--val-fraction) must lie strictly between 0 and 1, got {val_fraction}")
     idx = np.arange(len(y))
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
+    n_val, k = math.ceil(val_fraction * len(y)), int((counts > 0).sum())
+    if stratify is not None and min(n_val, len(y) - n_val) < k:  # sklearn's own message speaks of "test_size"
+        raise ValueError(f"a {val_fraction:g} validation share of {len(y)} training samples ({n_val} held out, "
+                         f"{len(y) - n_val} kept) cannot hold each of the {k} classes on both sides; use more "
+                         f"samples per class (--max-per-class) or another --val-fraction")
     tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(va)
 

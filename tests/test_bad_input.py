@@ -484,3 +484,320 @@ def test_linear_transfer_refuses_a_single_class(tmp_path, capsys):
                                              "--max-per-class", "10", "--out", str(tmp_path / "res"),
                                              "--no-progress", "--num-lambdas", "3"], capsys)
     assert "one class" in msg and "two" in msg, msg
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad-input audit: the flags and files a new user gets wrong
+# --------------------------------------------------------------------------------------------------------------------
+def _token_labels_main():
+    from flat_import import load_file
+
+    return load_file(ROOT / "data" / "make_token_labels.py", "make_token_labels", register=True).main
+
+
+@pytest.mark.parametrize("device, what", [("gpu", "is not a device"), ("cuda:99", "cuda")])
+@pytest.mark.parametrize("command", ["analysis", "hub evaluate", "make_token_labels", "common_resnet"])
+def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command, device, what, tmp_path, capsys):
+    """``--device gpu`` (not a torch device) and ``cuda:99`` (on no machine) were a RuntimeError traceback at the
+    first ``.to(device)`` in the analysis scripts, ``hub evaluate`` and the token-label writer, and ``gpu`` also in
+    the trainers."""
+    from analysis import calibration
+    from maxsup.hub.cli import main as hub_main
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "out"
+    fn, argv = {
+        "analysis": (calibration.main, ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "2",
+                                        "--out", str(out), "--no-progress"]),
+        "hub evaluate": (hub_main, ["evaluate", str(ckpt), "--data-path", str(data / "val"), "--workers", "0"]),
+        "make_token_labels": (_token_labels_main(), ["--checkpoint", str(ckpt), "--data-path", str(data / "val"),
+                                                     "--out", str(out), "--num-workers", "0"]),
+        "common_resnet": (resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4",
+                                             *RESNET_TINY, "-j", "0", "--output-dir", str(out)]),
+    }[command]
+    msg = _error_line(fn, [*argv, "--device", device], capsys)
+    assert device in msg and what in msg, msg
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("trainer, kwargs, what", [
+    ("common_resnet", ["nope=1"], "unexpected keyword argument 'nope'"),
+    ("common_resnet", ["width=abc"], "'width': 'abc'"),
+    ("common_resnet", ["width=4,in_chans=1"], "'width': '4,in_chans=1'"),
+    ("deit", ['{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "nope": 1}'], "'nope'"),
+    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18")])
+def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what, tmp_path, capsys):
+    """An unknown ``--model-kwargs`` key, a value of the wrong type, or one timm asserts against was a
+    TypeError/AssertionError traceback from the model's constructor."""
+    out = tmp_path / "out"
+    if trainer == "common_resnet":
+        argv = ["--dataset", "fmnist", "--classes", "0,1", "--limit-per-class", "4", *RESNET_TINY, "-j", "0",
+                "--output-dir", str(out), "--model-kwargs", *kwargs]
+        fn = resnet_train.cli
+    else:
+        data = _image_folder(tmp_path / "data", per_class=2)
+        argv = ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY, "--model-kwargs", *kwargs,
+                "--output_dir", str(out)]
+        fn = deit_main.cli
+    msg = _error_line(fn, argv, capsys)
+    assert what in msg and "--model-kwargs" in msg, msg
+    assert not list(out.rglob("*.pth"))
+
+
+def _fmnist_prep_main():
+    from flat_import import load_file
+
+    return load_file(ROOT / "data" / "prepare_fashion_mnist.py", "prepare_fashion_mnist", register=True).main
+
+
+@pytest.mark.parametrize("command, argv, what", [
+    ("analysis.calibration", ["--max-per-class", "-1"], "argument --max-per-class: expects a whole number >= 1"),
+    ("analysis.gradcam", ["--num-images", "-1"], "argument --num-images: expects a whole number >= 1, got -1"),
+    ("analysis.logits", ["--max-points", "0"], "argument --max-points: expects a whole number >= 1, got 0"),
+    ("analysis.calibration", ["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+    ("hub evaluate", ["--limit", "-1"], "argument --limit: expects a whole number >= 1, got -1"),
+    ("hub evaluate", ["--dataset", "imagenet-c"], "argument --dataset: invalid choice: 'imagenet-c'"),
+    ("prepare_fashion_mnist", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number"),
+    ("common_resnet", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1"),
+    ("deit", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1")])
+def test_counts_below_one_and_bad_choices_are_one_line(command, argv, what, tmp_path, capsys):
+    """A count of 0 or -1 (images, samples per class, points) ran before, on nothing (hub evaluate printed NaN
+    metrics and exit status 0) or on every image but each class's last (a [:-1] slice); a bad choice printed the
+    whole usage block of an analysis script or of the hub before its error line."""
+    import importlib
+
+    from maxsup.hub.cli import main as hub_main
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    analysis_args = ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--out", str(out), "--no-progress"]
+    if command.startswith("analysis."):
+        fn, base = importlib.import_module(command).main, analysis_args
+    elif command == "hub evaluate":
+        fn, base = hub_main, ["evaluate", str(ckpt), "--data-path", str(_image_folder(tmp_path / "data", 2) / "val")]
+    elif command == "prepare_fashion_mnist":
+        fn, base = _fmnist_prep_main(), ["--out", str(out), "--formats", "imagefolder", "--classes", "0"]
+    elif command == "common_resnet":
+        fn, base = resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1", *RESNET_TINY, "-j", "0",
+                                      "--output-dir", str(out)]
+    else:
+        fn, base = deit_main.cli, ["--data-set", "FMNIST", "--classes", "0,1", *DEIT_TINY, "--output_dir", str(out)]
+    msg = _error_line(fn, [*base, *argv], capsys)
+    assert what in msg, msg
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*.png")) and not list(out.rglob("*.jpg"))
+
+
+def _cut_short_jpeg(path: Path) -> None:
+    """A real JPEG of which only the first 100 bytes arrived (an interrupted copy)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[:100])
+
+
+@pytest.mark.parametrize("kind", ["cut-short", "garbage-inside"])
+@pytest.mark.parametrize("command", ["analysis", "hub evaluate", "imagenet_downsampled write"])
+def test_corrupt_image_is_named_with_advice_the_command_can_follow(command, kind, tmp_path, capsys):
+    """``hub evaluate`` and ``imagenet_downsampled.py write`` said only 'error: Truncated File Read' (which file of
+    50,000?); the analysis scripts named the file but advised --skip-corrupt, a flag they do not have."""
+    from flat_import import load_file
+
+    from analysis import calibration
+    from maxsup.hub.cli import main as hub_main
+
+    data = _image_folder(tmp_path / "data", per_class=2, classes=3)
+    bad = data / "val" / "c0" / "0.png"
+    bad.unlink()
+    bad = bad.with_suffix(".jpg")
+    (_cut_short_jpeg if kind == "cut-short" else _jpeg_with_garbage_inside)(bad)
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    if command == "analysis":
+        fn, argv = calibration.main, ["--checkpoint", f"X={ckpt}", "--dataset", "imagefolder", "--data-path", str(data),
+                                      "--out", str(out), "--no-progress"]
+    elif command == "hub evaluate":
+        fn, argv = hub_main, ["evaluate", str(ckpt), "--data-path", str(data / "val"), "--workers", "0"]
+    else:
+        script = load_file(ROOT / "data" / "imagenet_downsampled.py", "imagenet_downsampled", register=True)
+        fn, argv = script.main, ["write", "--src", str(data / "val"), "--out", str(out), "--split", "val"]
+    msg = _error_line(fn, argv, capsys)
+    assert str(bad) in msg and "remove or replace it" in msg and "--skip-corrupt" not in msg, msg
+    assert not list(out.rglob("*.json")) and not list(out.rglob("*_data*"))
+
+
+def test_token_labels_refuse_a_teacher_that_cannot_read_the_images_before_writing(tmp_path, capsys):
+    """A teacher of grey images, or a ViT asked for another --img-size than its own, was a RuntimeError /
+    AssertionError traceback after meta.json had been written, so the corrected rerun was refused ('holds maps from
+    another run'); a corrupt meta.json was a bare JSON error."""
+    from maxsup.data.transforms import transform_spec
+    from maxsup.models import arch_spec, create_model
+
+    main = _token_labels_main()
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "labels"
+    flags = ["--data-path", str(data / "val"), "--out", str(out), "--num-workers", "0", "--device", "cpu",
+             "--topk", "2"]
+    grey = _analysis_ckpt(tmp_path / "grey.pth")
+    msg = _error_line(main, ["--checkpoint", str(grey), *flags], capsys)
+    assert str(grey) in msg and "RGB" in msg, msg
+    kw = {"img_size": 16, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    vit = tmp_path / "vit.pth"
+    atomic_save({"model": create_model("vit_tiny_patch16_224", 3, **kw).state_dict(),
+                 "arch": arch_spec("vit_tiny_patch16_224", 3, **kw), "eval_transform": transform_spec(16, 1.0)}, vit)
+    msg = _error_line(main, ["--checkpoint", str(vit), *flags, "--img-size", "32"], capsys)
+    assert "32×32" in msg and "leave out --img-size" in msg and "16 px" in msg, msg
+    assert not out.exists()
+    summary = main(["--checkpoint", str(vit), *flags])  # the corrected command runs: no stale meta.json
+    assert summary["written"] == 4 and summary["img_size"] == 16 and summary["map_shape"] == (2, 2, 2, 2)
+    (out / "meta.json").write_text('{"teacher": ')
+    msg = _error_line(main, ["--checkpoint", str(vit), *flags], capsys)
+    assert str(out / "meta.json") in msg and "not valid JSON" in msg, msg
+
+
+@pytest.mark.parametrize("script, argv, what", [
+    ("linear_transfer", ["--val-fraction", "0"], "--val-fraction) must lie strictly between 0 and 1, got 0"),
+    ("linear_transfer", ["--val-fraction", "1.5"], "strictly between 0 and 1, got 1.5"),
+    ("linear_transfer", ["--max-per-class", "2"], "(2 held out, 4 kept) cannot hold each of the 3 classes"),
+    ("gradcam", ["--indices", "3,a"], "argument --indices: expects comma-separated integers"),
+    ("gradcam", ["--panel-size", "0"], "argument --panel-size: expects a number > 0, got 0"),
+    ("logits", ["--xlim", "4", "-4"], "--xlim LOW HIGH needs LOW < HIGH, got 4 -4")])
+def test_analysis_values_out_of_range_are_one_line_naming_the_flag(script, argv, what, tmp_path, capsys):
+    """Before: scikit-learn's 'test_size' message (a name the user never typed, also for a split too small to
+    stratify), 'invalid literal for int()', matplotlib's 'Singular matrix' with warnings, numpy's 'bins must
+    increase monotonically'."""
+    import importlib
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    out = tmp_path / "out"
+    msg = _error_line(importlib.import_module(f"analysis.{script}").main,
+                      ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "10", "--out", str(out),
+                       "--no-progress", "--num-lambdas", "2", *argv] if script == "linear_transfer" else
+                      ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "2", "--out", str(out),
+                       "--no-progress", *argv], capsys)
+    assert what in msg, msg
+    assert not list(out.glob(f"{script}.*"))
+
+
+@pytest.mark.parametrize("name, content", [("feature_metrics.json", "[1, 2]"), ("robustness.json", "[]")])
+def test_collect_refuses_json_that_is_not_an_object(name, content, tmp_path, capsys):
+    """A JSON array under an analysis output's name was an AttributeError traceback."""
+    from analysis import collect
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text(content)
+    msg = _error_line(collect.main, [str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys)
+    assert str(tmp_path / "in" / name) in msg and "holds a JSON list, not an object" in msg, msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_deit_model_kwargs_img_size_other_than_input_size_is_one_line(tmp_path, capsys):
+    """``--model-kwargs '{"img_size": 32, ...}'`` with ``--input-size 16`` was timm's AssertionError traceback at
+    the first training step, after the run folder had been claimed."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    kwargs = '{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}'
+    msg = _error_line(deit_main.cli, ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY,
+                                      "--model-kwargs", kwargs, "--output_dir", str(tmp_path / "out")], capsys)
+    assert "img_size=32" in msg and "--input-size 16" in msg, msg
+    assert not list((tmp_path / "out").rglob("*.pth"))
+
+
+@pytest.mark.parametrize("script", ["calibration", "gradcam"])
+def test_a_grey_model_reads_an_rgb_image_folder(script, tmp_path):
+    """A model of grey images (``in_chans=1``: one-channel normalisation, no ``grayscale_to_rgb``) on an ImageFolder
+    (read as RGB) was a RuntimeError traceback ('expected input to have 1 channels, but got 3') in every analysis
+    script; its eval transform now makes the images grey, as the model was trained."""
+    import importlib
+
+    from maxsup.data.transforms import eval_transform
+
+    ckpt = _analysis_ckpt(tmp_path / "grey.pth")
+    spec = load_checkpoint(ckpt)["eval_transform"]
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    x = eval_transform(spec)(rgb)
+    assert x.shape == (1, 28, 28) and torch.equal(x, eval_transform(spec)(rgb.convert("L")))
+    data = _image_folder(tmp_path / "data", per_class=2, size=28, classes=3)
+    importlib.import_module(f"analysis.{script}").main(
+        ["--checkpoint", f"X={ckpt}", "--dataset", "imagefolder", "--data-path", str(data), "--out",
+         str(tmp_path / "out"), "--no-progress", *(["--num-images", "2"] if script == "gradcam" else [])])
+    assert (tmp_path / "out" / f"{script}.json").is_file()
+
+
+@pytest.mark.parametrize("damage", ["cut-short", "not-a-cache"])
+def test_a_damaged_feature_cache_is_extracted_again(damage, tmp_path, capsys):
+    """A cache file cut short (a partial copy, a full disk) was torch's 'PytorchStreamReader failed' traceback on
+    every later run until the user found and deleted it; it is disposable, so it is replaced."""
+    from analysis import extract
+
+    ckpt = _analysis_ckpt(tmp_path / "ok.pth")
+    argv = ["--checkpoint", f"X={ckpt}", "--classes", "0,1,2", "--max-per-class", "3", "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    extract.main(argv)
+    (cache,) = (tmp_path / "o" / "features").glob("*.pt")
+    good = torch.load(cache, weights_only=True)
+    if damage == "cut-short":
+        cache.write_bytes(cache.read_bytes()[:200])
+    else:
+        torch.save([1, 2, 3], cache)
+    capsys.readouterr()
+    extract.main(argv)
+    assert f"warning: feature cache {cache}" in capsys.readouterr().out
+    again = torch.load(cache, weights_only=True)
+    assert all(torch.equal(good[k], again[k]) for k in ("features", "logits", "labels"))
+
+
+@pytest.mark.parametrize("command", ["analysis", "common_resnet --resume", "common_resnet --test-only"])
+def test_a_run_folder_given_for_its_checkpoint_names_the_file_inside(command, tmp_path, capsys):
+    """``--checkpoint X=runs/ce`` / ``--resume runs/ce`` (the folder, not its checkpoint.pth) said 'checkpoint not
+    found: runs/ce', although the folder is right there."""
+    from analysis import calibration
+
+    run = tmp_path / "runs" / "ce"
+    run.mkdir(parents=True)
+    _analysis_ckpt(run / "checkpoint.pth")
+    if command == "analysis":
+        fn, argv = calibration.main, ["--checkpoint", f"X={run}", "--out", str(tmp_path / "out")]
+    else:
+        fn, argv = resnet_train.cli, ["--dataset", "fmnist", "--classes", "0,1,2", "--limit-per-class", "4",
+                                      *RESNET_TINY, "-j", "0", "--resume", str(run),
+                                      *(["--test-only"] if "test-only" in command else []),
+                                      "--output-dir", str(tmp_path / "out")]
+    msg = _error_line(fn, argv, capsys)
+    assert msg == f"error: {run} is a folder, not a checkpoint file; pass {run / 'checkpoint.pth'}", msg
+
+
+@pytest.mark.parametrize("flag", [["--accum-iter", "2"], ["--model-ema-decay"], ["--sched", "cosine", "--epochs", "x"]])
+def test_deit_bad_flag_is_one_line_not_the_usage_block(flag, tmp_path, capsys):
+    """A mistyped flag (DeiT's flags are --accum-steps, --model-ema-decay takes a value) printed DeiT's 80-line
+    usage block before its error line."""
+    msg = _error_line(deit_main.cli, ["--data-set", "FMNIST", *DEIT_TINY, *flag], capsys)
+    assert msg.endswith("(see --help)") and (flag[0] in msg or "'x'" in msg), msg
+
+
+@pytest.mark.parametrize("command", ["hub convert", "atomic_save"])
+def test_a_folder_where_the_output_file_goes_is_named_alone_before_the_write(command, tmp_path, capsys):
+    """``convert in.pth out/`` wrote the whole converted file, then failed at the rename with a line that named
+    the temporary file first ('.out.x1y2.tmp -> out: Is a directory')."""
+    from maxsup.hub.cli import main as hub_main
+    from maxsup.models import create_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18", 10).state_dict(), src)
+    if command == "hub convert":
+        fn, argv = hub_main, ["convert", str(src), str(out), "--arch", "resnet18", "--offline"]
+    else:
+        fn, argv = (lambda: atomic_save({"w": torch.zeros(2)}, out)), None
+    msg = _error_line(fn, argv, capsys)
+    assert msg == f"error: {out}: Is a directory (this path is a folder where a file is expected; pass a file)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "resnet18.pth"] and not list(out.iterdir())
+
+
+@pytest.mark.parametrize("flag, value", [("--train-crop-size", "-5"), ("--train-crop-size", "0"),
+                                         ("--val-crop-size", "0"), ("--val-resize-size", "-1")])
+def test_common_resnet_image_sizes_below_one_are_one_line(flag, value, tmp_path, capsys):
+    """A negative size was torchvision's RuntimeError traceback at the first image; 0 silently meant the default."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    msg = _error_line(resnet_train.cli, ["--dataset", "imagefolder", "--data-path", str(data), *RESNET_TINY, "-j",
+                                         "0", flag, value, "--output-dir", str(tmp_path / "out")], capsys)
+    assert msg == f"error: argument {flag}: expects a whole number >= 1, got {value} (see --help)", msg

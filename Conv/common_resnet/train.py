@@ -26,7 +26,7 @@ from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checks import check_accum_steps, check_smoothing
-from maxsup.cli import run_cli
+from maxsup.cli import positive_int, run_cli
 from maxsup.data import long_tailed_indices, parse_classes
 from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
 from maxsup.data.registry import DATASETS, build_split, split_num_classes
@@ -754,10 +754,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
     parser.add_argument("--lr-warmup-decay", default=0.01, type=float, help="warm-up starts at lr × this")
     # augmentation
-    parser.add_argument("--train-crop-size", default=None, type=int, help="train crop (default: native size)")
-    parser.add_argument("--val-resize-size", default=None, type=int,
+    parser.add_argument("--train-crop-size", default=None, type=positive_int, help="train crop (default: native size)")
+    parser.add_argument("--val-resize-size", default=None, type=positive_int,
                         help="eval resize (default: crop×256/224 for imagefolder, = crop otherwise)")
-    parser.add_argument("--val-crop-size", default=None, type=int, help="eval center crop (default: native size)")
+    parser.add_argument("--val-crop-size", default=None, type=positive_int,
+                        help="eval center crop (default: native size)")
     parser.add_argument("--interpolation", default="bilinear", type=str, help="resize interpolation")
     parser.add_argument("--hflip-prob", default=0.5, type=float, help="horizontal-flip probability")
     parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,

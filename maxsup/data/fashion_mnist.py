@@ -88,6 +88,8 @@ class FashionMNIST(Dataset):
     def __init__(self, root: str | os.PathLike | None = None, train: bool = True,
                  transform: Callable | None = None, classes: Sequence[int] | None = None, download: bool = False,
                  limit_per_class: int | None = None):
+        if limit_per_class is not None and limit_per_class < 1:  # -1 would drop each class's last image silently
+            raise UserError(f"--limit-per-class must be >= 1 (images kept per class), got {limit_per_class}")
         try:
             images_path, labels_path = find_fashion_mnist(root, train)
         except UserError:

@@ -71,12 +71,14 @@ class CheckedImageFolder(ImageFolder):
         skip_corrupt: drop files that fail the up-front check (printed count) and, with ``substitute``, read the
             next image of the split in place of one that fails to decode (each logged by name).
         substitute: False for one-pass conversions (the FFCV writer), where a decode failure must end the run.
+        hint: what the error for a corrupt file tells the user to do, for a command without ``--skip-corrupt``
+            (default: remove or replace it, or pass --skip-corrupt).
     Attributes:
         num_skipped: files dropped up front.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Any = None, skip_corrupt: bool = False,
-                 substitute: bool = True):
+                 substitute: bool = True, hint: str | None = None):
         super().__init__(str(root), transform=transform)
         self.skip_corrupt, self.substitute = skip_corrupt, substitute
         keep, bad = [], []
@@ -84,8 +86,8 @@ class CheckedImageFolder(ImageFolder):
             (bad if is_corrupt_file(path) else keep).append((path, label))
         if bad and not skip_corrupt:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise CorruptImageError(f"empty, truncated or non-image file {bad[0][0]}{more}; remove or replace it, "
-                                    f"or pass --skip-corrupt to skip such files")
+            raise CorruptImageError(f"empty, truncated or non-image file {bad[0][0]}{more}; "
+                                    f"{hint or 'remove or replace it, or pass --skip-corrupt to skip such files'}")
         self.num_skipped = len(bad)
         if bad:
             print(f"warning: skipped {len(bad)} corrupt image(s) under {root} (--skip-corrupt), e.g. {bad[0][0]}")
@@ -93,8 +95,8 @@ class CheckedImageFolder(ImageFolder):
                 raise UserError(f"every image under {root} is corrupt; nothing to read")
         self.samples = self.imgs = keep
         self.targets = [label for _, label in keep]
-        self._hint = ("the up-front check of --skip-corrupt does not decode images; remove or replace it"
-                      if skip_corrupt and not substitute else "remove or replace it, or pass --skip-corrupt")
+        self._hint = hint or ("the up-front check of --skip-corrupt does not decode images; remove or replace it"
+                              if skip_corrupt and not substitute else "remove or replace it, or pass --skip-corrupt")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for attempt in range(_MAX_SUBSTITUTES):

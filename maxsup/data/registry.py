@@ -104,7 +104,7 @@ def _transfer(name: str) -> Builder:
 
 
 def _imagefolder(root: str | os.PathLike | None, train: bool, transform: Any, *,
-                 skip_corrupt: bool = False) -> Dataset:
+                 skip_corrupt: bool = False, corrupt_hint: str | None = None) -> Dataset:
     from .imagecheck import CheckedImageFolder
 
     folder = _needs_root("imagefolder", root, "a folder with train/<class>/ and val/<class>/") / (
@@ -114,7 +114,8 @@ def _imagefolder(root: str | os.PathLike | None, train: bool, transform: Any, *,
                         f"val/<class>/*.jpg")
     # corrupt files: named up front or mid-epoch, or skipped with --skip-corrupt (maxsup.data.imagecheck); a val
     # image is never replaced by another one, which would count it twice
-    return CheckedImageFolder(folder, transform=transform, skip_corrupt=skip_corrupt, substitute=train)
+    return CheckedImageFolder(folder, transform=transform, skip_corrupt=skip_corrupt, substitute=train,
+                              hint=corrupt_hint)
 
 
 _IMAGENET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -137,7 +138,8 @@ def build_split(name: str, root: str | os.PathLike | None, *, train: bool, trans
     """The train (``train=True``) or test/val split of dataset ``name``, read from ``root`` (``--data-path``).
 
     ``options`` go to the builders that take them: Fashion-MNIST ``classes``, ``download`` and
-    ``limit_per_class``; CIFAR ``download``; an image folder ``skip_corrupt``. The others ignore them, so one call
+    ``limit_per_class``; CIFAR ``download``; an image folder ``skip_corrupt`` and ``corrupt_hint`` (what its error
+    for a corrupt file advises, where the command has no ``--skip-corrupt``). The others ignore them, so one call
     serves every ``--dataset``; the callers refuse the flags that make no sense for a dataset. A test set
     (``eval_only``) returns its one split whatever ``train`` says: the callers decide whether training on it is an
     error. Missing files raise one :class:`UserError` sentence."""

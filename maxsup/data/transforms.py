@@ -25,13 +25,16 @@ def transform_spec(img_size: int, crop_pct: float = 1.0, mean: Sequence[float] =
 
 
 def eval_transform(spec: dict[str, Any]) -> T.Compose:
-    """torchvision transform from a :func:`transform_spec` dict (PIL image in, normalised (3, S, S) tensor out)."""
+    """torchvision transform from a :func:`transform_spec` dict (PIL image in, normalised (C, S, S) tensor out: C = 3,
+    or 1 for a model of grey images, whose spec normalises one channel without ``grayscale_to_rgb``)."""
     size = spec["img_size"]
     resize = int(round(size / spec.get("crop_pct", 1.0)))  # 224/0.875 = 256, 32/0.875 → 37
     interp = T.InterpolationMode(spec.get("interpolation", "bilinear"))
     steps: list[Any] = []
     if spec.get("grayscale_to_rgb", True):
         steps.append(T.Lambda(lambda im: im.convert("RGB")))
+    elif len(spec["mean"]) == 1:  # a grey model (in_chans=1) also reads RGB files, e.g. an ImageFolder of FMNIST
+        steps.append(T.Lambda(lambda im: im.convert("L")))
     steps += [T.Resize(resize, interpolation=interp), T.CenterCrop(size), T.ToTensor(),
               T.Normalize(spec["mean"], spec["std"])]
     return T.Compose(steps)

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..cli import run_cli
+from ..cli import ArgumentParser, positive_int, run_cli
 from ..data.imagenet_variants import EVAL_SETS, add_real_labels_arg
 from ..errors import UserError
 from ..models import parse_model_kwargs
@@ -28,7 +28,7 @@ log = logging.getLogger("maxsup.hub")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m maxsup.hub", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m maxsup.hub", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="show the registry and the rule that picks each model's file")
     p.add_argument("--remote", action="store_true", help="also list each release/repository now and show which "
@@ -76,10 +76,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help=f"one of {', '.join(REGISTRY)}, or a checkpoint path")
     p.add_argument("--data-path", required=True, help="ImageFolder with one folder per wnid (e.g. imagenet/val)")
     p.add_argument("--arch", default=None, help="architecture of a raw upstream checkpoint path")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--dataset", default="imagefolder", choices=["imagefolder", *EVAL_SETS],
                    help="layout of --data-path: an ImageFolder (ImageNet val), ImageNetV2 (folders 0..999), "
                         "ImageNet-A/-R (200 wnid folders; the 200 logits only) or ImageNet-Sketch")

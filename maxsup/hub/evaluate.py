@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,11 +13,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from ..data.imagecheck import load_rgb
 from ..data.imagenet_variants import RealScorer, RestrictLogits, eval_set, real_labels
 from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..metrics import ClassificationMeter
 from ..models import model_from_checkpoint, parse_model_kwargs
+from ..training.distributed import resolve_device
 from .convert import convert_checkpoint, load_released_checkpoint
 from .download import download
 from .registry import REGISTRY
@@ -31,6 +34,7 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     on one of ``maxsup.data.imagenet_variants.EVAL_SETS`` (ImageNet-A/R: the 200 classes' logits only).
     ``real`` (True: timm's bundled ``real.json``, or a path) adds the ReaL top-1 accuracy on ImageNet val."""
     data_path = Path(data_path)
+    device = str(resolve_device(device))  # a typo or a missing GPU, before the data is listed
     if not data_path.is_dir():
         raise UserError(f"--data-path {data_path} is not a folder; point it at an ImageFolder such as imagenet/val")
     model = model_from_checkpoint(dict(ckpt))
@@ -42,7 +46,9 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
             model = RestrictLogits(model, dataset.class_indices)
             num_classes = len(dataset.class_indices)
     else:
-        dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]))
+        # a file that does not decode is named (CorruptImageError), also from a worker, not "Truncated File Read"
+        dataset = ImageFolder(str(data_path), transform=eval_transform(ckpt["eval_transform"]),
+                              loader=functools.partial(load_rgb, hint="remove or replace it"))
     if name == "imagefolder" and len(dataset.classes) != num_classes:
         raise UserError(f"{data_path} has {len(dataset.classes)} class folders but the checkpoint predicts "
                         f"{num_classes} classes; point --data-path at the matching val/ folder")
@@ -51,7 +57,6 @@ def evaluate_checkpoint(ckpt: Mapping[str, Any], data_path: str | os.PathLike, b
     scorer = None
     if real:  # file names and class wnids are checked before the evaluation
         scorer = RealScorer.from_dataset(dataset, real_labels(real))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     meter = ClassificationMeter(num_classes)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.startswith("cuda"))

@@ -57,6 +57,21 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
         return with_token_head(create_model(name, num_classes, blurpool=blurpool, **kwargs), token_head, name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    try:
+        model = _build(name, num_classes, **kwargs)
+    except (TypeError, AssertionError) as exc:
+        if not kwargs:  # nothing the user chose: a bug, keep its traceback
+            raise
+        # an unknown keyword (width for a ViT), a value of the wrong type ("4,in_chans=1") or one the model rejects
+        # (timm asserts embed_dim % num_heads == 0): the kwargs came from --model-kwargs (or a checkpoint's arch)
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model {name!r} cannot be built with kwargs {kwargs} ({reason}); check the names and "
+                        f"values of --model-kwargs") from exc
+    return apply_blurpool(model) if blurpool else model
+
+
+def _build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The network ``name`` with a ``num_classes`` head (see :func:`create_model`), before BlurPool."""
     if name in CIFAR_RESNETS:
         block, layers = CIFAR_RESNETS[name]
         model = CifarResNet(block, layers, num_classes=num_classes, **kwargs)
@@ -74,7 +89,7 @@ def create_model(name: str, num_classes: int, *, blurpool: bool = False, **kwarg
                              f"torchvision classification model (e.g. resnet50, mobilenet_v2) or a timm model name "
                              f"(e.g. deit_small_patch16_224)")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    return apply_blurpool(model) if blurpool else model
+    return model
 
 
 def arch_spec(name: str, num_classes: int, **kwargs: Any) -> dict[str, Any]:

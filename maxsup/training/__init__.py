@@ -25,7 +25,16 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed, rank, world_size
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    rank,
+    resolve_device,
+    world_size,
+)
 from .faults import kill_point
 from .guards import NonFiniteError, check_finite_model, step_guard
 from .preemption import PREEMPT_ENV, Preemption
@@ -57,7 +66,7 @@ __all__ = [
     "barrier", "check_finite_model", "check_new_run", "check_resume", "claim_run_folder", "cleanup_distributed",
     "DistInfo", "FolderInUse", "holds_run", "init_distributed", "kill_point", "launcher_world_size",
     "load_checkpoint", "NonFiniteError", "open_resume", "parse_seeds", "PREEMPT_ENV", "Preemption", "print_config",
-    "rank", "read_log", "recipe_fingerprint", "repair_log", "restore_state", "Resumed", "rng_state", "RUN_RECORD",
-    "run_seeds", "RunFolderLock", "ScalarWriter", "seed_dir", "seed_everything", "seeded_args", "set_rng_state",
-    "skip_done_batches", "step_guard", "world_size", "write_run_record",
+    "rank", "read_log", "recipe_fingerprint", "repair_log", "resolve_device", "restore_state", "Resumed", "rng_state",
+    "RUN_RECORD", "run_seeds", "RunFolderLock", "ScalarWriter", "seed_dir", "seed_everything", "seeded_args",
+    "set_rng_state", "skip_done_batches", "step_guard", "world_size", "write_run_record",
 ]

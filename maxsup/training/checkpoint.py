@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import random
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io_errors import check_checkpoint_file, write_failed
+from ..io_errors import check_checkpoint_file, require_checkpoint_file, write_failed
 from .faults import kill_point
 
 __all__ = ["seed_everything", "atomic_path", "atomic_save", "atomic_write", "load_checkpoint", "rng_state",
@@ -56,6 +57,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The result gets the mode a plain ``open`` would give (0644 under umask 022, not mkstemp's private 0600), its data
     is fsynced before the rename, and the folder is fsynced after it, so a power loss keeps the old or the new file."""
     path = Path(path)
+    if path.is_dir():  # os.replace would refuse it only after the whole write, naming the temporary file too
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -131,8 +134,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     :class:`UserError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     check_checkpoint_file(path)  # empty or text: torch's weights-only unpickler would answer KeyError/IndexError
     try:
         with _allow_listed([argparse.Namespace] if allow_namespace else []):

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "rank", "world_size", "barrier",
+from ..errors import UserError
+
+__all__ = ["DistInfo", "resolve_device", "init_distributed", "cleanup_distributed", "rank", "world_size", "barrier",
            "all_reduce_sum", "print_silenced"]
 
 
@@ -28,6 +30,29 @@ class DistInfo:
     device: torch.device = torch.device("cpu")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``--device`` as a ``torch.device``: None picks CUDA when available, else the CPU.
+
+    A name torch does not parse (``gpu``), or a device this machine lacks (``cuda`` without a GPU, ``cuda:3`` on a
+    2-GPU machine, ``mps`` off Apple silicon), raises :class:`UserError` here, before anything is read or written,
+    instead of a RuntimeError at the first ``.to(device)``."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was requested but no CUDA device is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name} was requested but MPS is not available here; use --device cpu")
+    return dev
+
+
 def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> DistInfo:
     """Initialise the process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
 
@@ -38,8 +63,7 @@ def init_distributed(device: str | None = None, quiet_non_main: bool = True) -> 
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    resolve_device(device)  # a typo or a missing GPU: one error line before the process group
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistInfo(device=torch.device("cuda:0" if device == "cuda" else device))
     r, ws, lr = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
