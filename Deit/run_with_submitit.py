@@ -10,7 +10,6 @@ pointing at it (see ``maxsup/training/launch.py``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,12 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import main as deit_main  # noqa: E402
 
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import ArgumentParser, run_cli  # noqa: E402
 from maxsup.training.launch import launch_argparse  # noqa: E402
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser("Submitit for DeiT + MaxSup", parents=[deit_main.get_args_parser()])
+    parser = ArgumentParser("Submitit for DeiT + MaxSup", parents=[deit_main.get_args_parser()])
     return launch_argparse(deit_main.main, parser, argv, output_key="output_dir", resume_key="resume",
                            overwrite_key="overwrite",
                            checkpoint_file="checkpoint.pth", name=lambda args: f"deit_{args.loss}")

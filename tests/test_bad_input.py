@@ -801,3 +801,20 @@ def test_common_resnet_image_sizes_below_one_are_one_line(flag, value, tmp_path,
     msg = _error_line(resnet_train.cli, ["--dataset", "imagefolder", "--data-path", str(data), *RESNET_TINY, "-j",
                                          "0", flag, value, "--output-dir", str(tmp_path / "out")], capsys)
     assert msg == f"error: argument {flag}: expects a whole number >= 1, got {value} (see --help)", msg
+
+
+@pytest.mark.parametrize("script, argv, line", [
+    ("Conv/ffcv/write_imagenet.py", ["--write-path", "x.beton", "--no-such-flag"],
+     "unrecognized arguments: --no-such-flag"),
+    ("Conv/ffcv/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'"),
+    ("Deit/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'")])
+def test_writer_and_slurm_launchers_report_a_bad_flag_in_one_line(script, argv, line, tmp_path):
+    """The FFCV writer and both submitit launchers printed argparse's usage block before the error line; they now
+    parse with maxsup.cli.ArgumentParser like the trainers."""
+    if "ffcv" in script:
+        pytest.importorskip("ffcv")
+    pytest.importorskip("submitit")
+    proc = subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True, text=True,
+                          env=ENV, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: {line} (see --help)"], proc.stderr
+    assert not any(tmp_path.iterdir())

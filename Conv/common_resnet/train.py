@@ -26,7 +26,7 @@ from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checks import check_accum_steps, check_smoothing
-from maxsup.cli import positive_int, run_cli
+from maxsup.cli import ArgumentParser, positive_int, run_cli
 from maxsup.data import long_tailed_indices, parse_classes
 from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
 from maxsup.data.registry import DATASETS, build_split, split_num_classes
@@ -675,7 +675,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = _Parser(description="MaxSup-repo image classification training (torchvision references idiom)",
+    parser = ArgumentParser(description="MaxSup-repo image classification training (torchvision references idiom)",
                      add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data
     parser.add_argument("--dataset", default="imagefolder", choices=list(DATASETS),
@@ -797,13 +797,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
     parser.add_argument("--test-only", action="store_true", help="only evaluate --resume: acc@1, acc@5, NLL, ECE")
     return parser
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one ``error: ...`` line (via run_cli) instead of the usage block."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:

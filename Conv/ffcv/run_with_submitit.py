@@ -11,12 +11,11 @@ continues with ``--training.resume=auto``; SIGTERM/SIGUSR1 make the trainer chec
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.training.launch import add_slurm_args, launch_argv
 
 _spec = importlib.util.spec_from_file_location("ffcv_main", Path(__file__).with_name("main.py"))
@@ -25,7 +24,7 @@ _spec.loader.exec_module(ffcv_main)
 
 
 def main(argv: list[str] | None = None):
-    parser = add_slurm_args(argparse.ArgumentParser("Submitit for Conv/ffcv + MaxSup"))
+    parser = add_slurm_args(ArgumentParser("Submitit for Conv/ffcv + MaxSup"))
     args, config_argv = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.job_dir and not any(a.startswith("--logging.folder") for a in config_argv):
         config_argv = [*config_argv, f"--logging.folder={args.job_dir}"]

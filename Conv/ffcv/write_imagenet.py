@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from maxsup.cli import run_cli
+from maxsup.cli import ArgumentParser, run_cli
 from maxsup.data.fashion_mnist import FashionMNIST
 from maxsup.data.imagecheck import CheckedImageFolder
 from maxsup.data.zipcache import parse_map
@@ -287,7 +287,7 @@ def write_beton(dataset: Dataset, write_path: str | Path, max_resolution: int = 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="ImageFolder split to convert (<dir>/<class>/<image>)")
     parser.add_argument("--zip", default=None, help="zip cache to convert instead (needs --map)")
