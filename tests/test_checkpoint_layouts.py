@@ -288,6 +288,12 @@ def test_convert_and_evaluate_rebuild_a_non_default_network_with_model_kwargs(im
     assert result["n"] == 18 and result["nll"] == pytest.approx(nll, rel=1e-4) and result["acc1"] == pytest.approx(acc1)
     err = cli_error(capsys, hub.main, ["evaluate", str(dst), *flags, *common], code=2)
     assert "--model-kwargs applies to upstream files only" in err
-    err = cli_error(capsys, hub.main, ["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224",
-                                       "--model-kwargs", "img_size"], code=2)
-    assert "expects key=value pairs" in err
+    err = cli_error(capsys, hub.main, ["convert", str(src), str(tmp_path / "new.pth"), "--arch",
+                                       "deit_tiny_patch16_224", "--model-kwargs", "img_size"], code=2)
+    assert "expects key=value pairs" in err and not (tmp_path / "new.pth").exists()
+    # an existing DST is kept unless --force: a second convert (here without the kwargs) would otherwise replace it
+    before = dst.read_bytes()
+    err = cli_error(capsys, hub.main, ["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224"], code=2)
+    assert err == f"error: {dst} exists; pass --force to replace it" and dst.read_bytes() == before
+    hub.main(["convert", str(src), str(dst), "--arch", "deit_tiny_patch16_224", *flags, "--force"])
+    assert load_checkpoint(dst)["arch"]["kwargs"] == kw

@@ -71,6 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "ResNet (resnet50); the file may be ours, DeiT's/SMMix's {'model'}, timm-train, LV-ViT's bare "
                    "state_dict or Lightning")
     p.add_argument("--offline", action="store_true", help="do not download the zip map")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
     add_convert(p)
     p = sub.add_parser("evaluate", help="top-1/top-5/NLL/ECE of a registry name or checkpoint on an ImageFolder")
     p.add_argument("checkpoint", help=f"one of {', '.join(REGISTRY)}, or a checkpoint path")
@@ -130,6 +131,8 @@ def _run(argv: list[str] | None = None) -> int:
     elif args.command == "download":
         print(download(args.name, dest=args.dest, filename=args.filename, offline=args.offline, sha256=args.sha256))
     elif args.command == "convert":
+        if Path(args.dst).is_file() and not args.force:  # checked before the (slow) load: nothing is replaced
+            raise UserError(f"{args.dst} exists; pass --force to replace it")
         raw = load_released_checkpoint(args.src)
         ckpt = convert_checkpoint(raw, args.arch, label_order=args.label_order, zip_map=args.zip_map,
                                   plain_torchvision=args.plain_torchvision, offline=args.offline, source=args.src,
