@@ -165,17 +165,23 @@ def test_a_url_whose_path_reads_like_the_folder_is_still_foreign(tmp_path, monke
     check_new_run("http:/host", ["run.json"], resume_from="http:/host/checkpoint.pth", **kw)  # a path: its own
 
 
+def _bad_url(server_url: str, case: str, stem: str) -> tuple[str, str]:
+    """(URL, words its error line must hold) of one kind of bad checkpoint URL: a file the server lacks, a port
+    nothing listens on, no host, a file whose name's sha256 prefix does not match its bytes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    return {"missing": (f"{server_url}/{stem}-0badc0de.pth", "HTTP 404"),
+            "unreachable": (f"{closed}/{stem}.pth", "cannot reach"),
+            "no host": (f"https:///{stem}.pth", "is not a URL of a file"),
+            "wrong hash": (f"{server_url}/tampered-0123abcd.pth", "sha256 mismatch")}[case]
+
+
 @pytest.mark.parametrize("flag", ["--resume", "--finetune"])
 @pytest.mark.parametrize("case", ["missing", "unreachable", "no host", "wrong hash"])
 def test_bad_urls_are_one_line_and_write_nothing(served, tmp_path, capsys, flag, case):
     server, _ = served
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    url, expect = {"missing": (f"{server.url}/deit-0badc0de.pth", "HTTP 404"),
-                   "unreachable": (f"{closed}/deit.pth", "cannot reach"),
-                   "no host": ("https:///deit.pth", "is not a URL of a file"),
-                   "wrong hash": (f"{server.url}/tampered-0123abcd.pth", "sha256 mismatch")}[case]
+    url, expect = _bad_url(server.url, case, "deit")
     out = tmp_path / "run"
     msg = _error_line(DEIT, [*DEIT_TINY, "--epochs", "1", "--output_dir", str(out), flag, url], capsys)
     assert expect in msg and url in msg, msg
@@ -300,13 +306,7 @@ def test_ffcv_finetune_from_a_url_loads_the_backbone(ffcv_served, tmp_path, caps
 @pytest.mark.parametrize("case", ["missing", "unreachable", "no host", "wrong hash"])
 def test_ffcv_bad_urls_are_one_line_and_write_nothing(ffcv_served, tmp_path, capsys, key, case):
     f = ffcv_served
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    url, expect = {"missing": (f"{f.server.url}/ffcv-0badc0de.pth", "HTTP 404"),
-                   "unreachable": (f"{closed}/ffcv.pth", "cannot reach"),
-                   "no host": ("https:///ffcv.pth", "is not a URL of a file"),
-                   "wrong hash": (f"{f.server.url}/tampered-0123abcd.pth", "sha256 mismatch")}[case]
+    url, expect = _bad_url(f.server.url, case, "ffcv")
     out = tmp_path / "run"
     with keeping_ffcv_trainers():
         msg = cli_error(capsys, f.main, ffcv_argv(f.betons, out, f"--training.{key}={url}"), clear=True)
