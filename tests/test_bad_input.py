@@ -807,7 +807,8 @@ def test_common_resnet_image_sizes_below_one_are_one_line(flag, value, tmp_path,
     ("Conv/ffcv/write_imagenet.py", ["--write-path", "x.beton", "--no-such-flag"],
      "unrecognized arguments: --no-such-flag"),
     ("Conv/ffcv/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'"),
-    ("Deit/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'")])
+    ("Deit/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'"),
+    ("Conv/common_resnet/run_with_submitit.py", ["--nodes", "two"], "argument --nodes: invalid int value: 'two'")])
 def test_writer_and_slurm_launchers_report_a_bad_flag_in_one_line(script, argv, line, tmp_path):
     """The FFCV writer and both submitit launchers printed argparse's usage block before the error line; they now
     parse with maxsup.cli.ArgumentParser like the trainers."""

@@ -17,12 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train  # noqa: E402
 
-from maxsup.cli import run_cli  # noqa: E402
+from maxsup.cli import ArgumentParser, run_cli  # noqa: E402
 from maxsup.training.launch import launch_argparse  # noqa: E402
 
 
 def main(argv: list[str] | None = None):
-    parser = train._Parser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
+    parser = ArgumentParser("Submitit for common_resnet + MaxSup", parents=[train.get_args_parser(add_help=False)])
     return launch_argparse(train.main, parser, argv, output_key="output_dir", resume_key="resume",
                            overwrite_key="overwrite",
                            checkpoint_file="checkpoint.pth", name=lambda args: f"common_resnet_{args.loss}",
