@@ -86,9 +86,8 @@ class ImageNetV2Folder(DatasetFolder):
 
 class WnidFolder(DatasetFolder):
     """``root/<wnid>/*`` labelled by ImageNet-1k index. With ``subset=True`` (ImageNet-A/R) the labels are positions
-    in :attr:`class_indices`, the sorted 1k indices of the wnids present (``num_classes`` = their number, named by
-    ``classes``); otherwise the 1k index itself (``num_classes`` = 1000, named by ``label_names``, also when a class
-    folder is missing)."""
+    in :attr:`class_indices`, the sorted 1k indices of the wnids present (named by ``classes``); otherwise the 1k index
+    itself (``num_classes`` = 1000, named by ``label_names``, also when a class folder is missing)."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, subset: bool = False,
                  what: str = "ImageNet"):
@@ -103,8 +102,7 @@ class WnidFolder(DatasetFolder):
             raise UserError(f"{directory} is not a {self.what} folder: class folders must be ImageNet wnids like "
                             f"n01440764 (found {unknown[:3] or 'none'})")
         self.class_indices = [index[n] for n in names]  # sorted wnids → increasing indices
-        if self.subset:
-            self.num_classes, self.label_names = len(names), tuple(names)
+        if self.subset:  # labels index the folders present: ``classes`` names them
             return names, {n: i for i, n in enumerate(names)}
         self.num_classes, self.label_names = 1000, imagenet_wnids()
         return names, {n: index[n] for n in names}
