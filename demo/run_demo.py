@@ -5,7 +5,7 @@
     DEMO_SCALE=smoke python demo/run_demo.py      # < 3 minutes, run by tests/test_demo.py
     DEMO_LOSSES=all python demo/run_demo.py       # adds OLS, Zipf-LS and Logit Penalty
     DEMO_AUG=smmix,tokenlabel python demo/run_demo.py  # adds the ViT with SMMix / MixToken + token labels (extension)
-    DEMO_AUG=all python demo/run_demo.py --aug-only --out results/demo/aug  # only those (+ the CE ViT teacher)
+    DEMO_AUG=all python demo/run_demo.py --aug-only --out results/demo/aug  # only those (+ CE ViT, CE ResNet)
 
 Steps, all through the repository's command-line tools (one subprocess each), the same recipe and seed per method:
 1. ``data/prepare_fashion_mnist.py`` checks (or, without the Debian package, downloads) Fashion-MNIST;
@@ -137,8 +137,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="train the --aug runs for the first N seeds only (0 = every seed; env DEMO_AUG_SEEDS): they "
                         "cost about twice the core ViT runs")
     p.add_argument("--aug-only", action="store_true",
-                   help="train and analyse only the --aug runs and their teacher (the CE ViT); writes "
-                        "<out>/summary.json and <out>/README.md with their table only")
+                   help="train and analyse only the --aug runs, the CE ViT they are compared with and their "
+                        "teacher (the CE ResNet); writes <out>/summary.json and <out>/README.md with their table only")
     p.add_argument("--fresh", action="store_true", help="retrain even when a finished run with the same command exists")
     return p
 

@@ -30,6 +30,10 @@ Every path a documented command reads must be written by a documented command or
    READMEs are reference pages, e.g. Conv/ffcv documents evaluating a checkpoint before the section that trains it).
 7. **Distinct folders**: two training commands (a trainer run without ``--eval``, ``--test-only``, ``eval_only`` or
    ``--print-config``) that differ in any word, the launcher's included, must write different run folders.
+8. **Flags exist**: the arguments of every command of a program with a ``get_args_parser()`` parse with it (the
+   launcher ``Deit/train_with_MaxSup.sh`` passes its arguments to ``Deit/main.py``'s); a command with a literal
+   ``...`` is an excerpt and is left out. ``Conv/ffcv/main.py``'s keys are checked by its ``--print-config`` (rule 5),
+   which refuses an unknown one.
 
 Paths are compared as written after normalisation (``~`` and absolute paths kept, relative ones made relative to the
 repository root); nothing is read from or written to the disk.
@@ -37,7 +41,9 @@ repository root); nothing is read from or written to the disk.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -50,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from maxsup.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "data/README.md", "Deit/README.md", "Conv/ffcv/README.md", "Conv/common_resnet/README.md",
@@ -323,6 +331,60 @@ def chain_problems(commands: list[Command]) -> list[str]:
     return problems
 
 
+#: the programs rule 8 checks, beyond those whose parser is built inside ``main`` (not reachable without running it)
+UNPARSED = frozenset({"Conv/ffcv/main.py", "Conv/ffcv/write_imagenet.sh", "data/make_token_labels.py"})
+
+
+def _parser(program: str) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The parser of ``program`` and the words that go before its arguments (a subcommand); None if it has no
+    ``get_args_parser()``."""
+    from flat_import import load_flat, load_flat_modules  # noqa: PLC0415  (tests/ is on sys.path under pytest)
+
+    script, _, sub = program.partition(" ")
+    if script in ("Deit/main.py", "Deit/train_with_MaxSup.sh"):
+        module = load_flat_modules(ROOT / "Deit", ("main", "engine", "datasets", "samplers"))["main"]
+    elif script == "Conv/common_resnet/train.py":
+        module = load_flat(ROOT / "Conv/common_resnet", "train", ("presets", "utils", "sampler"))
+    elif script.endswith(".py"):
+        module = load_flat((ROOT / script).parent, Path(script).stem, ())
+    elif script.startswith(("analysis.", "maxsup.")):
+        module = importlib.import_module(script + ".cli" if script == "maxsup.hub" else script)
+    else:
+        return None
+    factory = getattr(module, "get_args_parser", None)
+    if factory is None:
+        return None
+    parser = factory()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *(q for a in subparsers for q in a.choices.values())]:
+        p.allow_abbrev = False  # a README spells flags in full: a prefix breaks once another flag shares it
+    return parser, [sub] if sub else []
+
+
+def parse_problems(commands: list[Command]) -> tuple[list[str], set[str]]:
+    """One line per command whose arguments its program's parser refuses (rule 8), and the programs checked."""
+    parsers: dict[str, tuple[argparse.ArgumentParser, list[str]] | None] = {}
+    problems, checked = [], set()
+    for cmd in commands:
+        if cmd.program in UNPARSED or "..." in cmd.args:
+            continue
+        if cmd.program not in parsers:
+            parsers[cmd.program] = _parser(cmd.program)
+        assert parsers[cmd.program] is not None, f"{cmd.program} has no get_args_parser(): add it to UNPARSED"
+        parser, before = parsers[cmd.program]
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                parser.parse_args([*before, *cmd.args])
+        except UserError as e:  # maxsup.cli.ArgumentParser: one line, turned into 'error: ...' by run_cli
+            problems.append(f"{cmd.readme}: {cmd.text!r}: {e}")
+        except SystemExit:  # a plain argparse parser has printed its error
+            message = err.getvalue().strip().splitlines()[-1:] or ["(no message)"]
+            problems.append(f"{cmd.readme}: {cmd.text!r}: {message[0]}")
+        checked.add(cmd.program)
+    return problems, checked
+
+
 def _no_ffcv(args: list[str], nproc: int) -> dict:
     raise AssertionError(f"unexpected FFCV command {args}")
 
@@ -371,6 +433,15 @@ def test_readme_chains_connect_and_runs_have_their_own_folders(ffcv_config):
     assert "datasets/cifar10" in {w for c in commands if c.program == "Conv/common_resnet/train.py" for w in c.writes}
 
 
+def test_every_documented_command_parses(ffcv_config):
+    commands = documented_commands({r: (ROOT / r).read_text() for r in READMES}, ffcv_config)
+    problems, checked = parse_problems(commands)
+    assert not problems, "\n".join(problems)
+    assert {"Deit/main.py", "Deit/train_with_MaxSup.sh", "Conv/common_resnet/train.py", "Conv/ffcv/write_imagenet.py",
+            "analysis.linear_transfer", "analysis.robustness", "maxsup.hub evaluate", "maxsup.hub export-mmseg",
+            "data/prepare_fashion_mnist.py", "data/imagenet_downsampled.py write"} <= checked
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # the checker itself, on READMEs written here (no FFCV commands: their config is resolved by the trainer)
 # --------------------------------------------------------------------------------------------------------------------
@@ -388,6 +459,24 @@ def test_a_read_without_writer_is_named():
                         "Conv/common_resnet/runs/t10_maxsup/checkpoint.pth, which no documented command writes"]
     fixed = T10.replace("runs/t10_maxsup/", "runs/t10_r50_maxsup/")
     assert chain_problems(documented_commands({"Conv/common_resnet/README.md": fixed}, _no_ffcv)) == []
+
+
+def test_a_flag_the_program_lacks_is_named():
+    """A renamed or misspelt flag in a README is one line naming the command and the flag; an excerpt is skipped."""
+    text = """```bash
+python -m analysis.logits --checkpoint CE=runs/ce/checkpoint.pth --out results/fig5 --thresold 0.01
+python -m maxsup.hub evaluate deit_small_maxsup --data-path /data/imagenet/val --real-label
+bash Deit/train_with_MaxSup.sh --loss maxsup --alpha-end 0.1
+python Deit/main.py --data-path /data/imagenet_zip --cache ...
+```
+"""
+    problems, checked = parse_problems(documented_commands({"README.md": text}, _no_ffcv))
+    assert len(problems) == 2, problems
+    assert "analysis.logits" in problems[0] and "--thresold" in problems[0]
+    assert "--real-label" in problems[1]
+    assert checked == {"analysis.logits", "maxsup.hub evaluate", "Deit/train_with_MaxSup.sh"}
+    fixed = text.replace("--thresold", "--threshold").replace("--real-label\n", "--real-labels\n")
+    assert parse_problems(documented_commands({"README.md": fixed}, _no_ffcv))[0] == []
 
 
 def test_paths_resolve_from_where_each_command_runs():
