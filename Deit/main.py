@@ -12,6 +12,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ from maxsup.models import (  # noqa: E402
     load_any_checkpoint,
     load_pretrained_backbone,
     load_weights,
+    parse_model_kwargs,
     patch_grid,
     read_weights,
     token_head_of,
@@ -151,8 +153,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deit_small_patch16_224", type=str,
                    help="timm/torchvision model name (default: deit_small_patch16_224)")
-    g.add_argument("--model-kwargs", default="{}", type=str,
-                   help='JSON dict of extra model kwargs, e.g. \'{"patch_size": 4, "depth": 2}\' (default: {})')
+    g.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="extra timm.create_model arguments as KEY=VALUE pairs, e.g. patch_size=4 depth=2 (timm's "
+                        "form; each value is read as a Python literal, else kept as a string); one JSON object "
+                        "('{\"patch_size\": 4}') is still accepted (default: none)")
     g.add_argument("--input-size", default=224, type=int, help="image size (default: 224)")
     g.add_argument("--drop", type=float, default=0.0, help="dropout rate (default: 0.0)")
     g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default: 0.1)")
@@ -300,6 +304,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
     the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
+    # one stored form whichever form was typed (pairs or JSON): --print-config, run.json, args.json and the
+    # checkpoint's args hold the dict, and --resume compares dicts
+    args.model_kwargs = kwargs_dict(args.model_kwargs)
     check_smoothing(args.smoothing, "--smoothing")
     if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
@@ -344,13 +351,36 @@ def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:
     return (args.seed * 1_000_003 + (epoch + 1) * 7_919 + rank) % 2**31
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def kwargs_dict(value: str | list[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``--model-kwargs`` as a dict, from any form it takes: KEY=VALUE pairs (``["patch_size=4", "depth=2"]``,
+    timm's form, parsed by :func:`maxsup.models.parse_model_kwargs` as common_resnet and the hub do), one JSON
+    object (``['{"patch_size": 4}']``, this trainer's earlier form), the JSON string that runs written before the
+    pair form store in run.json / args.json / the checkpoint's ``args``, or an already parsed dict."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    items = [value] if isinstance(value, str) else list(value)
+    json_items = [item for item in items if item.lstrip().startswith("{")]
+    if json_items and len(items) > 1:
+        raise UserError(f"--model-kwargs takes KEY=VALUE pairs (patch_size=4 depth=2) or one JSON object, not both: "
+                        f"{' '.join(items)!r}")
+    if not json_items:
+        return parse_model_kwargs(items)
     try:
-        kw = json.loads(args.model_kwargs)
+        kw = json.loads(items[0])
     except json.JSONDecodeError as exc:
-        raise UserError(f"--model-kwargs is not valid JSON ({exc.msg}): {args.model_kwargs!r}") from None
+        raise UserError(f"--model-kwargs is not valid JSON ({exc.msg}): {items[0]!r}; or pass KEY=VALUE pairs "
+                        f"such as patch_size=4 depth=2") from None
     if not isinstance(kw, dict):
-        raise UserError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+        raise UserError(f"--model-kwargs must be a JSON object, got {items[0]!r}")
+    return kw
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the model is built with: ``--model-kwargs`` plus the timm defaults this trainer sets
+    (dropout, drop-path, a ViT's ``img_size`` = ``--input-size``)."""
+    kw = kwargs_dict(args.model_kwargs)  # a copy: args keeps what the user gave
     is_timm = args.model not in CIFAR_RESNETS and args.model not in torch_names() and timm.is_model(args.model)
     if is_timm:
         kw.setdefault("drop_rate", args.drop)
@@ -383,6 +413,21 @@ def resolve_loss(args: argparse.Namespace) -> None:
 def resume_flag(key: str) -> str:
     """The flag a user types for a resume key (``loss_options`` are set with ``--loss-opt`` and the α flags)."""
     return "--loss-opt" if key == "loss_options" else "--" + key.replace("_", "-")
+
+
+def saved_resume_args(ckpt: Mapping[str, Any], current_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's values of the resume keys: its ``args`` (``model_kwargs`` as a dict, whichever form it stores:
+    the JSON string of runs before the KEY=VALUE form, or the dict) and its head's class count."""
+    saved = {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")}
+    if "model_kwargs" in saved:
+        try:
+            kw = kwargs_dict(saved["model_kwargs"])
+        except UserError:  # not a form this trainer writes: compared as stored (and so named in the refusal)
+            return saved
+        # equal dicts (patch_size=7 typed as a pair, the run started with '{"patch_size": 7}', or 0 vs 0.0) are the
+        # same network: compared through the current value, since check_resume compares canonical JSON text
+        saved["model_kwargs"] = dict(current_kwargs) if kw == current_kwargs else kw
+    return saved
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
@@ -615,7 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.resume:  # continue the same run: checked, then every state and the RNG restored
         keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
-                           saved=lambda c: {**c.get("args", {}), "num_classes": c.get("arch", {}).get("num_classes")},
+                           saved=lambda c: saved_resume_args(c, args.model_kwargs),
                            recognise=lambda saved_args: "data_set" in saved_args, flag=resume_flag)
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
         resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,

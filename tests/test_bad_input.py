@@ -526,7 +526,8 @@ def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command
     ("common_resnet", ["width=abc"], "'width': 'abc'"),
     ("common_resnet", ["width=4,in_chans=1"], "'width': '4,in_chans=1'"),
     ("deit", ['{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "nope": 1}'], "'nope'"),
-    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18")])
+    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18"),
+    ("deit", ["patch_size=8", "embed_dim=16", "depth=1", "num_heads=2", "nope=1"], "'nope'")])
 def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what, tmp_path, capsys):
     """An unknown ``--model-kwargs`` key, a value of the wrong type, or one timm asserts against was a
     TypeError/AssertionError traceback from the model's constructor."""
@@ -688,6 +689,26 @@ def test_collect_refuses_json_that_is_not_an_object(name, content, tmp_path, cap
     msg = _error_line(collect.main, [str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys)
     assert str(tmp_path / "in" / name) in msg and "holds a JSON list, not an object" in msg, msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (["patch_size"], "--model-kwargs expects key=value pairs like width=16, got 'patch_size'"),
+    (["patch_size=8", "2=depth"], "--model-kwargs expects key=value pairs like width=16, got '2=depth'"),
+    (['{"patch_size": 8'], "--model-kwargs is not valid JSON (Expecting ',' delimiter): '{\"patch_size\": 8'; or "
+                           "pass KEY=VALUE pairs such as patch_size=4 depth=2"),
+    (['{"patch_size": 8}', "depth=1"], "--model-kwargs takes KEY=VALUE pairs (patch_size=4 depth=2) or one JSON "
+                                       "object, not both: '{\"patch_size\": 8} depth=1'"),
+    (["[8, 16]"], "--model-kwargs expects key=value pairs like width=16, got '[8, 16]'")])
+def test_deit_malformed_model_kwargs_are_one_line_before_anything_is_written(kwargs, what, tmp_path, capsys):
+    """Deit's --model-kwargs takes KEY=VALUE pairs (timm's form, maxsup.models.parse_model_kwargs) or one JSON
+    object; a malformed value of either form is one line, also under --print-config, with no run folder."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "out"
+    argv = ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY, "--model-kwargs", *kwargs,
+            "--output_dir", str(out)]
+    assert _error_line(deit_main.cli, argv, capsys) == f"error: {what}"
+    assert _error_line(deit_main.cli, [*argv, "--print-config"], capsys) == f"error: {what}"
+    assert not out.exists()
 
 
 def test_deit_model_kwargs_img_size_other_than_input_size_is_one_line(tmp_path, capsys):
