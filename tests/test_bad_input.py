@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flat_import import load_flat, load_flat_modules
-from helpers import cli_error
+from helpers import cli_error, load_ffcv_main
 from PIL import Image
 
 import maxsup.training.checkpoint as checkpoint_mod
@@ -840,3 +840,106 @@ def test_writer_and_slurm_launchers_report_a_bad_flag_in_one_line(script, argv, 
                           env=ENV, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: {line} (see --help)"], proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hyper-parameters with no meaning (a negative weight decay, lr or clip norm; a probability outside [0, 1]): refused by
+# the argparse types of maxsup.cli (and FFCV's config check through the same types), before anything is read
+# --------------------------------------------------------------------------------------------------------------------
+def _flag_error(flag: str, value: str, expects: str) -> str:
+    return f"error: argument {flag}: expects {expects}, got {value} (see --help)"
+
+
+NON_NEG, PROB, POS = "a number >= 0", "a probability in [0, 1]", "a number > 0"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--weight-decay", "-0.05"], _flag_error("--weight-decay", "-0.05", NON_NEG)),
+    (["--clip-grad", "-1"], _flag_error("--clip-grad", "-1", NON_NEG)),  # a negative norm flipped the gradients
+    (["--clip-grad", "nan"], _flag_error("--clip-grad", "nan", NON_NEG)),
+    (["--lr=-5e-4"], _flag_error("--lr", "-5e-4", NON_NEG)),
+    (["--warmup-lr", "-0.000001"], _flag_error("--warmup-lr", "-0.000001", NON_NEG)),
+    (["--min-lr", "-0.00001"], _flag_error("--min-lr", "-0.00001", NON_NEG)),
+    (["--momentum", "-0.9"], _flag_error("--momentum", "-0.9", NON_NEG)),
+    (["--opt-betas", "0.9", "-0.999"], _flag_error("--opt-betas", "-0.999", PROB)),
+    (["--warmup-epochs", "-5"], "error: argument --warmup-epochs: expects a whole number >= 0, got -5 (see --help)"),
+    (["--decay-epochs", "0"], _flag_error("--decay-epochs", "0", POS)),
+    (["--mixup", "-0.8"], _flag_error("--mixup", "-0.8", NON_NEG)),
+    (["--cutmix", "-1"], _flag_error("--cutmix", "-1", NON_NEG)),
+    (["--mixup-prob", "1.5"], _flag_error("--mixup-prob", "1.5", PROB)),
+    (["--mixup-switch-prob", "-0.5"], _flag_error("--mixup-switch-prob", "-0.5", PROB)),
+    (["--drop-path", "1.1"], _flag_error("--drop-path", "1.1", PROB)),
+    (["--drop", "-0.1"], _flag_error("--drop", "-0.1", PROB)),
+    (["--reprob", "2"], _flag_error("--reprob", "2", PROB)),
+    (["--model-ema-decay", "1.5"], _flag_error("--model-ema-decay", "1.5", PROB)),
+    (["--color-jitter", "-0.3"], _flag_error("--color-jitter", "-0.3", NON_NEG)),
+    (["--eval-crop-ratio", "0"], _flag_error("--eval-crop-ratio", "0", POS)),
+    (["--num_workers", "-1"], "error: argument --num_workers: expects a whole number >= 0, got -1 (see --help)"),
+    (["--input-size", "0"], "error: argument --input-size: expects a whole number >= 1, got 0 (see --help)"),
+    (["--smoothing", "-0.1"], "error: --smoothing must be in [0, 1), got -0.1"),
+    (["--epochs", "0"], "error: --epochs and --batch-size must be >= 1, got 0 and 64")])
+def test_deit_meaningless_hyper_parameters_are_one_line(argv, line, capsys):
+    """Deit/main.py trained with a negative --weight-decay (weights pushed away from 0), a negative --clip-grad (every
+    step's gradient reversed) or a negative lr without a word; the values the recipes use (0 = off) still pass."""
+    assert cli_error(capsys, deit_main.cli, ["--print-config", *argv], code=2) == line
+    zeros = ["--weight-decay", "0", "--clip-grad", "0", "--smoothing", "0", "--lr", "0", "--mixup", "0", "--cutmix",
+             "0", "--drop-path", "0", "--reprob", "0", "--warmup-epochs", "0", "--color-jitter", "0"]
+    config = deit_main.cli(["--print-config", *zeros])
+    assert (config["weight_decay"], config["clip_grad"], config["lr"], config["drop_path"]) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--wd", "-0.0001"], _flag_error("--wd/--weight-decay", "-0.0001", NON_NEG)),
+    (["--norm-weight-decay", "-0.1"], _flag_error("--norm-weight-decay", "-0.1", NON_NEG)),
+    (["--bias-weight-decay", "-0.1"], _flag_error("--bias-weight-decay", "-0.1", NON_NEG)),
+    (["--lr", "-0.1"], _flag_error("--lr", "-0.1", NON_NEG)),
+    (["--momentum", "-0.9"], _flag_error("--momentum", "-0.9", NON_NEG)),
+    # the norm is clipped whenever the flag is given: 0 zeroed every gradient, a negative value reversed it
+    (["--clip-grad-norm", "0"], _flag_error("--clip-grad-norm", "0", POS)),
+    (["--clip-grad-norm", "-1"], _flag_error("--clip-grad-norm", "-1", POS)),
+    (["--lr-gamma", "-0.1"], _flag_error("--lr-gamma", "-0.1", NON_NEG)),
+    (["--lr-min=-1e-5"], _flag_error("--lr-min", "-1e-5", NON_NEG)),
+    (["--lr-warmup-epochs", "-5"], "error: argument --lr-warmup-epochs: expects a whole number >= 0, got -5 "
+                                   "(see --help)"),
+    (["--lr-warmup-decay", "2"], _flag_error("--lr-warmup-decay", "2", PROB)),
+    (["--lr-milestones", "60", "-120"], "error: argument --lr-milestones: expects a whole number >= 0, got -120 "
+                                        "(see --help)"),
+    (["--mixup-alpha", "-0.2"], _flag_error("--mixup-alpha", "-0.2", NON_NEG)),
+    (["--cutmix-alpha", "-1"], _flag_error("--cutmix-alpha", "-1", NON_NEG)),
+    (["--random-erase", "1.5"], _flag_error("--random-erase", "1.5", PROB)),
+    (["--hflip-prob", "-0.5"], _flag_error("--hflip-prob", "-0.5", PROB)),
+    (["--model-ema-decay", "2"], _flag_error("--model-ema-decay", "2", PROB)),
+    (["--print-freq", "0"], "error: argument --print-freq: expects a whole number >= 1, got 0 (see --help)"),
+    (["-j", "-1"], "error: argument -j/--workers: expects a whole number >= 0, got -1 (see --help)"),
+    (["--label-smoothing", "1"], "error: --label-smoothing must be in [0, 1), got 1.0")])
+def test_common_resnet_meaningless_hyper_parameters_are_one_line(argv, line, capsys):
+    """common_resnet trained with a negative --wd or lr, and --print-freq 0 was a ZeroDivisionError traceback at the
+    first step; the values the recipes use (wd 0, lr-min 0, no clipping) still pass."""
+    assert cli_error(capsys, resnet_train.cli, ["--print-config", *argv], code=2) == line
+    config = resnet_train.cli(["--print-config", "--wd", "0", "--lr-min", "0", "--label-smoothing", "0",
+                               "--mixup-alpha", "0", "--lr-warmup-epochs", "0"])
+    assert (config["weight_decay"], config["clip_grad_norm"], config["lr_min"]) == (0, None, 0)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("--training.weight_decay=-1e-4", "error: training.weight_decay expects a number >= 0, got -0.0001"),
+    ("--training.clip_grad_norm=-1", "error: training.clip_grad_norm expects a number >= 0, got -1.0"),
+    ("--training.momentum=-0.9", "error: training.momentum expects a number >= 0, got -0.9"),
+    ("--lr.lr=-0.5", "error: lr.lr expects a number >= 0, got -0.5"),
+    ("--lr.min_lr=-1e-5", "error: lr.min_lr expects a number >= 0, got -1e-05"),
+    ("--lr.step_ratio=-0.1", "error: lr.step_ratio expects a number >= 0, got -0.1"),
+    ("--lr.step_length=0", "error: lr.step_length expects a number > 0, got 0"),
+    ("--lr.warmup_epochs=-2", "error: lr.warmup_epochs expects a number >= 0, got -2"),
+    ("--validation.crop_ratio=0", "error: validation.crop_ratio expects a number > 0, got 0.0"),
+    ("--resolution.res_step=0", "error: resolution.res_step expects a whole number >= 1, got 0"),
+    ("--data.num_workers=-1", "error: data.num_workers expects a whole number >= 0, got -1"),
+    ("--data.std=[0.2,0,0.2]", "error: data.std[1] expects a number > 0, got 0.0")])
+def test_ffcv_meaningless_hyper_parameters_are_one_line(override, line, capsys):
+    """Conv/ffcv/main.py's typed config refused a wrong type but not a negative weight decay, lr or clip norm (a zero
+    step length was a ZeroDivisionError in the first epoch); 0 = off still passes."""
+    ffcv_main = load_ffcv_main()
+    assert cli_error(capsys, ffcv_main.main, ["--print-config", override], code=2) == line
+    config = ffcv_main.main(["--print-config", "--training.clip_grad_norm=0", "--training.weight_decay=0",
+                             "--lr.min_lr=0", "--lr.warmup_epochs=0"])
+    assert (config["training"]["clip_grad_norm"], config["training"]["weight_decay"]) == (0, 0)
+
