@@ -560,8 +560,8 @@ def _fmnist_prep_main():
     ("hub evaluate", ["--limit", "-1"], "argument --limit: expects a whole number >= 1, got -1"),
     ("hub evaluate", ["--dataset", "imagenet-c"], "argument --dataset: invalid choice: 'imagenet-c'"),
     ("prepare_fashion_mnist", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number"),
-    ("common_resnet", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1"),
-    ("deit", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1")])
+    ("common_resnet", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number >= 1, got -1"),
+    ("deit", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number >= 1, got -1")])
 def test_counts_below_one_and_bad_choices_are_one_line(command, argv, what, tmp_path, capsys):
     """A count of 0 or -1 (images, samples per class, points) ran before, on nothing (hub evaluate printed NaN
     metrics and exit status 0) or on every image but each class's last (a [:-1] slice); a bad choice printed the
@@ -936,7 +936,7 @@ def test_common_resnet_meaningless_hyper_parameters_are_one_line(argv, line, cap
     ("--data.std=[0.2,0,0.2]", "error: data.std[1] expects a number > 0, got 0.0")])
 def test_ffcv_meaningless_hyper_parameters_are_one_line(override, line, capsys):
     """Conv/ffcv/main.py's typed config refused a wrong type but not a negative weight decay, lr or clip norm (a zero
-    step length was a ZeroDivisionError in the first epoch); 0 = off still passes."""
+    step length was a ZeroDivisionError of the step schedule); 0 = off still passes."""
     ffcv_main = load_ffcv_main()
     assert cli_error(capsys, ffcv_main.main, ["--print-config", override], code=2) == line
     config = ffcv_main.main(["--print-config", "--training.clip_grad_norm=0", "--training.weight_decay=0",
