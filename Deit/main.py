@@ -12,6 +12,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,15 @@ from token_labeling import (  # noqa: E402
 )
 
 from maxsup.checks import check_accum_steps, check_smoothing  # noqa: E402
-from maxsup.cli import ArgumentParser, run_cli  # noqa: E402
+from maxsup.cli import (  # noqa: E402
+    ArgumentParser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+)
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
     add_test_set_args,
@@ -78,6 +87,7 @@ from maxsup.models import (  # noqa: E402
     load_any_checkpoint,
     load_pretrained_backbone,
     load_weights,
+    parse_model_kwargs,
     patch_grid,
     read_weights,
     token_head_of,
@@ -143,7 +153,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", default=64, type=int, help="per-process batch size (default: 64)")
     g.add_argument("--epochs", default=300, type=int, help="training epochs (default: 300)")
-    g.add_argument("--print-freq", default=50, type=int, help="print every N steps (default: 50; 0 = never)")
+    g.add_argument("--print-freq", default=50, type=non_negative_int,
+                   help="print every N steps (default: 50; 0 = never)")
     g.add_argument("--accum-steps", default=1, type=int,
                    help="gradient accumulation: one optimizer step per N batches, so the global batch is "
                         "batch-size × processes × N (default: 1)")
@@ -151,36 +162,40 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deit_small_patch16_224", type=str,
                    help="timm/torchvision model name (default: deit_small_patch16_224)")
-    g.add_argument("--model-kwargs", default="{}", type=str,
-                   help='JSON dict of extra model kwargs, e.g. \'{"patch_size": 4, "depth": 2}\' (default: {})')
-    g.add_argument("--input-size", default=224, type=int, help="image size (default: 224)")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout rate (default: 0.0)")
-    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (default: 0.1)")
+    g.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="extra timm.create_model arguments as KEY=VALUE pairs, e.g. patch_size=4 depth=2 (timm's "
+                        "form; each value is read as a Python literal, else kept as a string); one JSON object "
+                        "('{\"patch_size\": 4}') is still accepted (default: none)")
+    g.add_argument("--input-size", default=224, type=positive_int, help="image size (default: 224)")
+    g.add_argument("--drop", type=probability, default=0.0, help="dropout rate (default: 0.0)")
+    g.add_argument("--drop-path", type=probability, default=0.1, help="stochastic depth rate (default: 0.1)")
     g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (default: on)")
     g.add_argument("--no-model-ema", action="store_false", dest="model_ema")
     p.set_defaults(model_ema=True)
-    g.add_argument("--model-ema-decay", type=float, default=0.99996, help="EMA decay (default: 0.99996)")
+    g.add_argument("--model-ema-decay", type=probability, default=0.99996, help="EMA decay (default: 0.99996)")
     g.add_argument("--model-ema-force-cpu", action="store_true", default=False, help="keep the EMA on the CPU")
 
     g = p.add_argument_group("optimizer and schedule")
     g.add_argument("--opt", default="adamw", type=str, help="timm optimizer (default: adamw)")
-    g.add_argument("--opt-eps", default=1e-8, type=float, help="optimizer epsilon (default: 1e-8)")
-    g.add_argument("--opt-betas", default=None, type=float, nargs="+", help="optimizer betas (default: timm's)")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip gradient norm (default: off)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (default: 0.05)")
+    g.add_argument("--opt-eps", default=1e-8, type=non_negative_float, help="optimizer epsilon (default: 1e-8)")
+    g.add_argument("--opt-betas", default=None, type=probability, nargs="+", help="optimizer betas (default: timm's)")
+    g.add_argument("--clip-grad", type=non_negative_float, default=None,
+                   help="clip the gradient norm to this, 0 = off (default: off)")
+    g.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.05, help="weight decay (default: 0.05)")
     g.add_argument("--sched", default="cosine", type=str, help="timm LR scheduler (default: cosine)")
-    g.add_argument("--lr", type=float, default=5e-4,
+    g.add_argument("--lr", type=non_negative_float, default=5e-4,
                    help="learning rate per 512 images; scaled by total batch/512 unless --unscale-lr (default: 5e-4)")
     g.add_argument("--unscale-lr", action="store_true", help="use --lr as given, without batch scaling")
-    g.add_argument("--warmup-lr", type=float, default=1e-6, help="warm-up start LR (default: 1e-6)")
-    g.add_argument("--min-lr", type=float, default=1e-5, help="cosine floor LR (default: 1e-5)")
-    g.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs (default: 5)")
-    g.add_argument("--decay-epochs", type=float, default=30, help="step-schedule decay period (default: 30)")
-    g.add_argument("--decay-rate", type=float, default=0.1, help="step-schedule decay factor (default: 0.1)")
+    g.add_argument("--warmup-lr", type=non_negative_float, default=1e-6, help="warm-up start LR (default: 1e-6)")
+    g.add_argument("--min-lr", type=non_negative_float, default=1e-5, help="cosine floor LR (default: 1e-5)")
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=5, help="linear warm-up epochs (default: 5)")
+    g.add_argument("--decay-epochs", type=positive_float, default=30, help="step-schedule decay period (default: 30)")
+    g.add_argument("--decay-rate", type=non_negative_float, default=0.1,
+                   help="step-schedule decay factor (default: 0.1)")
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--color-jitter", type=float, default=0.3, help="colour jitter (default: 0.3)")
+    g.add_argument("--color-jitter", type=non_negative_float, default=0.3, help="colour jitter (default: 0.3)")
     g.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1",
                    help='RandAugment policy, "none" to disable (default: rand-m9-mstd0.5-inc1)')
     g.add_argument("--smoothing", type=float, default=0.0,
@@ -191,32 +206,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeated-aug", action="store_true", help="repeated augmentation when distributed (default: on)")
     g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
     p.set_defaults(repeated_aug=True)
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability (default: 0.25)")
+    g.add_argument("--reprob", type=probability, default=0.25, help="random erasing probability (default: 0.25)")
     g.add_argument("--remode", type=str, default="pixel", help="random erasing mode (default: pixel)")
-    g.add_argument("--recount", type=int, default=1, help="random erasing count (default: 1)")
-    g.add_argument("--eval-crop-ratio", default=0.875, type=float, help="eval center-crop ratio (default: 0.875)")
+    g.add_argument("--recount", type=positive_int, default=1, help="random erasing count (default: 1)")
+    g.add_argument("--eval-crop-ratio", default=0.875, type=positive_float,
+                   help="eval center-crop ratio (default: 0.875)")
 
     g = p.add_argument_group("mixup / cutmix (paper Tables 1/5/11 use --mixup 0 --cutmix 0)")
-    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha, 0 = off (default: 0.8)")
-    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha, 0 = off (default: 1.0)")
-    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=None, help="cutmix min/max ratio (default: off)")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default: 1.0)")
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="mixup→cutmix switch prob (default: 0.5)")
+    g.add_argument("--mixup", type=non_negative_float, default=0.8, help="mixup alpha, 0 = off (default: 0.8)")
+    g.add_argument("--cutmix", type=non_negative_float, default=1.0, help="cutmix alpha, 0 = off (default: 1.0)")
+    g.add_argument("--cutmix-minmax", type=probability, nargs="+", default=None,
+                   help="cutmix min/max ratio (default: off)")
+    g.add_argument("--mixup-prob", type=probability, default=1.0, help="probability of mixing a batch (default: 1.0)")
+    g.add_argument("--mixup-switch-prob", type=probability, default=0.5, help="mixup→cutmix switch prob (default: 0.5)")
     g.add_argument("--mixup-mode", type=str, default="batch", help="batch, pair or elem (default: batch)")
 
     g = p.add_argument_group("SMMix / Token Labeling (ViTs; Deit/smmix.py, Deit/token_labeling.py)")
     g.add_argument("--smmix", action="store_true",
                    help="SMMix (ICCV 2023): max-min attention region mixing, half the batches (the rest: Mixup with "
                         "--mixup α; --cutmix is not used)")
-    g.add_argument("--min-side-ratio", type=float, default=0.25, help="SMMix min window/grid side (default: 0.25)")
-    g.add_argument("--max-side-ratio", type=float, default=0.75, help="SMMix max window/grid side (default: 0.75)")
-    g.add_argument("--side", type=int, default=None, help="SMMix token grid side (default: the model's grid)")
+    g.add_argument("--min-side-ratio", type=probability, default=0.25,
+                   help="SMMix min window/grid side (default: 0.25)")
+    g.add_argument("--max-side-ratio", type=probability, default=0.75,
+                   help="SMMix max window/grid side (default: 0.75)")
+    g.add_argument("--side", type=positive_int, default=None, help="SMMix token grid side (default: the model's grid)")
     g.add_argument("--token-label", action="store_true",
                    help="Token Labeling (LV-ViT): dense aux head + per-token loss; with --mixup 0 --cutmix 0")
     g.add_argument("--mixtoken", action="store_true", help="MixToken after the patch embedding (implies --token-label)")
     g.add_argument("--token-label-data", type=str, default="",
                    help="LABEL_DIR/<class>/<stem>.pt score maps (default: none = one-hot labels on every token)")
-    g.add_argument("--token-label-size", type=int, default=None, help="token label grid side (default: model's grid)")
+    g.add_argument("--token-label-size", type=positive_int, default=None,
+                   help="token label grid side (default: model's grid)")
     g.add_argument("--token-label-smoothing", default="official", choices=SMOOTHING_RULES,
                    help="how --smoothing s acts on label-map targets t: official = t·(1 − s + s/K) + s/K as the "
                         "official code (rows sum to 1 + s/K); normalized = t·(1 − s) + s/K (default: official)")
@@ -224,8 +244,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --token-label-data: crop-first = crop and flip, then --aa on the crop (the map is only "
                         "cropped and flipped); official = flip, --aa on the full image with the map warped by its "
                         "shear/translate/rotate ops, then crop, as the official code (default: crop-first)")
-    g.add_argument("--dense-weight", type=float, default=1.0, help="Token Labeling dense loss weight (default: 1.0)")
-    g.add_argument("--cls-weight", type=float, default=1.0, help="Token Labeling CLS loss weight (default: 1.0)")
+    g.add_argument("--dense-weight", type=non_negative_float, default=1.0,
+                   help="Token Labeling dense loss weight (default: 1.0)")
+    g.add_argument("--cls-weight", type=non_negative_float, default=1.0,
+                   help="Token Labeling CLS loss weight (default: 1.0)")
     g.add_argument("--maxsup-on-tokens", action="store_true",
                    help="apply --loss (e.g. MaxSup) to the token-head logits too, not only to the CLS logits")
 
@@ -263,9 +285,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_test_set_args(g)
     g.add_argument("--classes", default="", type=str,
                    help="comma list of classes to keep, relabelled 0..n-1 in this order (default: all)")
-    g.add_argument("--limit-per-class", default=None, type=int,
+    g.add_argument("--limit-per-class", default=None, type=positive_int,
                    help="keep the first N images of each class in both splits (default: all)")
-    g.add_argument("--num_workers", default=10, type=int, help="DataLoader workers (default: 10)")
+    g.add_argument("--num_workers", default=10, type=non_negative_int, help="DataLoader workers (default: 10)")
     g.add_argument("--pin-mem", action="store_true", help="pin DataLoader memory (default: on for CUDA)")
     g.add_argument("--no-pin-mem", action="store_false", dest="pin_mem")
     p.set_defaults(pin_mem=True)
@@ -300,6 +322,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse contradictory flags with one actionable sentence. ``--eval`` needs only the model, the checkpoint and
     the data: flags that only shape training (loss, mixing, Token Labeling) are neither required nor refused there."""
+    # one stored form whichever form was typed (pairs or JSON): --print-config, run.json, args.json and the
+    # checkpoint's args hold the dict, and --resume compares dicts
+    args.model_kwargs = kwargs_dict(args.model_kwargs)
     check_smoothing(args.smoothing, "--smoothing")
     if args.smoothing > 0 and args.loss in ls_like_losses() and not args.allow_ls_with_maxsup and not args.eval:
         raise UserError(f"--loss {args.loss} already regularises like label smoothing, and --smoothing "
@@ -344,13 +369,36 @@ def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:
     return (args.seed * 1_000_003 + (epoch + 1) * 7_919 + rank) % 2**31
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def kwargs_dict(value: str | list[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``--model-kwargs`` as a dict, from any form it takes: KEY=VALUE pairs (``["patch_size=4", "depth=2"]``,
+    timm's form, parsed by :func:`maxsup.models.parse_model_kwargs` as common_resnet and the hub do), one JSON
+    object (``['{"patch_size": 4}']``, this trainer's earlier form), the JSON string that runs written before the
+    pair form store in run.json / args.json / the checkpoint's ``args``, or an already parsed dict."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    items = [value] if isinstance(value, str) else list(value)
+    json_items = [item for item in items if item.lstrip().startswith("{")]
+    if json_items and len(items) > 1:
+        raise UserError(f"--model-kwargs takes KEY=VALUE pairs (patch_size=4 depth=2) or one JSON object, not both: "
+                        f"{' '.join(items)!r}")
+    if not json_items:
+        return parse_model_kwargs(items)
     try:
-        kw = json.loads(args.model_kwargs)
+        kw = json.loads(items[0])
     except json.JSONDecodeError as exc:
-        raise UserError(f"--model-kwargs is not valid JSON ({exc.msg}): {args.model_kwargs!r}") from None
+        raise UserError(f"--model-kwargs is not valid JSON ({exc.msg}): {items[0]!r}; or pass KEY=VALUE pairs "
+                        f"such as patch_size=4 depth=2") from None
     if not isinstance(kw, dict):
-        raise UserError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+        raise UserError(f"--model-kwargs must be a JSON object, got {items[0]!r}")
+    return kw
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the model is built with: ``--model-kwargs`` plus the timm defaults this trainer sets
+    (dropout, drop-path, a ViT's ``img_size`` = ``--input-size``)."""
+    kw = kwargs_dict(args.model_kwargs)  # a copy: args keeps what the user gave
     is_timm = args.model not in CIFAR_RESNETS and args.model not in torch_names() and timm.is_model(args.model)
     if is_timm:
         kw.setdefault("drop_rate", args.drop)
@@ -383,6 +431,21 @@ def resolve_loss(args: argparse.Namespace) -> None:
 def resume_flag(key: str) -> str:
     """The flag a user types for a resume key (``loss_options`` are set with ``--loss-opt`` and the α flags)."""
     return "--loss-opt" if key == "loss_options" else "--" + key.replace("_", "-")
+
+
+def saved_resume_args(ckpt: Mapping[str, Any], current_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's values of the resume keys: its ``args`` (``model_kwargs`` as a dict, whichever form it stores:
+    the JSON string of runs before the KEY=VALUE form, or the dict) and its head's class count."""
+    saved = {**ckpt.get("args", {}), "num_classes": ckpt.get("arch", {}).get("num_classes")}
+    if "model_kwargs" in saved:
+        try:
+            kw = kwargs_dict(saved["model_kwargs"])
+        except UserError:  # not a form this trainer writes: compared as stored (and so named in the refusal)
+            return saved
+        # equal dicts (patch_size=7 typed as a pair, the run started with '{"patch_size": 7}', or 0 vs 0.0) are the
+        # same network: compared through the current value, since check_resume compares canonical JSON text
+        saved["model_kwargs"] = dict(current_kwargs) if kw == current_kwargs else kw
+    return saved
 
 
 def token_head_mode(args: argparse.Namespace) -> str | None:
@@ -615,7 +678,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.resume:  # continue the same run: checked, then every state and the RNG restored
         keys = [*RESUME_KEYS, *ALPHA_OPTIONS, "num_classes"]
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
-                           saved=lambda c: {**c.get("args", {}), "num_classes": c.get("arch", {}).get("num_classes")},
+                           saved=lambda c: saved_resume_args(c, args.model_kwargs),
                            recognise=lambda saved_args: "data_set" in saved_args, flag=resume_flag)
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
         resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,

@@ -58,7 +58,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-./output/deit_fmnist_maxsup}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # the DataLoader worker uses the other core
 exec "$PYTHON" "$HERE/main.py" \
     --data-set FMNIST --classes 0,2,4,6,8 --model vit_tiny_patch16_224 --input-size 28 \
-    --model-kwargs '{"patch_size": 7, "embed_dim": 64, "depth": 2, "num_heads": 2}' \
+    --model-kwargs patch_size=7 embed_dim=64 depth=2 num_heads=2 \
     --batch-size 128 --epochs 5 --lr 2e-3 --unscale-lr --opt adamw --weight-decay 0.05 \
     --sched cosine --warmup-epochs 0 --min-lr 1e-5 --drop-path 0.0 \
     --aa none --reprob 0 --color-jitter 0 --eval-crop-ratio 1.0 --no-model-ema \

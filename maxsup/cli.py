@@ -48,6 +48,50 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` of counts where 0 means none or off (warm-up epochs, workers, a print period of 0 = never)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type`` of finite magnitudes where 0 means none or off and a negative value has no meaning: learning
+    rates, weight decay, momentum, a gradient-norm clip whose 0 = off, Mixup/CutMix α, loss weights."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expects a number >= 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse ``type`` of probabilities and rates in [0, 1] (dropout, drop-path, random erasing, flip and mixing
+    probabilities, an EMA decay)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a probability in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expects a probability in [0, 1], got {text}")
+    return value
+
+
+def check_value(name: str, value: Any, kind: Callable[[str], Any]) -> None:
+    """Check ``value`` of a config key (not an argparse flag: e.g. FFCV's ``training.weight_decay``) with one of the
+    argparse types above; a value it refuses is a :class:`UserError` ``<name> expects ..., got ...``."""
+    try:
+        kind(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{name} {exc}") from None
+
+
 def int_list(text: str) -> list[int]:
     """argparse ``type`` of a comma list of integers (``3,17,42``)."""
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flat_import import load_flat, load_flat_modules
-from helpers import cli_error
+from helpers import cli_error, load_ffcv_main
 from PIL import Image
 
 import maxsup.training.checkpoint as checkpoint_mod
@@ -526,7 +526,8 @@ def test_unknown_or_absent_device_is_one_line_before_anything_is_written(command
     ("common_resnet", ["width=abc"], "'width': 'abc'"),
     ("common_resnet", ["width=4,in_chans=1"], "'width': '4,in_chans=1'"),
     ("deit", ['{"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "nope": 1}'], "'nope'"),
-    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18")])
+    ("deit", ['{"patch_size": 8, "embed_dim": 18, "depth": 1, "num_heads": 4}'], "'embed_dim': 18"),
+    ("deit", ["patch_size=8", "embed_dim=16", "depth=1", "num_heads=2", "nope=1"], "'nope'")])
 def test_model_kwargs_the_model_does_not_take_are_one_line(trainer, kwargs, what, tmp_path, capsys):
     """An unknown ``--model-kwargs`` key, a value of the wrong type, or one timm asserts against was a
     TypeError/AssertionError traceback from the model's constructor."""
@@ -559,8 +560,8 @@ def _fmnist_prep_main():
     ("hub evaluate", ["--limit", "-1"], "argument --limit: expects a whole number >= 1, got -1"),
     ("hub evaluate", ["--dataset", "imagenet-c"], "argument --dataset: invalid choice: 'imagenet-c'"),
     ("prepare_fashion_mnist", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number"),
-    ("common_resnet", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1"),
-    ("deit", ["--limit-per-class", "-1"], "--limit-per-class must be >= 1")])
+    ("common_resnet", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number >= 1, got -1"),
+    ("deit", ["--limit-per-class", "-1"], "argument --limit-per-class: expects a whole number >= 1, got -1")])
 def test_counts_below_one_and_bad_choices_are_one_line(command, argv, what, tmp_path, capsys):
     """A count of 0 or -1 (images, samples per class, points) ran before, on nothing (hub evaluate printed NaN
     metrics and exit status 0) or on every image but each class's last (a [:-1] slice); a bad choice printed the
@@ -688,6 +689,26 @@ def test_collect_refuses_json_that_is_not_an_object(name, content, tmp_path, cap
     msg = _error_line(collect.main, [str(tmp_path / "in"), "--out", str(tmp_path / "out")], capsys)
     assert str(tmp_path / "in" / name) in msg and "holds a JSON list, not an object" in msg, msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    (["patch_size"], "--model-kwargs expects key=value pairs like width=16, got 'patch_size'"),
+    (["patch_size=8", "2=depth"], "--model-kwargs expects key=value pairs like width=16, got '2=depth'"),
+    (['{"patch_size": 8'], "--model-kwargs is not valid JSON (Expecting ',' delimiter): '{\"patch_size\": 8'; or "
+                           "pass KEY=VALUE pairs such as patch_size=4 depth=2"),
+    (['{"patch_size": 8}', "depth=1"], "--model-kwargs takes KEY=VALUE pairs (patch_size=4 depth=2) or one JSON "
+                                       "object, not both: '{\"patch_size\": 8} depth=1'"),
+    (["[8, 16]"], "--model-kwargs expects key=value pairs like width=16, got '[8, 16]'")])
+def test_deit_malformed_model_kwargs_are_one_line_before_anything_is_written(kwargs, what, tmp_path, capsys):
+    """Deit's --model-kwargs takes KEY=VALUE pairs (timm's form, maxsup.models.parse_model_kwargs) or one JSON
+    object; a malformed value of either form is one line, also under --print-config, with no run folder."""
+    data = _image_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "out"
+    argv = ["--data-set", "FOLDER", "--data-path", str(data), *DEIT_TINY, "--model-kwargs", *kwargs,
+            "--output_dir", str(out)]
+    assert _error_line(deit_main.cli, argv, capsys) == f"error: {what}"
+    assert _error_line(deit_main.cli, [*argv, "--print-config"], capsys) == f"error: {what}"
+    assert not out.exists()
 
 
 def test_deit_model_kwargs_img_size_other_than_input_size_is_one_line(tmp_path, capsys):
@@ -819,3 +840,106 @@ def test_writer_and_slurm_launchers_report_a_bad_flag_in_one_line(script, argv, 
                           env=ENV, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [f"error: {line} (see --help)"], proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hyper-parameters with no meaning (a negative weight decay, lr or clip norm; a probability outside [0, 1]): refused by
+# the argparse types of maxsup.cli (and FFCV's config check through the same types), before anything is read
+# --------------------------------------------------------------------------------------------------------------------
+def _flag_error(flag: str, value: str, expects: str) -> str:
+    return f"error: argument {flag}: expects {expects}, got {value} (see --help)"
+
+
+NON_NEG, PROB, POS = "a number >= 0", "a probability in [0, 1]", "a number > 0"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--weight-decay", "-0.05"], _flag_error("--weight-decay", "-0.05", NON_NEG)),
+    (["--clip-grad", "-1"], _flag_error("--clip-grad", "-1", NON_NEG)),  # a negative norm flipped the gradients
+    (["--clip-grad", "nan"], _flag_error("--clip-grad", "nan", NON_NEG)),
+    (["--lr=-5e-4"], _flag_error("--lr", "-5e-4", NON_NEG)),
+    (["--warmup-lr", "-0.000001"], _flag_error("--warmup-lr", "-0.000001", NON_NEG)),
+    (["--min-lr", "-0.00001"], _flag_error("--min-lr", "-0.00001", NON_NEG)),
+    (["--momentum", "-0.9"], _flag_error("--momentum", "-0.9", NON_NEG)),
+    (["--opt-betas", "0.9", "-0.999"], _flag_error("--opt-betas", "-0.999", PROB)),
+    (["--warmup-epochs", "-5"], "error: argument --warmup-epochs: expects a whole number >= 0, got -5 (see --help)"),
+    (["--decay-epochs", "0"], _flag_error("--decay-epochs", "0", POS)),
+    (["--mixup", "-0.8"], _flag_error("--mixup", "-0.8", NON_NEG)),
+    (["--cutmix", "-1"], _flag_error("--cutmix", "-1", NON_NEG)),
+    (["--mixup-prob", "1.5"], _flag_error("--mixup-prob", "1.5", PROB)),
+    (["--mixup-switch-prob", "-0.5"], _flag_error("--mixup-switch-prob", "-0.5", PROB)),
+    (["--drop-path", "1.1"], _flag_error("--drop-path", "1.1", PROB)),
+    (["--drop", "-0.1"], _flag_error("--drop", "-0.1", PROB)),
+    (["--reprob", "2"], _flag_error("--reprob", "2", PROB)),
+    (["--model-ema-decay", "1.5"], _flag_error("--model-ema-decay", "1.5", PROB)),
+    (["--color-jitter", "-0.3"], _flag_error("--color-jitter", "-0.3", NON_NEG)),
+    (["--eval-crop-ratio", "0"], _flag_error("--eval-crop-ratio", "0", POS)),
+    (["--num_workers", "-1"], "error: argument --num_workers: expects a whole number >= 0, got -1 (see --help)"),
+    (["--input-size", "0"], "error: argument --input-size: expects a whole number >= 1, got 0 (see --help)"),
+    (["--smoothing", "-0.1"], "error: --smoothing must be in [0, 1), got -0.1"),
+    (["--epochs", "0"], "error: --epochs and --batch-size must be >= 1, got 0 and 64")])
+def test_deit_meaningless_hyper_parameters_are_one_line(argv, line, capsys):
+    """Deit/main.py trained with a negative --weight-decay (weights pushed away from 0), a negative --clip-grad (every
+    step's gradient reversed) or a negative lr without a word; the values the recipes use (0 = off) still pass."""
+    assert cli_error(capsys, deit_main.cli, ["--print-config", *argv], code=2) == line
+    zeros = ["--weight-decay", "0", "--clip-grad", "0", "--smoothing", "0", "--lr", "0", "--mixup", "0", "--cutmix",
+             "0", "--drop-path", "0", "--reprob", "0", "--warmup-epochs", "0", "--color-jitter", "0"]
+    config = deit_main.cli(["--print-config", *zeros])
+    assert (config["weight_decay"], config["clip_grad"], config["lr"], config["drop_path"]) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--wd", "-0.0001"], _flag_error("--wd/--weight-decay", "-0.0001", NON_NEG)),
+    (["--norm-weight-decay", "-0.1"], _flag_error("--norm-weight-decay", "-0.1", NON_NEG)),
+    (["--bias-weight-decay", "-0.1"], _flag_error("--bias-weight-decay", "-0.1", NON_NEG)),
+    (["--lr", "-0.1"], _flag_error("--lr", "-0.1", NON_NEG)),
+    (["--momentum", "-0.9"], _flag_error("--momentum", "-0.9", NON_NEG)),
+    # the norm is clipped whenever the flag is given: 0 zeroed every gradient, a negative value reversed it
+    (["--clip-grad-norm", "0"], _flag_error("--clip-grad-norm", "0", POS)),
+    (["--clip-grad-norm", "-1"], _flag_error("--clip-grad-norm", "-1", POS)),
+    (["--lr-gamma", "-0.1"], _flag_error("--lr-gamma", "-0.1", NON_NEG)),
+    (["--lr-min=-1e-5"], _flag_error("--lr-min", "-1e-5", NON_NEG)),
+    (["--lr-warmup-epochs", "-5"], "error: argument --lr-warmup-epochs: expects a whole number >= 0, got -5 "
+                                   "(see --help)"),
+    (["--lr-warmup-decay", "2"], _flag_error("--lr-warmup-decay", "2", PROB)),
+    (["--lr-milestones", "60", "-120"], "error: argument --lr-milestones: expects a whole number >= 0, got -120 "
+                                        "(see --help)"),
+    (["--mixup-alpha", "-0.2"], _flag_error("--mixup-alpha", "-0.2", NON_NEG)),
+    (["--cutmix-alpha", "-1"], _flag_error("--cutmix-alpha", "-1", NON_NEG)),
+    (["--random-erase", "1.5"], _flag_error("--random-erase", "1.5", PROB)),
+    (["--hflip-prob", "-0.5"], _flag_error("--hflip-prob", "-0.5", PROB)),
+    (["--model-ema-decay", "2"], _flag_error("--model-ema-decay", "2", PROB)),
+    (["--print-freq", "0"], "error: argument --print-freq: expects a whole number >= 1, got 0 (see --help)"),
+    (["-j", "-1"], "error: argument -j/--workers: expects a whole number >= 0, got -1 (see --help)"),
+    (["--label-smoothing", "1"], "error: --label-smoothing must be in [0, 1), got 1.0")])
+def test_common_resnet_meaningless_hyper_parameters_are_one_line(argv, line, capsys):
+    """common_resnet trained with a negative --wd or lr, and --print-freq 0 was a ZeroDivisionError traceback at the
+    first step; the values the recipes use (wd 0, lr-min 0, no clipping) still pass."""
+    assert cli_error(capsys, resnet_train.cli, ["--print-config", *argv], code=2) == line
+    config = resnet_train.cli(["--print-config", "--wd", "0", "--lr-min", "0", "--label-smoothing", "0",
+                               "--mixup-alpha", "0", "--lr-warmup-epochs", "0"])
+    assert (config["weight_decay"], config["clip_grad_norm"], config["lr_min"]) == (0, None, 0)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("--training.weight_decay=-1e-4", "error: training.weight_decay expects a number >= 0, got -0.0001"),
+    ("--training.clip_grad_norm=-1", "error: training.clip_grad_norm expects a number >= 0, got -1.0"),
+    ("--training.momentum=-0.9", "error: training.momentum expects a number >= 0, got -0.9"),
+    ("--lr.lr=-0.5", "error: lr.lr expects a number >= 0, got -0.5"),
+    ("--lr.min_lr=-1e-5", "error: lr.min_lr expects a number >= 0, got -1e-05"),
+    ("--lr.step_ratio=-0.1", "error: lr.step_ratio expects a number >= 0, got -0.1"),
+    ("--lr.step_length=0", "error: lr.step_length expects a number > 0, got 0"),
+    ("--lr.warmup_epochs=-2", "error: lr.warmup_epochs expects a number >= 0, got -2"),
+    ("--validation.crop_ratio=0", "error: validation.crop_ratio expects a number > 0, got 0.0"),
+    ("--resolution.res_step=0", "error: resolution.res_step expects a whole number >= 1, got 0"),
+    ("--data.num_workers=-1", "error: data.num_workers expects a whole number >= 0, got -1"),
+    ("--data.std=[0.2,0,0.2]", "error: data.std[1] expects a number > 0, got 0.0")])
+def test_ffcv_meaningless_hyper_parameters_are_one_line(override, line, capsys):
+    """Conv/ffcv/main.py's typed config refused a wrong type but not a negative weight decay, lr or clip norm (a zero
+    step length was a ZeroDivisionError of the step schedule); 0 = off still passes."""
+    ffcv_main = load_ffcv_main()
+    assert cli_error(capsys, ffcv_main.main, ["--print-config", override], code=2) == line
+    config = ffcv_main.main(["--print-config", "--training.clip_grad_norm=0", "--training.weight_decay=0",
+                             "--lr.min_lr=0", "--lr.warmup_epochs=0"])
+    assert (config["training"]["clip_grad_norm"], config["training"]["weight_decay"]) == (0, 0)
+

@@ -287,7 +287,8 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
              '{"patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2}' for a in TINY]
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *other, "--epochs", "2",
                       "--resume", str(out / "checkpoint.pth")], capsys)
-    assert '"depth": 1, "num_heads": 2} → {' in msg and "--epochs 1 → 2" in msg and "--finetune" in msg, msg
+    assert ('--model-kwargs {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 7} → {"depth": 2, '
+            in msg and "--epochs 1 → 2" in msg and "--finetune" in msg), msg
     msg = _cli_error(["--data-set", "FOLDER", "--data-path", str(image_root), *other, "--eval",
                       "--resume", str(out / "checkpoint.pth")], capsys)
     assert "does not match the model architecture" in msg and "blocks.1." in msg
@@ -297,6 +298,58 @@ def test_resume_from_other_architecture_lists_keys(image_root, tmp_path, capsys)
                       "--output_dir", str(out), "--overwrite"], capsys)  # a new run over the folder's checkpoint
     assert "at epoch 0, step" in msg and "--lr" in msg and "--clip-grad" in msg, msg
     assert (out / "checkpoint.pth").read_bytes() == before
+
+
+TINY_JSON = '{"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}'
+TINY_PAIRS = ["num_heads=2", "patch_size=7", "depth=1", "embed_dim=32"]  # another order: a dict has none
+
+
+def _with_kwargs(kwargs: list[str]) -> list[str]:
+    """TINY with its ``--model-kwargs`` value(s) replaced by ``kwargs``."""
+    i = TINY.index("--model-kwargs")
+    return [*TINY[:i + 1], *kwargs, *TINY[i + 2:]]
+
+
+def test_model_kwargs_pairs_and_json_are_one_stored_dict(image_root, capsys):
+    """``--model-kwargs`` takes timm's KEY=VALUE pairs and still the earlier single JSON object: both print (and
+    store) the same dict, and the model is built from it (a wrong value would build another network)."""
+    common = ["--data-set", "FOLDER", "--data-path", str(image_root), "--print-config"]
+    configs = [train([*common, *_with_kwargs(kw)]) for kw in ([TINY_JSON], TINY_PAIRS)]
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    assert [c["model_kwargs"] for c in configs] == [want, want]
+    assert [c["model_kwargs"] for c in printed] == [want, want]
+    assert train([*common, *_with_kwargs([])])["model_kwargs"] == {}  # no value: none
+    # values are Python literals (a tuple, a float, a bool), or strings
+    cfg = train([*common, *_with_kwargs(["img_size=(28,28)", "drop_rate=0.5", "qkv_bias=False", "global_pool=avg"])])
+    assert cfg["model_kwargs"] == {"img_size": (28, 28), "drop_rate": 0.5, "qkv_bias": False, "global_pool": "avg"}
+    args = deit_main.get_args_parser().parse_args(["--model", "vit_tiny_patch16_224", "--input-size", "28",
+                                                   "--model-kwargs", *TINY_PAIRS])
+    kw = deit_main.model_kwargs(args)
+    assert {k: kw[k] for k in want} == want and kw["img_size"] == 28 and args.model_kwargs == TINY_PAIRS
+
+
+@pytest.mark.parametrize("first, then", [("json", "pairs"), ("pairs", "json"), ("stored-string", "pairs")])
+def test_model_kwargs_resume_compares_dicts_not_spellings(first, then, image_root, tmp_path, capsys):
+    """A run started with one form resumes under the other form of the same kwargs, and a checkpoint written before
+    the pair form (``args['model_kwargs']`` the JSON string) still resumes; other kwargs are still refused."""
+    forms = {"json": [TINY_JSON], "pairs": TINY_PAIRS, "stored-string": [TINY_JSON]}
+    out = tmp_path / "run"
+    data = ["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", "--epochs", "1"]
+    train([*data, *_with_kwargs(forms[first]), "--output_dir", str(out)])
+    ckpt_path = out / "checkpoint.pth"
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["args"]["model_kwargs"] == {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    if first == "stored-string":  # what runs before the KEY=VALUE form stored, in the checkpoint and run.json
+        ckpt["args"]["model_kwargs"] = TINY_JSON
+        torch.save(ckpt, ckpt_path)
+    capsys.readouterr()
+    train([*data, *_with_kwargs(forms[then]), "--output_dir", str(out), "--resume", str(ckpt_path)])
+    assert f"Resumed from {ckpt_path} at epoch 1" in capsys.readouterr().out
+    assert json.loads((out / "args.json").read_text())["model_kwargs"]["depth"] == 1
+    other = [p if p != "depth=1" else "depth=2" for p in TINY_PAIRS]
+    msg = _cli_error([*data, *_with_kwargs(other), "--output_dir", str(out), "--resume", str(ckpt_path)], capsys)
+    assert '--model-kwargs {"depth": 1, ' in msg and '→ {"depth": 2, ' in msg, msg
 
 
 def test_missing_data_path_subprocess_has_no_traceback(tmp_path):

@@ -625,3 +625,22 @@ def test_evaluate_reports_metrics_of_a_checkpoint(tmp_path, capsys):
 
     err = _cli_error(capsys, ["evaluate", str(ckpt_path), "--data-path", str(tmp_path)])  # 1 folder: val/
     assert "class folders but the checkpoint predicts 3" in err  # a wrong --data-path is named, not mis-scored
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--zip-map", "zip_val_map.txt"], "--zip-map apply"),
+    (["--label-order", "zip"], "--label-order zip apply"),
+    (["--label-order", "zip", "--zip-map", "zip_val_map.txt"], "--zip-map and --label-order zip apply")])
+def test_evaluate_refuses_a_zip_order_for_a_file_in_our_format(flags, named, tmp_path, capsys):
+    """Our files record their class order, so ``evaluate`` never permutes them: ``--zip-map`` and
+    ``--label-order zip`` were silently ignored there (the scores then looked like the permuted head's)."""
+    from maxsup.data.transforms import transform_spec
+    from maxsup.models import arch_spec
+
+    ckpt_path = tmp_path / "ours.pth"
+    torch.save({"model": create_model("cifar_resnet10", 3, width=4).state_dict(),
+                "arch": arch_spec("cifar_resnet10", 3, width=4), "eval_transform": transform_spec(32),
+                "args": {"cache": True}, "epoch": 0}, ckpt_path)
+    err = _cli_error(capsys, ["evaluate", str(ckpt_path), "--data-path", str(tmp_path / "val"), *flags])
+    assert err == (f"error: {ckpt_path} is in this project's format and records its class order; {named} to "
+                   f"upstream files only (drop them)"), err

@@ -26,7 +26,15 @@ from sampler import RASampler, ShardedEvalSampler
 from torch import nn
 
 from maxsup.checks import check_accum_steps, check_smoothing
-from maxsup.cli import ArgumentParser, positive_int, run_cli
+from maxsup.cli import (
+    ArgumentParser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+)
 from maxsup.data import long_tailed_indices, parse_classes
 from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
 from maxsup.data.registry import DATASETS, build_split, split_num_classes
@@ -689,9 +697,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="download fmnist/cifar10/cifar100 into --data-path if missing")
     parser.add_argument("--classes", default=None, type=parse_classes,
                         help="fmnist only: keep these classes (comma list, e.g. 0,2,4,6,8), relabelled 0..n-1")
-    parser.add_argument("--limit-per-class", default=None, type=int,
+    parser.add_argument("--limit-per-class", default=None, type=positive_int,
                         help="fmnist only: first N images per class in both splits (quick runs)")
-    parser.add_argument("--num-classes", default=None, type=int, help="classifier size (default: from the dataset)")
+    parser.add_argument("--num-classes", default=None, type=positive_int,
+                        help="classifier size (default: from the dataset)")
     add_test_set_args(parser)
     parser.add_argument("--imb-ratio", default=None, type=float,
                         help="fmnist/cifar10/cifar100: long-tailed training split with n_c = n_max·R^(-c/(C-1)) "
@@ -732,27 +741,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "next training image in place of one that fails to decode mid-epoch (logged by name)")
     parser.add_argument("--accum-steps", default=1, type=int,
                         help="gradient accumulation: one optimizer step per N batches; global batch = b × nproc × N")
-    parser.add_argument("--eval-batch-size", default=None, type=int, help="evaluation batch (default: --batch-size)")
+    parser.add_argument("--eval-batch-size", default=None, type=positive_int,
+                        help="evaluation batch (default: --batch-size)")
     parser.add_argument("--drop-last", action="store_true", help="drop the last incomplete training batch")
     parser.add_argument("--opt", default="sgd", type=str, help="optimizer: sgd, sgd_nesterov or adamw")
-    parser.add_argument("--lr", default=0.1, type=float, help="initial learning rate")
-    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
-    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
-    parser.add_argument("--norm-weight-decay", default=None, type=float,
+    parser.add_argument("--lr", default=0.1, type=non_negative_float, help="initial learning rate")
+    parser.add_argument("--momentum", default=0.9, type=non_negative_float, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=non_negative_float, dest="weight_decay",
+                        help="weight decay")
+    parser.add_argument("--norm-weight-decay", default=None, type=non_negative_float,
                         help="weight decay of normalisation layers (default: same as --wd)")
-    parser.add_argument("--bias-weight-decay", default=None, type=float,
+    parser.add_argument("--bias-weight-decay", default=None, type=non_negative_float,
                         help="weight decay of biases (default: same as --wd)")
-    parser.add_argument("--clip-grad-norm", default=None, type=float, help="max gradient norm (default: off)")
+    parser.add_argument("--clip-grad-norm", default=None, type=positive_float, help="max gradient norm (default: off)")
     parser.add_argument("--lr-scheduler", default="steplr", type=str,
                         help="steplr, multisteplr or cosineannealinglr (stepped once per epoch)")
-    parser.add_argument("--lr-step-size", default=30, type=int, help="steplr: decay every N epochs")
-    parser.add_argument("--lr-milestones", default=[60, 120, 160], type=int, nargs="+",
+    parser.add_argument("--lr-step-size", default=30, type=positive_int, help="steplr: decay every N epochs")
+    parser.add_argument("--lr-milestones", default=[60, 120, 160], type=non_negative_int, nargs="+",
                         help="multisteplr: epochs at which the lr is multiplied by --lr-gamma")
-    parser.add_argument("--lr-gamma", default=0.1, type=float, help="steplr/multisteplr decay factor")
-    parser.add_argument("--lr-min", default=0.0, type=float, help="cosineannealinglr: final lr")
-    parser.add_argument("--lr-warmup-epochs", default=0, type=int, help="warm-up epochs")
+    parser.add_argument("--lr-gamma", default=0.1, type=non_negative_float, help="steplr/multisteplr decay factor")
+    parser.add_argument("--lr-min", default=0.0, type=non_negative_float, help="cosineannealinglr: final lr")
+    parser.add_argument("--lr-warmup-epochs", default=0, type=non_negative_int, help="warm-up epochs")
     parser.add_argument("--lr-warmup-method", default="linear", choices=["linear", "constant"], help="warm-up shape")
-    parser.add_argument("--lr-warmup-decay", default=0.01, type=float, help="warm-up starts at lr × this")
+    parser.add_argument("--lr-warmup-decay", default=0.01, type=probability, help="warm-up starts at lr × this")
     # augmentation
     parser.add_argument("--train-crop-size", default=None, type=positive_int, help="train crop (default: native size)")
     parser.add_argument("--val-resize-size", default=None, type=positive_int,
@@ -760,30 +771,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--val-crop-size", default=None, type=positive_int,
                         help="eval center crop (default: native size)")
     parser.add_argument("--interpolation", default="bilinear", type=str, help="resize interpolation")
-    parser.add_argument("--hflip-prob", default=0.5, type=float, help="horizontal-flip probability")
+    parser.add_argument("--hflip-prob", default=0.5, type=probability, help="horizontal-flip probability")
     parser.add_argument("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,
                         help="auto-augment policy (default: none)")
-    parser.add_argument("--random-erase", default=0.0, type=float, help="random-erasing probability")
+    parser.add_argument("--random-erase", default=0.0, type=probability, help="random-erasing probability")
     parser.add_argument("--train-transform", default="standard", choices=["standard", "eval"],
                         help="eval: train on the evaluation preprocessing, without augmentation (checks, probes)")
-    parser.add_argument("--mixup-alpha", default=0.0, type=float, help="MixUp α (0 = off)")
-    parser.add_argument("--cutmix-alpha", default=0.0, type=float, help="CutMix α (0 = off)")
+    parser.add_argument("--mixup-alpha", default=0.0, type=non_negative_float, help="MixUp α (0 = off)")
+    parser.add_argument("--cutmix-alpha", default=0.0, type=non_negative_float, help="CutMix α (0 = off)")
     parser.add_argument("--ra-sampler", action="store_true", help="repeated-augmentation sampler (DDP only)")
-    parser.add_argument("--ra-reps", default=3, type=int, help="repetitions per image for --ra-sampler")
+    parser.add_argument("--ra-reps", default=3, type=positive_int, help="repetitions per image for --ra-sampler")
     # EMA, AMP, runtime
     parser.add_argument("--model-ema", action="store_true", help="keep and evaluate an EMA of the weights")
-    parser.add_argument("--model-ema-steps", default=32, type=int, help="iterations between EMA updates")
-    parser.add_argument("--model-ema-decay", default=0.99998, type=float, help="EMA decay per image at batch 1")
+    parser.add_argument("--model-ema-steps", default=32, type=positive_int, help="iterations between EMA updates")
+    parser.add_argument("--model-ema-decay", default=0.99998, type=probability, help="EMA decay per image at batch 1")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 + GradScaler on CUDA")
     parser.add_argument("--device", default=None, type=str, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("-j", "--workers", default=4, type=int, help="data-loading workers per process")
+    parser.add_argument("-j", "--workers", default=4, type=non_negative_int, help="data-loading workers per process")
     parser.add_argument("--seed", default=0, type=int, help="random seed (a CPU run is reproducible bit for bit)")
     add_run_args(parser)
     add_estimate_args(parser)
     parser.add_argument("--use-deterministic-algorithms", action="store_true",
                         help="torch.use_deterministic_algorithms(True) (needed for bitwise-reproducible CUDA runs)")
-    parser.add_argument("--print-freq", default=100, type=int, help="print every N steps")
+    parser.add_argument("--print-freq", default=100, type=positive_int, help="print every N steps")
     parser.add_argument("--output-dir", default=".", type=str, help="where checkpoint.pth, log.txt, args.json go")
     parser.add_argument("--save-every-epoch", action="store_true", help="also keep model_{epoch}.pth")
     parser.add_argument("--resume", default="", type=str, help="checkpoint to resume from (or evaluate): a path, or "
@@ -794,7 +805,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--finetune", default="", type=str,
                         help="initialise from this checkpoint's backbone (ours, or a released one converted by "
                              "maxsup.hub convert); the head is replaced when the class count differs")
-    parser.add_argument("--start-epoch", default=0, type=int, help="first epoch (overridden by --resume)")
+    parser.add_argument("--start-epoch", default=0, type=non_negative_int, help="first epoch (overridden by --resume)")
     parser.add_argument("--test-only", action="store_true", help="only evaluate --resume: acc@1, acc@5, NLL, ECE")
     return parser
 

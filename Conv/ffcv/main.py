@@ -40,7 +40,14 @@ from tqdm import tqdm
 
 from maxsup import ClassificationMeter, build_criterion
 from maxsup.checks import check_accum_steps
-from maxsup.cli import run_cli
+from maxsup.cli import (
+    check_value,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from maxsup.data.imagenet_variants import RealScorer, real_labels
 from maxsup.data.transforms import transform_spec
 from maxsup.errors import UserError
@@ -222,6 +229,20 @@ def loss_options(loss: DictConfig) -> dict[str, Any]:
         raise UserError(str(exc)) from None
 
 
+#: Numeric keys whose other values have no meaning (a negative lr, weight decay or clip norm; a zero step length):
+#: refused by validate_config with the argparse types the other trainers use (``maxsup.cli``). Zero stays allowed
+#: where it means none or off (clip_grad_norm, warmup_epochs, weight_decay, min_lr).
+RANGES = {
+    "data.num_workers": non_negative_int, "resolution.min_res": positive_int, "resolution.max_res": positive_int,
+    "resolution.start_ramp": non_negative_int, "resolution.end_ramp": non_negative_int,
+    "resolution.res_step": positive_int, "validation.resolution": positive_int, "validation.crop_ratio": positive_float,
+    "model.num_classes": positive_int, "lr.lr": non_negative_float, "lr.lr_peak_epoch": non_negative_float,
+    "lr.step_length": positive_float, "lr.step_ratio": non_negative_float, "lr.warmup_epochs": non_negative_float,
+    "lr.min_lr": non_negative_float, "training.momentum": non_negative_float,
+    "training.weight_decay": non_negative_float, "training.clip_grad_norm": non_negative_float,
+}
+
+
 def validate_config(cfg: DictConfig) -> None:
     for key, allowed in {"lr.lr_schedule_type": SCHEDULES, "training.precision": tuple(PRECISIONS)}.items():
         if OmegaConf.select(cfg, key) not in allowed:
@@ -234,8 +255,12 @@ def validate_config(cfg: DictConfig) -> None:
                        "training.accum_steps": t.accum_steps, "logging.stats_every": cfg.logging.stats_every}.items():
         if value < 1:
             raise UserError(f"{key} must be >= 1, got {value}")
+    for key, kind in RANGES.items():  # the argparse trainers refuse the same values through these types
+        check_value(key, OmegaConf.select(cfg, key), kind)
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise UserError("data.mean and data.std need three values (RGB, in [0, 1])")
+    for i, value in enumerate(cfg.data.std):  # the images are divided by it
+        check_value(f"data.std[{i}]", value, positive_float)
     try:  # building the loss checks the values too (an α denominator other than E-1 / E, ...)
         build_criterion(cfg.loss.name, cfg.model.num_classes, t.epochs, **loss_options(cfg.loss))
     except ValueError as exc:

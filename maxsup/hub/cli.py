@@ -43,10 +43,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     def add_convert(p: argparse.ArgumentParser) -> None:
         p.add_argument("--label-order", default="auto", choices=("auto", "zip", "standard"),
-                       help="auto: permute the head from the authors' zip order when the checkpoint's args say "
-                       "cache=True; zip: always; standard: never")
+                       help="upstream files: auto permutes the head from the authors' zip order when the "
+                       "checkpoint's args say cache=True; zip: always; standard: never (a file in this project's "
+                       "format records its class order: evaluate refuses zip there)")
         p.add_argument("--zip-map", default=None, help="local copy of the authors' zip_val_map.txt (default: "
-                       "download it from their repository)")
+                       "download it from their repository); upstream files only")
         p.add_argument("--plain-torchvision", action="store_true", help="opt-in: load BlurPool ResNet weights "
                        "into a plain torchvision ResNet by dropping the blur (changes the function)")
         p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",

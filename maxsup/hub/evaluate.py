@@ -90,6 +90,13 @@ def resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
         if model_kwargs:
             raise UserError(f"{path} is in this project's format and records its network ({raw['arch'].get('name')}, "
                             f"kwargs {raw['arch'].get('kwargs')}); --model-kwargs applies to upstream files only")
+        # the head of our files is already in the order of the classes they record (sorted wnids for ImageNet):
+        # a permutation from the authors' zip order would be silently skipped, so asking for one is refused
+        order_flags = [f for f, given in (("--zip-map", args.zip_map is not None),
+                                          ("--label-order zip", args.label_order == "zip")) if given]
+        if order_flags:
+            raise UserError(f"{path} is in this project's format and records its class order; "
+                            f"{' and '.join(order_flags)} apply to upstream files only (drop them)")
         return raw
     if args.arch is None:
         raise UserError(f"{path} is not in this project's format; pass --arch (e.g. resnet50) to convert it on the fly")
