@@ -108,6 +108,7 @@ from maxsup.training import (  # noqa: E402
     open_resume,
     parse_seeds,
     print_config,
+    recipe_fingerprint,
     repair_log,
     restore_state,
     rng_state,
@@ -693,7 +694,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
                          alpha=alpha_schedule_of(criterion), device=device, log_file="log.txt",
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
-                         not_recipe=NOT_RECIPE)
+                         # fingerprinted with model_kwargs as the JSON text runs stored before the KEY=VALUE form,
+                         # so a run of the same recipe lands in the same analysis.collect group as those runs
+                         recipe=recipe_fingerprint(
+                             {**config, "model_kwargs": json.dumps(args.model_kwargs, sort_keys=True)}, NOT_RECIPE))
         # the log ends at the checkpoint's epoch, whose record the checkpoint holds (a kill may have lost it)
         repair_log(log_path, start_epoch - 1, last_log)
 

@@ -292,7 +292,7 @@ def part_resume(device: torch.device, sz: dict[str, Any], tmp: Path) -> dict[str
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "OMP_NUM_THREADS": "1"}
     common = [sys.executable, str(ROOT / "Conv" / "common_resnet" / "train.py"), "--dataset", "imagefolder",
               "--data-path", str(data), "--model", sz["small"]["model"], "--model-kwargs",
-              ",".join(f"{k}={v}" for k, v in sz["small"]["kw"].items()), "--train-crop-size", "32",
+              *(f"{k}={v}" for k, v in sz["small"]["kw"].items()), "--train-crop-size", "32",
               "--val-crop-size", "32", "-b", "16", "-j", "0", "--epochs", "2", "--lr", "0.05", "--loss", "maxsup",
               "--print-freq", "1000", "--device", device.type, "--use-deterministic-algorithms",
               *(["--amp"] if device.type == "cuda" else [])]

@@ -25,7 +25,7 @@ from maxsup.cli import run_cli
 from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
 from maxsup.errors import UserError
 from maxsup.timing import TIMING_KEYS
-from maxsup.training import load_checkpoint
+from maxsup.training import load_checkpoint, recipe_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEIT = ROOT / "Deit"
@@ -327,6 +327,22 @@ def test_model_kwargs_pairs_and_json_are_one_stored_dict(image_root, capsys):
                                                    "--model-kwargs", *TINY_PAIRS])
     kw = deit_main.model_kwargs(args)
     assert {k: kw[k] for k in want} == want and kw["img_size"] == 28 and args.model_kwargs == TINY_PAIRS
+
+
+def test_run_record_groups_pair_json_and_earlier_runs_of_one_recipe(image_root, tmp_path):
+    """run.json's recipe fingerprint (what ``analysis.collect`` groups custom runs by) is the same whichever form
+    ``--model-kwargs`` was typed in, and the same as a run from before the pair form recorded: that run stored the
+    JSON text (here typed with sorted keys, as ``{}`` is for the default) in its config."""
+    data = ["--data-set", "FOLDER", "--data-path", str(image_root), "--limit-per-class", "16", "--epochs", "1"]
+    records = []
+    for name, form in (("json", [TINY_JSON]), ("pairs", TINY_PAIRS)):
+        train([*data, *_with_kwargs(form), "--output_dir", str(tmp_path / name)])
+        records.append(json.loads((tmp_path / name / "run.json").read_text()))
+    assert records[0]["recipe"] == records[1]["recipe"]
+    earlier = {**records[0]["config"], "model_kwargs": '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 7}'}
+    assert records[0]["recipe"] == recipe_fingerprint(earlier, deit_main.NOT_RECIPE)
+    other = {**records[0]["config"], "model_kwargs": '{"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 7}'}
+    assert records[0]["recipe"] != recipe_fingerprint(other, deit_main.NOT_RECIPE)
 
 
 @pytest.mark.parametrize("first, then", [("json", "pairs"), ("pairs", "json"), ("stored-string", "pairs")])
