@@ -9,6 +9,8 @@ Every loss takes ``outputs`` and ``target``:
 
 Losses and penalties are computed in at least float32: fp16/bf16 logits (autocast) are promoted to float32 so that
 large logits cannot overflow, and float64 logits stay float64 (``torch.autograd.gradcheck`` holds for every loss).
+(The authors' code leaves its MaxSup penalty in the autocast dtype, fp16 or bf16; otherwise LS and MaxSup match
+their code to rounding: ``tests/test_authors_loss_parity.py``.)
 The weight α of LS and MaxSup follows :class:`AlphaSchedule`; trainers call ``criterion.set_epoch(epoch)`` at the
 start of every epoch (fractional epochs are allowed), ``criterion.on_epoch_end()`` at its end (only OLS uses it) and
 ``criterion.on_eval(top1)`` after every validation (only Adaptive LS uses it: its teacher is the best checkpoint).

@@ -50,7 +50,8 @@ class MaxSupLoss(ScheduledLoss):
     """CE + α·(z_max − mean z) (Paper Eq. 8, Algorithm 1). CE uses the unsmoothed (hard or Mixup) targets.
 
     Computed by one fused op (:class:`_SmoothedCrossEntropy`): backward softmax − t + α·(onehot(argmax) − 1/K),
-    Paper Eq. 9, with the value and gradient of CE + α·``maxsup_penalty``.
+    Paper Eq. 9, with the value and gradient of CE + α·``maxsup_penalty``. At a tie for the max, ``argmax`` is one
+    of the tied classes (the authors' ``topk(1)`` may pick another: the same value, another subgradient).
     """
 
     def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor) -> Tensor:
