@@ -30,6 +30,7 @@ from helpers import ffcv_argv as _argv
 from PIL import Image
 
 from maxsup.errors import UserError
+from maxsup.losses import AlphaSchedule
 
 pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
 pytestmark = pytest.mark.ffcv
@@ -504,12 +505,18 @@ def test_schedules_match_the_recipes():
 
 
 def test_recipe_configs_resolve_to_the_paper_and_release_settings():
-    cfg = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / "rn50_paper_200ep.yaml")])
+    cfg = cfg_paper = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / "rn50_paper_200ep.yaml")])
     assert (cfg.training.epochs, cfg.lr.lr, cfg.lr.lr_schedule_type, cfg.training.batch_size) == (
         200, 0.85, "cosine", 2048)
     assert cfg.training.weight_decay == 1e-4 and cfg.training.momentum == 0.9
     rel = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / "rn50_release_90ep_step.yaml")])
     assert (rel.training.epochs, rel.lr.lr, rel.lr.lr_schedule_type, rel.dist.sync_bn) == (90, 0.8, "step", True)
+    # the released MaxSuppression's λ = 0.1 + 0.1·e/E (0.1989 at the last epoch); the paper config reaches 0.2
+    for config, last in ((rel, 0.1 + 0.1 * 89 / 90), (cfg_paper, 0.2)):
+        opts = ffcv_main.loss_options(config.loss)
+        epochs = config.training.epochs
+        schedule = AlphaSchedule(opts["alpha_start"], opts["alpha_end"], epochs, opts["alpha_denominator"])
+        assert schedule(epochs - 1) == pytest.approx(last, abs=1e-12)
     for name, arch in (("rn18", "resnet18"), ("rn101", "resnet101"), ("mbv2", "mobilenet_v2")):
         cfg = ffcv_main.load_config(["--config-file", str(FFCV_DIR / "configs" / f"{name}.yaml")])  # extends rn50
         assert (cfg.model.arch, cfg.training.epochs, cfg.lr.lr_schedule_type, cfg.resolution.start_ramp) == (
