@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QuietHandler, cli_error, folder_acc1_nll, serve_loopback
+from helpers import QuietHandler, cli_error, folder_acc1_nll, serve_loopback, torch_threads
 
 from maxsup import hub
 from maxsup.errors import UserError
+from maxsup.hub.evaluate import resolve_for_eval
 from maxsup.models import create_model, model_from_checkpoint
 from maxsup.training import load_checkpoint
 
@@ -627,20 +628,184 @@ def test_evaluate_reports_metrics_of_a_checkpoint(tmp_path, capsys):
     assert "class folders but the checkpoint predicts 3" in err  # a wrong --data-path is named, not mis-scored
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--zip-map", "zip_val_map.txt"], "--zip-map apply"),
-    (["--label-order", "zip"], "--label-order zip apply"),
-    (["--label-order", "zip", "--zip-map", "zip_val_map.txt"], "--zip-map and --label-order zip apply")])
-def test_evaluate_refuses_a_zip_order_for_a_file_in_our_format(flags, named, tmp_path, capsys):
-    """Our files record their class order, so ``evaluate`` never permutes them: ``--zip-map`` and
-    ``--label-order zip`` were silently ignored there (the scores then looked like the permuted head's)."""
+def _ours(path: Path, num_classes: int = 3, seed: int = 0, **extra) -> tuple[torch.nn.Module, Path]:
+    """A small ViT saved in this project's format (``arch`` + ``eval_transform``; ``extra``: ``trainer``, ``args``,
+    ``hub``, as the trainers and ``convert`` write them), with a perturbed head so that any permutation shows."""
     from maxsup.data.transforms import transform_spec
     from maxsup.models import arch_spec
 
-    ckpt_path = tmp_path / "ours.pth"
-    torch.save({"model": create_model("cifar_resnet10", 3, width=4).state_dict(),
-                "arch": arch_spec("cifar_resnet10", 3, width=4), "eval_transform": transform_spec(32),
-                "args": {"cache": True}, "epoch": 0}, ckpt_path)
-    err = _cli_error(capsys, ["evaluate", str(ckpt_path), "--data-path", str(tmp_path / "val"), *flags])
-    assert err == (f"error: {ckpt_path} is in this project's format and records its class order; {named} to "
-                   f"upstream files only (drop them)"), err
+    torch.manual_seed(seed)
+    model = create_model("vit_tiny_patch16_224", num_classes, **VIT_KW).eval()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.randn(num_classes))
+    torch.save({"model": model.state_dict(), "arch": arch_spec("vit_tiny_patch16_224", num_classes, **VIT_KW),
+                "eval_transform": transform_spec(28, crop_pct=1.0), "epoch": 0, **extra}, path)
+    return model, path
+
+
+#: a one-block ViT at 28 px (the DeiT family), small enough for a 1000-class head
+VIT_KW = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
+SORTED_FILES = {  # files of ours whose head provably is in sorted-wnid order, and the reason the error gives
+    "deit-folders": ({"trainer": "Deit/main.py", "args": {"cache": False, "data_set": "IMNET"}},
+                     "Deit/main.py without --cache"),
+    "common-resnet": ({"trainer": "Conv/common_resnet/train.py", "args": {}}, "Conv/common_resnet/train.py"),
+    "converted": ({"args": {"cache": True}, "hub": {"label_order": "zip->standard"}}, "written by hub convert"),
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "convert"])
+@pytest.mark.parametrize("kind", list(SORTED_FILES))
+@pytest.mark.parametrize("flags, named", [
+    (["--zip-map", "zip_val_map.txt"], "--zip-map applies"),
+    (["--label-order", "zip"], "--label-order zip applies"),
+    (["--label-order", "zip", "--zip-map", "zip_val_map.txt"], "--zip-map and --label-order zip apply")])
+def test_a_zip_order_is_refused_for_our_files_in_sorted_order(command, kind, flags, named, tmp_path, capsys):
+    """Files of ours trained on class folders (or written by convert) are in sorted-wnid order: ``evaluate`` and
+    ``convert`` refuse to permute them, with the same line (``convert`` permuted a ``hub convert`` output of a
+    --cache run a second time, and ignored --zip-map without --label-order zip)."""
+    extra, reason = SORTED_FILES[kind]
+    _, path = _ours(tmp_path / "ours.pth", **extra)
+    argv = (["evaluate", str(path), "--data-path", str(tmp_path)] if command == "evaluate" else
+            ["convert", str(path), str(tmp_path / "dst.pth"), "--arch", "vit_tiny_patch16_224"])
+    err = _cli_error(capsys, [*argv, *flags])
+    them = "them" if " and " in named else "it"
+    where = reason if kind == "converted" else f"trained by {reason}"
+    assert err == (f"error: {path} is in this project's format and records its class order (sorted wnids: "
+                   f"{where}); {named} to upstream files and to our runs trained on the authors' zip maps only "
+                   f"(drop {them})"), err
+    assert not (tmp_path / "dst.pth").exists()
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--plain-torchvision"], "--plain-torchvision applies to upstream files only (write the plain network with "
+     "`python -m maxsup.hub convert {path} OUT.pth --arch vit_tiny_patch16_224 --plain-torchvision` and evaluate "
+     "OUT.pth)"),
+    (["--arch", "deit_tiny_patch16_224"], "--arch deit_tiny_patch16_224 names another one (pass --arch "
+     "vit_tiny_patch16_224)")])
+def test_evaluate_refuses_network_flags_that_do_not_fit_a_file_in_our_format(flags, line, tmp_path, capsys):
+    """Both flags were silently ignored for our files: the file's own network was scored."""
+    _, path = _ours(tmp_path / "ours.pth", trainer="Deit/main.py", args={"cache": False})
+    err = _cli_error(capsys, ["evaluate", str(path), "--data-path", str(tmp_path), *flags])
+    assert err == (f"error: {path} is in this project's format and records its network (vit_tiny_patch16_224); "
+                   f"{line.format(path=path)}"), err
+    if flags[0] == "--arch":  # convert refuses it too, before writing anything
+        dst = tmp_path / "dst.pth"
+        err = _cli_error(capsys, ["convert", str(path), str(dst), *flags])
+        assert err.endswith(line) and not dst.exists(), err
+
+
+@pytest.fixture(scope="module")
+def our_cache_run(fmnist_image_folder, tmp_path_factory):
+    """A real Deit/main.py --cache run (1 epoch, a one-block ViT) on a zip cache written by this project's
+    ``write_zip_cache`` (sorted-wnid labels, as data/prepare_imagenet_zip.py writes them) from 3 Fashion-MNIST
+    classes; returns (its checkpoint.pth, the val ImageFolder)."""
+    from flat_import import load_flat_modules
+
+    from maxsup.data.zipcache import write_zip_cache
+
+    images = fmnist_image_folder(4, 3)
+    root = tmp_path_factory.mktemp("cache_run")
+    for split in ("train", "val"):
+        write_zip_cache(images / split, root / f"{split}.zip", root / f"{split}_map.txt", split=split)
+    deit = load_flat_modules(Path(__file__).resolve().parents[1] / "Deit", ("main", "engine", "datasets", "samplers"))
+    with torch_threads(1):
+        deit["main"].cli(["--data-set", "IMNET", "--cache", "--data-path", str(root), "--model", "vit_tiny_patch16_224",
+                          "--input-size", "28", "--model-kwargs", *[f"{k}={v}" for k, v in VIT_KW.items()],
+                          "--batch-size", "4", "--num_workers", "0", "--print-freq", "0", "--eval-crop-ratio", "1.0",
+                          "--mixup", "0", "--cutmix", "0", "--epochs", "1", "--lr", "5e-3", "--unscale-lr",
+                          "--warmup-epochs", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
+                          "--no-model-ema", "--output_dir", str(root / "out")])
+    return root / "out" / "checkpoint.pth", images / "val"
+
+
+def test_our_cache_run_converts_to_a_file_that_scores_the_same(our_cache_run, tmp_path, capsys, caplog):
+    """Our --cache runs read the zip maps this project writes, in sorted-wnid order: ``convert`` (label order auto)
+    keeps the head as trained. It treated the run's ``cache=True`` as the authors' zip order: it fetched their map
+    (``--offline``: an error) and would have permuted a 1000-class head away from the labels it was trained on."""
+    ckpt_path, val = our_cache_run
+    ours = load_checkpoint(ckpt_path)
+    assert ours["args"]["cache"] is True and ours["trainer"] == "Deit/main.py"
+    dst = tmp_path / "converted.pth"
+    with caplog.at_level(logging.INFO, logger="maxsup.hub"):
+        hub.main(["convert", str(ckpt_path), str(dst), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert "pass --label-order zip if those were the authors' maps" in caplog.text
+    converted = load_checkpoint(dst)
+    assert converted["arch"] == ours["arch"] and converted["eval_transform"] == ours["eval_transform"]
+    x = torch.randn(4, 3, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(model_from_checkpoint(converted).eval()(x), model_from_checkpoint(ours).eval()(x),
+                                   rtol=0, atol=0)
+    common = ["--data-path", str(val), "--workers", "0", "--device", "cpu", "--batch-size", "4", "--offline"]
+    results = []
+    for path, flags in ((ckpt_path, []), (dst, []), (ckpt_path, ["--arch", "vit_tiny_patch16_224"])):
+        hub.main(["evaluate", str(path), *common, *flags])  # the network the file records: --arch is harmless
+        results.append({k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "checkpoint"})
+    acc1, nll = folder_acc1_nll(model_from_checkpoint(ours).eval(), val, ours["eval_transform"])
+    assert results[0] == results[1] == results[2] and results[0]["n"] == 9
+    assert results[0]["acc1"] == pytest.approx(acc1) and results[0]["nll"] == pytest.approx(nll, rel=1e-4)
+
+
+def test_zip_order_is_explicit_for_our_runs_on_the_authors_maps(zip_order, tmp_path, capsys):
+    """A --cache run of ours may have read the authors' maps (their zip order); its file does not say which maps:
+    ``auto`` keeps the head (above), ``--label-order zip`` permutes it, the same way in ``convert`` and
+    ``evaluate``; ``--zip-map`` alone would be ignored, so it is refused."""
+    model, src = _ours(tmp_path / "ours.pth", 1000, trainer="Deit/main.py", args={"cache": True, "data_set": "IMNET"})
+    zip_map = str(_write_zip_map(tmp_path / "zip_val_map.txt", zip_order))
+    err = _cli_error(capsys, ["convert", str(src), str(tmp_path / "x.pth"), "--arch", "vit_tiny_patch16_224",
+                              "--zip-map", zip_map])
+    assert "--zip-map alone would be ignored (add --label-order zip" in err, err
+    dst = tmp_path / "standard.pth"
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--label-order", "zip",
+              "--zip-map", zip_map])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "zip->standard"
+    perm = torch.tensor(hub.zip_to_standard_permutation(zip_order))  # standard class j = zip logit perm[j]
+    x = torch.randn(2, 3, 28, 28)
+    with torch.inference_mode():
+        want = model(x)[:, perm]
+        torch.testing.assert_close(model_from_checkpoint(load_checkpoint(dst)).eval()(x), want, rtol=0, atol=0)
+        args = hub.get_args_parser().parse_args(["evaluate", str(src), "--data-path", ".", "--label-order", "zip",
+                                                     "--zip-map", zip_map])
+        evaluated = resolve_for_eval(str(src), args)
+        torch.testing.assert_close(model_from_checkpoint(evaluated).eval()(x), want, rtol=0, atol=0)
+        args.label_order, args.zip_map = "auto", None  # the default keeps the head as trained
+        assert torch.equal(resolve_for_eval(str(src), args)["model"]["head.weight"], model.head.weight)
+    # the converted file keeps cache=True in its args; converting it again must not permute it a second time
+    again = tmp_path / "again.pth"
+    hub.main(["convert", str(dst), str(again), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert torch.equal(load_checkpoint(again)["model"]["head.weight"], load_checkpoint(dst)["model"]["head.weight"])
+
+
+def test_convert_permutes_a_token_head_with_the_class_head_and_keeps_a_cifar_resnet(zip_order, tmp_path, capsys):
+    """A token-labelling run of ours on the authors' maps: its token head predicts the same 1000 classes, so
+    ``--label-order zip`` permutes it too (only the class head was permuted). A CIFAR ResNet of ours (classifier
+    ``fc``, not ``head``) converts to the same function (convert named no ``head.weight`` and stopped)."""
+    from maxsup.data.transforms import transform_spec
+    from maxsup.models import arch_spec
+
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch16_224", 1000, token_head="smmix", **VIT_KW).eval()
+    src = tmp_path / "token.pth"
+    torch.save({"model": model.state_dict(), "arch": arch_spec("vit_tiny_patch16_224", 1000, token_head="smmix",
+                                                               **VIT_KW),
+                "eval_transform": transform_spec(28), "trainer": "Deit/main.py", "args": {"cache": True}}, src)
+    dst = tmp_path / "token_standard.pth"
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--label-order", "zip", "--zip-map",
+              str(_write_zip_map(tmp_path / "zip_val_map.txt", zip_order))])
+    capsys.readouterr()
+    perm = torch.tensor(hub.zip_to_standard_permutation(zip_order))
+    sd, converted = model.state_dict(), load_checkpoint(dst)["model"]
+    for key in ("backbone.head.weight", "backbone.head.bias", "aux_head.weight", "aux_head.bias"):
+        assert torch.equal(converted[key], sd[key][perm]), key
+
+    resnet = create_model("cifar_resnet10", 10, width=4).eval()
+    src, dst = tmp_path / "cifar.pth", tmp_path / "cifar_converted.pth"
+    torch.save({"model": resnet.state_dict(), "arch": arch_spec("cifar_resnet10", 10, width=4),
+                "eval_transform": transform_spec(32), "trainer": "Conv/common_resnet/train.py", "args": {}}, src)
+    hub.main(["convert", str(src), str(dst), "--arch", "cifar_resnet10"])
+    assert json.loads(capsys.readouterr().out)["arch"] == {"name": "cifar_resnet10", "num_classes": 10,
+                                                           "kwargs": {"width": 4}}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model_from_checkpoint(load_checkpoint(dst)).eval()(x), resnet(x), rtol=0, atol=0)

@@ -44,12 +44,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     def add_convert(p: argparse.ArgumentParser) -> None:
         p.add_argument("--label-order", default="auto", choices=("auto", "zip", "standard"),
                        help="upstream files: auto permutes the head from the authors' zip order when the "
-                       "checkpoint's args say cache=True; zip: always; standard: never (a file in this project's "
-                       "format records its class order: evaluate refuses zip there)")
+                       "checkpoint's args say cache=True; zip: always; standard: never. A file in this project's "
+                       "format keeps its head unless zip is given, which is refused where it is provably in "
+                       "sorted-wnid order (trained on class folders, or written by convert)")
         p.add_argument("--zip-map", default=None, help="local copy of the authors' zip_val_map.txt (default: "
-                       "download it from their repository); upstream files only")
+                       "download it from their repository); for a file in this project's format, with "
+                       "--label-order zip only")
         p.add_argument("--plain-torchvision", action="store_true", help="opt-in: load BlurPool ResNet weights "
-                       "into a plain torchvision ResNet by dropping the blur (changes the function)")
+                       "into a plain torchvision ResNet by dropping the blur (changes the function); evaluate: "
+                       "upstream files only")
         p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
                        help="extra arguments of the network the weights belong to, as the trainers' --model-kwargs "
                        "(e.g. img_size=384 for a DeiT fine-tuned at 384 px); stored in the converted file")
@@ -69,15 +72,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--arch", required=True, help="a timm name (deit_small_patch16_224, lvvit_s) or a torchvision "
-                   "ResNet (resnet50); the file may be ours, DeiT's/SMMix's {'model'}, timm-train, LV-ViT's bare "
-                   "state_dict or Lightning")
+                   "ResNet (resnet50); the file may be ours (then the network it records), DeiT's/SMMix's "
+                   "{'model'}, timm-train, LV-ViT's bare state_dict or Lightning")
     p.add_argument("--offline", action="store_true", help="do not download the zip map")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     add_convert(p)
     p = sub.add_parser("evaluate", help="top-1/top-5/NLL/ECE of a registry name or checkpoint on an ImageFolder")
     p.add_argument("checkpoint", help=f"one of {', '.join(REGISTRY)}, or a checkpoint path")
     p.add_argument("--data-path", required=True, help="ImageFolder with one folder per wnid (e.g. imagenet/val)")
-    p.add_argument("--arch", default=None, help="architecture of a raw upstream checkpoint path")
+    p.add_argument("--arch", default=None, help="architecture of a raw upstream checkpoint path (a file in this "
+                   "project's format records its own; another name is refused)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")

@@ -6,7 +6,8 @@
   (:func:`eval_transform_for`: LV-ViT 0.9 for T/S and 1.0 for M, bicubic; DeiT 0.875 bicubic).
 
 * The DeiT-Small's head is permuted from the authors' zip label order to sorted-wnid order
-  (:mod:`maxsup.hub.zip_order`).
+  (:mod:`maxsup.hub.zip_order`). A file of this project (a trainer's, or a previous convert's) keeps its head in the
+  order it was trained in unless ``label_order="zip"`` says its run read the authors' maps (:func:`check_ours`).
 * The ResNet-50s come from ffcv-based training with BlurPool; their keys only load strictly into a BlurPool
   ResNet-50 (:func:`maxsup.models.create_model` with ``blurpool=True``). Loading into a plain torchvision ResNet-50
   drops the blur and changes the function, so it is an explicit opt-in (``plain_torchvision``).
@@ -17,6 +18,7 @@ so exactly that one type is allow-listed (and logged) when the plain load refuse
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -44,7 +46,8 @@ from ..models import (
 from .registry import FFCV_EVAL, ZipMapError
 from .zip_order import load_zip_order, zip_to_standard_permutation
 
-__all__ = ["load_released_checkpoint", "normalize_resnet_state_dict", "eval_transform_for", "convert_checkpoint"]
+__all__ = ["load_released_checkpoint", "normalize_resnet_state_dict", "eval_transform_for", "convert_checkpoint",
+           "check_ours", "sorted_order_reason"]
 
 log = logging.getLogger("maxsup.hub")
 
@@ -94,11 +97,71 @@ def _check_shapes(arch: str, own: Mapping[str, Tensor], sd: Mapping[str, Tensor]
 
 
 def _wants_zip_order(label_order: str, args: Mapping[str, Any]) -> bool:
+    """Whether an upstream file's head is permuted from the authors' zip order (files of ours: :func:`check_ours`)."""
     if label_order not in ("auto", "zip", "standard"):
         raise UserError(f"--label-order must be auto, zip or standard, got {label_order!r}")
-    # Deit/main.py --cache reads labels from the authors' map files: logits are in zip order
-    # (data/README.md, "The label-order trap (DeiT)").
+    # the authors' Deit/main.py --cache reads labels from their map files: logits are in zip order
+    # (data/README.md, "The label-order trap (DeiT)")
     return label_order == "zip" or (label_order == "auto" and bool(args.get("cache", False)))
+
+
+#: trainers of this project whose labels always come from class folders, i.e. sorted wnids (ImageFolder order)
+FOLDER_TRAINERS = ("Conv/common_resnet/train.py",)
+
+
+def _args_of(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The file's ``args`` as a mapping (our trainers save a dict; a caller may pass a loaded ``Namespace``)."""
+    args = raw.get("args")
+    return vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, Mapping) else {}
+
+
+def sorted_order_reason(raw: Mapping[str, Any]) -> str | None:
+    """Why a file in this project's format provably holds its head in sorted-wnid (ImageFolder) order, or None where
+    its class order is that of map files it does not record: a ``Deit/main.py --cache`` run reads the zip maps in its
+    data folder (sorted wnids when ``data/prepare_imagenet_zip.py`` wrote them, the authors' permuted order when
+    theirs are used), a ``Conv/ffcv`` run a ``.beton`` (written from class folders or from a zip + map)."""
+    args = _args_of(raw)
+    if isinstance(raw.get("hub"), Mapping):
+        return "written by hub convert"  # convert always writes sorted-wnid order
+    trainer = raw.get("trainer")
+    if trainer in FOLDER_TRAINERS:
+        return f"trained by {trainer}"
+    if trainer == "Deit/main.py" and not args.get("cache"):
+        return "trained by Deit/main.py without --cache"
+    return None
+
+
+def check_ours(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
+               zip_map: str | os.PathLike | None = None, source: str = "checkpoint") -> bool:
+    """Check the flags given for a file in this project's format (``raw['arch']`` a dict) and say whether its head
+    is permuted from the authors' zip order. ``arch`` must be the network the file records. The head is never
+    permuted by default (``auto`` and ``standard`` keep the order it was trained in: its class folders' or the zip
+    maps' that this project's data/ scripts write, sorted wnids); ``zip`` only on a run whose labels may have come
+    from the authors' maps (:func:`sorted_order_reason` None). Meaningless flags are refused, not ignored."""
+    recorded = raw["arch"].get("name")
+    if recorded != arch:
+        raise UserError(f"{source} is in this project's format and records its network ({recorded}); --arch "
+                        f"{arch} names another one (pass --arch {recorded})")
+    args = _args_of(raw)
+    if label_order not in ("auto", "zip", "standard"):
+        raise UserError(f"--label-order must be auto, zip or standard, got {label_order!r}")
+    flags = [f for f, given in (("--zip-map", zip_map is not None), ("--label-order zip", label_order == "zip"))
+             if given]
+    reason = sorted_order_reason(raw)
+    if flags and reason is not None:
+        verb, them = ("apply", "them") if len(flags) > 1 else ("applies", "it")
+        raise UserError(f"{source} is in this project's format and records its class order (sorted wnids: "
+                        f"{reason}); {' and '.join(flags)} {verb} to upstream files and to our runs trained on the "
+                        f"authors' zip maps only (drop {them})")
+    if zip_map is not None and label_order != "zip":
+        raise UserError(f"{source} is in this project's format, whose head is kept in its training order unless "
+                        f"--label-order zip is given; --zip-map alone would be ignored (add --label-order zip if the "
+                        f"run was trained on the authors' zip maps, else drop --zip-map)")
+    if label_order == "auto" and args.get("cache") and reason is None:
+        log.info("%s was trained with --cache: its head is kept in the class order of the zip maps it read (sorted "
+                 "wnids when data/prepare_imagenet_zip.py wrote them); pass --label-order zip if those were the "
+                 "authors' maps", source)
+    return label_order == "zip"
 
 
 def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
@@ -112,8 +175,11 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
 
     Args:
         raw: the loaded file. arch: a timm name (``deit_small_patch16_224``, ``lvvit_s``) or a torchvision ResNet
-            name (``resnet50``). label_order: ``auto`` permutes the classifier rows from the authors' zip order to
-            sorted-wnid order when ``raw['args']['cache']`` is true; ``zip`` always, ``standard`` never.
+            name (``resnet50``); for a file in this project's format, the network it records (another is refused).
+        label_order: upstream files: ``auto`` permutes the classifier rows (and a token head's) from the authors'
+            zip order to sorted-wnid order when ``raw['args']['cache']`` is true; ``zip`` always, ``standard``
+            never. Files in this project's format keep their head unless ``zip`` is given, which is refused where
+            the file provably is in sorted-wnid order (:func:`check_ours`).
         plain_torchvision: load BlurPool weights into a plain torchvision ResNet by dropping the blur filters.
             This changes the network's function (lower accuracy): for feature extraction/fine-tuning only.
         eval_transform: kwargs of ``transform_spec``; default: the file's own (ours) or :func:`eval_transform_for`.
@@ -123,7 +189,10 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
     """
     weights = read_weights(raw, source)
     args = weights.args
-    remapped = _wants_zip_order(label_order, args)
+    if weights.layout == "maxsup":  # ours: the file records its network and was trained in its own class order
+        remapped = check_ours(raw, arch, label_order=label_order, zip_map=zip_map, source=source)
+    else:
+        remapped = _wants_zip_order(label_order, args)
     # The map is checked before the (slow) model build, so a bad map fails fast.
     perm = torch.tensor(zip_to_standard_permutation(load_zip_order(zip_map, offline=offline))) if remapped else None
     sd = weights.state_dict
@@ -147,6 +216,8 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         if head and "token_head" not in kwargs:
             kwargs["token_head"] = head  # an SMMix file: its token head is kept (as TokenHeadViT's aux_head)
         classifier = "backbone.head" if head else "head"
+        if not head and "head.weight" not in sd and "fc.weight" in sd:  # this project's CIFAR ResNets
+            classifier = "fc"
     weight_key = f"{classifier}.weight"
     plain_key = weight_key.removeprefix("backbone.")
     head_weight = sd.get(weight_key, sd.get(plain_key))
@@ -165,10 +236,12 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         if len(perm) != num_classes:
             raise ZipMapError(f"zip map has {len(perm)} classes but the checkpoint's head has {num_classes}")
         sd = dict(sd)
-        for key in (weight_key, f"{classifier}.bias"):
-            if key in sd:
-                sd[key] = sd[key][perm]
-        log.info("permuted %s rows from the authors' zip label order to sorted-wnid (ImageFolder) order", classifier)
+        # a token head (LV-ViT's, SMMix's, our token-labelling runs') predicts the same classes as the class head
+        permuted = [key for key in (weight_key, f"{classifier}.bias", "aux_head.weight", "aux_head.bias") if key in sd]
+        for key in permuted:
+            sd[key] = sd[key][perm]
+        log.info("permuted %s rows from the authors' zip label order to sorted-wnid (ImageFolder) order",
+                 ", ".join(permuted))
 
     if eval_transform is None and weights.layout == "maxsup" and isinstance(raw.get("eval_transform"), Mapping):
         spec = dict(raw["eval_transform"])

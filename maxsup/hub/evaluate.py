@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..metrics import ClassificationMeter
 from ..models import model_from_checkpoint, parse_model_kwargs
 from ..training.distributed import resolve_device
-from .convert import convert_checkpoint, load_released_checkpoint
+from .convert import check_ours, convert_checkpoint, load_released_checkpoint
 from .download import download
 from .registry import REGISTRY
 
@@ -87,16 +87,20 @@ def resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"unknown checkpoint {ref!r}: not a file and not one of {', '.join(REGISTRY)}")
     raw = load_released_checkpoint(path)
     if isinstance(raw.get("arch"), dict) and "eval_transform" in raw:
+        name = raw["arch"].get("name")
         if model_kwargs:
-            raise UserError(f"{path} is in this project's format and records its network ({raw['arch'].get('name')}, "
+            raise UserError(f"{path} is in this project's format and records its network ({name}, "
                             f"kwargs {raw['arch'].get('kwargs')}); --model-kwargs applies to upstream files only")
-        # the head of our files is already in the order of the classes they record (sorted wnids for ImageNet):
-        # a permutation from the authors' zip order would be silently skipped, so asking for one is refused
-        order_flags = [f for f, given in (("--zip-map", args.zip_map is not None),
-                                          ("--label-order zip", args.label_order == "zip")) if given]
-        if order_flags:
-            raise UserError(f"{path} is in this project's format and records its class order; "
-                            f"{' and '.join(order_flags)} apply to upstream files only (drop them)")
+        if args.plain_torchvision:  # scoring another network than the file's is a separate, explicit step
+            raise UserError(f"{path} is in this project's format and records its network ({name}); "
+                            f"--plain-torchvision applies to upstream files only (write the plain network with "
+                            f"`python -m maxsup.hub convert {path} OUT.pth --arch {name} --plain-torchvision` and "
+                            f"evaluate OUT.pth)")
+        # the checks of convert: a different --arch is refused, and so are --zip-map / --label-order zip where the
+        # file is provably in sorted-wnid order; the head is permuted only on an explicit --label-order zip
+        if check_ours(raw, args.arch or name, label_order=args.label_order, zip_map=args.zip_map, source=str(path)):
+            return convert_checkpoint(raw, name, label_order="zip", zip_map=args.zip_map, offline=args.offline,
+                                      source=str(path))
         return raw
     if args.arch is None:
         raise UserError(f"{path} is not in this project's format; pass --arch (e.g. resnet50) to convert it on the fly")
