@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -25,62 +26,38 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type`` of counts that must be at least 1 (images, bins, samples per class): '0' and '-1' are
-    refused here rather than meaning "none" or dropping the last item of a slice."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {value}")
-    return value
+def _number(convert: Callable[[str], Any], accept: Callable[[Any], bool], expects: str, name: str,
+            doc: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then refuse a value ``accept`` rejects (NaN fails every range);
+    both refusals read ``expects <expects>, got <text>``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects {expects}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expects {expects}, got {text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse ``type`` of sizes that must be finite and above 0 (inches per figure panel)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expects a number > 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse ``type`` of counts where 0 means none or off (warm-up epochs, workers, a print period of 0 = never)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse ``type`` of finite magnitudes where 0 means none or off and a negative value has no meaning: learning
-    rates, weight decay, momentum, a gradient-norm clip whose 0 = off, Mixup/CutMix α, loss weights."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expects a number >= 0, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    """argparse ``type`` of probabilities and rates in [0, 1] (dropout, drop-path, random erasing, flip and mixing
-    probabilities, an EMA decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a probability in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expects a probability in [0, 1], got {text}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1", "positive_int", """argparse ``type`` of counts \
+that must be at least 1 (images, bins, samples per class): '0' and '-1' are refused here rather than meaning "none" \
+or dropping the last item of a slice.""")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a number > 0", "positive_float", """argparse ``type`` \
+of sizes that must be finite and above 0 (inches per figure panel).""")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0", "non_negative_int", """argparse ``type`` of \
+counts where 0 means none or off (warm-up epochs, workers, a print period of 0 = never).""")
+non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0", "non_negative_float", """argparse \
+``type`` of finite magnitudes where 0 means none or off and a negative value has no meaning: learning rates, weight \
+decay, momentum, a gradient-norm clip whose 0 = off, Mixup/CutMix α, loss weights.""")
+probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]", "probability", """argparse ``type`` \
+of probabilities and rates in [0, 1] (dropout, drop-path, random erasing, flip and mixing probabilities, an EMA \
+decay).""")
 
 
 def check_value(name: str, value: Any, kind: Callable[[str], Any]) -> None:
