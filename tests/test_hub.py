@@ -898,6 +898,34 @@ def test_zip_order_is_explicit_for_our_runs_on_the_authors_maps(zip_order, tmp_p
     assert torch.equal(load_checkpoint(again)["model"]["head.weight"], load_checkpoint(dst)["model"]["head.weight"])
 
 
+def test_recorded_wnids_sort_a_1000_class_head_as_the_zip_map_does_and_other_names_keep_it(zip_order, tmp_path,
+                                                                                           capsys):
+    """A Conv/ffcv run on a .beton written from the authors' zip + map records its sidecar's classes, the wnids in
+    zip order: ``auto`` sorts its head (and token head) by them exactly as the zip map would, with no map and
+    ``--offline``. Names that are not wnids (Fashion-MNIST's, whose label order is the dataset's own) keep the
+    head, and ``--label-order zip`` stays possible on such a --cache run, as before."""
+    model, src = _ours(tmp_path / "ffcv.pth", 1000, trainer="Conv/ffcv/main.py", args={}, classes=zip_order)
+    dst = tmp_path / "sorted.pth"
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "recorded->standard"
+    perm = torch.tensor(hub.zip_to_standard_permutation(zip_order))
+    converted = load_checkpoint(dst)
+    assert converted["classes"] == sorted(zip_order)
+    for key in ("head.weight", "head.bias"):
+        assert torch.equal(converted["model"][key], model.state_dict()[key][perm]), key
+
+    fmnist = ["T-shirt/top", "Trouser", "Pullover"]  # not sorted, and not to be sorted
+    model, src = _ours(tmp_path / "fmnist.pth", 3, trainer="Deit/main.py", args={"cache": True}, classes=fmnist)
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline", "--force"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert load_checkpoint(dst)["classes"] == fmnist
+    assert torch.equal(load_checkpoint(dst)["model"]["head.weight"], model.head.weight)
+    zip_map = str(_write_zip_map(tmp_path / "zip_val_map.txt", zip_order))
+    err = _cli_error(capsys, ["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--force",
+                              "--label-order", "zip", "--zip-map", zip_map])  # applied (and then too small)
+    assert err == "error: zip map has 1000 classes but the checkpoint's head has 3", err
+
+
 def test_convert_permutes_a_token_head_with_the_class_head_and_keeps_a_cifar_resnet(zip_order, tmp_path, capsys):
     """A token-labelling run of ours on the authors' maps: its token head predicts the same 1000 classes, so
     ``--label-order zip`` permutes it too (only the class head was permuted). A CIFAR ResNet of ours (classifier
