@@ -246,8 +246,7 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
             names = None  # a zip-order head: the names it recorded (if any) no longer say its order
     else:
         remapped = _wants_zip_order(label_order, args)
-    if by_names:
-        assert names is not None
+    if by_names and names is not None:
         perm = torch.tensor(sorted(range(len(names)), key=names.__getitem__))  # sorted class j = recorded perm[j]
     elif remapped:  # the map is checked before the (slow) model build, so a bad map fails fast
         perm = torch.tensor(zip_to_standard_permutation(load_zip_order(zip_map, offline=offline)))
@@ -301,8 +300,7 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         permuted = [key for key in (weight_key, f"{classifier}.bias", "aux_head.weight", "aux_head.bias") if key in sd]
         for key in permuted:
             sd[key] = sd[key][perm]
-        if by_names:
-            assert names is not None
+        if by_names and names is not None:
             names = [names[i] for i in perm.tolist()]
             log.info("permuted %s rows from the class order the file records (%d wnids, not sorted) to sorted-wnid "
                      "(ImageFolder) order", ", ".join(permuted), num_classes)
