@@ -1,6 +1,7 @@
 """Datasets and transforms for the DeiT trainer: ImageFolder, the authors' zip cache, and Fashion-MNIST.
 
-``build_dataset(is_train, args, rank, world_size) -> (dataset, nb_classes)``; every dataset exposes ``.targets``.
+``build_dataset(is_train, args, rank, world_size) -> (dataset, nb_classes)``; every dataset exposes ``.targets``,
+and ``.classes`` (the name of label k) where its class names are known (:func:`class_names`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from maxsup.data import parse_classes
 from maxsup.data.imagecheck import CheckedImageFolder
 from maxsup.data.registry import DATASETS, build_split
 from maxsup.data.transforms import eval_transform, transform_spec
-from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, parse_map
+from maxsup.data.zipcache import IMAGE_EXTENSIONS, ZipCacheDataset, map_class_names, parse_map
 from maxsup.errors import UserError
 
-__all__ = ["build_dataset", "build_transform", "eval_transform_spec", "parse_classes", "TargetSubset"]
+__all__ = ["build_dataset", "build_transform", "eval_transform_spec", "parse_classes", "TargetSubset", "class_names"]
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
@@ -41,13 +42,19 @@ for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
 
 
 class TargetSubset(Dataset):
-    """``dataset[indices]`` with labels relabelled through ``label_map`` (old label → new label)."""
+    """``dataset[indices]`` with labels relabelled through ``label_map`` (old label → new label); ``classes``
+    follows the relabelling where the dataset names its classes."""
 
     def __init__(self, dataset: Any, indices: list[int], label_map: dict[int, int] | None = None):
         self.dataset, self.indices = dataset, indices
         self.label_map = label_map
         old = [dataset.targets[i] for i in indices]
         self.targets = [label_map[t] for t in old] if label_map else old
+        names = getattr(dataset, "classes", None)
+        if names is not None and label_map:
+            self.classes = [names[old_label] for old_label, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+        elif names is not None:
+            self.classes = list(names)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -117,7 +124,21 @@ def _zip_cache(is_train: bool, args: argparse.Namespace, rank: int, world_size: 
     # the class folder (wnid) of each label, from the train members <wnid>/<file>, as ImageFolder names its classes:
     # the val map has flat file names only, and --real-labels maps predictions to ImageNet indices through the wnids
     ds.class_to_idx = {PurePosixPath(name).parent.name: label for name, label in train_map}
+    names = map_class_names(train_map)  # None where a label's members disagree: the checkpoint then records none
+    if names is not None:
+        ds.classes = names
     return ds, nb_classes
+
+
+def class_names(dataset: Any, nb_classes: int) -> list[str] | None:
+    """The name of each label 0..nb_classes−1 of a :func:`build_dataset` dataset (index = label), as the checkpoint
+    records them under ``classes``: ImageFolder's class folders (sorted), the zip cache's train-map folders (in the
+    map's label order, e.g. the authors' permuted wnids), Fashion-MNIST's class names (after ``--classes``); None
+    where they are unknown (a zip map that does not name its classes, synthetic data)."""
+    names = getattr(dataset, "classes", None)
+    if names is None or len(names) != nb_classes:
+        return None
+    return [str(n) for n in names]
 
 
 def _select(ds: Any, nb_classes: int, classes: list[int] | None, limit_per_class: int | None) -> tuple[Any, int]:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine/datasets/samplers, DeiT's flat layout
 
-from datasets import TEST_SETS, build_dataset, build_transform, eval_transform_spec  # noqa: E402
+from datasets import TEST_SETS, build_dataset, build_transform, class_names, eval_transform_spec  # noqa: E402
 from engine import evaluate, train_one_epoch  # noqa: E402
 from samplers import RASampler, ShardSampler  # noqa: E402
 from smmix import SMMix, SMMixStep  # noqa: E402
@@ -563,6 +563,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         dataset_train, nb_classes = build_dataset(True, args, rank, world)
         dataset_val, _ = build_dataset(False, args, rank, world)
+    # the name of each label, saved as the checkpoint's "classes": hub convert reads the head's class order from it
+    # (a zip cache's labels follow its maps, which may be the authors' permuted order); None where unknown
+    label_names = None if args.estimate_synthetic else class_names(dataset_train, nb_classes)
     if args.token_label_data:
         dataset_train = TokenLabelDataset(dataset_train, args.token_label_data, nb_classes,
                                           (OfficialOrderCropFlip if args.token_label_aug == "official"
@@ -724,6 +727,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "scaler": scaler.state_dict() if scaler is not None else None, "criterion": criterion.state_dict(),
             "rng": rng_state(), "max_accuracy": max_accuracy,
             **({"log_stats": last_log} if last_log is not None else {}),  # the record of `epoch` (for the log)
+            **({"classes": label_names} if label_names is not None else {}),  # index = label
         }
 
     with Preemption() as preemption:

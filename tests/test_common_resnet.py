@@ -222,6 +222,7 @@ def test_imagefolder_run_then_test_only_reproduces_logged_metrics(tmp_path, caps
     assert all(r["train_images_per_s"] == pytest.approx(60 / r["train_seconds"], rel=1e-9) for r in log)
     ckpt = load_checkpoint(out / "checkpoint.pth")
     assert ckpt["arch"] == {"name": "cifar_resnet10", "num_classes": 10, "kwargs": {"width": 8}}
+    assert ckpt["classes"] == [f"class{y}" for y in range(10)]  # the class folders, index = label
     assert ckpt["eval_transform"]["img_size"] == 32 and ckpt["eval_transform"]["crop_pct"] == pytest.approx(32 / 37)
     assert {"optimizer", "lr_scheduler", "criterion", "rng", "args"} <= set(ckpt) and ckpt["epoch"] == 1
     assert ckpt["optimizer"]["param_groups"][1]["weight_decay"] == 0.0  # BN parameters

@@ -121,6 +121,41 @@ def test_truncated_jpeg_in_zip_is_named_or_skipped(image_root, tmp_path):
     assert ds.num_skipped == 1 and len(ds) == 95 and f"trouser/{victim.name}" not in dict(ds.samples)
 
 
+def test_zip_cache_names_each_label_by_its_train_map_folder_or_not_at_all(image_root, tmp_path):
+    """The checkpoint's ``classes`` come from ``class_names``: a zip cache's label k is named by the class folder of
+    its train-map members, in the map's own order (the authors' maps are not sorted), and follows ``--classes``.
+    A map that does not name its labels unambiguously (a label's members in two folders, flat members) gives no
+    names rather than a guess."""
+    datasets = DEIT_MODULES["datasets"]
+    order = {"trouser": 0, "tshirt": 1, "pullover": 2}
+    root = tmp_path / "permuted"
+    root.mkdir()
+    for split in ("train", "val"):
+        write_zip_cache(image_root / split, root / f"{split}.zip", root / f"{split}_map.txt", split=split,
+                        class_to_idx=order)
+
+    def names(data: Path, *extra: str) -> list[str] | None:
+        args = deit_main.get_args_parser().parse_args(["--data-set", "IMNET", "--data-path", str(data), "--cache",
+                                                       *extra, *TINY])
+        ds, k = datasets.build_dataset(True, args)
+        return datasets.class_names(ds, k)
+
+    assert names(root) == ["trouser", "tshirt", "pullover"]
+    assert names(root, "--classes", "2,0") == ["pullover", "trouser"]  # relabelled 0..n-1 in the given order
+
+    lines = (root / "train_map.txt").read_text().splitlines()
+    moved = next(i for i, line in enumerate(lines) if line.startswith("tshirt/"))
+    lines[moved] = lines[moved].split("\t")[0] + "\t0"  # a tshirt image labelled as the trouser class
+    bad = _copy_tree(root, tmp_path / "mixed")
+    (bad / "train_map.txt").write_text("\n".join(lines) + "\n")
+    assert names(bad) is None
+    flat = _copy_tree(root, tmp_path / "flat")  # the val files (flat member names) as the train split
+    for ext in ("zip", "txt"):
+        suffix = "" if ext == "zip" else "_map"
+        (flat / f"train{suffix}.{ext}").write_bytes((root / f"val{suffix}.{ext}").read_bytes())
+    assert names(flat) is None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # training runs (in process)
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,6 +181,9 @@ def test_folder_and_zip_epochs_agree_and_eval_reproduces(image_root, zip_root, t
     # same bytes, same order, same seed: the two formats train identically
     assert logs["folder"]["train_loss"] == pytest.approx(logs["zip"]["train_loss"], rel=1e-6)
 
+    # both record the class of each label (index = label): the folders' sorted names, the train map's folders
+    for name in ("folder", "zip"):
+        assert load_checkpoint(tmp_path / name / "checkpoint.pth")["classes"] == ["pullover", "trouser", "tshirt"]
     ckpt = torch.load(tmp_path / "folder" / "checkpoint.pth", weights_only=True)
     assert {"model", "arch", "eval_transform", "args", "epoch", "optimizer", "lr_scheduler", "model_ema", "scaler",
             "criterion", "rng"} <= set(ckpt)
@@ -273,6 +311,7 @@ def test_finetune_keeps_the_backbone_and_replaces_the_head(image_root, tmp_path,
     train(["--data-set", "FMNIST", "--classes", "8,0", "--limit-per-class", "8", *TINY, "--epochs", "1", "--lr", "0",
            "--finetune", str(src / "checkpoint.pth"), "--output_dir", str(out)])
     assert "new 2-class head" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.pth")["classes"] == ["Bag", "T-shirt/top"]  # --classes 8,0's order
     before = load_checkpoint(src / "checkpoint.pth")["model"]
     after = load_checkpoint(out / "checkpoint.pth")["model"]
     assert before["head.weight"].shape[0] == 3 and after["head.weight"].shape[0] == 2
@@ -465,10 +504,14 @@ def test_preemption_mid_accumulation_group_checkpoints_and_resumes_bit_exact(tmp
     ckpt = torch.load(run / "checkpoint.pth", weights_only=False)
     done = (step + 1) // 2 * 2  # batches trained: up to the end of the accumulation group the signal arrived in
     assert ckpt["epoch"] == (done // 6) - 1 and ckpt.get("partial", {}).get("step", 0) == done % 6
+    assert ckpt["classes"] == ["T-shirt/top", "Pullover", "Coat"]  # --classes 0,2,4: the name of label k
+    del ckpt["classes"]  # a checkpoint from before the names were recorded resumes the same way
+    torch.save(ckpt, run / "checkpoint.pth")
     train([*recipe, "--output_dir", str(run), "--resume", str(run / "checkpoint.pth")])
     assert untimed_log(run) == untimed_log(ref)
     a = torch.load(ref / "checkpoint.pth", weights_only=True)
     b = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert a["classes"] == b["classes"] == ["T-shirt/top", "Pullover", "Coat"]
     for key in ("model", "model_ema", "criterion"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key

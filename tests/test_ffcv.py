@@ -102,6 +102,8 @@ def test_writer_reads_the_zip_cache_with_its_map_labels(betons, tmp_path):
     labels = Reader(str(out)).metadata["f1"].tolist()
     assert labels == [label for _, label in parse_map(tmp_path / "val_map.txt")]
     assert sorted(set(labels)) == [0, 1, 2, 3] and labels[0] == order["c0_fmnist"]
+    # the sidecar names the labels in the map's order: what a run on this .beton records as its checkpoint's classes
+    assert json.loads(Path(f"{out}.classes.json").read_text())["classes"] == sorted(order, key=order.__getitem__)
 
 
 def test_ffcv_loader_returns_labels_shapes_and_pixels(trained, betons):
@@ -149,6 +151,9 @@ def test_one_epoch_trains_evaluates_and_checkpoints(trained, betons):
     assert any(k.endswith("blur_filter") for k in ckpt["model"])  # BlurPool before strided convs
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert ckpt["eval_transform"]["img_size"] == 32
+    # the name of each label, from the train .beton's sidecar (hub convert reads the head's class order from it)
+    sidecar = json.loads(Path(f"{betons['train']}.classes.json").read_text())["classes"]
+    assert ckpt["classes"] == sidecar == ["c0_fmnist", "c1_fmnist", "c2_fmnist", "c3_photo"]
 
 
 def test_dotted_override_takes_effect(trained):

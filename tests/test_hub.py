@@ -694,19 +694,17 @@ def test_evaluate_refuses_network_flags_that_do_not_fit_a_file_in_our_format(fla
         assert err.endswith(line) and not dst.exists(), err
 
 
-@pytest.fixture(scope="module")
-def our_cache_run(fmnist_image_folder, tmp_path_factory):
-    """A real Deit/main.py --cache run (1 epoch, a one-block ViT) on a zip cache written by this project's
-    ``write_zip_cache`` (sorted-wnid labels, as data/prepare_imagenet_zip.py writes them) from 3 Fashion-MNIST
-    classes; returns (its checkpoint.pth, the val ImageFolder)."""
+def _deit_cache_run(images: Path, root: Path, class_to_idx: dict[str, int] | None = None) -> Path:
+    """A real Deit/main.py --cache run (1 epoch, a one-block ViT) on a zip cache that ``write_zip_cache`` writes
+    into ``root`` from the ImageFolder ``images`` (``class_to_idx``: the maps' labels, default sorted folders, as
+    data/prepare_imagenet_zip.py writes them); returns its checkpoint.pth."""
     from flat_import import load_flat_modules
 
     from maxsup.data.zipcache import write_zip_cache
 
-    images = fmnist_image_folder(4, 3)
-    root = tmp_path_factory.mktemp("cache_run")
     for split in ("train", "val"):
-        write_zip_cache(images / split, root / f"{split}.zip", root / f"{split}_map.txt", split=split)
+        write_zip_cache(images / split, root / f"{split}.zip", root / f"{split}_map.txt", split=split,
+                        class_to_idx=class_to_idx)
     deit = load_flat_modules(Path(__file__).resolve().parents[1] / "Deit", ("main", "engine", "datasets", "samplers"))
     with torch_threads(1):
         deit["main"].cli(["--data-set", "IMNET", "--cache", "--data-path", str(root), "--model", "vit_tiny_patch16_224",
@@ -715,7 +713,130 @@ def our_cache_run(fmnist_image_folder, tmp_path_factory):
                           "--mixup", "0", "--cutmix", "0", "--epochs", "1", "--lr", "5e-3", "--unscale-lr",
                           "--warmup-epochs", "0", "--aa", "none", "--reprob", "0", "--color-jitter", "0",
                           "--no-model-ema", "--output_dir", str(root / "out")])
-    return root / "out" / "checkpoint.pth", images / "val"
+    return root / "out" / "checkpoint.pth"
+
+
+@pytest.fixture(scope="module")
+def our_cache_run(fmnist_image_folder, tmp_path_factory):
+    """:func:`_deit_cache_run` on a zip cache with sorted labels of 3 Fashion-MNIST classes (class folders named
+    tshirt, trouser, pullover: not wnids); returns (its checkpoint.pth, the val ImageFolder)."""
+    images = fmnist_image_folder(4, 3)
+    return _deit_cache_run(images, tmp_path_factory.mktemp("cache_run")), images / "val"
+
+
+#: the Fashion-MNIST class folders renamed to made-up wnids whose sorted order differs from the folders'
+WNID_OF = {"tshirt": "n01000000", "pullover": "n02000000", "trouser": "n03000000"}
+#: a map label order that is not the sorted one (as the authors' maps are not): label k names PERMUTED[k]
+PERMUTED = ["n03000000", "n01000000", "n02000000"]
+
+
+@pytest.fixture(scope="module")
+def wnid_cache_runs(fmnist_image_folder, tmp_path_factory):
+    """Two runs of :func:`_deit_cache_run` on the same 3 wnid class folders: ``permuted`` on maps in :data:`PERMUTED`
+    label order, ``sorted`` on maps in sorted-wnid order (this project's data/ scripts); returns ({kind:
+    checkpoint.pth}, the val ImageFolder of wnid folders)."""
+    import shutil
+
+    images = tmp_path_factory.mktemp("wnid_images")
+    for split in ("train", "val"):
+        for folder, wnid in WNID_OF.items():
+            shutil.copytree(fmnist_image_folder(4, 3) / split / folder, images / split / wnid)
+    runs = {"permuted": _deit_cache_run(images, tmp_path_factory.mktemp("permuted_run"),
+                                        {w: k for k, w in enumerate(PERMUTED)}),
+            "sorted": _deit_cache_run(images, tmp_path_factory.mktemp("sorted_run"))}
+    return runs, images / "val"
+
+
+def test_a_cache_run_records_its_class_order_and_convert_sorts_its_head_by_it(wnid_cache_runs, tmp_path, capsys,
+                                                                              caplog):
+    """A --cache run on maps whose labels are not in sorted-wnid order (the authors' maps are not) records the wnid
+    of each label; ``convert`` (and ``evaluate``) with the default ``auto`` sort its head by those names, with no
+    zip map and ``--offline``, so that each class's logit is unchanged and an ImageFolder of the wnid folders
+    scores it right. Before, the file did not say its order and ``auto`` kept the permuted head."""
+    runs, val = wnid_cache_runs
+    src = runs["permuted"]
+    ours = load_checkpoint(src)
+    assert ours["classes"] == PERMUTED  # index = label, as the train map numbers the class folders
+    dst = tmp_path / "converted.pth"
+    with caplog.at_level(logging.INFO, logger="maxsup.hub"):
+        hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "recorded->standard"
+    assert ("permuted head.weight, head.bias rows from the class order the file records (3 wnids, not sorted) to "
+            "sorted-wnid (ImageFolder) order") in caplog.text
+    assert "pass --label-order zip" not in caplog.text
+    converted = load_checkpoint(dst)
+    assert converted["classes"] == sorted(PERMUTED) and converted["hub"]["label_order"] == "recorded->standard"
+    x = torch.randn(5, 3, 28, 28)
+    with torch.inference_mode():
+        before, after = model_from_checkpoint(ours).eval()(x), model_from_checkpoint(converted).eval()(x)
+    for wnid in PERMUTED:  # each class keeps its logit, now at its sorted (ImageFolder) index
+        torch.testing.assert_close(after[:, sorted(PERMUTED).index(wnid)], before[:, PERMUTED.index(wnid)],
+                                   rtol=0, atol=0)
+    assert not torch.equal(after, before)
+
+    common = ["--data-path", str(val), "--workers", "0", "--device", "cpu", "--batch-size", "4", "--offline"]
+    results = []
+    for path in (src, dst):  # evaluate permutes the same way on the fly; the converted file is kept as it is
+        hub.main(["evaluate", str(path), *common])
+        results.append({k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "checkpoint"})
+    acc1, nll = folder_acc1_nll(model_from_checkpoint(converted).eval(), val, converted["eval_transform"])
+    assert results[0] == results[1] and results[0]["n"] == 9
+    assert results[0]["acc1"] == pytest.approx(acc1) and results[0]["nll"] == pytest.approx(nll, rel=1e-4)
+
+    # --label-order standard keeps the head (and its recorded names) as trained
+    kept = tmp_path / "kept.pth"
+    hub.main(["convert", str(src), str(kept), "--arch", "vit_tiny_patch16_224", "--label-order", "standard"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    kept_ckpt = load_checkpoint(kept)
+    assert kept_ckpt["classes"] == PERMUTED
+    assert torch.equal(kept_ckpt["model"]["head.weight"], ours["model"]["head.weight"])
+    # the file says its order: the authors' zip order (or a map of it) is refused, not applied on top
+    for flags, named, them in ((["--label-order", "zip"], "--label-order zip applies", "it"),
+                               (["--zip-map", "zip_val_map.txt"], "--zip-map applies", "it")):
+        for argv in (["convert", str(src), str(tmp_path / "x.pth"), "--arch", "vit_tiny_patch16_224"],
+                     ["evaluate", str(src), "--data-path", str(val)]):
+            err = _cli_error(capsys, [*argv, *flags])
+            assert err == (f"error: {src} is in this project's format and records its class order (wnids, not "
+                           f"sorted: its recorded classes), by which --label-order auto permutes its head to "
+                           f"sorted-wnid order; {named} to upstream files and to our runs that do not record their "
+                           f"classes only (drop {them})"), err
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_sorted_cache_run_proves_its_order_and_an_old_file_behaves_as_before(wnid_cache_runs, tmp_path, capsys,
+                                                                              caplog):
+    """A --cache run on this project's sorted maps records sorted wnids, which proves its order: ``--label-order
+    zip`` is refused (before, it permuted the head away from the labels it was trained on). A file from before the
+    names were recorded (the key removed) keeps today's rule: ``auto`` keeps the head and says how to permute it."""
+    runs, _ = wnid_cache_runs
+    src = runs["sorted"]
+    ours = load_checkpoint(src)
+    assert ours["classes"] == sorted(PERMUTED)
+    err = _cli_error(capsys, ["convert", str(src), str(tmp_path / "x.pth"), "--arch", "vit_tiny_patch16_224",
+                              "--label-order", "zip"])
+    assert err == (f"error: {src} is in this project's format and records its class order (sorted wnids: its "
+                   f"recorded classes); --label-order zip applies to upstream files and to our runs trained on the "
+                   f"authors' zip maps only (drop it)"), err
+    dst = tmp_path / "sorted.pth"
+    with caplog.at_level(logging.INFO, logger="maxsup.hub"):
+        hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert "pass --label-order zip" not in caplog.text and "permuted" not in caplog.text
+    assert load_checkpoint(dst)["classes"] == sorted(PERMUTED)
+    assert torch.equal(load_checkpoint(dst)["model"]["head.weight"], ours["model"]["head.weight"])
+
+    old = load_checkpoint(runs["permuted"])
+    del old["classes"]
+    torch.save(old, tmp_path / "old.pth")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="maxsup.hub"):
+        hub.main(["convert", str(tmp_path / "old.pth"), str(tmp_path / "old_converted.pth"), "--arch",
+                  "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert "pass --label-order zip if those were the authors' maps" in caplog.text
+    converted = load_checkpoint(tmp_path / "old_converted.pth")
+    assert "classes" not in converted
+    assert torch.equal(converted["model"]["head.weight"], old["model"]["head.weight"])
 
 
 def test_our_cache_run_converts_to_a_file_that_scores_the_same(our_cache_run, tmp_path, capsys, caplog):
@@ -775,6 +896,34 @@ def test_zip_order_is_explicit_for_our_runs_on_the_authors_maps(zip_order, tmp_p
     hub.main(["convert", str(dst), str(again), "--arch", "vit_tiny_patch16_224", "--offline"])
     assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
     assert torch.equal(load_checkpoint(again)["model"]["head.weight"], load_checkpoint(dst)["model"]["head.weight"])
+
+
+def test_recorded_wnids_sort_a_1000_class_head_as_the_zip_map_does_and_other_names_keep_it(zip_order, tmp_path,
+                                                                                           capsys):
+    """A Conv/ffcv run on a .beton written from the authors' zip + map records its sidecar's classes, the wnids in
+    zip order: ``auto`` sorts its head (and token head) by them exactly as the zip map would, with no map and
+    ``--offline``. Names that are not wnids (Fashion-MNIST's, whose label order is the dataset's own) keep the
+    head, and ``--label-order zip`` stays possible on such a --cache run, as before."""
+    model, src = _ours(tmp_path / "ffcv.pth", 1000, trainer="Conv/ffcv/main.py", args={}, classes=zip_order)
+    dst = tmp_path / "sorted.pth"
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "recorded->standard"
+    perm = torch.tensor(hub.zip_to_standard_permutation(zip_order))
+    converted = load_checkpoint(dst)
+    assert converted["classes"] == sorted(zip_order)
+    for key in ("head.weight", "head.bias"):
+        assert torch.equal(converted["model"][key], model.state_dict()[key][perm]), key
+
+    fmnist = ["T-shirt/top", "Trouser", "Pullover"]  # not sorted, and not to be sorted
+    model, src = _ours(tmp_path / "fmnist.pth", 3, trainer="Deit/main.py", args={"cache": True}, classes=fmnist)
+    hub.main(["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--offline", "--force"])
+    assert json.loads(capsys.readouterr().out)["label_order"] == "standard"
+    assert load_checkpoint(dst)["classes"] == fmnist
+    assert torch.equal(load_checkpoint(dst)["model"]["head.weight"], model.head.weight)
+    zip_map = str(_write_zip_map(tmp_path / "zip_val_map.txt", zip_order))
+    err = _cli_error(capsys, ["convert", str(src), str(dst), "--arch", "vit_tiny_patch16_224", "--force",
+                              "--label-order", "zip", "--zip-map", zip_map])  # applied (and then too small)
+    assert err == "error: zip map has 1000 classes but the checkpoint's head has 3", err
 
 
 def test_convert_permutes_a_token_head_with_the_class_head_and_keeps_a_cifar_resnet(zip_order, tmp_path, capsys):

@@ -621,6 +621,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if state.train_class_counts:
             ckpt["train_class_counts"] = list(state.train_class_counts)  # --imb-ratio's long-tailed split
+        names = None if args.estimate_synthetic else getattr(dataset_test, "classes", None)
+        if names is not None and len(names) == num_classes:  # index = label, as Deit/main.py and Conv/ffcv record it
+            ckpt["classes"] = [str(n) for n in names]
         if model_ema is not None:
             ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
             ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()

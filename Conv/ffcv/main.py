@@ -714,7 +714,17 @@ class ImageNetTrainer:
             "rng": rng_state(),
             "metrics": self.last_metrics,
             **({"partial": partial} if partial else {}),
+            **({"classes": names} if (names := self.class_names()) else {}),  # index = label (hub convert reads it)
         }, self.checkpoint_path())
+
+    def class_names(self) -> list[str] | None:
+        """The train .beton sidecar's ``classes`` (the name of label k: class folders, or a zip map's label order),
+        where it names every output of the model; None otherwise (no sidecar, synthetic data, a test-set val)."""
+        beton = self.betons.get("train") or self.betons.get("val")
+        if beton is None or beton.classes is None or beton.class_indices is not None:
+            return None
+        names = [str(n) for n in beton.classes]
+        return names if len(names) == self.cfg.model.num_classes else None
 
     def resume(self) -> None:
         path = self.cfg.training.resume

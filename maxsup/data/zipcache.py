@@ -18,7 +18,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from ..training.checkpoint import atomic_path, atomic_write
 
-__all__ = ["parse_map", "ZipCacheDataset", "write_zip_cache", "looks_truncated", "IMAGE_EXTENSIONS"]
+__all__ = ["parse_map", "map_class_names", "ZipCacheDataset", "write_zip_cache", "looks_truncated",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -75,6 +76,22 @@ def parse_map(map_path: str | os.PathLike, num_classes: int | None = None) -> li
     if not entries:
         raise UserError(f"{map_path} lists no images")
     return entries
+
+
+def map_class_names(entries: list[tuple[str, int]]) -> list[str] | None:
+    """The class folder of each label (index = label) of a train map's ``[(member, label), ...]``
+    (:func:`parse_map`), whose members are ``<class_folder>/<file>``; None where the map does not name its classes
+    unambiguously: a member without a folder, a label whose members sit in two folders, a folder shared by two
+    labels, or labels that are not 0..K-1. The authors' maps and :func:`write_zip_cache`'s name ImageNet wnids."""
+    folder_of: dict[int, str] = {}
+    for name, label in entries:
+        folder = PurePosixPath(name).parent.name
+        if not folder or folder_of.setdefault(label, folder) != folder:
+            return None
+    names = [folder_of.get(label, "") for label in range(len(folder_of))]
+    if "" in names or len(set(names)) != len(names):
+        return None
+    return names
 
 
 def looks_truncated(data: bytes) -> bool:

@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="upstream files: auto permutes the head from the authors' zip order when the "
                        "checkpoint's args say cache=True; zip: always; standard: never. A file in this project's "
                        "format keeps its head unless zip is given, which is refused where it is provably in "
-                       "sorted-wnid order (trained on class folders, or written by convert)")
+                       "sorted-wnid order (trained on class folders, or written by convert), or it records its "
+                       "classes as wnids out of sorted order, which auto sorts it by (standard keeps it)")
         p.add_argument("--zip-map", default=None, help="local copy of the authors' zip_val_map.txt (default: "
                        "download it from their repository); for a file in this project's format, with "
                        "--label-order zip only")

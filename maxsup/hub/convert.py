@@ -7,7 +7,9 @@
 
 * The DeiT-Small's head is permuted from the authors' zip label order to sorted-wnid order
   (:mod:`maxsup.hub.zip_order`). A file of this project (a trainer's, or a previous convert's) keeps its head in the
-  order it was trained in unless ``label_order="zip"`` says its run read the authors' maps (:func:`check_ours`).
+  order it was trained in unless it records its class names (``classes``, index = label) as ImageNet wnids in
+  another than sorted order, which is then permuted to sorted order by those names, or ``label_order="zip"`` says
+  its run read the authors' maps (:func:`check_ours`, :func:`recorded_wnid_order`).
 * The ResNet-50s come from ffcv-based training with BlurPool; their keys only load strictly into a BlurPool
   ResNet-50 (:func:`maxsup.models.create_model` with ``blurpool=True``). Loading into a plain torchvision ResNet-50
   drops the blur and changes the function, so it is an explicit opt-in (``plain_torchvision``).
@@ -47,7 +49,7 @@ from .registry import FFCV_EVAL, ZipMapError
 from .zip_order import load_zip_order, zip_to_standard_permutation
 
 __all__ = ["load_released_checkpoint", "normalize_resnet_state_dict", "eval_transform_for", "convert_checkpoint",
-           "check_ours", "sorted_order_reason"]
+           "check_ours", "sorted_order_reason", "recorded_class_names", "recorded_wnid_order"]
 
 log = logging.getLogger("maxsup.hub")
 
@@ -115,12 +117,47 @@ def _args_of(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, Mapping) else {}
 
 
+#: an ImageNet class id (WordNet noun offset), as ImageNet's class folders and the zip maps' folders name classes
+WNID = re.compile(r"n\d{8}")
+
+
+def recorded_class_names(raw: Mapping[str, Any]) -> list[str] | None:
+    """The class names a file in this project's format records under ``classes`` (index = label; written by
+    ``Deit/main.py``, ``Conv/ffcv`` and ``convert`` since they record it), or None (older files, upstream files)."""
+    names = raw.get("classes")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def recorded_wnid_order(raw: Mapping[str, Any]) -> str | None:
+    """``"sorted"`` or ``"permuted"`` where the file records its class names as distinct ImageNet wnids
+    (:func:`recorded_class_names`), else None (no names, or other names: Fashion-MNIST's, CIFAR's, a folder's).
+
+    The rule: a head is only permuted (to sorted order, by the recorded names) where the names are wnids, because
+    only then is the order it is evaluated in known: an ImageFolder of wnid class folders (ImageNet val, or any
+    subset of its classes) labels them in sorted order, as every loader of this project that reads class folders
+    does. That holds for any number of wnids, so a head of a few ImageNet classes is permuted like one of 1000. Other
+    names carry no such convention (Fashion-MNIST's and CIFAR's labels are fixed by the dataset, not by sorting), so
+    their heads are kept."""
+    names = recorded_class_names(raw)
+    if names is None or len(set(names)) != len(names) or not all(WNID.fullmatch(n) for n in names):
+        return None
+    return "sorted" if names == sorted(names) else "permuted"
+
+
 def sorted_order_reason(raw: Mapping[str, Any]) -> str | None:
     """Why a file in this project's format provably holds its head in sorted-wnid (ImageFolder) order, or None where
     its class order is that of map files it does not record: a ``Deit/main.py --cache`` run reads the zip maps in its
     data folder (sorted wnids when ``data/prepare_imagenet_zip.py`` wrote them, the authors' permuted order when
-    theirs are used), a ``Conv/ffcv`` run a ``.beton`` (written from class folders or from a zip + map)."""
+    theirs are used), a ``Conv/ffcv`` run a ``.beton`` (written from class folders or from a zip + map). Recorded
+    wnid class names (:func:`recorded_wnid_order`) decide first: sorted ones prove it, permuted ones disprove it."""
     args = _args_of(raw)
+    order = recorded_wnid_order(raw)
+    if order == "permuted":
+        return None
+    if order == "sorted":
+        return "its recorded classes"
     if isinstance(raw.get("hub"), Mapping):
         return "written by hub convert"  # convert always writes sorted-wnid order
     trainer = raw.get("trainer")
@@ -134,10 +171,12 @@ def sorted_order_reason(raw: Mapping[str, Any]) -> str | None:
 def check_ours(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
                zip_map: str | os.PathLike | None = None, source: str = "checkpoint") -> bool:
     """Check the flags given for a file in this project's format (``raw['arch']`` a dict) and say whether its head
-    is permuted from the authors' zip order. ``arch`` must be the network the file records. The head is never
-    permuted by default (``auto`` and ``standard`` keep the order it was trained in: its class folders' or the zip
-    maps' that this project's data/ scripts write, sorted wnids); ``zip`` only on a run whose labels may have come
-    from the authors' maps (:func:`sorted_order_reason` None). Meaningless flags are refused, not ignored."""
+    is permuted: from the authors' zip order (``label_order="zip"``) or, under ``auto``, by the class names it
+    records where they are wnids in another than sorted order (:func:`recorded_wnid_order`). ``arch`` must be the
+    network the file records. Otherwise the head is kept (``auto`` and ``standard`` keep the order it was trained
+    in: its class folders' or the zip maps' that this project's data/ scripts write, sorted wnids); ``zip`` only on
+    a run whose labels may have come from the authors' maps and that does not record its wnids
+    (:func:`sorted_order_reason` None). Meaningless flags are refused, not ignored."""
     recorded = raw["arch"].get("name")
     if recorded != arch:
         raise UserError(f"{source} is in this project's format and records its network ({recorded}); --arch "
@@ -147,21 +186,26 @@ def check_ours(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
         raise UserError(f"--label-order must be auto, zip or standard, got {label_order!r}")
     flags = [f for f, given in (("--zip-map", zip_map is not None), ("--label-order zip", label_order == "zip"))
              if given]
-    reason = sorted_order_reason(raw)
+    reason, order = sorted_order_reason(raw), recorded_wnid_order(raw)
+    verb, them = ("apply", "them") if len(flags) > 1 else ("applies", "it")
     if flags and reason is not None:
-        verb, them = ("apply", "them") if len(flags) > 1 else ("applies", "it")
         raise UserError(f"{source} is in this project's format and records its class order (sorted wnids: "
                         f"{reason}); {' and '.join(flags)} {verb} to upstream files and to our runs trained on the "
                         f"authors' zip maps only (drop {them})")
+    if flags and order == "permuted":
+        raise UserError(f"{source} is in this project's format and records its class order (wnids, not sorted: its "
+                        f"recorded classes), by which --label-order auto permutes its head to sorted-wnid order; "
+                        f"{' and '.join(flags)} {verb} to upstream files and to our runs that do not record their "
+                        f"classes only (drop {them})")
     if zip_map is not None and label_order != "zip":
         raise UserError(f"{source} is in this project's format, whose head is kept in its training order unless "
                         f"--label-order zip is given; --zip-map alone would be ignored (add --label-order zip if the "
                         f"run was trained on the authors' zip maps, else drop --zip-map)")
-    if label_order == "auto" and args.get("cache") and reason is None:
+    if label_order == "auto" and args.get("cache") and reason is None and order is None:
         log.info("%s was trained with --cache: its head is kept in the class order of the zip maps it read (sorted "
                  "wnids when data/prepare_imagenet_zip.py wrote them); pass --label-order zip if those were the "
                  "authors' maps", source)
-    return label_order == "zip"
+    return label_order == "zip" or (label_order == "auto" and order == "permuted")
 
 
 def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = "auto",
@@ -179,7 +223,10 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         label_order: upstream files: ``auto`` permutes the classifier rows (and a token head's) from the authors'
             zip order to sorted-wnid order when ``raw['args']['cache']`` is true; ``zip`` always, ``standard``
             never. Files in this project's format keep their head unless ``zip`` is given, which is refused where
-            the file provably is in sorted-wnid order (:func:`check_ours`).
+            the file provably is in sorted-wnid order, or (``auto``) they record their class names as wnids in
+            another than sorted order: the rows are then sorted by those names, with no zip map (``hub
+            label_order`` ``recorded->standard``; :func:`check_ours`, :func:`recorded_wnid_order`). The converted
+            file records its class names in its own order where the source recorded them.
         plain_torchvision: load BlurPool weights into a plain torchvision ResNet by dropping the blur filters.
             This changes the network's function (lower accuracy): for feature extraction/fine-tuning only.
         eval_transform: kwargs of ``transform_spec``; default: the file's own (ours) or :func:`eval_transform_for`.
@@ -189,12 +236,22 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
     """
     weights = read_weights(raw, source)
     args = weights.args
+    names: list[str] | None = None  # the class names the output records (index = output row)
+    by_names = False  # permuted by the names the file records (no zip map)
     if weights.layout == "maxsup":  # ours: the file records its network and was trained in its own class order
         remapped = check_ours(raw, arch, label_order=label_order, zip_map=zip_map, source=source)
+        names = recorded_class_names(raw)
+        by_names = remapped and label_order != "zip"  # check_ours: only recorded wnids out of sorted order
+        if remapped and not by_names:
+            names = None  # a zip-order head: the names it recorded (if any) no longer say its order
     else:
         remapped = _wants_zip_order(label_order, args)
-    # The map is checked before the (slow) model build, so a bad map fails fast.
-    perm = torch.tensor(zip_to_standard_permutation(load_zip_order(zip_map, offline=offline))) if remapped else None
+    if by_names and names is not None:
+        perm = torch.tensor(sorted(range(len(names)), key=names.__getitem__))  # sorted class j = recorded perm[j]
+    elif remapped:  # the map is checked before the (slow) model build, so a bad map fails fast
+        perm = torch.tensor(zip_to_standard_permutation(load_zip_order(zip_map, offline=offline)))
+    else:
+        perm = None
     sd = weights.state_dict
     kwargs: dict[str, Any] = {}
     if weights.arch is not None and weights.arch.get("name") == arch:  # ours: rebuild exactly what was trained
@@ -232,6 +289,9 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
     sd, rename = fit_keys(weights, own, source)
     _check_shapes(arch, own, sd, source)
 
+    if names is not None and len(names) != num_classes:
+        raise UserError(f"{source} records {len(names)} class names but its head has {num_classes} rows; the file "
+                        f"is inconsistent (remove its 'classes' entry to convert it as an older file)")
     if perm is not None:
         if len(perm) != num_classes:
             raise ZipMapError(f"zip map has {len(perm)} classes but the checkpoint's head has {num_classes}")
@@ -240,8 +300,13 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         permuted = [key for key in (weight_key, f"{classifier}.bias", "aux_head.weight", "aux_head.bias") if key in sd]
         for key in permuted:
             sd[key] = sd[key][perm]
-        log.info("permuted %s rows from the authors' zip label order to sorted-wnid (ImageFolder) order",
-                 ", ".join(permuted))
+        if by_names and names is not None:
+            names = [names[i] for i in perm.tolist()]
+            log.info("permuted %s rows from the class order the file records (%d wnids, not sorted) to sorted-wnid "
+                     "(ImageFolder) order", ", ".join(permuted), num_classes)
+        else:
+            log.info("permuted %s rows from the authors' zip label order to sorted-wnid (ImageFolder) order",
+                     ", ".join(permuted))
 
     if eval_transform is None and weights.layout == "maxsup" and isinstance(raw.get("eval_transform"), Mapping):
         spec = dict(raw["eval_transform"])
@@ -255,6 +320,7 @@ def convert_checkpoint(raw: Mapping[str, Any], arch: str, *, label_order: str = 
         "args": args,
         "epoch": weights.epoch,
         "hub": {"source": source, "layout": weights.layout, "renames": [*weights.renames, rename],
-                "label_order": "zip->standard" if remapped else "standard",
+                "label_order": "recorded->standard" if by_names else "zip->standard" if remapped else "standard",
                 "plain_torchvision": bool(plain_torchvision)},
+        **({"classes": names} if names is not None else {}),  # index = output row, as the trainers record them
     }

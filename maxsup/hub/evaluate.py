@@ -97,10 +97,11 @@ def resolve_for_eval(ref: str, args: argparse.Namespace) -> dict[str, Any]:
                             f"`python -m maxsup.hub convert {path} OUT.pth --arch {name} --plain-torchvision` and "
                             f"evaluate OUT.pth)")
         # the checks of convert: a different --arch is refused, and so are --zip-map / --label-order zip where the
-        # file is provably in sorted-wnid order; the head is permuted only on an explicit --label-order zip
+        # file is provably in sorted-wnid order; the head is permuted on an explicit --label-order zip, or under auto
+        # where the file records its classes as wnids out of sorted order (by those names)
         if check_ours(raw, args.arch or name, label_order=args.label_order, zip_map=args.zip_map, source=str(path)):
-            return convert_checkpoint(raw, name, label_order="zip", zip_map=args.zip_map, offline=args.offline,
-                                      source=str(path))
+            return convert_checkpoint(raw, name, label_order=args.label_order, zip_map=args.zip_map,
+                                      offline=args.offline, source=str(path))
         return raw
     if args.arch is None:
         raise UserError(f"{path} is not in this project's format; pass --arch (e.g. resnet50) to convert it on the fly")
