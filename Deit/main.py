@@ -51,6 +51,7 @@ from maxsup.cli import (  # noqa: E402
     probability,
     run_cli,
 )
+from maxsup.data import check_class_order  # noqa: E402
 from maxsup.data.imagenet_variants import (  # noqa: E402
     RealScorer,
     add_test_set_args,
@@ -672,8 +673,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start_epoch, max_accuracy, partial, last_log = 0, 0.0, None, None
     log_path = output_dir / "log.txt" if output_dir else None
     if args.eval:  # the weights of any known checkpoint layout (its EMA with --eval-ema): ours, DeiT, SMMix, LV-ViT
-        weights = load_model_weights(model_without_ddp, load_any_checkpoint(args.resume), arch, args.resume,
-                                     ema=args.eval_ema)
+        raw = load_any_checkpoint(args.resume)
+        weights = load_model_weights(model_without_ddp, raw, arch, args.resume, ema=args.eval_ema)
+        if weights.layout == "maxsup":
+            check_class_order(raw.get("classes"), class_names(dataset_val, nb_classes), args.resume)
         if weights.layout != "maxsup" and weights.args.get("cache") and not args.cache:
             # the authors' DeiT-S release: trained on their zip maps, whose class order is not ImageFolder's
             print(f"warning: {args.resume} was trained with --cache on its authors' zip maps, so its logits may be in "
@@ -684,6 +687,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ckpt = open_resume(args.resume, TRAINER, {**vars(args), "num_classes": nb_classes}, keys,
                            saved=lambda c: saved_resume_args(c, args.model_kwargs),
                            recognise=lambda saved_args: "data_set" in saved_args, flag=resume_flag)
+        check_class_order(ckpt.get("classes"), label_names, args.resume)
         load_model_weights(model_without_ddp, ckpt, arch, args.resume)
         resumed = restore_state(ckpt, {"optimizer": optimizer, "lr_scheduler": lr_scheduler, "criterion": criterion,
                                        "model_ema": model_ema.module if model_ema is not None else None,

@@ -23,6 +23,7 @@ import torch
 from helpers import QuietHandler, cli_error, folder_acc1_nll, serve_loopback, torch_threads
 
 from maxsup import hub
+from maxsup.data import check_class_order
 from maxsup.errors import UserError
 from maxsup.hub.evaluate import resolve_for_eval
 from maxsup.models import create_model, model_from_checkpoint
@@ -801,6 +802,32 @@ def test_a_cache_run_records_its_class_order_and_convert_sorts_its_head_by_it(wn
                            f"sorted-wnid order; {named} to upstream files and to our runs that do not record their "
                            f"classes only (drop {them})"), err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_deit_eval_refuses_a_checkpoint_that_records_another_class_order(wnid_cache_runs):
+    """Deit/main.py --eval of a run on permuted zip maps against an ImageFolder of the same wnids would score each
+    logit against another class's label: the recorded ``classes`` make it one line instead (before: a silent, wrong
+    accuracy). The run on sorted maps evaluates there, and an ImageFolder-order eval of it is right."""
+    from flat_import import load_flat_modules
+
+    runs, val = wnid_cache_runs
+    deit = load_flat_modules(Path(__file__).resolve().parents[1] / "Deit", ("main", "engine", "datasets", "samplers"))
+    common = ["--data-set", "IMNET", "--data-path", str(val.parent), "--model", "vit_tiny_patch16_224",
+              "--input-size", "28", "--model-kwargs", *[f"{k}={v}" for k, v in VIT_KW.items()], "--batch-size", "4",
+              "--num_workers", "0", "--eval-crop-ratio", "1.0", "--eval"]
+    with torch_threads(1), pytest.raises(UserError) as exc:
+        deit["main"].cli([*common, "--resume", str(runs["permuted"])])
+    first = next(i for i, (a, b) in enumerate(zip(PERMUTED, sorted(PERMUTED), strict=True)) if a != b)
+    assert str(exc.value).startswith(f"{runs['permuted']} records its classes in another order than this data's "
+                                      f"(label {first} is {PERMUTED[first]!r} there, {sorted(PERMUTED)[first]!r} here)")
+    with torch_threads(1):
+        stats = deit["main"].cli([*common, "--resume", str(runs["sorted"])])
+    acc1, _ = folder_acc1_nll(model_from_checkpoint(load_checkpoint(runs["sorted"])).eval(), val,
+                              load_checkpoint(runs["sorted"])["eval_transform"])
+    assert stats["acc1"] == pytest.approx(acc1)
+    # other names (another spelling, another dataset) or no record at all are not refused: only a reordering is
+    for recorded, current in ((["tshirt", "trouser"], ["T-shirt/top", "Trouser"]), (None, ["a", "b"])):
+        check_class_order(recorded, current, "f.pth")
 
 
 def test_a_sorted_cache_run_proves_its_order_and_an_old_file_behaves_as_before(wnid_cache_runs, tmp_path, capsys,

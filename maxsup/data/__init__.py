@@ -5,12 +5,14 @@
 train=True, transform=...)``.
 """
 
+from collections.abc import Sequence
+
 from ..errors import UserError
 from .long_tail import long_tailed_counts, long_tailed_indices
 from .registry import DATASETS, DatasetSpec, build_split, split_class_names, split_num_classes
 
-__all__ = ["parse_classes", "long_tailed_counts", "long_tailed_indices", "DATASETS", "DatasetSpec", "build_split",
-           "split_num_classes", "split_class_names"]
+__all__ = ["parse_classes", "check_class_order", "long_tailed_counts", "long_tailed_indices", "DATASETS", "DatasetSpec",
+           "build_split", "split_num_classes", "split_class_names"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -25,3 +27,19 @@ def parse_classes(text: str | None) -> list[int] | None:
     if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
         raise UserError(f"--classes must list distinct non-negative class indices, got {text!r}")
     return classes
+
+
+def check_class_order(recorded: Sequence[str] | None, current: Sequence[str] | None, source: str) -> None:
+    """Refuse a checkpoint whose recorded class names (its ``classes``, index = label) are the names of this data's
+    labels in another order: its logits would be scored against the wrong labels (a run on the authors' permuted zip
+    maps evaluated on an ImageFolder, say). Nothing is checked where either side is unknown or the name sets differ
+    (another spelling of the classes, another dataset)."""
+    if recorded is None or current is None or list(recorded) == list(current):
+        return
+    if sorted(recorded) != sorted(current):
+        return
+    label = next(i for i, (a, b) in enumerate(zip(recorded, current, strict=True)) if a != b)
+    raise UserError(f"{source} records its classes in another order than this data's (label {label} is "
+                    f"{recorded[label]!r} there, {current[label]!r} here), so its logits would be scored against the "
+                    f"wrong labels; use the data (or zip maps) it was trained on, or convert it with `python -m "
+                    f"maxsup.hub convert`, which sorts a head of wnids by name")
