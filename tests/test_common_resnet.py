@@ -233,6 +233,13 @@ def test_imagefolder_run_then_test_only_reproduces_logged_metrics(tmp_path, caps
     printed = capsys.readouterr().out
     assert f"acc@1 {metrics['acc1']:.3f} acc@5 {metrics['acc5']:.3f} nll {metrics['nll']:.4f} ece " in printed
     assert again == metrics
+    # a file that records its classes in another order (a head trained on other label numbers) is refused, not scored
+    ckpt["classes"] = ckpt["classes"][::-1]
+    torch.save(ckpt, tmp_path / "reordered.pth")
+    err = _cli_error_line(["--dataset", "imagefolder", "--data-path", str(tmp_path / "data"), "--test-only",
+                           "--resume", str(tmp_path / "reordered.pth"), "-j", "0", "-b", "16"], capsys)
+    assert err.startswith(f"error: {tmp_path / 'reordered.pth'} records its classes in another order than this "
+                          f"data's (label 0 is 'class9' there, 'class0' here)"), err
 
 
 def test_seed_sweep_accumulation_run_record_and_tensorboard(tmp_path, monkeypatch):
