@@ -198,6 +198,11 @@ def test_penalty_stats_reports_misclassified_fraction():
     assert st_["misclassified"] == pytest.approx(0.5)
     assert st_["maxsup_penalty"] == pytest.approx(1.0)
     assert st_["ls_error_amplification"] == pytest.approx(-0.5)  # two samples with (1/2)(0 − 2)
+    # one wrong in four (a symmetric 2-of-4 case cannot tell "misclassified" from "correct"), and a Mixup target
+    # counts as its arg-max class
+    assert penalty_stats(z[:, [1, 0]], torch.tensor([1, 0, 0, 1]))["misclassified"] == pytest.approx(0.25)
+    mixed = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.9, 0.1]])
+    assert penalty_stats(z, mixed)["misclassified"] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("bad", [
@@ -211,6 +216,7 @@ def test_penalty_stats_reports_misclassified_fraction():
     lambda: AlphaSchedule(0.1, 0.2, epochs=0),
     lambda: MaxSupAdaptiveLoss(alpha_max=-0.1),
     lambda: OnlineLabelSmoothingLoss(1),
+    lambda: PenaltyStatsMeter(every=0),
 ])
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
@@ -345,6 +351,14 @@ def test_adaptive_ls_teacher_is_the_best_checkpoint_and_is_checkpointed():
     assert torch.equal(fresh.teacher.weight, student.weight)
 
 
+def test_penalty_stats_meter_every_step():
+    meter = PenaltyStatsMeter(every=1)
+    batches = [_batch(b=b, k=5, seed=40 + i) for i, b in enumerate((3, 6))]
+    assert [meter.update(i, z, y) for i, (z, y) in enumerate(batches)] == [True, True]
+    assert meter.compute()["maxsup_penalty"] == pytest.approx(
+        sum(maxsup_penalty(z).sum().item() for z, _ in batches) / 9, rel=1e-6)
+
+
 def test_penalty_stats_meter_every_n_steps_weights_by_batch():
     meter = PenaltyStatsMeter(every=2)
     batches = [_batch(b=b, k=5, seed=20 + i) for i, b in enumerate((4, 7, 3, 9, 5))]
@@ -406,6 +420,9 @@ def test_loss_defaults_are_the_papers_values():
     sched = build_criterion("maxsup", 10, epochs=300).alpha_schedule
     assert (sched.start, sched.end, sched.epochs, sched.denominator) == (0.1, 0.2, 300, "E-1")
     assert build_criterion("lp", 10).beta == 2e-3
+    assert loss_defaults("cp") == {"beta": 0.1}  # Table 13's Confidence Penalty (0.1)
+    assert loss_defaults("focal") == {"gamma": 2.0} and loss_defaults("logitnorm") == {"tau": 0.04}
+    assert loss_defaults("ols") == {"a": 0.5, "init_smoothing": 0.1}
 
 
 def test_parse_loss_options_types_values_by_their_defaults():
@@ -554,3 +571,13 @@ def test_zipf_loss_is_ce_plus_lambda_kl_from_the_prior_to_the_non_target_softmax
     assert torch.allclose(zipf(z, y), F.cross_entropy(z, y) + 0.3 * kl.mean(), atol=1e-6)
     mixed = 0.7 * F.one_hot(y, 4).float() + 0.3 * F.one_hot((y + 1) % 4, 4).float()  # prior of the arg-max class
     assert torch.allclose(zipf(z, mixed), F.cross_entropy(z, mixed) + 0.3 * kl.mean(), atol=1e-6)
+
+
+def test_logit_penalty_and_confidence_penalty_values():
+    z = torch.tensor([[1.0, 2.0, -2.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([1, 2])
+    # (β/2)·‖z‖² per sample: ‖z‖² = 9 and 10
+    assert torch.allclose(build_criterion("lp", 3, beta=0.1)(z, y), F.cross_entropy(z, y) + 0.05 * 9.5, atol=1e-6)
+    # CE − β·H(p), H from torch.distributions (an independent implementation)
+    entropy = torch.distributions.Categorical(logits=z).entropy().mean()
+    assert torch.allclose(build_criterion("cp", 3, beta=0.3)(z, y), F.cross_entropy(z, y) - 0.3 * entropy, atol=1e-6)
