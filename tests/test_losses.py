@@ -357,6 +357,11 @@ def test_penalty_stats_meter_every_step():
     assert [meter.update(i, z, y) for i, (z, y) in enumerate(batches)] == [True, True]
     assert meter.compute()["maxsup_penalty"] == pytest.approx(
         sum(maxsup_penalty(z).sum().item() for z, _ in batches) / 9, rel=1e-6)
+    single, nothing = PenaltyStatsMeter(every=1), PenaltyStatsMeter(every=1)
+    z, y = _batch(b=1, k=5, seed=42)
+    single.update(0, z, y)
+    assert single.compute() == pytest.approx(penalty_stats(z, y), rel=1e-6)  # a one-sample epoch is that sample
+    assert set(nothing.compute().values()) == {0.0}
 
 
 def test_penalty_stats_meter_every_n_steps_weights_by_batch():
