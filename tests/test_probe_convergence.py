@@ -139,3 +139,12 @@ def test_path_start_extrapolates_linearly_in_log_lambda():
     w, _ = _path_start([(math.log(100), w100, b100), (math.log(10), w10, b10)], math.log(1e-1), 2, 3)
     np.testing.assert_allclose(w, 7.0)  # two steps
     assert _path_start([(1.0, w100, b100), (1.0, w10, b10)], 0.0, 2, 3)[0] is w10  # a repeated λ: no line
+
+
+def test_linear_probe_tie_rule_does_not_depend_on_the_grid_order():
+    """fit_sweep takes λ in any order; the tie rule picks the largest tied λ, not the last tied position."""
+    rng = np.random.default_rng(2)
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (_separable(n, 0.7, rng) for n in (60, 40, 50))
+    res = linear_probe(x_tr, y_tr, x_te, y_te, x_val=x_va, y_val=y_va, lambdas=[1e4, 1e-2, 1e-3, 1e-4])
+    assert res["val_acc"][1:] == [100.0] * 3 and res["val_acc"][0] < 100.0
+    assert (res["best_index"], res["best_lambda"]) == (1, 1e-2)
