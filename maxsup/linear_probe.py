@@ -315,8 +315,10 @@ def linear_probe(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, x_val:
     lambdas = regularization_grid() if lambdas is None else np.asarray(lambdas, dtype=np.float64)
     w, b = fit_sweep(x_train, y_train, lambdas, k, solver=solver, max_iter=max_iter)
     val_acc = sweep_accuracy(w, b, x_val, y_val)
-    # Ties go to the strongest regularisation (the simplest model that reaches the best validation accuracy).
-    best = int(np.flatnonzero(val_acc == val_acc.max()).max())
+    # Ties go to the strongest regularisation (the simplest model that reaches the best validation accuracy): the
+    # largest tied λ, since ``lambdas`` may come in any order (fit_sweep accepts any).
+    tied = np.flatnonzero(val_acc == val_acc.max())
+    best = int(tied[np.argmax(lambdas[tied])])
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([y_train, y_val])
     w1, b1 = fit_sweep(x_all, y_all, lambdas[best:best + 1], k, solver=solver, max_iter=max_iter)

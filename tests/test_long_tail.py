@@ -52,6 +52,12 @@ def test_shot_accuracy_groups_and_empty_group_is_none():
     assert r["few"] == pytest.approx(100 * 3 / 5) and r["medium"] is None and r["many"] == pytest.approx(100 / 3)
 
 
+def test_shot_groups_at_their_thresholds():
+    """many > 100, few < 20, medium 20..100 inclusive (Liu et al. 2019): the boundary classes 100 and 20 are medium."""
+    r = shot_accuracy(torch.tensor([0, 3, 2, 0]), torch.tensor([0, 1, 2, 3]), [101, 100, 20, 19])
+    assert (r["many"], r["medium"], r["few"]) == (pytest.approx(100.0), pytest.approx(50.0), pytest.approx(0.0))
+
+
 def test_resnet32_has_a_128d_feature_and_causal_norm_tde():
     torch.manual_seed(0)
     model = create_model("resnet32", 10, head="causal_norm")

@@ -23,6 +23,7 @@ from maxsup.losses import (
     LOSSES,
     AdaptiveLabelSmoothingLoss,
     Loss,
+    MaxSupAdaptiveLoss,
     OnlineLabelSmoothingLoss,
     PenaltyStatsMeter,
     ZipfLabelSmoothingLoss,
@@ -197,6 +198,11 @@ def test_penalty_stats_reports_misclassified_fraction():
     assert st_["misclassified"] == pytest.approx(0.5)
     assert st_["maxsup_penalty"] == pytest.approx(1.0)
     assert st_["ls_error_amplification"] == pytest.approx(-0.5)  # two samples with (1/2)(0 − 2)
+    # one wrong in four (a symmetric 2-of-4 case cannot tell "misclassified" from "correct"), and a Mixup target
+    # counts as its arg-max class
+    assert penalty_stats(z[:, [1, 0]], torch.tensor([1, 0, 0, 1]))["misclassified"] == pytest.approx(0.25)
+    mixed = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.9, 0.1]])
+    assert penalty_stats(z, mixed)["misclassified"] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("bad", [
@@ -208,6 +214,9 @@ def test_penalty_stats_reports_misclassified_fraction():
     lambda: build_criterion("ls", 10, alpha_denominator="T"),
     lambda: build_criterion("logitnorm", 10, tau=0.0),
     lambda: AlphaSchedule(0.1, 0.2, epochs=0),
+    lambda: MaxSupAdaptiveLoss(alpha_max=-0.1),
+    lambda: OnlineLabelSmoothingLoss(1),
+    lambda: PenaltyStatsMeter(every=0),
 ])
 def test_bad_input_raises_value_error(bad):
     with pytest.raises(ValueError):
@@ -342,6 +351,19 @@ def test_adaptive_ls_teacher_is_the_best_checkpoint_and_is_checkpointed():
     assert torch.equal(fresh.teacher.weight, student.weight)
 
 
+def test_penalty_stats_meter_every_step():
+    meter = PenaltyStatsMeter(every=1)
+    batches = [_batch(b=b, k=5, seed=40 + i) for i, b in enumerate((3, 6))]
+    assert [meter.update(i, z, y) for i, (z, y) in enumerate(batches)] == [True, True]
+    assert meter.compute()["maxsup_penalty"] == pytest.approx(
+        sum(maxsup_penalty(z).sum().item() for z, _ in batches) / 9, rel=1e-6)
+    single, nothing = PenaltyStatsMeter(every=1), PenaltyStatsMeter(every=1)
+    z, y = _batch(b=1, k=5, seed=42)
+    single.update(0, z, y)
+    assert single.compute() == pytest.approx(penalty_stats(z, y), rel=1e-6)  # a one-sample epoch is that sample
+    assert set(nothing.compute().values()) == {0.0}
+
+
 def test_penalty_stats_meter_every_n_steps_weights_by_batch():
     meter = PenaltyStatsMeter(every=2)
     batches = [_batch(b=b, k=5, seed=20 + i) for i, b in enumerate((4, 7, 3, 9, 5))]
@@ -403,6 +425,9 @@ def test_loss_defaults_are_the_papers_values():
     sched = build_criterion("maxsup", 10, epochs=300).alpha_schedule
     assert (sched.start, sched.end, sched.epochs, sched.denominator) == (0.1, 0.2, 300, "E-1")
     assert build_criterion("lp", 10).beta == 2e-3
+    assert loss_defaults("cp") == {"beta": 0.1}  # Table 13's Confidence Penalty (0.1)
+    assert loss_defaults("focal") == {"gamma": 2.0} and loss_defaults("logitnorm") == {"tau": 0.04}
+    assert loss_defaults("ols") == {"a": 0.5, "init_smoothing": 0.1}
 
 
 def test_parse_loss_options_types_values_by_their_defaults():
@@ -470,3 +495,94 @@ def test_smooths_labels_marks_the_losses_that_replace_label_smoothing():
     """Trainers refuse target smoothing on top of these (it would regularise twice, paper §5.1)."""
     marked = {name for name, cls in LOSSES.items() if cls.smooths_labels}
     assert marked == {"ls", "maxsup", "ls-reg", "ls-err", "ls-err-alt", "adaptive-ls", "maxsup-adaptive"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loss values against hand computations or an independent formula. A mutation audit found that single-point changes
+# here (a mean for a sum, < for <=, a dropped minus) passed every test above.
+# --------------------------------------------------------------------------------------------------------------------
+def test_soft_target_ce_is_torchs_probability_target_cross_entropy():
+    """CE on Mixup/CutMix targets (the CE baseline and the CE part of every other loss): the batch mean of
+    −Σ_k t_k·log p_k. B ≠ K, so a reduction over the wrong axis cannot pass."""
+    z, _ = _batch(b=7, k=5, seed=30)
+    t = torch.softmax(torch.randn(7, 5, generator=torch.Generator().manual_seed(31)), -1)
+    assert torch.allclose(build_criterion("ce", 5)(z, t), F.cross_entropy(z, t), atol=1e-6)
+
+
+# z_g = 1 with two logits above (3, 2) and one below (0); z_g = 2 tied with class 1 (neither above nor below)
+_DECOMP_Z = torch.tensor([[3.0, 1.0, 2.0, 0.0], [2.0, 2.0, 0.0, 1.0]])
+_DECOMP_Y = torch.tensor([1, 0])
+_DECOMP = {"regularization": [1 / 4, 3 / 4], "error_amplification": [-3 / 4, 0.0],
+           "regularization_only": [1.0, 3 / 2], "error_amplification_only": [-3 / 2, 0.0],
+           "error_amplification_alt": [-2.0, 0.0]}
+
+
+def test_ls_decomposition_hand_values_with_a_tie():
+    """Corollary 3.4's terms and Table 1's variants: a tie with z_g is neither above nor below (M = 2, N = 0)."""
+    d = ls_decomposition(_DECOMP_Z, _DECOMP_Y)
+    for key, expected in _DECOMP.items():
+        assert torch.allclose(d[key], torch.tensor(expected)), key
+
+
+@pytest.mark.parametrize("name, key", [("ls-reg", "regularization_only"), ("ls-err", "error_amplification_only"),
+                                       ("ls-err-alt", "error_amplification_alt")])
+def test_table1_ablation_losses_are_ce_plus_alpha_times_their_term(name, key):
+    crit = build_criterion(name, 4, epochs=3)
+    crit.set_epoch(2)  # α = 0.2
+    expected = F.cross_entropy(_DECOMP_Z, _DECOMP_Y) + 0.2 * sum(_DECOMP[key]) / 2
+    assert torch.allclose(crit(_DECOMP_Z, _DECOMP_Y), expected, atol=1e-6)
+
+
+def test_alpha_schedule_clamps_past_the_ends_and_starts_at_epoch_zero():
+    s = AlphaSchedule(0.1, 0.2, epochs=11)
+    assert s(10) == pytest.approx(0.2) and s(10.5) == pytest.approx(0.2) and s(25) == pytest.approx(0.2)
+    assert s(-3) == pytest.approx(0.1)
+    assert AlphaSchedule(0.1, 0.2, epochs=2)(1) == pytest.approx(0.2)  # D = E − 1 = 1
+    assert AlphaSchedule(0.1, 0.2, epochs=2, denominator="E")(1) == pytest.approx(0.15)
+    assert build_criterion("maxsup", 10, epochs=300).alpha == pytest.approx(0.1)  # before any set_epoch
+
+
+def test_ols_loss_value_initial_matrix_and_per_class_means():
+    ols = OnlineLabelSmoothingLoss(3, a=0.3, init_smoothing=0.2)
+    s0 = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])  # ε/(K − 1) off the diagonal
+    assert torch.allclose(ols.soft_labels, s0)
+    # samples 0 and 1 are correct for class 0, sample 2 for class 1, sample 3 is wrong (predicts 2, label 1)
+    z = torch.tensor([[4.0, 1.0, 0.0], [2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 1.0, 2.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    log_p = F.log_softmax(z, -1)
+    ols.train()
+    expected = 0.3 * F.cross_entropy(z, y) + 0.7 * -(s0[y] * log_p).sum(-1).mean()
+    assert torch.allclose(ols(z, y), expected, atol=1e-6)
+    ols.on_epoch_end()
+    p = log_p.exp()
+    assert torch.allclose(ols.soft_labels, torch.stack([(p[0] + p[1]) / 2, p[2], torch.full((3,), 1 / 3)]))
+    # a Mixup target trains against the soft-label row of its arg-max class
+    ols.eval()
+    mixed = 0.6 * F.one_hot(y, 3).float() + 0.4 * F.one_hot((y + 1) % 3, 3).float()
+    expected = 0.3 * F.cross_entropy(z, mixed) + 0.7 * -(ols.soft_labels[y] * log_p).sum(-1).mean()
+    assert torch.allclose(ols(z, mixed), expected, atol=1e-6)
+    assert torch.allclose(OnlineLabelSmoothingLoss(2).soft_labels, torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+
+
+def test_zipf_loss_is_ce_plus_lambda_kl_from_the_prior_to_the_non_target_softmax():
+    z = torch.tensor([[3.0, 2.0, 2.0, 0.0], [0.0, 1.0, 4.0, 2.0]])
+    y = torch.tensor([0, 2])
+    # ranks ('min' ties) 1, 2, 2, 4 and 4, 3, 1, 2; weights rank⁻¹ without the target, renormalised
+    prior = [torch.tensor([1 / 2, 1 / 2, 1 / 4]), torch.tensor([1 / 4, 1 / 3, 1 / 2])]
+    non_target = [torch.tensor([2.0, 2.0, 0.0]), torch.tensor([0.0, 1.0, 2.0])]
+    kl = torch.stack([(p / p.sum() * (torch.log(p / p.sum()) - F.log_softmax(v, -1))).sum()
+                      for p, v in zip(prior, non_target, strict=True)])
+    zipf = ZipfLabelSmoothingLoss(lam=0.3)
+    assert torch.allclose(zipf(z, y), F.cross_entropy(z, y) + 0.3 * kl.mean(), atol=1e-6)
+    mixed = 0.7 * F.one_hot(y, 4).float() + 0.3 * F.one_hot((y + 1) % 4, 4).float()  # prior of the arg-max class
+    assert torch.allclose(zipf(z, mixed), F.cross_entropy(z, mixed) + 0.3 * kl.mean(), atol=1e-6)
+
+
+def test_logit_penalty_and_confidence_penalty_values():
+    z = torch.tensor([[1.0, 2.0, -2.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([1, 2])
+    # (β/2)·‖z‖² per sample: ‖z‖² = 9 and 10
+    assert torch.allclose(build_criterion("lp", 3, beta=0.1)(z, y), F.cross_entropy(z, y) + 0.05 * 9.5, atol=1e-6)
+    # CE − β·H(p), H from torch.distributions (an independent implementation)
+    entropy = torch.distributions.Categorical(logits=z).entropy().mean()
+    assert torch.allclose(build_criterion("cp", 3, beta=0.3)(z, y), F.cross_entropy(z, y) - 0.3 * entropy, atol=1e-6)
