@@ -10,8 +10,8 @@ from maxsup.metrics import ECEAccumulator, reliability_bins, topk_accuracy
 
 
 def test_ece_worked_example():
-    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.3 (correct) with 10 bins:
-    # bin (0.8,0.9]: acc 0.5 conf 0.9 → |0.5-0.9|·2; bin (0.5,0.6]: |1-0.6|·1; bin (0.2,0.3]: |1-0.3|·1
+    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.4 (correct) with 10 bins: bin (0.8,0.9]: acc 0.5
+    # conf 0.9 → |0.5-0.9|·2; 0.6 (float32 0.6000000238…, so bin (0.6,0.7]): |1-0.6|·1; bin (0.3,0.4]: |1-0.4|·1
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.9, 0.05, 0.05], [0.6, 0.4, 0.0], [0.3, 0.35, 0.35]])
     probs[3] = torch.tensor([0.3, 0.3, 0.4])  # top-1 is class 2 with 0.4 → bin (0.3,0.4]
     labels = torch.tensor([0, 1, 0, 2])
