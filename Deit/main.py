@@ -366,6 +366,15 @@ def resolved_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
     return {**vars(args), "world_size": world, "total_batch_size": total, "effective_lr": lr}
 
 
+def run_fingerprint(config: dict[str, Any]) -> str:
+    """run.json's recipe fingerprint of a :func:`resolved_config`: ``model_kwargs`` enters as sorted JSON text, the
+    form runs stored before the KEY=VALUE flag, so runs of one recipe from before and after share an
+    ``analysis.collect`` group."""
+    kwargs = config.get("model_kwargs") or {}
+    text = kwargs if isinstance(kwargs, str) else json.dumps(kwargs, sort_keys=True)
+    return recipe_fingerprint({**config, "model_kwargs": text}, NOT_RECIPE)
+
+
 def epoch_seed(args: argparse.Namespace, epoch: int, rank: int) -> int:
     """Every epoch reseeds all RNGs from (seed, epoch, rank), so a resumed run replays the same randomness."""
     return (args.seed * 1_000_003 + (epoch + 1) * 7_919 + rank) % 2**31
@@ -701,10 +710,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          model=args.model, loss=args.loss, epochs=args.epochs, seed=args.seed, world_size=world,
                          alpha=alpha_schedule_of(criterion), device=device, log_file="log.txt",
                          metric_keys={"acc1": "test_acc1", "nll": "test_nll", "ece": "test_ece"},
-                         # fingerprinted with model_kwargs as the JSON text runs stored before the KEY=VALUE form,
-                         # so a run of the same recipe lands in the same analysis.collect group as those runs
-                         recipe=recipe_fingerprint(
-                             {**config, "model_kwargs": json.dumps(args.model_kwargs, sort_keys=True)}, NOT_RECIPE))
+                         recipe=run_fingerprint(config))
         # the log ends at the checkpoint's epoch, whose record the checkpoint holds (a kill may have lost it)
         repair_log(log_path, start_epoch - 1, last_log)
 

@@ -77,7 +77,7 @@ def test_seed_sweep_writes_one_run_folder_per_seed_with_provenance(sweep):
         assert "git_commit" in prov and prov["git_dirty"] in (True, False, None)
     # the two seeds are one recipe
     recs = [json.loads((root / "out" / f"seed{s}" / "run.json").read_text()) for s in (0, 1)]
-    assert recs[0]["recipe"] == recs[1]["recipe"] == recipe_fingerprint(recs[1]["config"], DEIT.NOT_RECIPE)
+    assert recs[0]["recipe"] == recs[1]["recipe"] == DEIT.run_fingerprint(recs[1]["config"])
     assert recs[0]["recipe"] != recipe_fingerprint(recs[1]["config"])  # the seed, paths and loss are left out
 
 
