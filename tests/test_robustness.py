@@ -3,6 +3,7 @@ on tiny trained models, on the fly and from a CIFAR-10-C-layout folder."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -158,6 +159,21 @@ def test_cifar10c_reader_slices_the_severity(tmp_path):
     ds = CIFAR10C(tmp_path, "fog", 4)
     assert len(ds) == 6 and ds.targets == [0, 1, 2, 0, 1, 2]
     assert all(np.asarray(ds[i][0])[0, 0, 0] == 3 for i in range(6))
+    # every severity is its own block of 5: images and labels (here labels that differ between the blocks)
+    imgs = _write_cifar10c(tmp_path / "all", ("snow",), n=4)
+    labels = np.arange(20) % 7
+    np.save(tmp_path / "all" / "labels.npy", labels)
+    for sev in range(1, 6):
+        ds = CIFAR10C(tmp_path / "all", "snow", sev)
+        assert ds.targets == labels[4 * (sev - 1):4 * sev].tolist(), sev
+        assert all(np.array_equal(np.asarray(ds[i][0]), imgs[4 * (sev - 1) + i]) for i in range(4)), sev
+    # a file that is not five equal blocks, or whose labels do not match it, is refused
+    np.save(tmp_path / "all" / "labels.npy", labels[:19])
+    with pytest.raises(UserError, match=r"expected \(5·N, H, W, 3\) and \(5·N,\)"):
+        CIFAR10C(tmp_path / "all", "snow", 1)
+    np.save(tmp_path / "all" / "snow.npy", imgs[:19])
+    with pytest.raises(UserError, match=r"has shape \(19, 32, 32, 3\)"):
+        CIFAR10C(tmp_path / "all", "snow", 1)
     with pytest.raises(UserError, match=r"snow\.npy is missing"):
         CIFAR10C(tmp_path, "snow", 1)
 
@@ -186,3 +202,57 @@ def test_subprocess_module_entry_point(ckpts, tmp_path):
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
         "error: severity 9 is outside 1-5 (ImageNet-C defines severities 1, 2, 3, 4, 5)"]
+
+
+# The published generators' severity constants (hendrycks/robustness, ImageNet-C/create_c/make_cifar_c.py and
+# make_tinyimagenet_c.py), per corruption: severities 1..5.
+PUBLISHED = {
+    "cifar": {"gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10], "shot_noise": [500, 250, 100, 75, 50],
+              "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07], "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
+              "contrast": [0.75, 0.5, 0.4, 0.3, 0.15], "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
+              "jpeg_compression": [80, 65, 58, 50, 40]},
+    "tiny": {"gaussian_noise": [0.04, 0.08, 0.12, 0.15, 0.18], "shot_noise": [250, 100, 50, 30, 15],
+             "impulse_noise": [0.01, 0.02, 0.05, 0.08, 0.14], "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
+             "contrast": [0.4, 0.3, 0.2, 0.1, 0.05], "pixelate": [0.9, 0.8, 0.7, 0.6, 0.5],
+             "jpeg_compression": [65, 58, 50, 40, 25]},
+}
+
+
+@pytest.mark.parametrize("scale", ["cifar", "tiny"])
+def test_lowres_severities_apply_the_published_constants(scale):
+    """Every severity of the corruptions whose effect can be computed from the constant alone: noise σ, the Poisson
+    rate (its outputs lie on the lattice k/c), the s&p fraction, the HSV value shift, the contrast factor, and the
+    pixelate / JPEG steps (PIL, as the generators do)."""
+    consts = PUBLISHED[scale]
+    flat = Image.fromarray(np.full((256, 256, 3), 128, np.uint8))  # large, with the scale given: tight statistics
+    halves = np.full((256, 256, 3), 64, np.uint8)
+    halves[:, 128:] = 192  # mean exactly 128
+    size = 32 if scale == "cifar" else 64
+    rgb = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def run(name: str, s: int, img: Image.Image = flat) -> np.ndarray:
+        return np.asarray(corrupt(img, name, s, seed=s, scale=scale), float)
+
+    for s in range(1, 6):
+        c = consts["gaussian_noise"][s - 1]
+        assert (run("gaussian_noise", s) - 128).std() / 255 == pytest.approx(c, rel=0.02), (s, "gaussian")
+        c = consts["shot_noise"][s - 1]
+        shot = run("shot_noise", s)
+        lattice = {float(np.uint8(min(k / c, 1.0) * 255)) for k in range(4 * c)}
+        assert set(np.unique(shot)) <= lattice and shot.std() / 255 == pytest.approx((128 / 255 / c) ** 0.5, rel=0.03)
+        assert shot.mean() == pytest.approx(127.5, abs=0.5), (s, "shot")  # unbiased, less uint8's truncation
+        c = consts["impulse_noise"][s - 1]
+        imp = run("impulse_noise", s)
+        assert set(np.unique(imp)) == {0.0, 128.0, 255.0} and (imp != 128).mean() == pytest.approx(c, rel=0.1)
+        c = consts["brightness"][s - 1]  # grey: HSV value + c, clipped at 1
+        assert np.abs(run("brightness", s) - np.floor(min(128 / 255 + c, 1.0) * 255)).max() <= 1, (s, "brightness")
+        c = consts["contrast"][s - 1]  # (x − mean)·c + mean
+        got = run("contrast", s, Image.fromarray(halves))
+        assert np.abs(got[:, :128] - (128 - 64 * c)).max() <= 1 and np.abs(got[:, 128:] - (128 + 64 * c)).max() <= 1
+        # at the scale's own size
+        c = consts["pixelate"][s - 1]
+        box = Image.fromarray(rgb).resize((int(size * c),) * 2, Image.BOX).resize((size, size), Image.BOX)
+        assert np.array_equal(np.asarray(corrupt(rgb, "pixelate", s)), np.asarray(box)), (s, "pixelate")
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, "JPEG", quality=consts["jpeg_compression"][s - 1])
+        assert np.array_equal(np.asarray(corrupt(rgb, "jpeg_compression", s)), np.asarray(Image.open(buf))), s
