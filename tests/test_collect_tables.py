@@ -422,6 +422,7 @@ def test_bad_inputs_are_one_error_line(documented, tmp_path, capsys):
     err = _refusal([str(tmp_path / "runs"), "--paper", "T2"], capsys)
     assert "none of the inputs fills a cell of T2" in err and "python -m analysis.feature_metrics" in err
     out = tmp_path / "out"
+    out.mkdir()  # an existing, empty --out folder is fine: only existing files are refused
     collect.main([str(tmp_path / "runs"), "--paper", "T5", "--out", str(out)])
     before = (out / "T5.csv").read_text()
     err = _refusal([str(tmp_path / "runs"), "--paper", "T5", "--out", str(out)], capsys)

@@ -18,7 +18,15 @@ from PIL import Image
 
 from analysis import robustness
 from analysis.common import build_dataset
-from maxsup.corruptions import CIFAR10C, CORRUPTIONS, CorruptedDataset, corrupt, parse_corruptions, parse_severities
+from maxsup.corruptions import (
+    CIFAR10C,
+    CORRUPTIONS,
+    CorruptedDataset,
+    corrupt,
+    imagenet_c_folder,
+    parse_corruptions,
+    parse_severities,
+)
 from maxsup.corruptions_lowres import scale_for
 from maxsup.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD, FashionMNIST
 from maxsup.data.transforms import eval_transform, transform_spec
@@ -178,6 +186,21 @@ def test_cifar10c_reader_slices_the_severity(tmp_path):
         CIFAR10C(tmp_path, "snow", 1)
 
 
+def test_imagenet_c_folder_reads_one_corruption_and_severity(tmp_path):
+    """<root>/<corruption>/<severity>/<wnid>/*.JPEG; labels are the sorted wnids of that folder."""
+    for sev, wnids in ((3, ("n02000000", "n01000000")), (4, ("n03000000",))):
+        for k, wnid in enumerate(wnids):
+            folder = tmp_path / "fog" / str(sev) / wnid
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((8, 8, 3), 10 * sev + k, np.uint8)).save(folder / "a.png")
+    ds = imagenet_c_folder(tmp_path, "fog", 3)
+    assert ds.classes == ["n01000000", "n02000000"] and ds.targets == [0, 1]
+    assert np.asarray(ds[0][0])[0, 0, 0] == 31 and np.asarray(ds[1][0])[0, 0, 0] == 30
+    assert imagenet_c_folder(tmp_path, "fog", 4).classes == ["n03000000"]
+    with pytest.raises(UserError, match=f"ImageNet-C folder {tmp_path / 'fog' / '5'} is missing"):
+        imagenet_c_folder(tmp_path, "fog", 5)
+
+
 def _cli_error(argv, capsys) -> str:
     return cli_error(capsys, robustness.main, argv)
 
@@ -188,6 +211,7 @@ def test_bad_corruption_severity_and_missing_cifar10c_file(ckpts, tmp_path, caps
     err = _cli_error(_args(ckpts, tmp_path, "--severities", "1,6"), capsys)
     assert "severity 6 is outside 1-5" in err
     assert parse_severities("5,1,1") == [1, 5] and parse_corruptions(None) == list(CORRUPTIONS)
+    assert parse_severities(None) == parse_severities("") == [1, 2, 3, 4, 5]  # the default: all five
     _write_cifar10c(tmp_path / "c10c", ("fog",))
     err = _cli_error(["--checkpoint", f"CE={ckpts['CE']}", "--dataset", "cifar10", "--data-path", str(tmp_path),
                       "--precomputed", str(tmp_path / "c10c"), "--corruptions", "fog,snow", "--out", str(tmp_path)],
