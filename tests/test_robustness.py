@@ -83,6 +83,16 @@ def test_all_15_corruptions_change_28px_images_deterministically():
     assert corrupt(big, "fog", 5).size == (224, 224) and corrupt(big, "frost", 1).mode == "RGB"
 
 
+def test_numpy_input_gives_the_same_image_as_pil():
+    """A (H, W) uint8 array is an 'L' image and (H, W, 3) an RGB one: the same corrupted pixels as through PIL."""
+    rng = np.random.default_rng(3)
+    grey, rgb = rng.integers(0, 256, (20, 28), dtype=np.uint8), rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    for arr, mode in ((grey, "L"), (rgb, "RGB")):
+        out = corrupt(arr, "shot_noise", 2, seed=5)
+        assert out.mode == mode and out.size == (28, 20)
+        assert np.array_equal(np.asarray(out), np.asarray(corrupt(Image.fromarray(arr), "shot_noise", 2, seed=5)))
+
+
 def _grey(size: int, rng: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(rng).integers(64, 193, (size, size, 3), dtype=np.uint8))
 
@@ -234,11 +244,11 @@ PUBLISHED = {
     "cifar": {"gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10], "shot_noise": [500, 250, 100, 75, 50],
               "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07], "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
               "contrast": [0.75, 0.5, 0.4, 0.3, 0.15], "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
-              "jpeg_compression": [80, 65, 58, 50, 40]},
+              "jpeg_compression": [80, 65, 58, 50, 40], "fog": [0.2, 0.5, 0.75, 1.0, 1.5]},  # fog: c[0]
     "tiny": {"gaussian_noise": [0.04, 0.08, 0.12, 0.15, 0.18], "shot_noise": [250, 100, 50, 30, 15],
              "impulse_noise": [0.01, 0.02, 0.05, 0.08, 0.14], "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
              "contrast": [0.4, 0.3, 0.2, 0.1, 0.05], "pixelate": [0.9, 0.8, 0.7, 0.6, 0.5],
-             "jpeg_compression": [65, 58, 50, 40, 25]},
+             "jpeg_compression": [65, 58, 50, 40, 25], "fog": [0.4, 0.7, 1.0, 1.5, 2.0]},
 }
 
 
@@ -280,3 +290,22 @@ def test_lowres_severities_apply_the_published_constants(scale):
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG", quality=consts["jpeg_compression"][s - 1])
         assert np.array_equal(np.asarray(corrupt(rgb, "jpeg_compression", s)), np.asarray(Image.open(buf))), s
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_blurs_keep_a_flat_image_and_fog_stays_within_its_bounds(size):
+    """Blurs, warps and resampling average neighbouring pixels: a flat image stays flat (±1 for uint8 rounding).
+    Fog adds c·plasma (plasma in [0, 1]) and rescales by max/(max + c): a flat v ends in [v²/(v + c), v]."""
+    v = 128
+    flat = Image.fromarray(np.full((size, size, 3), v, np.uint8))
+    for name in ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "elastic_transform", "pixelate",
+                 "jpeg_compression"):
+        for s in range(1, 6):
+            out = np.asarray(corrupt(flat, name, s, seed=s), float)
+            assert out.shape == (size, size, 3) and np.abs(out - v).max() <= 1, (name, s)
+    fog = PUBLISHED["cifar" if size <= 32 else "tiny"]["fog"]
+    for s in range(1, 6):
+        out = np.asarray(corrupt(flat, "fog", s, seed=s), float)
+        x, c = v / 255, fog[s - 1]
+        assert out.max() <= v and out.min() >= np.floor(x * x / (x + c) * 255), s
+        assert out.min() <= x * x / (x + c) * 255 + 8, s  # the plasma map reaches near 0 inside the crop
