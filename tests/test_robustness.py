@@ -244,11 +244,13 @@ PUBLISHED = {
     "cifar": {"gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10], "shot_noise": [500, 250, 100, 75, 50],
               "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07], "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
               "contrast": [0.75, 0.5, 0.4, 0.3, 0.15], "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
-              "jpeg_compression": [80, 65, 58, 50, 40], "fog": [0.2, 0.5, 0.75, 1.0, 1.5]},  # fog: c[0]
+              "jpeg_compression": [80, 65, 58, 50, 40], "fog": [0.2, 0.5, 0.75, 1.0, 1.5],  # fog: c[0]
+              "snow": [0.95, 0.9, 0.9, 0.85, 0.8]},  # snow: c[6], the weight of the image against its brightened copy
     "tiny": {"gaussian_noise": [0.04, 0.08, 0.12, 0.15, 0.18], "shot_noise": [250, 100, 50, 30, 15],
              "impulse_noise": [0.01, 0.02, 0.05, 0.08, 0.14], "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
              "contrast": [0.4, 0.3, 0.2, 0.1, 0.05], "pixelate": [0.9, 0.8, 0.7, 0.6, 0.5],
-             "jpeg_compression": [65, 58, 50, 40, 25], "fog": [0.4, 0.7, 1.0, 1.5, 2.0]},
+             "jpeg_compression": [65, 58, 50, 40, 25], "fog": [0.4, 0.7, 1.0, 1.5, 2.0],
+             "snow": [0.8, 0.8, 0.7, 0.65, 0.6]},
 }
 
 
@@ -293,9 +295,11 @@ def test_lowres_severities_apply_the_published_constants(scale):
 
 
 @pytest.mark.parametrize("size", [28, 64])
-def test_blurs_keep_a_flat_image_and_fog_stays_within_its_bounds(size):
+def test_blurs_keep_a_flat_image_and_fog_and_snow_stay_within_their_bounds(size):
     """Blurs, warps and resampling average neighbouring pixels: a flat image stays flat (±1 for uint8 rounding).
-    Fog adds c·plasma (plasma in [0, 1]) and rescales by max/(max + c): a flat v ends in [v²/(v + c), v]."""
+    Fog adds c·plasma (plasma in [0, 1]) and rescales by max/(max + c): a flat v ends in [v²/(v + c), v]. Snow mixes
+    the image with its brightened grey (1.5·v + 0.5) by c[6] and adds flakes: v' = c·v + (1 − c)·(1.5·v + 0.5) where
+    no flake falls, brighter where one does."""
     v = 128
     flat = Image.fromarray(np.full((size, size, 3), v, np.uint8))
     for name in ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "elastic_transform", "pixelate",
@@ -309,3 +313,10 @@ def test_blurs_keep_a_flat_image_and_fog_stays_within_its_bounds(size):
         x, c = v / 255, fog[s - 1]
         assert out.max() <= v and out.min() >= np.floor(x * x / (x + c) * 255), s
         assert out.min() <= x * x / (x + c) * 255 + 8, s  # the plasma map reaches near 0 inside the crop
+    for s, c in enumerate(PUBLISHED["cifar" if size <= 32 else "tiny"]["snow"], 1):
+        out = np.asarray(corrupt(flat, "snow", s, seed=s), float)
+        assert abs(out.min() - np.floor((c * x + (1 - c) * (1.5 * x + 0.5)) * 255)) <= 1, s
+    # a wide image (its scale given): the fog map grows to cover its longer side, beyond the reference size
+    wide = Image.fromarray(np.full((size // 2, 3 * size, 3), v, np.uint8))
+    scale = "cifar" if size <= 32 else "tiny"
+    assert corrupt(wide, "fog", 3, seed=0, scale=scale).size == (3 * size, size // 2)
