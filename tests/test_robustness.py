@@ -320,3 +320,40 @@ def test_blurs_keep_a_flat_image_and_fog_and_snow_stay_within_their_bounds(size)
     wide = Image.fromarray(np.full((size // 2, 3 * size, 3), v, np.uint8))
     scale = "cifar" if size <= 32 else "tiny"
     assert corrupt(wide, "fog", 3, seed=0, scale=scale).size == (3 * size, size // 2)
+
+
+# The constants of the corruptions whose effect has no closed form (random kernels, shuffles, flakes, textures,
+# warps), transcribed from the same generators: per severity 1..5 (elastic: fractions of the image size).
+PUBLISHED_RANDOM = {
+    "cifar": {"defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+              "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+              "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+              "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                       (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                       (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+              "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
+              "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
+                                    (0.1, 0.03, 0.03)],
+              "_frost_resize": 0.2},
+    "tiny": {"defocus_blur": [(0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1)],
+             "glass_blur": [(0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2)],
+             "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],
+             "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.8), (0.1, 0.2, 1, 0.5, 10, 4, 0.8),
+                      (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+                      (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)],
+             "frost": [(1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55)],
+             "elastic_transform": [(0, 0, 0.08), (0.05, 0.3, 0.06), (0.1, 0.08, 0.06), (0.1, 0.03, 0.03),
+                                   (0.16, 0.03, 0.02)],
+             "_frost_resize": 0.3},
+}
+
+
+@pytest.mark.parametrize("scale", ["cifar", "tiny"])
+def test_lowres_constants_without_a_closed_form_are_the_published_ones(scale):
+    from maxsup.corruptions_lowres import _CONSTANTS
+
+    table = _CONSTANTS[scale]
+    for name, want in PUBLISHED_RANDOM[scale].items():
+        assert table[name] == want, name
+    for s, top in enumerate((1.06, 1.11, 1.16, 1.21, 1.26)):  # zoom factors 1, 1.01, ... below top
+        np.testing.assert_allclose(table["zoom_blur"][s], np.arange(1, top, 0.01))
