@@ -457,11 +457,12 @@ def _write_zip_map(path: Path, order: list[str]) -> Path:
 
 
 def test_read_zip_map_orders_by_label_whatever_the_line_order_and_names_bad_lines(tmp_path):
-    """Several images per class, lines in any order, CRLF and blank lines: the order is label -> wnid. A label with
-    two wnids, a gap in the labels or a line without a wnid is refused, naming file:line."""
+    """Several images per class, lines in any order, CRLF and blank lines, a space in a file name: the order is
+    label -> wnid (the label is the last field). A label with two wnids, a gap in the labels or a line without a
+    wnid is refused, naming file:line."""
     good = tmp_path / "map.txt"
     good.write_bytes(b"val/n00000003/b.JPEG\t0\r\n\r\nval/n00000001/c.JPEG\t2\r\n"
-                     b"val/n00000002/d.JPEG  1\r\nval/n00000003/e.JPEG\t0\r\nval/n00000001/f.JPEG\t2\r\n")
+                     b"val/n00000002/d 1.JPEG  1\r\nval/n00000003/e.JPEG\t0\r\nval/n00000001/f.JPEG\t2\r\n")
     order = hub.read_zip_map(good)
     assert order == ["n00000003", "n00000002", "n00000001"]
     assert hub.zip_to_standard_permutation(order) == [2, 1, 0]  # sorted wnid j is zip index perm[j]
