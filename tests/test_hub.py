@@ -456,6 +456,18 @@ def _write_zip_map(path: Path, order: list[str]) -> Path:
     return path
 
 
+def test_convert_records_each_architectures_published_eval_transform():
+    """torchvision's references: Resize(256) + CenterCrop(224), bilinear (224/256 = 0.875); DeiT's
+    --eval-crop-ratio 0.875, bicubic, at the model's own size; LV-ViT's default_cfgs: 0.9 for T/S, 1.0 for M/L."""
+    assert hub.eval_transform_for("resnet50") == {"img_size": 224, "crop_pct": 224 / 256, "interpolation": "bilinear"}
+    assert hub.eval_transform_for("deit_small_patch16_224") == {"img_size": 224, "crop_pct": 0.875,
+                                                                "interpolation": "bicubic"}
+    assert hub.eval_transform_for("vit_small_patch16_384", {"img_size": (384, 384)})["img_size"] == 384
+    assert hub.eval_transform_for("lvvit_t", {"img_size": 288}) == {"img_size": 288, "crop_pct": 0.9,
+                                                                   "interpolation": "bicubic"}
+    assert hub.eval_transform_for("lvvit_l")["crop_pct"] == 1.0
+
+
 def test_read_zip_map_orders_by_label_whatever_the_line_order_and_names_bad_lines(tmp_path):
     """Several images per class, lines in any order, CRLF and blank lines, a space in a file name: the order is
     label -> wnid (the label is the last field). A label with two wnids, a gap in the labels or a line without a
