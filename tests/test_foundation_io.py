@@ -74,6 +74,13 @@ def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+    # Gaussian draws come in pairs: after an odd number of them Python and NumPy each hold the second one of a
+    # pair (random's gauss_next, NumPy's has_gauss/cached_gaussian); the state keeps it
+    random.gauss(0, 1), np.random.standard_normal()
+    atomic_save({"rng": rng_state()}, tmp_path / "g.pth")
+    first = [random.gauss(0, 1), random.gauss(0, 1), *np.random.standard_normal(3)]
+    set_rng_state(load_checkpoint(tmp_path / "g.pth")["rng"])
+    assert [random.gauss(0, 1), random.gauss(0, 1), *np.random.standard_normal(3)] == first
 
 
 def test_seed_everything_seeds_numpy_modulo_2_to_the_32():
