@@ -357,3 +357,21 @@ def test_lowres_constants_without_a_closed_form_are_the_published_ones(scale):
         assert table[name] == want, name
     for s, top in enumerate((1.06, 1.11, 1.16, 1.21, 1.26)):  # zoom factors 1, 1.01, ... below top
         np.testing.assert_allclose(table["zoom_blur"][s], np.arange(1, top, 0.01))
+
+
+@pytest.mark.parametrize("size,scale", [(28, "cifar"), (32, "cifar"), (64, "tiny")])
+def test_lowres_fog_is_the_generators_formula_on_its_plasma_map(size, scale):
+    """Fog at 28-64 px: x + c·plasma, rescaled by max/(max + c), with the plasma map drawn first from the seeded
+    NumPy generator at the scale's map size (32 for CIFAR-10-C, 64 for Tiny-ImageNet-C, as their generators do)."""
+    from corrupt_tta.corruptions import plasma_fractal
+
+    fog = {"cifar": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+           "tiny": [(0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)]}[scale]
+    img = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    x = img / 255.0
+    for s, (c, decay) in enumerate(fog, 1):
+        np.random.seed(s)
+        plasma = plasma_fractal(mapsize=32 if scale == "cifar" else 64, wibbledecay=decay)[:size, :size, None]
+        want = np.uint8(np.clip((x + c * plasma) * x.max() / (x.max() + c), 0, 1) * 255)
+        got = np.asarray(corrupt(img, "fog", s, seed=s))
+        assert np.abs(got.astype(int) - want).max() <= 1, s
