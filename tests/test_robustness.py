@@ -375,3 +375,17 @@ def test_lowres_fog_is_the_generators_formula_on_its_plasma_map(size, scale):
         want = np.uint8(np.clip((x + c * plasma) * x.max() / (x.max() + c), 0, 1) * 255)
         got = np.asarray(corrupt(img, "fog", s, seed=s))
         assert np.abs(got.astype(int) - want).max() <= 1, s
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_lowres_elastic_transform_is_a_small_deformation(size):
+    """The affine part moves its three control points by at most 8 % of the image and the elastic field is smooth:
+    on a ramp of 256/size grey levels per pixel the result stays within a few pixels of the input and keeps the
+    image's spread of values (a degenerate affine would collapse it towards one colour)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    step = 256 // size
+    ramp = np.stack([xx * step, yy * step, (xx + yy) * step // 2], -1).astype(np.uint8)
+    for s in range(1, 6):
+        out = np.asarray(corrupt(ramp, "elastic_transform", s, seed=s), float)
+        assert np.abs(out - ramp).mean() < 0.06 * size * step, s  # moved by under 6 % of the side on average
+        assert out.std() == pytest.approx(ramp.std(), rel=0.2), s
