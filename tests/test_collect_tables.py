@@ -6,6 +6,7 @@ the fake logs; runs of different recipes must never pool, and a cell they both m
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import test_recipes
 
 from analysis import collect
 from analysis.pooling import MISSING, field, flatten
-from analysis.tables import TABLES, _alternatives, _recipe_ok
+from analysis.tables import TABLES, _alternatives, _recipe_ok, build_table, fmt_diff, table_csv, table_status
 from maxsup.cli import run_cli
 from maxsup.losses import resolve_loss_options
 from maxsup.recipes import load_recipes
@@ -244,6 +245,13 @@ def test_every_paper_table_from_fake_inputs_equals_the_hand_computed_numbers(tab
         ce = statistics.fmean(expected[("time per epoch (s)", "CE (one-hot)")])
         ms = statistics.fmean(expected[("time per epoch (s)", "CE + MaxSup")])
         assert cells[("time per epoch (s)", "CE + MaxSup")]["ratio"] == pytest.approx(ms / ce)
+        # the paper's ratios from its 3 min 51 s / 3 min 52 s / 3 min 51 s (Table 16)
+        assert cells[("time per epoch (s)", "CE + LS")]["paper_ratio"] == pytest.approx(232 / 231)
+        assert cells[("time per epoch (s)", "CE + MaxSup")]["paper_ratio"] == pytest.approx(1.0)
+        ls = statistics.fmean(expected[("time per epoch (s)", "CE + LS")])
+        ratio_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Ratio to"))
+        assert ratio_line.startswith(f"Ratio to CE (one-hot): CE + LS ours {ls / ce:.3f}, paper 1.004; "
+                                     f"CE + MaxSup ours {ms / ce:.3f}, paper 1.000. Hardware: ")
     md = (tmp_path / "out" / f"{table}.md").read_text()
     assert RECIPES["paper_results"][table]["cite"] in md
     csv_lines = (tmp_path / "out" / f"{table}.csv").read_text().splitlines()
@@ -256,6 +264,9 @@ def test_paper_all_writes_reproduction_md_with_status_and_commands(documented, t
     collect.main([str(tmp_path / "in"), "--paper", "all", "--out", str(tmp_path / "out")])
     text = (tmp_path / "out" / "REPRODUCTION.md").read_text()
     assert "| T5 | " in text and "| T4 | missing |" in text
+    t4 = RECIPES["paper_results"]["T4"]
+    n_t4 = sum(bool(p) for row in t4["rows"] for p in row["paper"])  # every T4 cell the paper fills
+    assert "## T4: missing\n" in text and f"Missing: all {n_t4} cells.\n" in text
     # a missing table lists the commands that make its inputs, from recipes.toml
     assert "python -m analysis.feature_metrics $CK" in text and "Deit/main.py $RECIPE --loss ls-reg" in text
     assert all((tmp_path / "out" / f"{t}.csv").is_file() for t in TABLES)
@@ -288,6 +299,21 @@ def test_alpha_denominator_is_part_of_the_recipe(documented, tmp_path, capsys):
     assert sorted(g["stats"]["acc1"]["n"] for g in result["groups"]) == [1, 1]  # two groups, never pooled
     err = _refusal([str(tmp_path), "--paper", "T5"], capsys)
     assert "T5 'MaxSup' / 'DeiT-S'" in err and "alpha_denominator: E-1 vs E" in err
+
+
+def test_a_run_off_the_tables_recipe_fills_no_cell(documented, tmp_path, capsys):
+    """A DeiT MaxSup run of 100 epochs (T5's recipe says 300) is collected as its own group, never in T5."""
+    short = json.loads(json.dumps(documented["deit_t5"]))
+    short.update(loss="maxsup", epochs=100)
+    _acc_run(tmp_path / "short", "deit", short, "imagenet", 0, 70.0)
+    (group,) = collect.main([str(tmp_path)])["groups"]
+    assert group["recipe"].startswith("custom-") and group["stats"]["acc1"]["mean"] == 70.0
+    assert "none of the inputs fills a cell of T5" in _refusal([str(tmp_path), "--paper", "T5"], capsys)
+    full = json.loads(json.dumps(documented["deit_t5"]))
+    full["loss"] = "maxsup"
+    _acc_run(tmp_path / "full", "deit", full, "imagenet", 1, 76.5)
+    cells = [c for r in collect.main([str(tmp_path), "--paper", "T5"])["paper"]["T5"]["rows"] for c in r["cells"]]
+    assert [(c["row"], c["ours"]["mean"], c["seeds"]) for c in cells if c["ours"]] == [("MaxSup", 76.5, [1])]
 
 
 def test_ls_by_label_smoothing_and_by_loss_ls_do_not_pool(documented, tmp_path, capsys):
@@ -396,6 +422,7 @@ def test_bad_inputs_are_one_error_line(documented, tmp_path, capsys):
     err = _refusal([str(tmp_path / "runs"), "--paper", "T2"], capsys)
     assert "none of the inputs fills a cell of T2" in err and "python -m analysis.feature_metrics" in err
     out = tmp_path / "out"
+    out.mkdir()  # an existing, empty --out folder is fine: only existing files are refused
     collect.main([str(tmp_path / "runs"), "--paper", "T5", "--out", str(out)])
     before = (out / "T5.csv").read_text()
     err = _refusal([str(tmp_path / "runs"), "--paper", "T5", "--out", str(out)], capsys)
@@ -426,3 +453,53 @@ def test_field_lookup_finds_nested_and_resolved_loss_options():
     assert field(ffcv, "alpha_denominator") == "E-1"
     assert field({"loss.alpha_start": 0.2, "loss.options.alpha_start": 0.2}, "alpha_start") == 0.2
     assert field({"loss.alpha_start": None, "loss.options.alpha_start": None}, "alpha_start") is MISSING
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one cell by hand: the verdict at its boundary, a row with fewer paper numbers than columns, the status counts
+# --------------------------------------------------------------------------------------------------------------------
+def _mmseg_record(method: str, seed: int, miou: float) -> dict[str, Any]:
+    """An input record as analysis.inputs reads an MMSegmentation result (one method, no recipe check)."""
+    return {"kind": "mmseg", "path": f"{method}/seed{seed}", "seed": seed, "fields": {"method": method},
+            "key": (("method", method),), "values": {"miou": miou}, "finished": True, "estimate": False}
+
+
+def test_cell_verdict_at_the_combined_std_and_table_status_counts():
+    """ours = [0, 6, 3] → mean 3, sample std 3; paper 8 ± 4 → Δ = −5 and σ = √(3² + 4²) = 5 exactly: |Δ| = σ does
+    not exceed σ. The paper gives no number for the second column (a row may list fewer numbers than columns)."""
+    spec = {"caption": "hand table", "cite": "hand", "source": "mmseg", "metric": "miou", "digits": 2,
+            "columns": [{"name": "A"}, {"name": "B"}],
+            "rows": [{"name": "MaxSup", "match": {"method": "maxsup"}, "paper": ["8±4"]},
+                     {"name": "CE", "match": {"method": "ce"}, "paper": ["2", "1±0.5"]}]}
+    recipes = {"paper_results": {"TX": spec}, "recipes": {}}
+    records = [_mmseg_record("maxsup", s, v) for s, v in enumerate((0.0, 6.0, 3.0))]
+    records += [_mmseg_record("ce", s, v) for s, v in enumerate((1.0, 3.0))]  # mean 2, std √2
+    result = build_table(records, recipes, "TX")
+    cells = {(c["row"], c["column"]): c for r in result["rows"] for c in r["cells"]}
+    a = cells[("MaxSup", "A")]
+    assert (a["ours"]["mean"], a["ours"]["std"], a["ours"]["n"]) == (3.0, 3.0, 3)
+    assert (a["diff"], a["combined_std"], a["exceeds"]) == (-5.0, 5.0, False)
+    assert fmt_diff(a, 2) == "−5.00 (≤ σ)"
+    b = cells[("MaxSup", "B")]
+    assert b["paper"] is None and b["diff"] is None and b["ours"]["mean"] == 3.0
+    ce = cells[("CE", "A")]  # Δ = 0 exactly: signed "+0.00"; σ = √2 from ours alone (the paper gives no std)
+    assert ce["diff"] == 0.0 and ce["combined_std"] == pytest.approx(2 ** 0.5) and ce["exceeds"] is False
+    assert fmt_diff(ce, 2) == "+0.00 (≤ σ)"
+    ce_b = cells[("CE", "B")]  # Δ = 2 − 1 = 1 within σ = √(2 + 0.5²) = 1.5
+    assert ce_b["diff"] == 1.0 and ce_b["combined_std"] == pytest.approx(1.5) and ce_b["exceeds"] is False
+    st = table_status(result)
+    assert {k: st[k] for k in ("cells", "ours", "within", "differs", "no_verdict", "missing")} == \
+        {"cells": 3, "ours": 3, "within": 3, "differs": 0, "no_verdict": 0, "missing": 0}
+    assert st["status"] == "reproduced" and st["missing_cells"] == []
+    # without the CE runs two cells miss: "incomplete", and they are named
+    partial = build_table(records[:3], recipes, "TX")
+    st = table_status(partial)
+    assert (st["ours"], st["missing"], st["status"]) == (1, 2, "incomplete")
+    assert st["missing_cells"] == ["CE / A", "CE / B"]
+    lines = {tuple(r[1:3]): r for r in csv.reader(io.StringIO(table_csv(partial)))}
+    assert lines[("MaxSup", "A")][4:12] == ["3.0", "3.0", "3", "0 1 2", "8.0", "4.0", "-5.0", "5.0"]
+    assert lines[("CE", "A")][4:10] == ["", "", "0", "", "2.0", ""]  # no runs: n = 0; the paper has no std
+    # one CE run further from the paper than σ: "differs"
+    records[3]["values"]["miou"] = 5.0  # ours [5, 3]: mean 4, std √2; A: Δ = 2 > √2; B: Δ = 3 > 1.5
+    st = table_status(build_table(records, recipes, "TX"))
+    assert (st["differs"], st["within"], st["status"]) == (2, 1, "differs")

@@ -22,7 +22,7 @@ from helpers import DEIT_TINY_VIT
 
 from maxsup import CRITERIA
 from maxsup.cli import run_cli
-from maxsup.data.zipcache import ZipCacheDataset, parse_map, write_zip_cache
+from maxsup.data.zipcache import ZipCacheDataset, looks_truncated, map_class_names, parse_map, write_zip_cache
 from maxsup.errors import UserError
 from maxsup.timing import TIMING_KEYS
 from maxsup.training import load_checkpoint, recipe_fingerprint
@@ -107,6 +107,34 @@ def test_zip_map_errors_name_file_and_line(zip_root, tmp_path):
     bad.write_text("\n".join(lines[:4] + [lines[4].split("\t")[0] + "\t7"]) + "\n")
     with pytest.raises(UserError, match=r"train_map.txt:5: label 7 is >= the number of classes \(3\)"):
         ZipCacheDataset(zip_root / "train.zip", bad, num_classes=3)
+
+
+def test_zip_map_labels_must_lie_in_0_to_k_minus_1_and_names_come_from_folders(tmp_path):
+    """parse_map's label range at its edges (0 and K − 1 pass; −1 and K do not), and map_class_names: the folder
+    of each label, or None when two labels share a folder or a label's members sit in two folders."""
+    m = tmp_path / "train_map.txt"
+    m.write_text("b/x.jpg\t0\na/y.jpg\t2\nc/z.jpg\t1\nb/w.jpg\t0\n")
+    entries = parse_map(m, num_classes=3)
+    assert entries == [("b/x.jpg", 0), ("a/y.jpg", 2), ("c/z.jpg", 1), ("b/w.jpg", 0)]
+    assert map_class_names(entries) == ["b", "c", "a"]  # index = label, in the map's own (unsorted) order
+    assert map_class_names([("b/x.jpg", 0), ("b/y.jpg", 1)]) is None  # one folder, two labels
+    assert map_class_names([("b/x.jpg", 0), ("c/y.jpg", 0)]) is None  # one label, two folders
+    assert map_class_names([("x.jpg", 0)]) is None  # flat members name nothing
+    with pytest.raises(UserError, match=r"train_map.txt:2: label 3 is >= the number of classes \(3\)"):
+        m.write_text("b/x.jpg\t0\na/y.jpg\t3\n")
+        parse_map(m, num_classes=3)
+    with pytest.raises(UserError, match=r"train_map.txt:1: label -1 is negative"):
+        m.write_text("b/x.jpg\t-1\n")
+        parse_map(m)
+
+
+def test_zip_cache_truncation_check_by_format():
+    """A JPEG must end with FF D9 (trailing zero padding allowed), a PNG with its IEND chunk; other files only
+    fail when empty."""
+    jpeg, png = b"\xff\xd8 data \xff\xd9", b"\x89PNG\r\n\x1a\n data IEND\xaeB`\x82"
+    assert not looks_truncated(jpeg) and not looks_truncated(jpeg + b"\x00\x00") and looks_truncated(jpeg[:-1])
+    assert not looks_truncated(png) and looks_truncated(png[:-1])
+    assert looks_truncated(b"") and not looks_truncated(b"BM")
 
 
 def test_truncated_jpeg_in_zip_is_named_or_skipped(image_root, tmp_path):

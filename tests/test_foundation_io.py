@@ -74,6 +74,27 @@ def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+    # Gaussian draws come in pairs: after an odd number of them Python and NumPy each hold the second one of a
+    # pair (random's gauss_next, NumPy's has_gauss/cached_gaussian); the state keeps it
+    random.gauss(0, 1), np.random.standard_normal()
+    atomic_save({"rng": rng_state()}, tmp_path / "g.pth")
+    first = [random.gauss(0, 1), random.gauss(0, 1), *np.random.standard_normal(3)]
+    set_rng_state(load_checkpoint(tmp_path / "g.pth")["rng"])
+    assert [random.gauss(0, 1), random.gauss(0, 1), *np.random.standard_normal(3)] == first
+
+
+def test_seed_everything_seeds_numpy_modulo_2_to_the_32():
+    """NumPy takes seeds below 2³²: a larger seed is reduced modulo 2³², every smaller one is used as it is."""
+    from maxsup.training import seed_everything
+
+    for seed, np_seed in ((7, 7), (2**32 + 5, 5), (2**32 - 1, 2**32 - 1)):
+        seed_everything(seed)
+        got = (np.random.random(3), random.random(), torch.rand(2))
+        np.random.seed(np_seed)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        want = (np.random.random(3), random.random(), torch.rand(2))
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1] and torch.equal(got[2], want[2]), seed
 
 
 def test_cifar_resnet_and_checkpoint_rebuild(tmp_path):

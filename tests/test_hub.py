@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import struct
 import subprocess
@@ -453,6 +454,42 @@ def _write_zip_map(path: Path, order: list[str]) -> Path:
     """A map in the authors' zip_val_map.txt format (one image per class is enough to define the order)."""
     path.write_text("".join(f"val/{w}/ILSVRC2012_val_{i + 1:08d}.JPEG\t{i}\n" for i, w in enumerate(order)))
     return path
+
+
+def test_convert_records_each_architectures_published_eval_transform():
+    """torchvision's references: Resize(256) + CenterCrop(224), bilinear (224/256 = 0.875); DeiT's
+    --eval-crop-ratio 0.875, bicubic, at the model's own size; LV-ViT's default_cfgs: 0.9 for T/S, 1.0 for M/L."""
+    assert hub.eval_transform_for("resnet50") == {"img_size": 224, "crop_pct": 224 / 256, "interpolation": "bilinear"}
+    assert hub.eval_transform_for("deit_small_patch16_224") == {"img_size": 224, "crop_pct": 0.875,
+                                                                "interpolation": "bicubic"}
+    assert hub.eval_transform_for("vit_small_patch16_384", {"img_size": (384, 384)})["img_size"] == 384
+    assert hub.eval_transform_for("lvvit_t", {"img_size": 288}) == {"img_size": 288, "crop_pct": 0.9,
+                                                                   "interpolation": "bicubic"}
+    assert hub.eval_transform_for("lvvit_l")["crop_pct"] == 1.0
+
+
+def test_read_zip_map_orders_by_label_whatever_the_line_order_and_names_bad_lines(tmp_path):
+    """Several images per class, lines in any order, CRLF and blank lines, a space in a file name: the order is
+    label -> wnid (the label is the last field). A label with two wnids, a gap in the labels or a line without a
+    wnid is refused, naming file:line."""
+    good = tmp_path / "map.txt"
+    good.write_bytes(b"val/n00000003/b.JPEG\t0\r\n\r\nval/n00000001/c.JPEG\t2\r\n"
+                     b"val/n00000002/d 1.JPEG  1\r\nval/n00000003/e.JPEG\t0\r\nval/n00000001/f.JPEG\t2\r\n")
+    order = hub.read_zip_map(good)
+    assert order == ["n00000003", "n00000002", "n00000001"]
+    assert hub.zip_to_standard_permutation(order) == [2, 1, 0]  # sorted wnid j is zip index perm[j]
+    assert hub.zip_to_standard_permutation(["n00000002", "n00000003", "n00000001"]) == [2, 0, 1]
+    with pytest.raises(hub.ZipMapError, match="twice"):
+        hub.zip_to_standard_permutation(["n00000002", "n00000002"])
+    two = "map.txt:2: label 0 maps to both n00000001 and n00000002"
+    cases = {"val/n00000001/a.JPEG\t0\nval/n00000002/b.JPEG\t0\n": two,
+             "val/n00000001/a.JPEG\t0\nval/n00000002/b.JPEG\t2\n": "labels are not 0..1 without gaps",
+             "\nval/n00000001/a.JPEG\t0\nval/a.JPEG\t1\n": "map.txt:3 is not '<path with wnid>",
+             "val/n00000001/a.JPEG\tx\n": "map.txt:1 is not '<path with wnid>"}
+    for text, message in cases.items():
+        good.write_text(text)
+        with pytest.raises(hub.ZipMapError, match=re.escape(message)):
+            hub.read_zip_map(good)
 
 
 def test_zip_map_download_is_pinned_to_commit_and_file_sha256(zip_order, server, tmp_path, monkeypatch):

@@ -177,6 +177,13 @@ def test_collect_paper_table_beside_the_paper(tmp_path, capsys):
     _fake_run(tmp_path / "ls_s1", "deit_t5", loss="ls", seed=1, acc1=90.0, epochs_done=2)  # unfinished
     result = collect.main([str(tmp_path), "--paper", "T5"])
     out = capsys.readouterr().out
+    # the groups: acc1 with 2 decimals, NLL (1.0, 1.1, 1.2 over the seeds) and ECE with 4; the unfinished LS run
+    # counts in its own column and is listed with its last logged epoch
+    assert ("| imagenet | deit_small_patch16_224 | Label Smoothing | 0.1→0.2 | deit_t5 | 76.00 ± – (n=1) | "
+            "1.0000 ± – (n=1) | 0.0500 ± – (n=1) | 1 |\n") in out
+    assert ("| imagenet | deit_small_patch16_224 | MaxSup | 0.1→0.2 | deit_t5 | 76.50 ± 0.10 (n=3) | "
+            "1.1000 ± 0.1000 (n=3) | 0.0500 ± 0.0000 (n=3) |  |\n") in out
+    assert f"| {tmp_path / 'ls_s1'} | 1 | 1 | 3 |\n" in out
     # ours (mean ± sample std, n, seeds) | paper | difference (beyond the combined std √(0.10² + 0.12²)?)
     assert "| MaxSup | 76.50 ± 0.10 (n=3; seeds 0,1,2) | 76.49 ± 0.12 | +0.01 (≤ σ) |" in out
     assert "| Label Smoothing | 76.00 (n=1; seeds 0) | 76.08 ± 0.16 | −0.08 (n=1, no verdict) |" in out
