@@ -15,7 +15,7 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from maxsup.data import parse_classes
+from maxsup.data import class_names, parse_classes
 from maxsup.data.imagecheck import CheckedImageFolder
 from maxsup.data.registry import DATASETS, build_split
 from maxsup.data.transforms import eval_transform, transform_spec
@@ -128,17 +128,6 @@ def _zip_cache(is_train: bool, args: argparse.Namespace, rank: int, world_size: 
     if names is not None:
         ds.classes = names
     return ds, nb_classes
-
-
-def class_names(dataset: Any, nb_classes: int) -> list[str] | None:
-    """The name of each label 0..nb_classes−1 of a :func:`build_dataset` dataset (index = label), as the checkpoint
-    records them under ``classes``: ImageFolder's class folders (sorted), the zip cache's train-map folders (in the
-    map's label order, e.g. the authors' permuted wnids), Fashion-MNIST's class names (after ``--classes``); None
-    where they are unknown (a zip map that does not name its classes, synthetic data)."""
-    names = getattr(dataset, "classes", None)
-    if names is None or len(names) != nb_classes:
-        return None
-    return [str(n) for n in names]
 
 
 def _select(ds: Any, nb_classes: int, classes: list[int] | None, limit_per_class: int | None) -> tuple[Any, int]:

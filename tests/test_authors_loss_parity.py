@@ -1,7 +1,7 @@
 """Our LS / MaxSup losses and α schedule against frozen outputs of the authors' own code.
 
-``tests/data/authors_loss_parity.pt`` was made once, outside this repository (script
-``/work/scratch/parity/gen.py``, not committed), by running the loss code of the authors' repository
+``tests/data/authors_loss_parity.pt`` was made once, outside this repository (a scratch generator script, not
+committed: the authors' code is not a dependency of this project), by running the loss code of the authors' repository
 ZhouYuxuanYX/Maximum-Suppression-Regularization @5b7c0db (5b7c0db7b845140345044ecff4d8f9e27b0d92f2) on the inputs
 of :func:`stable_inputs`, under torch 2.14.1 on CPU, with their pinned timm 0.4.12 for ``Mixup``,
 ``SoftTargetCrossEntropy`` and ``LabelSmoothingCrossEntropy``. Sites (file:line at that commit):

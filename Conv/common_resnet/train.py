@@ -35,7 +35,7 @@ from maxsup.cli import (
     probability,
     run_cli,
 )
-from maxsup.data import check_class_order, long_tailed_indices, parse_classes
+from maxsup.data import check_class_order, class_names, long_tailed_indices, parse_classes
 from maxsup.data.imagenet_variants import RealScorer, add_test_set_args, extra_val_sets, real_labels, scored_logits
 from maxsup.data.registry import DATASETS, build_split, split_num_classes
 from maxsup.data.transforms import eval_transform, transform_spec
@@ -498,7 +498,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if head is not None and head != num_classes and not (downsampled_val and head > num_classes):
             raise UserError(f"{args.resume} has a {head}-class head but the evaluation data has {num_classes} "
                             f"classes; evaluate it on the dataset (and --classes) it was trained on")
-        check_class_order(checkpoint.get("classes"), getattr(dataset_test, "classes", None), args.resume)
+        check_class_order(checkpoint.get("classes"), class_names(dataset_test, num_classes), args.resume)
         model = model_from_checkpoint(checkpoint, source=args.resume).to(device)
         model = scored_logits(model, dataset_test)  # ImageNet-A/R: score only the 200 classes they contain
         if args.channels_last:
@@ -580,7 +580,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  required=("model", "optimizer", "lr_scheduler", "criterion", "epoch"),
                                  flag=_resume_flag,
                                  recognise=lambda saved_args: "dataset" in saved_args and "lr_scheduler" in saved_args)
-        check_class_order(checkpoint.get("classes"), getattr(dataset_test, "classes", None), args.resume)
+        check_class_order(checkpoint.get("classes"), class_names(dataset_test, num_classes), args.resume)
         load_state_dict_strict(model_without_ddp, checkpoint["model"], args.resume)
         if model_ema is not None:
             load_state_dict_strict(model_ema.module, checkpoint["model_ema"], args.resume)
@@ -623,9 +623,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if state.train_class_counts:
             ckpt["train_class_counts"] = list(state.train_class_counts)  # --imb-ratio's long-tailed split
-        names = None if args.estimate_synthetic else getattr(dataset_test, "classes", None)
-        if names is not None and len(names) == num_classes:  # index = label, as Deit/main.py and Conv/ffcv record it
-            ckpt["classes"] = [str(n) for n in names]
+        names = None if args.estimate_synthetic else class_names(dataset_test, num_classes)
+        if names is not None:  # index = label, as Deit/main.py and Conv/ffcv record it
+            ckpt["classes"] = names
         if model_ema is not None:
             ckpt["model_ema"] = model_ema.module.state_dict()  # plain keys: model_from_checkpoint(key=...)
             ckpt["model_ema_n_averaged"] = model_ema.n_averaged.detach().cpu()

@@ -6,13 +6,14 @@ train=True, transform=...)``.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import UserError
 from .long_tail import long_tailed_counts, long_tailed_indices
 from .registry import DATASETS, DatasetSpec, build_split, split_class_names, split_num_classes
 
-__all__ = ["parse_classes", "check_class_order", "long_tailed_counts", "long_tailed_indices", "DATASETS", "DatasetSpec",
-           "build_split", "split_num_classes", "split_class_names"]
+__all__ = ["parse_classes", "class_names", "check_class_order", "long_tailed_counts", "long_tailed_indices",
+           "DATASETS", "DatasetSpec", "build_split", "split_num_classes", "split_class_names"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -43,3 +44,14 @@ def check_class_order(recorded: Sequence[str] | None, current: Sequence[str] | N
                     f"{recorded[label]!r} there, {current[label]!r} here), so its logits would be scored against the "
                     f"wrong labels; use the data (or zip maps) it was trained on, or convert it with `python -m "
                     f"maxsup.hub convert`, which sorts a head of wnids by name")
+
+
+def class_names(dataset: Any, nb_classes: int) -> list[str] | None:
+    """The name of each label 0..nb_classes−1 of a dataset (index = label), as every trainer's checkpoint records them
+    under ``classes``: ImageFolder's class folders (sorted), a zip cache's train-map folders (in the map's label
+    order, e.g. the authors' permuted wnids), Fashion-MNIST's class names (after ``--classes``); None where they
+    are unknown or do not cover the ``nb_classes`` labels (a zip map that does not name its classes, synthetic data)."""
+    names = getattr(dataset, "classes", None)
+    if names is None or len(names) != nb_classes:
+        return None
+    return [str(n) for n in names]
